@@ -1,0 +1,70 @@
+"""cc_imds: a cloud-init config module that renders EC2 instance metadata (IMDSv2)
+into files and environment files, from an `imds:` declaration in cloud-config or
+files in /etc/cc-imds/conf.d/.
+
+cloud-init imports this module at the start of every stage, and an import error
+would abort every module of the stage, so only the standard library is imported
+here. Everything else is imported inside `handle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Mapping, Tuple
+
+__version__ = "0.1.0"
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CONF_DIR = "/etc/cc-imds/conf.d"
+CONF_DIR_ENV = "CC_IMDS_CONF_DIR"
+
+# No `activate_by_schema_keys`: declarations may come from files, not only from the
+# `imds` key, so the module must run and decide for itself (FACTS §2).
+meta: Dict[str, Any] = {
+    "id": "cc_imds",
+    "name": "IMDS values",
+    "title": "Render EC2 instance metadata (IMDSv2) into files and environment files",
+    "description": __doc__,
+    "distros": ["all"],
+    # Public IPs and tags change across stop/start with the same instance id, and
+    # unchanged files are left alone, so running at every boot is cheap and right.
+    "frequency": "always",
+    "examples": [],
+}
+
+
+def _arguments(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tuple[str, Mapping[str, Any]]:
+    """cloud-init 22.x passes (name, cfg, cloud, log, args) positionally; 23.2+ passes
+    keywords. `*args, **kwargs` accepts both without the deprecated five-argument path."""
+    name = kwargs.get("name", args[0] if args else "imds")
+    cfg = kwargs.get("cfg", args[1] if len(args) > 1 else {})
+    return str(name), cfg or {}
+
+
+def _has_dropins(conf_dir: str) -> bool:
+    try:
+        return any(entry.endswith(".yaml") and not entry.startswith(".") for entry in os.listdir(conf_dir))
+    except OSError:
+        return False
+
+
+def handle(*args: Any, **kwargs: Any) -> None:
+    name, cfg = _arguments(args, kwargs)
+    conf_dir = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
+    if "imds" not in cfg and not _has_dropins(conf_dir):
+        LOG.debug("Skipping module %s: no `imds` key and no declarations in %s", name, conf_dir)
+        return
+
+    from .errors import CcImdsError
+    from .pipeline import RunOptions, apply, gather
+
+    try:
+        changes = apply(gather(cfg.get("imds"), conf_dir), RunOptions())
+    except CcImdsError as exc:
+        for line in str(exc).splitlines():
+            LOG.error("%s: %s", name, line)
+        raise
+    written = sum(1 for c in changes if c.action != "unchanged")
+    LOG.info("%s: %d file(s) written, %d unchanged", name, written, len(changes) - written)

@@ -1,0 +1,243 @@
+"""`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
+
+Exit status: 0 success; 1 invalid declaration, a value a format cannot carry, or
+(for `get`) a 404; 2 wrong usage; 3 IMDS unreachable or failing; 4 an output could
+not be written. Errors go to stderr, one line each, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
+from .errors import CcImdsError, DeclarationError, ImdsNotFound
+
+EXIT_USAGE = 2
+
+
+def _conf_dir(args: argparse.Namespace) -> Optional[str]:
+    if args.no_conf_dir:
+        return None
+    if args.conf_dir:
+        return str(args.conf_dir)
+    default = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
+    root = getattr(args, "root", None) or "/"
+    return os.path.join(root, default.lstrip("/"))
+
+
+def _documents(args: argparse.Namespace) -> list:
+    from .config import documents_from_file
+    from .pipeline import gather
+
+    docs = documents_from_file(Path(args.file)) if args.file else []
+    merged = gather(conf_dir=_conf_dir(args), documents=docs)
+    if not merged:
+        raise DeclarationError([f"no declaration: give a FILE, or put *.yaml files in {_conf_dir(args)}"])
+    return merged
+
+
+def _options(args: argparse.Namespace):  # -> RunOptions
+    from .pipeline import RunOptions
+
+    return RunOptions(endpoint=args.endpoint, root=getattr(args, "root", None) or "/", lock_path=_lock(args))
+
+
+def _lock(args: argparse.Namespace) -> str:
+    from .write import DEFAULT_LOCK
+
+    return getattr(args, "lock", None) or DEFAULT_LOCK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import build_declaration, documents_from_dir, documents_from_file
+
+    problems: List[str] = []
+    for name in args.file:
+        path = Path(name)
+        try:
+            docs = documents_from_dir(path) if path.is_dir() else documents_from_file(path)
+            build_declaration(docs)
+        except DeclarationError as exc:
+            problems.extend(exc.problems)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not problems:
+        print(f"{len(args.file)} declaration(s) valid")
+    return 1 if problems else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .pipeline import preview
+    from .tree import load_tree
+
+    tree = load_tree(args.metadata) if args.metadata else None
+    outputs = preview(_documents(args), _options(args), tree)
+    for output in outputs:
+        owner = output.owner or "(running user)"
+        flag = ", sensitive values redacted" if output.sensitive else ""
+        print(f"--- {output.path}  mode {output.mode:04o}  owner {owner}  from {output.origin}{flag}")
+        text = output.content.decode("utf-8")
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n(no newline at end of file)\n")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .pipeline import apply
+
+    changes = apply(_documents(args), _options(args))
+    for change in changes:
+        print(f"{change.action:9} {change.path} ({change.mode:04o})")
+    return 0
+
+
+def normalise_get_path(raw: str) -> str:
+    """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
+    path = raw
+    for prefix in ("http://169.254.169.254", "http://[fd00:ec2::254]"):
+        if path.startswith(prefix):
+            path = path[len(prefix) :]
+    path = path.lstrip("/")
+    if path.startswith("latest/"):
+        path = path[len("latest/") :]
+    return path
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from .client import ClientSettings, ImdsClient, choose_endpoint
+
+    endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
+    settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
+    path = normalise_get_path(args.path)
+    with ImdsClient(settings) as client:
+        try:
+            body = client.fetch(path)
+        except ImdsNotFound as exc:
+            print(f"cc-imds: {exc}", file=sys.stderr)
+            return 1
+    sys.stdout.buffer.write(body)
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from .emulator import Emulator
+    from .tree import load_tree
+
+    emulator = Emulator(load_tree(args.tree, tags_enabled=not args.no_tags), host=args.host, port=args.port, mode=args.mode)
+    emulator.latency = args.latency
+    print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
+    try:
+        emulator.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def examples_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples", here.parent / "examples"):
+        if candidate.is_dir():
+            return candidate
+    raise CcImdsError("the bundled examples are not installed")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .config import documents_from_file
+    from .emulator import Emulator
+    from .pipeline import RunOptions, apply, gather
+    from .tree import load_tree
+
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="cc-imds-demo-"))
+    with Emulator(load_tree()) as emulator:
+        print(f"IMDS emulator on {emulator.url} (bundled tree); writing under {root}\n")
+        for example in sorted(examples_dir().glob("*.yaml")):
+            options = RunOptions(endpoint=emulator.url, root=str(root), lock_path=str(root / ".cc-imds.lock"))
+            changes = apply(gather(documents=documents_from_file(example)), options)
+            print(f"== {example.name}: {emulator.count('PUT')} PUT, {emulator.count('GET')} GET")
+            emulator.clear_log()
+            for change in changes:
+                print(f"--- {change.path} ({change.action}, mode {change.mode:04o})")
+                if change.sensitive:
+                    print("(holds sensitive values: not shown)")
+                else:
+                    print(Path(change.path).read_text(encoding="utf-8"), end="")
+            print()
+    print(f"Files are under {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log every request to stderr (never tokens or values)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def declaration_args(p: argparse.ArgumentParser, *, optional_file: bool = True) -> None:
+        p.add_argument("file", nargs="?" if optional_file else "+", metavar="FILE",
+                       help="cloud-config with an `imds:` key, or a bare declaration")
+        p.add_argument("--conf-dir", type=Path, help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
+        p.add_argument("--no-conf-dir", action="store_true", help="read no drop-in directory")
+        p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
+
+    p = sub.add_parser("validate", help="check declarations; every problem is listed")
+    p.add_argument("file", nargs="+", metavar="FILE", help="declaration files, or drop-in directories")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="show what would be written, secrets redacted")
+    declaration_args(p)
+    p.add_argument("--metadata", metavar="TREE.json", help="resolve from a JSON metadata tree, offline")
+    p.add_argument("--root", help="prefix for the drop-in directory")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("apply", help="resolve and write, as the cloud-init module does")
+    declaration_args(p)
+    p.add_argument("--root", help="prefix every output path (AMI builds, tests)")
+    p.add_argument("--lock", help="lock file serialising concurrent runs (default /run/lock/cc-imds.lock)")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("get", help="print one value: the drop-in for curl in old scripts")
+    p.add_argument("path", help="meta-data/instance-id, /latest/meta-data/..., or the full URL")
+    p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
+    p.add_argument("--imdsv1", choices=("never", "fallback"), default="never")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt (default 2)")
+    p.add_argument("--deadline", type=float, default=60.0, help="seconds in all (default 60)")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("emulate", help="run the strict IMDSv2 emulator")
+    p.add_argument("--tree", help="JSON metadata tree (flat or AEMM format); default: the bundled one")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1338)
+    p.add_argument("--mode", choices=("required", "optional", "disabled", "v1-only"), default="required")
+    p.add_argument("--no-tags", action="store_true", help="serve tags/instance/ as 404")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
+    p.set_defaults(func=cmd_emulate)
+
+    p = sub.add_parser("demo", help="apply the bundled examples against the emulator into a temp dir")
+    p.add_argument("--root", help="write here instead of a new temp dir")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="cc-imds: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except CcImdsError as exc:
+        for line in str(exc).splitlines():
+            print(f"cc-imds: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

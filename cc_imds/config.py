@@ -1,0 +1,373 @@
+"""Load declarations, validate them (schema, then meaning), merge them into one.
+
+A declaration comes from a *source*: the `imds:` key of cloud-config, or one file
+in the drop-in directory. Every problem is reported with its source and location
+(`user-data.yaml: imds.files[1].permissions: ...`), all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import DeclarationError
+
+SCHEMA_FILE = "cc-imds.schema.json"
+DEFAULT_CONF_DIR = "/etc/cc-imds/conf.d"
+CONNECTION_KEYS = ("endpoint", "imdsv1", "token_ttl", "timeout", "deadline", "concurrency")
+ALWAYS_SENSITIVE_PREFIXES = (
+    "meta-data/iam/security-credentials/",
+    "meta-data/identity-credentials/",
+    "user-data",
+)
+
+
+# -- the typed declaration ----------------------------------------------------
+@dataclass(frozen=True)
+class Origin:
+    """Where something was declared: a source and a location inside it."""
+
+    source: str
+    location: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.location}"
+
+    def child(self, suffix: str) -> "Origin":
+        joiner = "" if suffix.startswith("[") else "."
+        return Origin(self.source, f"{self.location}{joiner}{suffix}" if self.location else suffix)
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    name: str
+    path: str
+    key: Optional[str]
+    default: Optional[str]
+    sensitive: bool
+    origin: Origin
+
+    @property
+    def is_directory(self) -> bool:
+        return self.path.endswith("/")
+
+    def same_as(self, other: "ValueSpec") -> bool:
+        return (self.path, self.key, self.default, self.sensitive) == (
+            other.path,
+            other.key,
+            other.default,
+            other.sensitive,
+        )
+
+
+@dataclass(frozen=True)
+class EnvOutput:
+    path: str
+    format: str
+    vars: Tuple[Tuple[str, str], ...]  # (variable, value name)
+    expand: Tuple[Tuple[str, str], ...]  # (directory value name, prefix)
+    owner: Optional[str]
+    permissions: Optional[int]
+    origin: Origin
+
+    @property
+    def uses(self) -> FrozenSet[str]:
+        return frozenset(v for _, v in self.vars) | frozenset(v for v, _ in self.expand)
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    path: str
+    template: str
+    owner: Optional[str]
+    permissions: Optional[int]
+    origin: Origin
+    uses: FrozenSet[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    settings: Mapping[str, Any]  # connection settings, merged by precedence
+    values: Mapping[str, ValueSpec]
+    env: Tuple[EnvOutput, ...]
+    files: Tuple[FileOutput, ...]
+    sources: Tuple[str, ...]
+
+    def is_sensitive(self, names: Iterable[str]) -> bool:
+        return any(self.values[n].sensitive for n in names if n in self.values)
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One declaration document before validation."""
+
+    source: str  # "cloud-config", or the file it came from
+    root: str  # location prefix: "imds" for cloud-config, "" for a drop-in file
+    document: Any
+
+
+# -- loading --------------------------------------------------------------------
+def read_yaml(path: Path) -> Any:
+    import yaml  # deferred: cloud-init imports this module's package at every boot
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeclarationError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise DeclarationError([f"{path}: not UTF-8 text"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DeclarationError([f"{path}: invalid YAML: {where}{problem}"]) from None
+
+
+def documents_from_file(path: Path) -> List[SourceDocument]:
+    """A file given on the command line: cloud-config (with an `imds:` key) or a bare declaration."""
+    data = read_yaml(path)
+    text_start = path.read_text(encoding="utf-8", errors="replace")[:13]
+    if isinstance(data, dict) and ("imds" in data or text_start.startswith("#cloud-config")):
+        if "imds" not in data:
+            raise DeclarationError([f"{path}: cloud-config without an `imds:` key"])
+        return [SourceDocument(str(path), "imds", data["imds"])]
+    if data is None:
+        raise DeclarationError([f"{path}: empty file"])
+    return [SourceDocument(str(path), "", data)]
+
+
+def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
+    """Every `*.yaml` in the drop-in directory, in lexical order. A missing directory is empty."""
+    try:
+        names = sorted(p for p in conf_dir.iterdir() if p.suffix == ".yaml" and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise DeclarationError([f"{conf_dir}: cannot list: {exc.strerror}"]) from None
+    docs = []
+    for path in names:
+        data = read_yaml(path)
+        if data is not None:  # an empty drop-in is allowed, as an empty systemd drop-in is
+            docs.append(SourceDocument(str(path), "", data))
+    return docs
+
+
+# -- schema ---------------------------------------------------------------------
+def schema_path() -> Path:
+    """The schema: packaged beside the code (wheel, RPM), or in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schemas" / SCHEMA_FILE, here.parent / "schemas" / SCHEMA_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{SCHEMA_FILE} is not installed beside cc_imds")
+
+
+def load_schema() -> Dict[str, Any]:
+    with open(schema_path(), encoding="utf-8") as handle:
+        schema: Dict[str, Any] = json.load(handle)
+    return schema
+
+
+def _location(origin: Origin, path: Sequence[Any]) -> str:
+    where = origin
+    for part in path:
+        where = where.child(f"[{part}]" if isinstance(part, int) else str(part))
+    return str(where)
+
+
+def _describe(error: Any) -> Tuple[List[Any], str]:
+    """Turn one jsonschema error into (location, message), worded for people."""
+    path = list(error.absolute_path)
+    hint = error.schema.get("x-error") if isinstance(error.schema, dict) else None
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        patterns = error.schema.get("patternProperties", {})
+        import re
+
+        extra = [k for k in error.instance if k not in allowed and not any(re.search(p, k) for p in patterns)]
+        if patterns and not allowed:
+            return path, f"invalid name(s) {', '.join(map(repr, extra))}: {hint or 'not allowed'}"
+        suggestions = []
+        for key in extra:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            suggestions.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return path, f"unknown key(s) {', '.join(suggestions)}; allowed: {', '.join(sorted(allowed))}"
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return path, f"missing required key(s) {', '.join(map(repr, missing))}"
+    if kind == "enum":
+        return path, f"{error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+    if kind == "type":
+        expected = error.validator_value
+        message = f"expected {expected if isinstance(expected, str) else ' or '.join(expected)}, got {_type_name(error.instance)}"
+        return path, f"{message}: {hint}" if hint else message
+    if kind == "pattern":
+        return path, f"{error.instance!r} {hint or 'does not match ' + repr(error.validator_value)}"
+    return path, error.message
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def schema_problems(doc: SourceDocument, schema: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Every schema violation in one document, with locations, in document order."""
+    from jsonschema import Draft7Validator
+
+    validator = Draft7Validator(schema or load_schema())
+    origin = Origin(doc.source, doc.root)
+    if not isinstance(doc.document, dict):
+        return [f"{origin}: expected a mapping, got {_type_name(doc.document)}"]
+    found = []
+    for error in validator.iter_errors(doc.document):
+        path, message = _describe(error)
+        found.append((tuple(str(p) for p in path), _location(origin, path), message))
+    found.sort(key=lambda item: item[0])
+    return [f"{where}: {message}" for _, where, message in found]
+
+
+# -- meaning --------------------------------------------------------------------
+def _mode(text: Optional[str]) -> Optional[int]:
+    return int(text, 8) if text is not None else None
+
+
+def _check_output_path(path: str, where: Origin, problems: List[str]) -> None:
+    parts = path.split("/")[1:]
+    if path.endswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        problems.append(f"{where}: {path!r} must be a normalised absolute file path (no //, . or .. parts)")
+
+
+def _values_from(doc: SourceDocument, problems: List[str]) -> List[ValueSpec]:
+    origin = Origin(doc.source, doc.root).child("values")
+    specs = []
+    for name, raw in (doc.document.get("values") or {}).items():
+        where = origin.child(name)
+        spec = {"path": raw} if isinstance(raw, str) else dict(raw)
+        path = spec["path"]
+        if any(part in (".", "..") for part in path.split("/")) or "//" in path:
+            problems.append(f"{where}: {path!r} must not contain empty, . or .. parts")
+        directory = path.endswith("/")
+        if directory and ("key" in spec or "default" in spec):
+            problems.append(f"{where}: a directory path ({path}) takes neither `key` nor `default`")
+        sensitive = bool(spec.get("sensitive", False)) or path.startswith(ALWAYS_SENSITIVE_PREFIXES)
+        specs.append(ValueSpec(name, path, spec.get("key"), spec.get("default"), sensitive, where))
+    return specs
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any]) -> EnvOutput:
+    where = Origin(doc.source, doc.root).child("env").child(f"[{index}]")
+    return EnvOutput(
+        path=raw["path"],
+        format=raw["format"],
+        vars=tuple((raw.get("vars") or {}).items()),
+        expand=tuple((raw.get("expand") or {}).items()),
+        owner=raw.get("owner"),
+        permissions=_mode(raw.get("permissions")),
+        origin=where,
+    )
+
+
+def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems: List[str]) -> FileOutput:
+    from .templates import TemplateProblem, referenced_names
+
+    where = Origin(doc.source, doc.root).child("files").child(f"[{index}]")
+    try:
+        uses = referenced_names(raw["content"])
+    except TemplateProblem as exc:
+        problems.append(f"{where.child('content')}: {exc}")
+        uses = frozenset()
+    return FileOutput(raw["path"], raw["content"], raw.get("owner"), _mode(raw.get("permissions")), where, uses)
+
+
+def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
+    """Validate every document, merge them, and check what they mean together.
+
+    Merge rules: values with the same name must have the same spec (then they are
+    shared); no two outputs may write one path; a variable name must mean the same
+    value in every env output. Connection settings: later sources win, so with
+    drop-ins in lexical order followed by cloud-config, cloud-config wins.
+    """
+    schema = load_schema()
+    problems: List[str] = []
+    for doc in docs:
+        problems.extend(schema_problems(doc, schema))
+    if problems:
+        raise DeclarationError(problems)
+
+    settings: Dict[str, Any] = {}
+    values: Dict[str, ValueSpec] = {}
+    env: List[EnvOutput] = []
+    files: List[FileOutput] = []
+    for doc in docs:
+        for key in CONNECTION_KEYS:
+            if key in doc.document:
+                settings[key] = doc.document[key]
+        for spec in _values_from(doc, problems):
+            earlier = values.get(spec.name)
+            if earlier is None:
+                values[spec.name] = spec
+            elif not earlier.same_as(spec):
+                problems.append(f"{spec.origin}: conflicts with the value of the same name at {earlier.origin}")
+        env.extend(_env_from(doc, i, raw) for i, raw in enumerate(doc.document.get("env") or []))
+        files.extend(_file_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("files") or []))
+
+    _check_outputs(values, env, files, problems)
+    if problems:
+        raise DeclarationError(problems)
+    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs))
+
+
+def _check_outputs(
+    values: Mapping[str, ValueSpec], env: Sequence[EnvOutput], files: Sequence[FileOutput], problems: List[str]
+) -> None:
+    claimed: Dict[str, Origin] = {}
+    variables: Dict[str, Tuple[str, Origin]] = {}
+    for output in list(env) + list(files):
+        where = output.origin
+        _check_output_path(output.path, where.child("path"), problems)
+        if output.path in claimed:
+            problems.append(f"{where.child('path')}: {output.path} is also written by {claimed[output.path]}")
+        claimed.setdefault(output.path, where)
+        if output.permissions is not None and any(values[n].sensitive for n in output.uses if n in values):
+            if output.permissions & 0o007:
+                problems.append(
+                    f"{where.child('permissions')}: {output.permissions:04o} lets every user read sensitive "
+                    f"value(s) {', '.join(sorted(n for n in output.uses if n in values and values[n].sensitive))}"
+                )
+    for output in env:
+        where = output.origin
+        if not output.vars and not output.expand:
+            problems.append(f"{where}: declares no variables (use `vars` and/or `expand`)")
+        for variable, name in output.vars:
+            spot = where.child("vars").child(variable)
+            if name not in values:
+                problems.append(f"{spot}: unknown value {name!r}{_suggest(name, values)}")
+                continue
+            if values[name].is_directory:
+                problems.append(f"{spot}: {name!r} is a directory; use `expand` to get one variable per entry")
+            earlier = variables.get(variable)
+            if earlier is not None and earlier[0] != name:
+                problems.append(f"{spot}: {variable} means {earlier[0]!r} at {earlier[1]}, here {name!r}")
+            variables.setdefault(variable, (name, spot))
+        for name, _prefix in output.expand:
+            spot = where.child("expand").child(name)
+            if name not in values:
+                problems.append(f"{spot}: unknown value {name!r}{_suggest(name, values)}")
+            elif not values[name].is_directory:
+                problems.append(f"{spot}: {name!r} is not a directory (its path must end with /)")
+    for output in files:
+        for name in sorted(output.uses - set(values)):
+            problems.append(f"{output.origin.child('content')}: unknown value {name!r}{_suggest(name, values)}")

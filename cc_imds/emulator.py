@@ -1,0 +1,317 @@
+"""A strict IMDSv2 emulator: a real HTTP/1.1 server on loopback.
+
+It enforces the token rules of the real service (FACTS §3), serves a metadata
+tree, records every request so tests can assert exactly what a client did, and
+injects faults on demand: latency, a late start, 429/503 bursts, revoked tokens,
+a dropped PUT response (the hop-limit symptom), slow or truncated bodies.
+
+It is also what `cc-imds emulate` and `cc-imds demo` run.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Deque, Dict, List, Optional, Tuple
+
+from .tree import MetadataTree
+
+TOKEN_PATH = "/latest/api/token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+MODES = ("required", "optional", "disabled", "v1-only")
+
+_NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>
+<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
+\t"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
+<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">
+ <head>
+  <title>404 - Not Found</title>
+ </head>
+ <body>
+  <h1>404 - Not Found</h1>
+ </body>
+</html>
+"""
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    status: int  # 0 when no response was sent (dropped or reset)
+    token: str  # "valid", "invalid", "expired" or "none"
+
+
+class Emulator:
+    """The server. Use as a context manager, or call start() and stop()."""
+
+    def __init__(
+        self,
+        tree: MetadataTree,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mode: str = "required",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        self.tree = tree
+        self.mode = mode
+        # Faults, settable at any time by tests.
+        self.latency = 0.0  # seconds before every response
+        self.drop_put = False  # hold PUT responses: what a too-low hop limit looks like
+        self.slow_body = 0.0  # seconds between body bytes (slowloris)
+        self.reset_mid_body = False  # send half the body, then a TCP reset
+        self._statuses: Deque[Tuple[int, Optional[str]]] = deque()
+        self._tokens: Dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._requests: List[RecordedRequest] = []
+        self._thread: Optional[threading.Thread] = None
+        self._server = _Server((host, port), _Handler, bind_and_activate=False, emulator=self)
+        self._server.server_bind()
+
+    # -- lifecycle ---------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def start(self, delay: float = 0.0) -> "Emulator":
+        """Serve in a background thread. Until `delay` has passed, the port is bound
+        but not listening, so connections are refused as on a booting instance."""
+
+        def run() -> None:
+            if delay and self._stopping.wait(delay):
+                return
+            self._server.server_activate()
+            self._server.serve_forever(poll_interval=0.05)
+
+        self._thread = threading.Thread(target=run, name="imds-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            if self._thread.is_alive():
+                self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread (for `cc-imds emulate`)."""
+        self._server.server_activate()
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._server.server_close()
+
+    # -- faults ------------------------------------------------------------
+    def fail_next(self, status: int, count: int = 1, retry_after: Optional[str] = None) -> None:
+        """Answer the next `count` requests with `status` (429, 503...)."""
+        with self._lock:
+            self._statuses.extend([(status, retry_after)] * count)
+
+    def revoke_tokens(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    # -- what happened -----------------------------------------------------
+    @property
+    def requests(self) -> List[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def count(self, method: str, *, path: Optional[str] = None) -> int:
+        return sum(1 for r in self.requests if r.method == method and (path is None or r.path == path))
+
+    def issued_tokens(self) -> List[str]:
+        """Tokens currently valid: tests grep logs for them."""
+        with self._lock:
+            return list(self._tokens)
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- used by the handler -----------------------------------------------
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _next_injected(self) -> Optional[Tuple[int, Optional[str]]]:
+        with self._lock:
+            return self._statuses.popleft() if self._statuses else None
+
+    def _issue_token(self, ttl: int) -> str:
+        token = secrets.token_urlsafe(42)
+        with self._lock:
+            self._tokens[token] = time.monotonic() + ttl
+        return token
+
+    def _token_state(self, token: Optional[str]) -> str:
+        if token is None:
+            return "none"
+        with self._lock:
+            expiry = self._tokens.get(token)
+        if expiry is None:
+            return "invalid"
+        return "valid" if time.monotonic() < expiry else "expired"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: Tuple[str, int], handler: type, *, bind_and_activate: bool, emulator: Emulator):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.emulator = emulator
+        super().__init__(address, handler, bind_and_activate=bind_and_activate)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Without this, keep-alive clients stall ~40 ms per request on delayed ACKs.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass  # requests are recorded structurally instead
+
+    @property
+    def emulator(self) -> Emulator:
+        return self.server.emulator
+
+    def do_PUT(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("PUT")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    # ----------------------------------------------------------------------
+    def _handle(self, method: str) -> None:
+        emu = self.emulator
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        token = self.headers.get(TOKEN_HEADER)
+        token_state = emu._token_state(token)
+        if emu.latency:
+            time.sleep(emu.latency)
+
+        injected = emu._next_injected()
+        if injected is not None:
+            status, retry_after = injected
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            self._send(method, status, b"", token_state, headers)
+            return
+
+        if emu.mode == "disabled":
+            self._send(method, 403, b"", token_state)
+        elif self.path == TOKEN_PATH:
+            self._token_request(method, token_state)
+        elif method != "GET":
+            self._send(method, 405, b"", token_state)
+        else:
+            self._get(token_state)
+
+    def _token_request(self, method: str, token_state: str) -> None:
+        emu = self.emulator
+        if method != "PUT" or emu.mode == "v1-only":
+            self._send(method, 405 if method != "PUT" else 404, _NOT_FOUND_BODY, token_state)
+            return
+        if self.headers.get("X-Forwarded-For") is not None:
+            self._send(method, 403, b"", token_state)
+            return
+        raw_ttl = self.headers.get(TTL_HEADER, "")
+        if not raw_ttl.isdigit() or not 1 <= int(raw_ttl) <= 21600:
+            self._send(method, 400, b"", token_state)
+            return
+        if emu.drop_put:
+            # The response would be dropped on the way back: say nothing and hold the
+            # connection until the client gives up or the emulator stops.
+            emu._record(RecordedRequest(method, self.path, 0, token_state))
+            emu._stopping.wait(60)
+            self.close_connection = True
+            return
+        token = emu._issue_token(int(raw_ttl))
+        self._send(method, 200, token.encode(), token_state, {TTL_HEADER: raw_ttl})
+
+    def _get(self, token_state: str) -> None:
+        emu = self.emulator
+        if token_state in ("invalid", "expired"):
+            self._send("GET", 401, b"", token_state)
+            return
+        if token_state == "none" and emu.mode == "required":
+            self._send("GET", 401, b"", token_state)
+            return
+        version, _, rest = self.path.lstrip("/").partition("/")
+        if version != "latest" and not _is_api_version(version):
+            self._send("GET", 404, _NOT_FOUND_BODY, token_state)
+            return
+        body = emu.tree.lookup(rest) if rest else b"dynamic\nmeta-data\nuser-data"
+        if body is None:
+            self._send("GET", 404, _NOT_FOUND_BODY, token_state, content_type="text/html")
+        else:
+            self._send("GET", 200, body, token_state)
+
+    def _send(
+        self,
+        method: str,
+        status: int,
+        body: bytes,
+        token_state: str,
+        headers: Optional[Dict[str, str]] = None,
+        content_type: str = "text/plain",
+    ) -> None:
+        emu = self.emulator
+        truncate = status == 200 and method == "GET" and emu.reset_mid_body and len(body) > 1
+        emu._record(RecordedRequest(method, self.path, 0 if truncate else status, token_state))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if truncate:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            # SO_LINGER with a zero timeout turns close() into a TCP reset.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if emu.slow_body and body:
+            for i in range(len(body)):
+                if emu._stopping.is_set():
+                    break
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(emu.slow_body)
+        else:
+            self.wfile.write(body)
+
+
+def _is_api_version(segment: str) -> bool:
+    parts = segment.split("-")
+    return len(parts) == 3 and all(p.isdigit() for p in parts)

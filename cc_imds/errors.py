@@ -1,0 +1,77 @@
+"""One small exception hierarchy: one type per failure a user can act on.
+
+Every message names the key, IMDS path or file involved, and never contains
+a token, a credential or a value marked sensitive.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List
+
+
+class CcImdsError(Exception):
+    """Base class: an expected failure, reported without a traceback."""
+
+    exit_code = 1
+
+
+class DeclarationError(CcImdsError):
+    """The declaration is invalid. Carries every problem found, not just the first."""
+
+    exit_code = 1
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: List[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ImdsError(CcImdsError):
+    """IMDS could not be reached or answered in a way we cannot use."""
+
+    exit_code = 3
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class ImdsNotFound(ImdsError):
+    """IMDS answered 404 for the path: the value does not exist on this instance."""
+
+    def __init__(self, path: str, hint: str = "") -> None:
+        message = "not found (404)" + (f"; {hint}" if hint else "")
+        super().__init__(path, message)
+
+
+class ImdsUnreachable(ImdsError):
+    """No usable answer before the deadline: nothing listening, or only retryable errors."""
+
+
+class ResolveError(CcImdsError):
+    """One or more declared values could not be resolved. Lists all of them."""
+
+    exit_code = 3
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: List[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class RenderError(CcImdsError):
+    """A value cannot be written exactly in the declared format, or a template failed."""
+
+    exit_code = 1
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: List[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class WriteError(CcImdsError):
+    """An output file could not be written. Nothing was replaced."""
+
+    exit_code = 4
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")

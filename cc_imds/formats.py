@@ -1,0 +1,102 @@
+"""Environment file formats and their exact quoting.
+
+Each format either carries a value byte for byte or refuses it: a value is never
+silently changed. Values are treated as hostile (tag values are set by whoever may
+tag the instance), so the `shell` format only ever produces single-quoted words,
+which no shell expands.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Dict, Sequence, Tuple
+
+FORMATS = ("shell", "systemd", "dotenv", "json")
+HEADER = "# Written by cc-imds from instance metadata. Local changes are overwritten.\n"
+
+
+class FormatProblem(ValueError):
+    """A value the format cannot carry exactly. The message never contains the value."""
+
+
+def quote_shell(value: str) -> str:
+    """A single-quoted POSIX shell word that evaluates to exactly `value`.
+
+    Inside single quotes nothing is special, so `'` is closed, escaped and reopened.
+    Works the same in bash, dash and busybox sh.
+    """
+    if "\0" in value:
+        raise FormatProblem("contains a NUL byte, which no shell variable can hold")
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def quote_systemd(value: str) -> str:
+    """A value for systemd's EnvironmentFile= that systemd reads back exactly.
+
+    Single quotes are literal there; otherwise double quotes, where only
+    backslash, double quote, dollar and backtick are escaped. There is no shell-style
+    concatenation, so a shell quoting function would be wrong. Line breaks are
+    refused: multi-line quoting differs between systemd releases and tools.
+    """
+    for char, what in (("\0", "a NUL byte"), ("\n", "a newline"), ("\r", "a carriage return")):
+        if char in value:
+            raise FormatProblem(f"contains {what}, which the systemd format cannot carry; use shell or json")
+    if "'" not in value:
+        return "'" + value + "'"
+    escaped = "".join("\\" + c if c in '\\"$`' else c for c in value)
+    return '"' + escaped + '"'
+
+
+def quote_dotenv(value: str) -> str:
+    """A single-quoted dotenv value, read literally by the common dotenv loaders.
+
+    Loaders disagree on escapes inside quotes and on line breaks, so values with
+    `'`, a backslash or a line break are refused rather than risked.
+    """
+    for char, what in (
+        ("\0", "a NUL byte"),
+        ("\n", "a newline"),
+        ("\r", "a carriage return"),
+        ("'", "a single quote"),
+        ("\\", "a backslash"),
+    ):
+        if char in value:
+            raise FormatProblem(f"contains {what}, which dotenv loaders do not read back alike; use shell or json")
+    return "'" + value + "'"
+
+
+def _lines(quote: Callable[[str], str], prefix: str) -> Callable[[Sequence[Tuple[str, str]]], str]:
+    def render(pairs: Sequence[Tuple[str, str]]) -> str:
+        return HEADER + "".join(f"{prefix}{name}={quote(value)}\n" for name, value in pairs)
+
+    return render
+
+
+def _json(pairs: Sequence[Tuple[str, str]]) -> str:
+    return json.dumps(dict(pairs), ensure_ascii=False, indent=2) + "\n"
+
+
+RENDERERS: Dict[str, Callable[[Sequence[Tuple[str, str]]], str]] = {
+    "shell": _lines(quote_shell, "export "),
+    "systemd": _lines(quote_systemd, ""),
+    "dotenv": _lines(quote_dotenv, ""),
+    "json": _json,
+}
+
+QUOTERS: Dict[str, Callable[[str], str]] = {
+    "shell": quote_shell,
+    "systemd": quote_systemd,
+    "dotenv": quote_dotenv,
+    "json": lambda value: json.dumps(value, ensure_ascii=False),
+}
+
+
+def render_env(fmt: str, pairs: Sequence[Tuple[str, str]]) -> str:
+    """Render (name, value) pairs. Raises FormatProblem naming the first bad variable;
+    callers wanting every problem check each value with `QUOTERS` first."""
+    for name, value in pairs:
+        try:
+            QUOTERS[fmt](value)
+        except FormatProblem as exc:
+            raise FormatProblem(f"{name}: {exc}") from None
+    return RENDERERS[fmt](pairs)

@@ -1,0 +1,139 @@
+"""An in-memory IMDS tree: what the emulator serves and what `plan --metadata` reads.
+
+Leaves are stored by path relative to the API version (`meta-data/instance-id`,
+`dynamic/instance-identity/document`, `user-data`). Directory listings are derived
+from the leaves, the way IMDS presents them: one entry per line, a trailing `/`
+on subdirectories.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from .errors import CcImdsError
+
+TAGS_PREFIX = "meta-data/tags/instance/"
+
+_AEMM_SECTIONS = ("metadata", "dynamic", "userdata")
+
+
+class TreeError(CcImdsError):
+    """A metadata tree file cannot be read."""
+
+
+class MetadataTree:
+    def __init__(self, leaves: Mapping[str, bytes], *, tags_enabled: bool = True) -> None:
+        self._leaves: Dict[str, bytes] = dict(leaves)
+        self.tags_enabled = tags_enabled
+
+    def leaves(self) -> Dict[str, bytes]:
+        return dict(self._leaves)
+
+    def _visible(self, path: str) -> bool:
+        # With InstanceMetadataTags off, the whole tags/instance subtree is a 404.
+        return self.tags_enabled or not (path.rstrip("/") + "/").startswith(TAGS_PREFIX)
+
+    def lookup(self, path: str) -> Optional[bytes]:
+        """The body IMDS would return for `path`, or None for a 404.
+
+        A trailing slash on a leaf is tolerated, as IMDS does.
+        """
+        path = path.lstrip("/")
+        if not self._visible(path):
+            return None
+        leaf = path[:-1] if path.endswith("/") else path
+        if leaf in self._leaves:
+            return self._leaves[leaf]
+        entries = self.listing(path)
+        if entries is None:
+            return None
+        return "\n".join(entries).encode()
+
+    def listing(self, path: str) -> Optional[List[str]]:
+        """Entries of the directory at `path` (with or without trailing slash), or None."""
+        prefix = path.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        entries: Dict[str, None] = {}
+        for leaf in sorted(self._leaves):
+            if leaf.startswith(prefix) and self._visible(leaf):
+                rest = leaf[len(prefix):]
+                head, sep, _ = rest.partition("/")
+                entries[head + sep] = None
+        return list(entries) or None
+
+
+def _as_bytes(value: Any, where: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and set(value) == {"$base64"}:
+        try:
+            return base64.b64decode(value["$base64"], validate=True)
+        except ValueError as exc:
+            raise TreeError(f"{where}: invalid $base64 value: {exc}") from None
+    if isinstance(value, (dict, list)):
+        # IMDS serves JSON documents pretty-printed, as text/plain.
+        return json.dumps(value, indent=2).encode("utf-8")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value).encode()
+    raise TreeError(f"{where}: unsupported value of type {type(value).__name__}")
+
+
+def _from_aemm(document: Mapping[str, Any]) -> Dict[str, bytes]:
+    leaves: Dict[str, bytes] = {}
+    for section in _AEMM_SECTIONS:
+        part = document.get(section) or {}
+        paths: Mapping[str, str] = part.get("paths", {})
+        values: Mapping[str, Any] = part.get("values", {})
+        for key, url_path in paths.items():
+            value = values.get(key)
+            if value is None:
+                continue  # absent in IMDS: a 404
+            rel = url_path.split("/latest/", 1)[-1].strip("/")
+            if section == "userdata" and isinstance(value, str):
+                leaves[rel] = base64.b64decode(value)
+            else:
+                leaves[rel] = _as_bytes(value, f"{section}.values.{key}")
+    return leaves
+
+
+def _from_flat(document: Mapping[str, Any]) -> Dict[str, bytes]:
+    leaves: Dict[str, bytes] = {}
+    for path, value in document.items():
+        rel = path.split("/latest/", 1)[-1].strip("/")
+        if not rel:
+            raise TreeError(f"{path!r}: empty path")
+        if value is None:
+            continue
+        leaves[rel] = _as_bytes(value, path)
+    return leaves
+
+
+def tree_from_document(document: Any, *, tags_enabled: bool = True) -> MetadataTree:
+    """Build a tree from a flat `{path: value}` map or the AEMM defaults format."""
+    if not isinstance(document, dict):
+        raise TreeError("a metadata tree must be a JSON object")
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict) and "paths" in metadata:
+        return MetadataTree(_from_aemm(document), tags_enabled=tags_enabled)
+    return MetadataTree(_from_flat(document), tags_enabled=tags_enabled)
+
+
+def load_tree(path: Optional[str] = None, *, tags_enabled: bool = True) -> MetadataTree:
+    """Load a tree from a JSON file, or the bundled default tree when `path` is None."""
+    source = Path(path) if path else default_tree_path()
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TreeError(f"{source}: cannot read metadata tree: {exc.strerror}") from None
+    except ValueError as exc:
+        raise TreeError(f"{source}: not valid JSON: {exc}") from None
+    return tree_from_document(document, tags_enabled=tags_enabled)
+
+
+def default_tree_path() -> Path:
+    return Path(__file__).with_name("data") / "default-tree.json"
+
