@@ -13,10 +13,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
 from .errors import CcImdsError, DeclarationError, ImdsNotFound
+
+if TYPE_CHECKING:
+    from .config import SourceDocument
+    from .pipeline import RunOptions
 
 EXIT_USAGE = 2
 
@@ -31,7 +35,7 @@ def _conf_dir(args: argparse.Namespace) -> Optional[str]:
     return os.path.join(root, default.lstrip("/"))
 
 
-def _documents(args: argparse.Namespace) -> list:
+def _documents(args: argparse.Namespace) -> List[SourceDocument]:
     from .config import documents_from_file
     from .pipeline import gather
 
@@ -42,16 +46,16 @@ def _documents(args: argparse.Namespace) -> list:
     return merged
 
 
-def _options(args: argparse.Namespace):  # -> RunOptions
+def _options(args: argparse.Namespace) -> RunOptions:
     from .pipeline import RunOptions
 
     return RunOptions(endpoint=args.endpoint, root=getattr(args, "root", None) or "/", lock_path=_lock(args))
 
 
 def _lock(args: argparse.Namespace) -> str:
-    from .write import DEFAULT_LOCK
+    from .write import default_lock_path
 
-    return getattr(args, "lock", None) or DEFAULT_LOCK
+    return getattr(args, "lock", None) or default_lock_path()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -129,7 +133,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from .emulator import Emulator
     from .tree import load_tree
 
-    emulator = Emulator(load_tree(args.tree, tags_enabled=not args.no_tags), host=args.host, port=args.port, mode=args.mode)
+    tree = load_tree(args.tree, tags_enabled=not args.no_tags)
+    emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
     emulator.latency = args.latency
     print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
     try:

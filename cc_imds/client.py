@@ -8,6 +8,7 @@ never logged.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import http.client
 import logging
@@ -95,7 +96,7 @@ def candidate_urls(endpoint: str) -> List[str]:
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise EndpointError(f"endpoint {endpoint!r}: expected auto, ipv4, ipv6 or http://host[:port]")
     try:
-        parts.port
+        _ = parts.port  # raises on a port out of range
     except ValueError:
         raise EndpointError(f"endpoint {endpoint!r}: invalid port") from None
     return [f"http://{parts.netloc}"]
@@ -199,11 +200,11 @@ class ImdsClient:
 
     def __init__(
         self,
-        settings: ClientSettings = ClientSettings(),
+        settings: Optional[ClientSettings] = None,
         *,
         candidates: Optional[List[str]] = None,
     ) -> None:
-        self.settings = settings
+        self.settings = settings = settings or ClientSettings()
         self._candidates = candidates or candidate_urls(settings.endpoint)
         self._deadline_at = time.monotonic() + settings.deadline
         self._http = _Http(settings.max_body)
@@ -263,7 +264,7 @@ class ImdsClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ImdsClient":
+    def __enter__(self) -> ImdsClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -332,10 +333,8 @@ class ImdsClient:
                 if isinstance(outcome, ImdsError):
                     raise outcome
                 LOG.debug("endpoint %s answered first", first[0])
-                return (first[0],) + outcome
-            detail = "; ".join(
-                f"{url}: {results[url].args[0] if url in results else 'no answer'}" for url in self._candidates
-            )
+                return (first[0], *outcome)
+            detail = "; ".join(f"{url}: {results.get(url, 'no answer')}" for url in self._candidates)
         raise ImdsUnreachable(TOKEN_PATH, f"no IMDS endpoint answered ({detail})")
 
     def _ttl_headers(self) -> Dict[str, str]:
@@ -445,10 +444,10 @@ class ImdsClient:
             delay = retry_after if retry_after is not None else _backoff(attempt)
             remaining = self._deadline_at - time.monotonic()
             if delay >= remaining:
-                raise ImdsError(
+                asked = f"IMDS asked to retry after {delay:g}s; " if retry_after is not None else ""
+                raise ImdsUnreachable(
                     url_path,
-                    f"gave up: retrying after {delay:.1f}s would pass the {self.settings.deadline:g}s deadline "
-                    f"({last_problem})",
+                    f"{asked}no usable answer within the {self.settings.deadline:g}s deadline ({last_problem})",
                 )
             LOG.debug("%s %s: %s; retry %d in %.2fs", method, url_path, last_problem, attempt + 1, delay)
             if stop is not None:
@@ -464,7 +463,7 @@ class _PutTimedOut(Exception):
 
 def _backoff(attempt: int) -> float:
     """Exponential backoff with jitter: 0.1, 0.2, 0.4 ... capped at 2 s, each ±50%."""
-    ceiling = min(2.0, 0.1 * (2**attempt))
+    ceiling = min(2.0, 0.1 * (2.0**attempt))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -474,6 +473,7 @@ def _retry_after_seconds(value: Optional[str]) -> Optional[float]:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    when: datetime.datetime
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -36,7 +37,7 @@ class Origin:
     def __str__(self) -> str:
         return f"{self.source}: {self.location}"
 
-    def child(self, suffix: str) -> "Origin":
+    def child(self, suffix: str) -> Origin:
         joiner = "" if suffix.startswith("[") else "."
         return Origin(self.source, f"{self.location}{joiner}{suffix}" if self.location else suffix)
 
@@ -54,7 +55,7 @@ class ValueSpec:
     def is_directory(self) -> bool:
         return self.path.endswith("/")
 
-    def same_as(self, other: "ValueSpec") -> bool:
+    def same_as(self, other: ValueSpec) -> bool:
         return (self.path, self.key, self.default, self.sensitive) == (
             other.path,
             other.key,
@@ -188,8 +189,6 @@ def _describe(error: Any) -> Tuple[List[Any], str]:
     if kind == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         patterns = error.schema.get("patternProperties", {})
-        import re
-
         extra = [k for k in error.instance if k not in allowed and not any(re.search(p, k) for p in patterns)]
         if patterns and not allowed:
             return path, f"invalid name(s) {', '.join(map(repr, extra))}: {hint or 'not allowed'}"
@@ -205,7 +204,8 @@ def _describe(error: Any) -> Tuple[List[Any], str]:
         return path, f"{error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
     if kind == "type":
         expected = error.validator_value
-        message = f"expected {expected if isinstance(expected, str) else ' or '.join(expected)}, got {_type_name(error.instance)}"
+        wanted = expected if isinstance(expected, str) else " or ".join(expected)
+        message = f"expected {wanted}, got {_type_name(error.instance)}"
         return path, f"{message}: {hint}" if hint else message
     if kind == "pattern":
         return path, f"{error.instance!r} {hint or 'does not match ' + repr(error.validator_value)}"

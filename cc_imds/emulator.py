@@ -61,7 +61,7 @@ class Emulator:
         mode: str = "required",
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+            raise ValueError("mode must be one of " + ", ".join(MODES))
         self.tree = tree
         self.mode = mode
         # Faults, settable at any time by tests.
@@ -81,17 +81,21 @@ class Emulator:
     # -- lifecycle ---------------------------------------------------------
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = str(self._server.server_address[0]), self._server.server_address[1]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def start(self, delay: float = 0.0) -> "Emulator":
+    def start(self, delay: float = 0.0) -> Emulator:
         """Serve in a background thread. Until `delay` has passed, the port is bound
         but not listening, so connections are refused as on a booting instance."""
 
+        if not delay:
+            self._server.server_activate()  # listening before start() returns
+
         def run() -> None:
-            if delay and self._stopping.wait(delay):
-                return
-            self._server.server_activate()
+            if delay:
+                if self._stopping.wait(delay):
+                    return
+                self._server.server_activate()
             self._server.serve_forever(poll_interval=0.05)
 
         self._thread = threading.Thread(target=run, name="imds-emulator", daemon=True)
@@ -106,7 +110,7 @@ class Emulator:
             self._thread.join(timeout=5)
         self._server.server_close()
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

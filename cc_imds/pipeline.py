@@ -17,7 +17,7 @@ from .config import CONNECTION_KEYS, Declaration, SourceDocument, build_declarat
 from .render import Output, render
 from .resolve import TreeSource, Values, resolve
 from .tree import MetadataTree
-from .write import DEFAULT_LOCK, Change, write_outputs
+from .write import Change, default_lock_path, write_outputs
 
 LOG = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ LOG = logging.getLogger(__name__)
 class RunOptions:
     endpoint: Optional[str] = None  # overrides everything (CLI --endpoint)
     root: str = "/"
-    lock_path: str = DEFAULT_LOCK
+    lock_path: str = field(default_factory=default_lock_path)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 

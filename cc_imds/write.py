@@ -20,15 +20,15 @@ import os
 import pwd
 import secrets
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
-
-from contextlib import contextmanager
 
 from .errors import WriteError
 from .render import Output
 
 DEFAULT_LOCK = "/run/lock/cc-imds.lock"
+LOCK_ENV = "CC_IMDS_LOCK"  # relocates the lock, as CC_IMDS_CONF_DIR relocates drop-ins (tests, odd layouts)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -92,6 +92,7 @@ def _open_dir(parent_fd: int, name: str, shown: str) -> int:
 def open_parent(root: str, path: str) -> Tuple[int, str]:
     """Open (creating as needed) the directory that will hold `path` under `root`."""
     parts = [p for p in path.split("/") if p]
+    os.makedirs(root, mode=0o755, exist_ok=True)
     fd = os.open(root, _DIR_FLAGS)
     shown = root.rstrip("/")
     try:
@@ -184,12 +185,16 @@ def locked(lock_path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def write_outputs(outputs: Sequence[Output], root: str = "/", lock_path: str = DEFAULT_LOCK) -> List[Change]:
+def default_lock_path() -> str:
+    return os.environ.get(LOCK_ENV, DEFAULT_LOCK)
+
+
+def write_outputs(outputs: Sequence[Output], root: str = "/", lock_path: Optional[str] = None) -> List[Change]:
     """Write every output atomically, or none. Returns what changed."""
     for output in outputs:  # fail on a bad owner before touching anything
         owner_ids(output.owner, output.path)
     staged: List[_Staged] = []
-    with locked(lock_path):
+    with locked(lock_path or default_lock_path()):
         try:
             for output in outputs:
                 try:

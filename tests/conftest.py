@@ -1,0 +1,71 @@
+"""Shared fixtures: the emulator on real loopback sockets, trees, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+from cc_imds.emulator import Emulator
+from cc_imds.tree import MetadataTree, load_tree
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_imds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach 169.254.169.254: without an explicit endpoint they fail fast."""
+    for name in ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CC_IMDS_CONF_DIR", "/nonexistent/cc-imds-test-conf.d")
+
+
+@pytest.fixture(autouse=True)
+def _private_lock(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never take the host's /run/lock/cc-imds.lock."""
+    monkeypatch.setenv("CC_IMDS_LOCK", str(tmp_path_factory.getbasetemp() / "cc-imds.lock"))
+
+
+@pytest.fixture
+def tree() -> MetadataTree:
+    return load_tree()
+
+
+@pytest.fixture
+def make_emulator() -> Iterator[Callable[..., Emulator]]:
+    started: List[Emulator] = []
+
+    def make(tree: Optional[MetadataTree] = None, *, delay: float = 0.0, **kwargs: object) -> Emulator:
+        emulator = Emulator(tree or load_tree(), **kwargs)  # type: ignore[arg-type]
+        started.append(emulator.start(delay=delay))
+        return emulator
+
+    yield make
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
+    return make_emulator()
+
+
+def run_cli(*args: str, env: Optional[dict] = None, stdin: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    """Run `python -m cc_imds` as a user would, in a separate process."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("CC_IMDS_CONF_DIR", "/nonexistent/cc-imds-test-conf.d")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cc_imds", *args], capture_output=True, env=full_env, input=stdin, timeout=120
+    )
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess]:
+    return run_cli

@@ -1,0 +1,105 @@
+"""The cloud-init entry point, under a fake `cloud` object (real cloud-init: tests/e2e)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+
+import cc_imds
+from cc_imds.emulator import Emulator
+from cc_imds.errors import DeclarationError, ImdsError
+from tests.conftest import REPO
+
+
+class FakeCloud:
+    """What handle may touch of cloud-init's Cloud object: nothing, today."""
+
+    datasource = None
+
+
+def declaration(emulator: Emulator, root: Path) -> Dict[str, Any]:
+    return {
+        "endpoint": emulator.url,
+        "values": {"iid": "meta-data/instance-id", "key": {"path": "meta-data/iam/security-credentials/app-server",
+                                                            "key": "SecretAccessKey"}},
+        "env": [{"path": f"{root}/instance.env", "format": "systemd", "vars": {"INSTANCE_ID": "iid"}}],
+        "files": [{"path": f"{root}/creds", "content": "{{ key }}\n"}],
+    }
+
+
+def test_meta_follows_the_module_contract() -> None:
+    assert cc_imds.meta["frequency"] == "always"
+    assert cc_imds.meta["distros"] == ["all"]
+    assert "activate_by_schema_keys" not in cc_imds.meta  # declarations may come from files too
+    assert not hasattr(cc_imds, "schema")  # cloud-init raises ValueError on a `schema` attribute
+    parameters = inspect.signature(cc_imds.handle).parameters.values()
+    assert [p.kind for p in parameters] == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]
+
+
+@pytest.mark.parametrize("style", ["positional-22.x", "keywords-23.2+"])
+def test_handle_writes_outputs(emulator: Emulator, tmp_path: Path, style: str,
+                               monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = {"imds": declaration(emulator, tmp_path)}
+    caplog.set_level(logging.DEBUG)
+    if style == "positional-22.x":
+        cc_imds.handle("imds", cfg, FakeCloud(), logging.getLogger("cloudinit"), [])
+    else:
+        cc_imds.handle(name="imds", cfg=cfg, cloud=FakeCloud(), args=[])
+    assert (tmp_path / "instance.env").read_text().endswith("INSTANCE_ID='i-0a1b2c3d4e5f60789'\n")
+    assert (tmp_path / "creds").stat().st_mode & 0o777 == 0o600
+    assert "imds: 2 file(s) written, 0 unchanged" in caplog.text
+    secrets = ["demoSecretAccessKey", *emulator.issued_tokens()]
+    assert not [s for s in secrets if s in caplog.text]
+
+
+def test_handle_skips_without_a_declaration(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    cc_imds.handle("imds", {"runcmd": ["true"]}, FakeCloud(), logging.getLogger(), [])
+    assert "Skipping module imds: no `imds` key" in caplog.text
+
+
+def test_handle_raises_a_clear_error_and_logs_each_problem(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(DeclarationError):
+        cc_imds.handle(name="imds", cfg={"imds": {"values": {"x": "/latest/meta-data/x"}, "tokn_ttl": 5}},
+                       cloud=FakeCloud(), args=[])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "imds: cloud-config: imds: unknown key(s) 'tokn_ttl' (did you mean 'token_ttl'?); allowed: concurrency, "
+        "deadline, endpoint, env, files, imdsv1, timeout, token_ttl, values",
+        "imds: cloud-config: imds.values.x: '/latest/meta-data/x' must be an IMDS path such as "
+        "meta-data/instance-id, dynamic/instance-identity/document or user-data, without a leading / or latest/",
+    ]
+
+
+def test_imds_failure_names_the_path_and_writes_nothing(make_emulator: Callable[..., Emulator], tmp_path: Path) -> None:
+    emulator = make_emulator(mode="disabled")
+    with pytest.raises(ImdsError, match=r"/latest/api/token: IMDS endpoint disabled"):
+        cc_imds.handle(name="imds", cfg={"imds": declaration(emulator, tmp_path)}, cloud=FakeCloud(), args=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dropins_alone_activate_the_module(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    import yaml
+
+    (conf / "50-app.yaml").write_text(yaml.safe_dump(declaration(emulator, tmp_path / "out")))
+    monkeypatch.setenv("CC_IMDS_CONF_DIR", str(conf))
+    cc_imds.handle(name="imds", cfg={}, cloud=FakeCloud(), args=[])
+    assert (tmp_path / "out/instance.env").exists()
+
+
+def test_import_uses_only_the_standard_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import cc_imds; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(new & {'yaml', 'jsonschema', 'jinja2', 'markupsafe', 'cloudinit'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,67 @@
+"""The README cannot drift: its reference table matches the schema, its defaults match the
+code, and its cloud-config examples validate."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Set
+
+import pytest
+import yaml
+
+from cc_imds.client import ClientSettings
+from cc_imds.config import SourceDocument, build_declaration, load_schema
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def reference_rows() -> Dict[str, str]:
+    section = README.split("### Declaration reference", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M))
+
+
+def schema_keys() -> Set[str]:
+    schema = load_schema()
+    defs = schema["definitions"]
+    keys = set(schema["properties"])
+    keys |= {f"values.NAME.{k}" for k in defs["value"]["else"]["properties"]}
+    keys |= {f"env[].{k}" for k in defs["env_file"]["properties"]}
+    keys |= {f"files[].{k}" for k in defs["template_file"]["properties"]}
+    return keys
+
+
+def test_reference_table_matches_the_schema() -> None:
+    assert set(reference_rows()) == schema_keys()
+
+
+@pytest.mark.parametrize("key", ["token_ttl", "timeout", "deadline", "concurrency"])
+def test_documented_defaults_match_the_code(key: str) -> None:
+    default = getattr(ClientSettings(), key)
+    assert f"Default `{default:g}`" in reference_rows()[key]
+
+
+def test_documented_endpoint_and_imdsv1_defaults() -> None:
+    assert ClientSettings().endpoint == "auto" and "`auto` (default" in reference_rows()["endpoint"]
+    assert ClientSettings().imdsv1 == "never" and "`never` (default)" in reference_rows()["imdsv1"]
+
+
+def yaml_blocks() -> List[Any]:
+    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def test_readme_declarations_validate() -> None:
+    checked = 0
+    for block in yaml_blocks():
+        if isinstance(block, dict) and "imds" in block:
+            build_declaration([SourceDocument("README", "imds", block["imds"])])
+            checked += 1
+        elif isinstance(block, dict) and "values" in block:  # a drop-in file
+            build_declaration([SourceDocument("README", "", block)])
+            checked += 1
+        for item in (block or {}).get("write_files", []) if isinstance(block, dict) else []:
+            if item["path"].startswith("/etc/cc-imds/conf.d/"):
+                build_declaration([SourceDocument("README", "", yaml.safe_load(item["content"]))])
+                checked += 1
+    assert checked >= 4
