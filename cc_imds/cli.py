@@ -177,6 +177,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enable_module(args: argparse.Namespace) -> int:
+    from .enable import disable, enable
+
+    if args.remove:
+        removed = disable(args.root, args.dropin)
+        print(f"removed {removed}" if removed else "nothing to remove")
+        return 0
+    content = enable(args.root, args.cloud_cfg, args.dropin, dry_run=args.print)
+    if args.print:
+        sys.stdout.write(content)
+    else:
+        print(f"wrote {os.path.join(args.root, args.dropin.lstrip('/'))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
@@ -223,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tags", action="store_true", help="serve tags/instance/ as 404")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
     p.set_defaults(func=cmd_emulate)
+
+    from .enable import CLOUD_CFG, DROPIN
+
+    p = sub.add_parser("enable-module", help="add imds to cloud-init's effective module list via a generated drop-in")
+    p.add_argument("--root", default="/", help="operate on an image mounted here")
+    p.add_argument("--cloud-cfg", default=CLOUD_CFG, help=f"cloud-init's main config (default {CLOUD_CFG})")
+    p.add_argument("--dropin", default=DROPIN, help=f"the generated drop-in (default {DROPIN})")
+    p.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
+    p.add_argument("--remove", action="store_true", help="remove the drop-in")
+    p.set_defaults(func=cmd_enable_module)
 
     p = sub.add_parser("demo", help="apply the bundled examples against the emulator into a temp dir")
     p.add_argument("--root", help="write here instead of a new temp dir")
