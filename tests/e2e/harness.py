@@ -7,7 +7,8 @@ etc/cloud/cloud.cfg and cloud.cfg.d/ are first merged by cloud-init's own
 
 cloud-init 22.x's `init` and `modules` subcommands still write
 /run/cloud-init/{status,result}.json links, so each run happens in a private mount
-namespace with a tmpfs over /run. strace records every file a run changes, and `outside_writes` lists those outside the temp dir (and that tmpfs).
+namespace with a tmpfs over /run. strace records every file a run changes, and
+`outside_writes` lists those outside the temp dir (and that tmpfs).
 """
 
 from __future__ import annotations
