@@ -19,6 +19,8 @@ help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
 	@echo "             including real cloud-init 22.4.2 and 25.1.4 (fetched from Debian, never installed)"
+	@echo "             and the RPM (built, linted, installed into a scratch root)"
+	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
 
 $(VENV)/demo/.ready: setup.cfg pyproject.toml
@@ -46,12 +48,27 @@ lint: $(VENV)/py313/.ready
 cloud-init:
 	tests/e2e/fetch-cloud-init
 
-test-py39: $(VENV)/py39/.ready cloud-init
+test-py39: $(VENV)/py39/.ready cloud-init rpm
 	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider
 
-test-py313: $(VENV)/py313/.ready cloud-init
+test-py313: $(VENV)/py313/.ready cloud-init rpm
 	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider
 
 test: lint test-py39 test-py313
 
 .PHONY: help demo lint cloud-init test test-py39 test-py313
+
+# -- RPM --------------------------------------------------------------------------------
+# A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
+# PEP 621 [project] table, which is why the metadata lives in setup.cfg.
+$(VENV)/al2023-build/.ready: constraints/al2023.txt constraints/al2023-build.txt
+	$(PY39) -m venv $(VENV)/al2023-build
+	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
+	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt -c constraints/al2023.txt \
+	    setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe pytest
+	touch $@
+
+rpm: $(VENV)/al2023-build/.ready
+	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
+
+.PHONY: rpm

@@ -6,6 +6,7 @@ Every run is isolated (see harness.py) and checked to write nothing outside its 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -14,7 +15,7 @@ import yaml
 
 from cc_imds.emulator import Emulator
 from cc_imds.enable import enable
-from tests.e2e.harness import VERSIONS, CloudInit, can_isolate, unpacked
+from tests.e2e.harness import CACHE, VERSIONS, CloudInit, can_isolate, unpacked
 
 pytestmark = pytest.mark.cloudinit
 REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
@@ -166,3 +167,21 @@ def test_the_isolation_check_sees_a_write_outside(cloud_init: CloudInit, emulato
     cloud_init.run("single", "--name", "imds", "--frequency", "always")
     cloud_init.writes_outside_on_purpose = True
     assert f"renameat: {elsewhere}/instance.sh" in cloud_init.outside_writes()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_generated_list_on_debians_config_is_read_back_by_cloud_init(version: str, tmp_path: Path) -> None:
+    """The generator on the config Debian ships, checked by cloud-init's own reader."""
+    if unpacked(version) is None:
+        (pytest.fail if REQUIRED else pytest.skip)(f"cloud-init {version} not unpacked")
+    harness = CloudInit(version, tmp_path / "h")
+    root = tmp_path / "image"
+    shutil.copytree(CACHE / version / "etc/cloud", root / "etc/cloud")
+    shipped = harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"]
+    assert "imds" not in str(shipped)
+    # With cloud-init importable (as in the RPM's scriptlets), and without (a bare build host).
+    code = "import sys; from cc_imds.enable import enable; sys.stdout.write(enable(root=sys.argv[1]))"
+    with_cloudinit = harness.python(code, str(root)).stdout
+    without_cloudinit = enable(root=str(root))
+    assert with_cloudinit == without_cloudinit
+    assert harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"] == [["imds", "always"], *shipped]
