@@ -6,9 +6,11 @@ etc/cloud/cloud.cfg and cloud.cfg.d/ are first merged by cloud-init's own
 `read_conf_with_confd`, exactly as cloud-init merges /etc/cloud at boot.
 
 cloud-init 22.x's `init` and `modules` subcommands still write
-/run/cloud-init/{status,result}.json links, so each run happens in a private mount
-namespace with a tmpfs over /run. strace records every file a run changes, and
-`outside_writes` lists those outside the temp dir (and that tmpfs).
+/run/cloud-init/{status,result}.json links, and 22.2's write status.json under
+/var/lib/cloud/data whatever cloud_dir says. So each run happens in a private mount
+namespace: a tmpfs over /run, and the temp dir's cloud/ bound over /var/lib/cloud.
+strace records every file a run changes, and `outside_writes` lists those outside the
+temp dir (and those two mounts).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "cloud-init"
-VERSIONS = ("22.4.2", "25.1.4")
+# CI runs Debian's two; more can be run by hand (for example AL2023's 22.2.2 from
+# upstream's source, laid out the same way under .cache/cloud-init/VERSION).
+VERSIONS = tuple(os.environ.get("CC_IMDS_CLOUDINIT_VERSIONS", "22.4.2,25.1.4").split(","))
 
 LOGGING = """[loggers]
 keys=root,cloudinit
@@ -124,6 +128,8 @@ class CloudInit:
     def run(self, *args: str) -> subprocess.CompletedProcess:
         self.effective_cfg.write_text(yaml.safe_dump(self.read_config(self.cloud_cfg)))
         strace_log = self.tmp / f"strace-{len(self._strace_logs)}.log"
+        cloud_dir = self.tmp / "cloud"
+        cloud_dir.mkdir(exist_ok=True)
         self._strace_logs.append(strace_log)
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -136,8 +142,9 @@ class CloudInit:
         }
         command = [
             "unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount -t tmpfs cc-imds-e2e /run && exec strace -f -qq -y -o "$0" "$@"',
-            str(strace_log), sys.executable, "-m", "cloudinit.cmd.main", *args,
+            'mount -t tmpfs cc-imds-e2e /run && mount -t tmpfs cc-imds-e2e /var/lib && mkdir /var/lib/cloud && '
+            'mount --bind "$0" /var/lib/cloud && log=$1 && shift && exec strace -f -qq -y -o "$log" "$@"',
+            str(cloud_dir), str(strace_log), sys.executable, "-m", "cloudinit.cmd.main", *args,
         ]
         return subprocess.run(command, env=env, capture_output=True, cwd=self.tmp, timeout=300)
 
@@ -150,7 +157,7 @@ class CloudInit:
 
     def outside_writes(self) -> List[str]:
         """Paths outside the temp dir that any run created, changed or removed."""
-        allowed = (str(self.tmp), "/run/", "/dev/null", "/dev/tty")
+        allowed = (str(self.tmp), "/run/", "/var/lib/cloud/", "/dev/null", "/dev/tty")
         found = []
         for strace_log in self._strace_logs:
             for line in strace_log.read_text(errors="replace").splitlines():
