@@ -106,7 +106,9 @@ class _Transient(Exception):
     """A failure worth retrying: refused, reset, timed out."""
 
     def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind  # "connect", "timeout" or "reset"
+        # "connect", "timeout" (no response headers in time), "slow" (headers came,
+        # the body did not) or "reset". Only "timeout" on a PUT can mean the hop limit.
+        self.kind = kind
         super().__init__(message)
 
 
@@ -142,6 +144,7 @@ class _Http:
     ) -> Tuple[int, http.client.HTTPMessage, bytes]:
         conn = self._connection(base_url, timeout)
         give_up_at = time.monotonic() + timeout
+        headers_received = False
         try:
             if conn.sock is None:
                 try:
@@ -152,6 +155,7 @@ class _Http:
                     raise _Transient("connect", f"cannot connect: {exc.strerror or exc}") from None
             conn.request(method, quote(path, safe=_SAFE_PATH_CHARS), headers=dict(headers))
             response = conn.getresponse()
+            headers_received = True
             body = self._read_body(response, give_up_at)
             return response.status, response.msg, body
         except http.client.InvalidURL as exc:
@@ -159,6 +163,8 @@ class _Http:
             raise _Fatal(f"invalid request path: {exc}") from None
         except socket.timeout:
             conn.close()
+            if headers_received:
+                raise _Transient("slow", f"response body not received within {timeout:g}s") from None
             raise _Transient("timeout", f"no answer within {timeout:g}s") from None
         except (http.client.HTTPException, ConnectionError, OSError) as exc:
             conn.close()
@@ -175,7 +181,7 @@ class _Http:
         total = 0
         while True:
             if time.monotonic() > give_up_at:
-                raise _Transient("timeout", "response body too slow")
+                raise _Transient("slow", "response body too slow")
             chunk = response.read1(65536)
             if not chunk:
                 break

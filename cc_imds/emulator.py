@@ -69,6 +69,9 @@ class Emulator:
         self.drop_put = False  # hold PUT responses: what a too-low hop limit looks like
         self.slow_body = 0.0  # seconds between body bytes (slowloris)
         self.reset_mid_body = False  # send half the body, then a TCP reset
+        self._truncate_next = 0  # ... for only the next N bodies
+        self._revoke_after: Optional[int] = None  # revoke every token after N more GETs
+        self._issued: List[str] = []
         self._statuses: Deque[Tuple[int, Optional[str]]] = deque()
         self._tokens: Dict[str, float] = {}
         self._lock = threading.Lock()
@@ -134,6 +137,16 @@ class Emulator:
         with self._lock:
             self._tokens.clear()
 
+    def revoke_after(self, gets: int) -> None:
+        """Revoke every token once `gets` more GET requests have been answered: mid-run."""
+        with self._lock:
+            self._revoke_after = gets
+
+    def truncate_next(self, count: int) -> None:
+        """Reset the connection halfway through the next `count` response bodies."""
+        with self._lock:
+            self._truncate_next = count
+
     # -- what happened -----------------------------------------------------
     @property
     def requests(self) -> List[RecordedRequest]:
@@ -144,9 +157,9 @@ class Emulator:
         return sum(1 for r in self.requests if r.method == method and (path is None or r.path == path))
 
     def issued_tokens(self) -> List[str]:
-        """Tokens currently valid: tests grep logs for them."""
+        """Every token issued so far, revoked ones included: tests grep output for them."""
         with self._lock:
-            return list(self._tokens)
+            return list(self._issued)
 
     def clear_log(self) -> None:
         with self._lock:
@@ -156,6 +169,20 @@ class Emulator:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+            if request.method == "GET" and self._revoke_after is not None:
+                self._revoke_after -= 1
+                if self._revoke_after <= 0:
+                    self._tokens.clear()
+                    self._revoke_after = None
+
+    def _take_truncation(self) -> bool:
+        with self._lock:
+            if self.reset_mid_body:
+                return True
+            if self._truncate_next > 0:
+                self._truncate_next -= 1
+                return True
+            return False
 
     def _next_injected(self) -> Optional[Tuple[int, Optional[str]]]:
         with self._lock:
@@ -165,6 +192,7 @@ class Emulator:
         token = secrets.token_urlsafe(42)
         with self._lock:
             self._tokens[token] = time.monotonic() + ttl
+            self._issued.append(token)
         return token
 
     def _token_state(self, token: Optional[str]) -> str:
@@ -290,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str = "text/plain",
     ) -> None:
         emu = self.emulator
-        truncate = status == 200 and method == "GET" and emu.reset_mid_body and len(body) > 1
+        truncate = status == 200 and method == "GET" and len(body) > 1 and emu._take_truncation()
         emu._record(RecordedRequest(method, self.path, 0 if truncate else status, token_state))
         self.send_response(status)
         self.send_header("Content-Type", content_type)

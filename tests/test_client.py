@@ -275,3 +275,11 @@ def test_concurrent_fetches_share_keepalive_connections(make_emulator: Callable[
         client.fetch_all([f"meta-data/item/{i:02d}" for i in range(50)])
     assert emulator.count("GET") == 50
     assert count["n"] <= 5  # one connection for the PUT, and at most one per worker
+
+
+def test_slow_token_body_is_not_mistaken_for_the_hop_limit(emulator: Emulator) -> None:
+    emulator.slow_body = 0.05  # the PUT's headers arrive; its body trickles
+    with pytest.raises(ImdsUnreachable) as caught:
+        client_for(emulator, timeout=0.3, deadline=1.5).fetch("meta-data/instance-id")
+    assert "HttpPutResponseHopLimit" not in str(caught.value)
+    assert "response body" in str(caught.value)

@@ -185,3 +185,17 @@ def test_generated_list_on_debians_config_is_read_back_by_cloud_init(version: st
     without_cloudinit = enable(root=str(root))
     assert with_cloudinit == without_cloudinit
     assert harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"] == [["imds", "always"], *shipped]
+
+
+def test_no_secret_reaches_cloud_inits_log(cloud_init: CloudInit, emulator: Emulator) -> None:
+    doc = declaration(emulator, cloud_init.out)
+    doc["values"]["secret_key"] = {"path": "meta-data/iam/security-credentials/app-server", "key": "SecretAccessKey"}
+    doc["values"]["session_token"] = {"path": "meta-data/iam/security-credentials/app-server", "key": "Token"}
+    doc["files"] = [{"path": f"{cloud_init.out}/credentials", "content": "{{ secret_key }} {{ session_token }}\n"}]
+    cloud_init.configure({"imds": doc})
+    assert cloud_init.run("single", "--name", "imds", "--frequency", "always").returncode == 0
+    assert (cloud_init.out / "credentials").stat().st_mode & 0o777 == 0o600
+    log = cloud_init.log.read_text()  # cloud-init logs at DEBUG here
+    assert "GET /latest/meta-data/iam/security-credentials/app-server -> 200" in log
+    secrets = ["demoSecretAccessKey", "demoSessionToken", *emulator.issued_tokens()]
+    assert [s for s in secrets if s in log] == []
