@@ -1,7 +1,7 @@
 """`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
 
-Exit status: 0 success; 1 invalid declaration, a value a format cannot carry, or
-(for `get`) a 404; 2 wrong usage; 3 IMDS unreachable or failing; 4 an output could
+Exit status: 0 success; 1 invalid declaration, a value a format cannot carry,
+(for `get`) a 404, or (for `scan`) IMDSv1 use found; 2 wrong usage; 3 IMDS unreachable or failing; 4 an output could
 not be written. Errors go to stderr, one line each, without a traceback.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
 from .errors import CcImdsError, DeclarationError, ImdsNotFound
@@ -192,6 +193,41 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from .config import SourceDocument, build_declaration
+    from .scan import IMDSV1, as_dicts, scan_paths, suggest
+
+    try:
+        findings = scan_paths(args.path)
+    except OSError as exc:
+        raise CcImdsError(f"{exc.filename}: cannot read: {exc.strerror}") from None
+    if args.json:
+        print(json.dumps(as_dicts(findings), indent=2))
+    elif findings:
+        rows = [(f"{f.file}:{f.line}", f.kind, f.tool, f.path or "?", f.replacement) for f in findings]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    else:
+        print("no IMDS access found")
+    if args.suggest:
+        by_file: Dict[str, List[Any]] = {}
+        for finding in findings:
+            by_file.setdefault(re.split(r"[\[:]", finding.file)[0], []).append(finding)
+        for name, found in by_file.items():
+            declaration = suggest(found, f"/etc/cc-imds/{Path(name).stem}.sh")
+            if not declaration["values"]:
+                continue
+            build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
+            print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
+    return 1 if any(f.kind == IMDSV1 for f in findings) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
@@ -248,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
     p.add_argument("--remove", action="store_true", help="remove the drop-in")
     p.set_defaults(func=cmd_enable_module)
+
+    p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1")
+    p.add_argument("path", nargs="+", help="scripts, cloud-config, raw user-data (gzip, MIME), or directories")
+    p.add_argument("--json", action="store_true", help="findings as JSON")
+    p.add_argument("--suggest", action="store_true", help="print an imds: declaration covering the IMDSv1 values")
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("demo", help="apply the bundled examples against the emulator into a temp dir")
     p.add_argument("--root", help="write here instead of a new temp dir")
