@@ -72,3 +72,15 @@ rpm: $(VENV)/al2023-build/.ready
 	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
 
 .PHONY: rpm
+
+# -- benchmark ----------------------------------------------------------------------------
+$(VENV)/bench/.ready: constraints/current.txt
+	$(PY313) -m venv $(VENV)/bench
+	$(VENV)/bench/bin/pip install $(PIP_FLAGS) -c constraints/current.txt PyYAML jsonschema Jinja2 \
+	    ec2-metadata==3.0.0 matplotlib==3.9.3
+	touch $@
+
+bench: $(VENV)/bench/.ready $(VENV)/py39/.ready cloud-init
+	$(VENV)/bench/bin/python bench/run.py
+
+.PHONY: bench
