@@ -11,6 +11,7 @@ from typing import Callable, Iterator, List, Optional
 import pytest
 
 from cc_imds.emulator import Emulator
+from cc_imds.pytest_plugin import imds_emulator  # noqa: F401 - the fixture users get from the installed plugin
 from cc_imds.tree import MetadataTree, load_tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +52,9 @@ def make_emulator() -> Iterator[Callable[..., Emulator]]:
 
 
 @pytest.fixture
-def emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
-    return make_emulator()
+def emulator(imds_emulator: Emulator) -> Emulator:  # noqa: F811 - a fixture parameter, not a redefinition
+    """The plugin's fixture (cc_imds.pytest_plugin), as users of the package get it."""
+    return imds_emulator
 
 
 def run_cli(*args: str, env: Optional[dict] = None, stdin: Optional[bytes] = None) -> subprocess.CompletedProcess:

@@ -163,3 +163,24 @@ def test_usage_errors_exit_2(cli: Callable) -> None:
 )
 def test_get_path_forms(given: str, expected: str) -> None:
     assert normalise_get_path(given) == expected
+
+
+def test_emulate_serves_until_stopped(cli: Callable, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen([sys.executable, "-m", "cc_imds", "emulate", "--port", "0", "--no-tags"],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert banner.startswith("IMDS emulator (required) listening on http://127.0.0.1:")
+        url = banner.split()[-1]
+        assert cli("get", "meta-data/instance-id", "--endpoint", url).stdout == b"i-0a1b2c3d4e5f60789"
+        assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).returncode == 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=10) == 0

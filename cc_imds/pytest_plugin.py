@@ -1,0 +1,26 @@
+"""A pytest fixture for projects that test their own IMDS consumers against cc-imds's
+strict emulator. Registered as a pytest plugin when cc-imds is installed:
+
+    def test_my_boot_script(imds_emulator):
+        imds_emulator.fail_next(503, count=2)
+        run_my_script(endpoint=imds_emulator.url)
+        assert imds_emulator.count("PUT") == 1
+
+The emulator serves the bundled metadata tree on 127.0.0.1, in `required` (IMDSv2-only)
+mode, and stops after the test. Use `cc_imds.emulator.Emulator` directly for other trees.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from .emulator import Emulator
+from .tree import load_tree
+
+
+@pytest.fixture
+def imds_emulator() -> Iterator[Emulator]:
+    with Emulator(load_tree()) as emulator:
+        yield emulator
