@@ -39,14 +39,7 @@ LATENCIES = (0.0, 0.001, 0.005)
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 TAGS = 20
 CONCURRENCY = 8  # cc-imds's default
-CONTENDERS = ("A", "B", "C", "D", "E")
-LABELS = {
-    "A": "A: cc-imds handle, warm (cloud-init)",
-    "B": "B: cc-imds apply, cold process",
-    "C": "C: bash + curl, one token",
-    "D": "D: bash + curl, token per value",
-    "E": "E: ec2-metadata (PyPI), sequential",
-}
+CONTENDERS = ("A", "B", "C", "D", "E")  # described in bench/report.py
 
 
 def bench_tree() -> MetadataTree:

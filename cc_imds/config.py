@@ -111,15 +111,20 @@ class SourceDocument:
 
 
 # -- loading --------------------------------------------------------------------
-def read_yaml(path: Path) -> Any:
-    import yaml  # deferred: cloud-init imports this module's package at every boot
-
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DeclarationError([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise DeclarationError([f"{path}: not UTF-8 text"]) from None
+
+
+def read_yaml(path: Path, text: Optional[str] = None) -> Any:
+    import yaml  # deferred: cloud-init imports this module's package at every boot
+
+    if text is None:
+        text = read_text(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -131,9 +136,9 @@ def read_yaml(path: Path) -> Any:
 
 def documents_from_file(path: Path) -> List[SourceDocument]:
     """A file given on the command line: cloud-config (with an `imds:` key) or a bare declaration."""
-    data = read_yaml(path)
-    text_start = path.read_text(encoding="utf-8", errors="replace")[:13]
-    if isinstance(data, dict) and ("imds" in data or text_start.startswith("#cloud-config")):
+    text = read_text(path)
+    data = read_yaml(path, text)
+    if isinstance(data, dict) and ("imds" in data or text.startswith("#cloud-config")):
         if "imds" not in data:
             raise DeclarationError([f"{path}: cloud-config without an `imds:` key"])
         return [SourceDocument(str(path), "imds", data["imds"])]

@@ -15,14 +15,18 @@ class CcImdsError(Exception):
     exit_code = 1
 
 
-class DeclarationError(CcImdsError):
-    """The declaration is invalid. Carries every problem found, not just the first."""
-
-    exit_code = 1
+class ProblemsError(CcImdsError):
+    """A failure with several problems, all reported at once, one per line."""
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems: List[str] = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class DeclarationError(ProblemsError):
+    """The declaration is invalid. Carries every problem found, not just the first."""
+
+    exit_code = 1
 
 
 class ImdsError(CcImdsError):
@@ -47,24 +51,16 @@ class ImdsUnreachable(ImdsError):
     """No usable answer before the deadline: nothing listening, or only retryable errors."""
 
 
-class ResolveError(CcImdsError):
+class ResolveError(ProblemsError):
     """One or more declared values could not be resolved. Lists all of them."""
 
     exit_code = 3
 
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems: List[str] = list(problems)
-        super().__init__("\n".join(self.problems))
 
-
-class RenderError(CcImdsError):
+class RenderError(ProblemsError):
     """A value cannot be written exactly in the declared format, or a template failed."""
 
     exit_code = 1
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems: List[str] = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 class WriteError(CcImdsError):

@@ -9,16 +9,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Union
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Protocol, Union
 
 from .config import Declaration, ValueSpec
 from .errors import ImdsError, ImdsNotFound, ResolveError
 from .tree import TAGS_PREFIX, MetadataTree
-
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover - Python < 3.8 is not supported, but keep import safe
-    Protocol = object  # type: ignore[assignment]
 
 Value = Union[str, bytes, Mapping[str, str]]
 Outcome = Union[bytes, ImdsError]
