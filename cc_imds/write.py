@@ -50,7 +50,11 @@ class _Staged:
 
 
 def owner_ids(owner: Optional[str], path: str) -> Tuple[int, int]:
-    """(uid, gid) for `user[:group]`; (-1, -1) leaves ownership to the running user."""
+    """(uid, gid) for `user[:group]`; (-1, -1) leaves ownership to the running user.
+
+    Names are looked up in this system's user database, also with --root: for an image,
+    use root or numeric ids.
+    """
     if owner is None:
         return -1, -1
     user, _, group = owner.partition(":")
