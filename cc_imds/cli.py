@@ -1,8 +1,8 @@
 """`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
 
-Exit status: 0 success; 1 invalid declaration, a value a format cannot carry,
-(for `get`) a 404, or (for `scan`) IMDSv1 use found; 2 wrong usage; 3 IMDS unreachable or failing; 4 an output could
-not be written. Errors go to stderr, one line each, without a traceback.
+Exit status: 0 success; 1 invalid declaration, a value a format cannot carry, a 404
+(`get`) or IMDSv1 use found (`scan`); 2 wrong usage; 3 IMDS unreachable or failing;
+4 an output could not be written. Errors go to stderr, one line each, without a traceback.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from .errors import CcImdsError, DeclarationError, ImdsNotFound
 if TYPE_CHECKING:
     from .config import SourceDocument
     from .pipeline import RunOptions
-
-EXIT_USAGE = 2
-
 
 def _conf_dir(args: argparse.Namespace) -> Optional[str]:
     if args.no_conf_dir:
