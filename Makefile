@@ -42,10 +42,13 @@ $(VENV)/py313/.ready: constraints/current.txt
 	touch $@
 
 lint: $(VENV)/py313/.ready
-	$(VENV)/py313/bin/ruff check cc_imds tests
+	$(VENV)/py313/bin/ruff check cc_imds tests bench
 	$(VENV)/py313/bin/mypy
 
-cloud-init:
+system-deps:
+	tests/install-system-deps
+
+cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
 test-py39: $(VENV)/py39/.ready cloud-init rpm
@@ -56,7 +59,7 @@ test-py313: $(VENV)/py313/.ready cloud-init rpm
 
 test: lint test-py39 test-py313
 
-.PHONY: help demo lint cloud-init test test-py39 test-py313
+.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
 
 # -- RPM --------------------------------------------------------------------------------
 # A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
@@ -68,7 +71,7 @@ $(VENV)/al2023-build/.ready: constraints/al2023.txt constraints/al2023-build.txt
 	    setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe pytest
 	touch $@
 
-rpm: $(VENV)/al2023-build/.ready
+rpm: $(VENV)/al2023-build/.ready system-deps
 	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
 
 .PHONY: rpm
