@@ -43,9 +43,14 @@ def _arguments(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tuple[str, M
     return str(name), cfg or {}
 
 
+def is_dropin(name: str) -> bool:
+    """Which files of the drop-in directory are declarations (here, so handle can check cheaply)."""
+    return name.endswith(".yaml") and not name.startswith(".")
+
+
 def _has_dropins(conf_dir: str) -> bool:
     try:
-        return any(entry.endswith(".yaml") and not entry.startswith(".") for entry in os.listdir(conf_dir))
+        return any(is_dropin(entry) for entry in os.listdir(conf_dir))
     except OSError:
         return False
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
 from .errors import CcImdsError, DeclarationError, ImdsNotFound
@@ -22,6 +21,7 @@ from .errors import CcImdsError, DeclarationError, ImdsNotFound
 if TYPE_CHECKING:
     from .config import SourceDocument
     from .pipeline import RunOptions
+
 
 def _conf_dir(args: argparse.Namespace) -> Optional[str]:
     if args.no_conf_dir:
@@ -176,17 +176,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .enable import disable, enable
+    from .enable import CLOUD_CFG, DROPIN, disable, enable
 
+    dropin = args.dropin or DROPIN
     if args.remove:
-        removed = disable(args.root, args.dropin)
+        removed = disable(args.root, dropin)
         print(f"removed {removed}" if removed else "nothing to remove")
         return 0
-    content = enable(args.root, args.cloud_cfg, args.dropin, dry_run=args.print)
+    content = enable(args.root, args.cloud_cfg or CLOUD_CFG, dropin, dry_run=args.print)
     if args.print:
         sys.stdout.write(content)
     else:
-        print(f"wrote {os.path.join(args.root, args.dropin.lstrip('/'))}")
+        print(f"wrote {os.path.join(args.root, dropin.lstrip('/'))}")
     return 0
 
 
@@ -196,12 +197,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import SourceDocument, build_declaration
-    from .scan import IMDSV1, as_dicts, scan_paths, suggest
+    from .scan import IMDSV1, as_dicts, scan_files, suggest
 
     try:
-        findings = scan_paths(args.path)
+        by_file = scan_files(args.path)
     except OSError as exc:
         raise CcImdsError(f"{exc.filename}: cannot read: {exc.strerror}") from None
+    findings = [finding for found in by_file.values() for finding in found]
     if args.json:
         print(json.dumps(as_dicts(findings), indent=2))
     elif findings:
@@ -212,9 +214,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         print("no IMDS access found")
     if args.suggest:
-        by_file: Dict[str, List[Any]] = {}
-        for finding in findings:
-            by_file.setdefault(re.split(r"[\[:]", finding.file)[0], []).append(finding)
         for name, found in by_file.items():
             declaration = suggest(found, f"/etc/cc-imds/{Path(name).stem}.sh")
             if not declaration["values"]:
@@ -272,12 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
     p.set_defaults(func=cmd_emulate)
 
-    from .enable import CLOUD_CFG, DROPIN
-
     p = sub.add_parser("enable-module", help="add imds to cloud-init's effective module list via a generated drop-in")
     p.add_argument("--root", default="/", help="operate on an image mounted here")
-    p.add_argument("--cloud-cfg", default=CLOUD_CFG, help=f"cloud-init's main config (default {CLOUD_CFG})")
-    p.add_argument("--dropin", default=DROPIN, help=f"the generated drop-in (default {DROPIN})")
+    p.add_argument("--cloud-cfg", help="cloud-init's main config (default /etc/cloud/cloud.cfg)")
+    p.add_argument("--dropin", help="the generated drop-in (default /etc/cloud/cloud.cfg.d/zz-cc-imds.cfg)")
     p.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
     p.add_argument("--remove", action="store_true", help="remove the drop-in")
     p.set_defaults(func=cmd_enable_module)

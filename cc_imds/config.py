@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from . import is_dropin
 from .errors import DeclarationError
 
 SCHEMA_FILE = "cc-imds.schema.json"
-DEFAULT_CONF_DIR = "/etc/cc-imds/conf.d"
 CONNECTION_KEYS = ("endpoint", "imdsv1", "token_ttl", "timeout", "deadline", "concurrency")
 ALWAYS_SENSITIVE_PREFIXES = (
     "meta-data/iam/security-credentials/",
@@ -150,7 +150,7 @@ def documents_from_file(path: Path) -> List[SourceDocument]:
 def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
     """Every `*.yaml` in the drop-in directory, in lexical order. A missing directory is empty."""
     try:
-        names = sorted(p for p in conf_dir.iterdir() if p.suffix == ".yaml" and not p.name.startswith("."))
+        names = sorted(p for p in conf_dir.iterdir() if is_dropin(p.name))
     except FileNotFoundError:
         return []
     except OSError as exc:

@@ -34,14 +34,13 @@ def gather(
     cloud_config: Any = None,
     conf_dir: Optional[str] = None,
     documents: Sequence[SourceDocument] = (),
-    cloud_config_source: str = "cloud-config",
 ) -> List[SourceDocument]:
     """Drop-ins first (lexical order), then explicit documents, then cloud-config:
     later sources win for connection settings."""
     docs = documents_from_dir(Path(conf_dir)) if conf_dir else []
     docs.extend(documents)
     if cloud_config is not None:
-        docs.append(SourceDocument(cloud_config_source, "imds", cloud_config))
+        docs.append(SourceDocument("cloud-config", "imds", cloud_config))
     return docs
 
 

@@ -231,14 +231,19 @@ def scan_bytes(name: str, data: bytes) -> List[Finding]:
     return scan_text(name, data.decode("utf-8", "replace"))
 
 
-def scan_paths(paths: List[str]) -> List[Finding]:
-    findings: List[Finding] = []
+def scan_files(paths: List[str]) -> Dict[str, List[Finding]]:
+    """Findings per file; directories are walked."""
+    found: Dict[str, List[Finding]] = {}
     for raw in paths:
         path = Path(raw)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
-            findings.extend(scan_bytes(str(file), file.read_bytes()))
-    return findings
+            found[str(file)] = scan_bytes(str(file), file.read_bytes())
+    return found
+
+
+def scan_paths(paths: List[str]) -> List[Finding]:
+    return [finding for findings in scan_files(paths).values() for finding in findings]
 
 
 # -- suggestions ------------------------------------------------------------------------------------
