@@ -1,0 +1,50 @@
+"""One absolute point in time that a whole operation must finish by.
+
+A boot run has one deadline, and everything under it (connecting, every byte of every
+response, backoff sleeps, waiting for the lock, rendering templates) is bounded by what
+is left of it. The watcher makes a new one for each poll. Standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+Clock = Callable[[], float]
+
+
+class DeadlineExceeded(Exception):
+    """Internal signal: the deadline passed. Callers turn it into an error naming what was cut short."""
+
+
+class Deadline:
+    """`seconds` from now on a monotonic clock. Immutable once made."""
+
+    __slots__ = ("_clock", "at", "seconds")
+
+    def __init__(self, seconds: float, clock: Clock = time.monotonic) -> None:
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"a deadline must be a positive, finite number of seconds, not {seconds!r}")
+        self._clock = clock
+        self.seconds = float(seconds)
+        self.at = clock() + self.seconds
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self.at - self._clock())
+
+    def expired(self) -> bool:
+        return self._clock() >= self.at
+
+    def bound(self, timeout: float) -> float:
+        """`timeout`, cut down to what is left of the deadline."""
+        return min(timeout, self.remaining())
+
+    def check(self) -> None:
+        """Raise DeadlineExceeded once the deadline has passed."""
+        if self.expired():
+            raise DeadlineExceeded(f"the {self.seconds:g}s deadline passed")
+
+    def __repr__(self) -> str:
+        return f"Deadline({self.seconds:g}s, {self.remaining():.3f}s left)"
