@@ -19,7 +19,7 @@ from tests.rpm.scratch import SITE_PACKAGES, build_root, chroot, diff, rpm, snap
 pytestmark = pytest.mark.rpm
 REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
 BUILD = REPO / "rpm" / "build"
-FIXTURE = REPO.parent / "shared" / "fixtures" / "al2023-like-cloud.cfg"
+FIXTURE = REPO / "tests" / "fixtures" / "al2023-like-cloud.cfg"
 BUILD_PYTHON = REPO / ".venv" / "al2023-build" / "bin" / "python"
 DROPIN = "etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
 
