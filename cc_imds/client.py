@@ -8,22 +8,27 @@ never logged.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import http.client
-import logging
 import random
 import socket
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
 from .errors import CcImdsError, ImdsError, ImdsNotFound, ImdsUnreachable
+from .logs import get_logger
 
-LOG = logging.getLogger(__name__)
+# `cc-imds get` runs this module cold in every script that calls it, so it imports only
+# what a single fetch needs (not logging, dataclasses, typing or a thread pool; those are
+# imported where used). mypy treats a TYPE_CHECKING of our own like typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+    Outcome = Union[bytes, ImdsError]
+
+LOG = get_logger(__name__)
 
 IPV4_URL = "http://169.254.169.254"
 IPV6_URL = "http://[fd00:ec2::254]"
@@ -43,21 +48,54 @@ _HOP_LIMIT_MESSAGE = (
 )
 
 
-@dataclass(frozen=True)
 class ClientSettings:
     """Connection settings. Defaults suit boot: IMDS is normally up by the time
-    cloud-init's config stage runs, so failures are rare and a bounded wait is cheap."""
+    cloud-init's config stage runs, so failures are rare and a bounded wait is cheap.
+    Immutable, like a frozen dataclass (which would import `dataclasses` and `inspect`)."""
 
-    endpoint: str = "auto"
-    imdsv1: str = "never"  # never | fallback
-    token_ttl: int = 21600  # seconds; IMDS accepts 1..21600
-    timeout: float = 2.0  # one attempt: connect, send, headers and body
-    deadline: float = 60.0  # the whole run, retries included
-    concurrency: int = 8  # parallel GETs, one keep-alive connection each
-    max_body: int = 4 * 1024 * 1024  # user-data is at most 16 KiB; nothing legitimate is near this
+    __slots__ = ("concurrency", "deadline", "endpoint", "imdsv1", "max_body", "timeout", "token_ttl")
 
+    endpoint: str
+    imdsv1: str  # never | fallback
+    token_ttl: int  # seconds; IMDS accepts 1..21600
+    timeout: float  # one attempt: connect, send, headers and body
+    deadline: float  # the whole run, retries included
+    concurrency: int  # parallel GETs, one keep-alive connection each
+    max_body: int  # user-data is at most 16 KiB; nothing legitimate is near this
 
-Outcome = Union[bytes, ImdsError]
+    def __init__(
+        self,
+        endpoint: str = "auto",
+        imdsv1: str = "never",
+        token_ttl: int = 21600,
+        timeout: float = 2.0,
+        deadline: float = 60.0,
+        concurrency: int = 8,
+        max_body: int = 4 * 1024 * 1024,
+    ) -> None:
+        init = object.__setattr__  # immutable to everyone else
+        init(self, "endpoint", endpoint)
+        init(self, "imdsv1", imdsv1)
+        init(self, "token_ttl", token_ttl)
+        init(self, "timeout", timeout)
+        init(self, "deadline", deadline)
+        init(self, "concurrency", concurrency)
+        init(self, "max_body", max_body)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ClientSettings is immutable; cannot set {name}")
+
+    def _fields(self) -> Tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClientSettings) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "ClientSettings(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__) + ")"
 
 
 class EndpointError(CcImdsError):
@@ -240,6 +278,8 @@ class ImdsClient:
     ) -> Dict[str, Outcome]:
         """Fetch each distinct path once, concurrently. `expand` turns a directory
         listing into more paths, which are fetched as soon as the listing arrives."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
         wanted = list(dict.fromkeys(paths))
         results: Dict[str, Outcome] = {}
         if not wanted:
@@ -479,7 +519,8 @@ def _retry_after_seconds(value: Optional[str]) -> Optional[float]:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    when: datetime.datetime
+    import email.utils  # http.client has imported it already
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
