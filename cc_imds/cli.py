@@ -221,10 +221,7 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from .config import SourceDocument, build_declaration
-    from .scan import IMDSV1, as_dicts, scan_files, suggest
+    from .scan import IMDSV1, as_dicts, scan_files
 
     try:
         by_file = scan_files(args.path)
@@ -241,6 +238,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         print("no IMDS access found")
     if args.suggest:
+        import yaml
+
+        from .config import SourceDocument, build_declaration
+        from .scan import suggest
+
         for name, found in by_file.items():
             declaration = suggest(found, f"/etc/cc-imds/{os.path.splitext(os.path.basename(name))[0]}.sh")
             if not declaration["values"]:
