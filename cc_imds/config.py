@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import is_dropin
 from .errors import DeclarationError
@@ -108,6 +108,8 @@ class SourceDocument:
     source: str  # "cloud-config", or the file it came from
     root: str  # location prefix: "imds" for cloud-config, "" for a drop-in file
     document: Any
+    digest: Optional[str] = None  # names the file's exact text (cc_imds.validated), when read from one
+    validated: bool = False  # passed the schema before, with this exact text (cc_imds.validated)
 
 
 # -- loading --------------------------------------------------------------------
@@ -136,15 +138,18 @@ def read_yaml(path: Path, text: Optional[str] = None) -> Any:
 
 def documents_from_file(path: Path) -> List[SourceDocument]:
     """A file given on the command line: cloud-config (with an `imds:` key) or a bare declaration."""
-    text = read_text(path)
-    data = read_yaml(path, text)
-    if isinstance(data, dict) and ("imds" in data or text.startswith("#cloud-config")):
-        if "imds" not in data:
-            raise DeclarationError([f"{path}: cloud-config without an `imds:` key"])
-        return [SourceDocument(str(path), "imds", data["imds"])]
-    if data is None:
-        raise DeclarationError([f"{path}: empty file"])
-    return [SourceDocument(str(path), "", data)]
+
+    def parse(text: str) -> List[SourceDocument]:
+        data = read_yaml(path, text)
+        if isinstance(data, dict) and ("imds" in data or text.startswith("#cloud-config")):
+            if "imds" not in data:
+                raise DeclarationError([f"{path}: cloud-config without an `imds:` key"])
+            return [SourceDocument(str(path), "imds", data["imds"])]
+        if data is None:
+            raise DeclarationError([f"{path}: empty file"])
+        return [SourceDocument(str(path), "", data)]
+
+    return _remembered_or_parsed(path, parse)
 
 
 def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
@@ -157,9 +162,29 @@ def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
         raise DeclarationError([f"{conf_dir}: cannot list: {exc.strerror}"]) from None
     docs = []
     for path in names:
-        data = read_yaml(path)
-        if data is not None:  # an empty drop-in is allowed, as an empty systemd drop-in is
-            docs.append(SourceDocument(str(path), "", data))
+
+        def parse(text: str, path: Path = path) -> List[SourceDocument]:
+            data = read_yaml(path, text)
+            # An empty drop-in is allowed, as an empty systemd drop-in is.
+            return [SourceDocument(str(path), "", data)] if data is not None else []
+
+        docs.extend(_remembered_or_parsed(path, parse))
+    return docs
+
+
+def _remembered_or_parsed(path: Path, parse: Callable[[str], List[SourceDocument]]) -> List[SourceDocument]:
+    """The file's documents: as remembered from an earlier validation of this exact text
+    (no YAML, no schema: see cc_imds.validated), or freshly parsed."""
+    from . import validated
+
+    text = read_text(path)
+    digest = validated.key(text)
+    known = validated.recall(digest)
+    if known is not None:
+        return [SourceDocument(str(path), root, document, digest, validated=True) for root, document in known]
+    docs = [replace(doc, digest=digest) for doc in parse(text)]
+    if not docs:
+        validated.remember(digest, [])  # nothing in it to validate
     return docs
 
 
@@ -305,10 +330,12 @@ def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
     value in every env output. Connection settings: later sources win, so with
     drop-ins in lexical order followed by cloud-config, cloud-config wins.
     """
-    schema = load_schema()
     problems: List[str] = []
-    for doc in docs:
-        problems.extend(schema_problems(doc, schema))
+    unchecked = [doc for doc in docs if not doc.validated]
+    if unchecked:  # jsonschema is imported only when some document needs it
+        schema = load_schema()
+        for doc in unchecked:
+            problems.extend(schema_problems(doc, schema))
     if problems:
         raise DeclarationError(problems)
 
@@ -332,7 +359,20 @@ def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
     _check_outputs(values, env, files, problems)
     if problems:
         raise DeclarationError(problems)
+    _remember(unchecked)
     return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs))
+
+
+def _remember(checked: Sequence[SourceDocument]) -> None:
+    """Record each file whose documents all passed, so its unchanged text skips YAML and the schema."""
+    from . import validated
+
+    by_file: Dict[str, List[SourceDocument]] = {}
+    for doc in checked:
+        if doc.digest is not None:
+            by_file.setdefault(doc.digest, []).append(doc)
+    for digest, file_docs in by_file.items():
+        validated.remember(digest, [(doc.root, doc.document) for doc in file_docs])
 
 
 def _check_outputs(
