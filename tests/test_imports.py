@@ -87,7 +87,9 @@ def test_get_failures_import_nothing_more(tmp_path: Path) -> None:
         (["validate", "DECL"], {"yaml", "jsonschema"}),
         (["plan", "DECL", "--no-conf-dir", "--metadata", str(REPO / "cc_imds/data/default-tree.json")],
          {"yaml", "jsonschema"}),
-        (["validate", str(EXAMPLES / "iam-credentials.yaml")], {"yaml", "jsonschema", "jinja2"}),
+        # A template that is only text and {{ name }} does not need it either; a filter does.
+        (["validate", str(EXAMPLES / "iam-credentials.yaml")], {"yaml", "jsonschema"}),
+        (["validate", "TEMPLATE"], {"yaml", "jsonschema", "jinja2"}),
         (["scan", "SCRIPT"], set()),
         (["scan", "SCRIPT", "--suggest"], {"yaml", "jsonschema"}),
     ],
@@ -97,7 +99,10 @@ def test_each_command_imports_what_it_uses(tmp_path: Path, args: List[str], allo
     decl.write_text("values:\n  id: meta-data/instance-id\nenv:\n  - {path: /x.env, format: shell, vars: {ID: id}}\n")
     script = tmp_path / "boot.sh"
     script.write_text("ID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)\n")
-    args = [{"DECL": str(decl), "SCRIPT": str(script)}.get(a, a) for a in args]
+    template = tmp_path / "template.yaml"
+    template.write_text("values:\n  id: meta-data/instance-id\n"
+                        "files:\n  - {path: /x.sh, content: '{{ id | shell_quote }}'}\n")
+    args = [{"DECL": str(decl), "SCRIPT": str(script), "TEMPLATE": str(template)}.get(a, a) for a in args]
     found = imported(tmp_path, *args)
     assert found["code"] in (0, 1)
     # jsonschema's and Jinja2's own dependencies come with them.
