@@ -241,13 +241,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
         import yaml
 
         from .config import SourceDocument, build_declaration
-        from .scan import suggest
+        from .scan import suggest, suggest_get
 
         for name, found in by_file.items():
             declaration = suggest(found, f"/etc/cc-imds/{os.path.splitext(os.path.basename(name))[0]}.sh")
             if not declaration["values"]:
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            command = suggest_get(declaration)
+            if command:
+                print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(command)
             print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
             print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     return 1 if any(f.kind == IMDSV1 for f in findings) else 0
