@@ -335,3 +335,17 @@ def test_same_values_as_a_declaration(cli: Callable, emulator: Emulator, tmp_pat
     got = cli("get", "--json", *args, "--endpoint", emulator.url)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == planned
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_readme_script_runs_as_written(emulator: Emulator, tmp_path: Path, shell: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    script = next(block for block in readme.split("```sh\n")[1:] if "eval \"$(cc-imds get --shell" in block)
+    script = script.split("```", 1)[0]
+    (tmp_path / "cc-imds").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m cc_imds "$@"\n')
+    (tmp_path / "cc-imds").chmod(0o755)
+    result = subprocess.run([shell, "-c", script], capture_output=True, env={
+        **os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin", "AWS_EC2_METADATA_SERVICE_ENDPOINT": emulator.url})
+    assert result.returncode == 0, result.stderr
+    environment = emulator.tree.lookup("meta-data/tags/instance/Environment") or b"dev"
+    assert result.stdout.decode() == f"{ID} in eu-west-1, account 123456789012, {environment.decode()}\n"
