@@ -20,7 +20,7 @@ from .errors import CcImdsError, DeclarationError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import List, Optional, Sequence
+    from typing import Any, List, Optional, Sequence
 
     from .config import SourceDocument
     from .pipeline import RunOptions
@@ -257,8 +257,38 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 1 if any(f.kind == IMDSV1 for f in findings) else 0
 
 
+def _columns() -> int:
+    """What shutil.get_terminal_size() says, without importing shutil."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+            columns = 80
+    return columns - 2  # as argparse does
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a help formatter that finds the terminal's width itself: argparse's
+    own imports shutil (and the compression modules shutil imports) for every parser it builds,
+    which every start of `cc-imds get` would pay for. Subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every request to stderr (never tokens or values)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
