@@ -418,8 +418,8 @@ def _fail_eval(code: int) -> None:
     try:
         sys.stdout.write(f"(exit {code})\n")
         sys.stdout.flush()
-    except OSError:
-        pass  # the exit status still says it
+    except (OSError, AttributeError):  # closed, or no stdout at all: the exit status still says it
+        pass
 
 
 def _warnings_to_stderr() -> None:

@@ -299,10 +299,17 @@ def get(client: ImdsClient, requests: Sequence[Request], output: str) -> bytes:
 
 def write_stdout(data: bytes) -> None:
     """All of it, or an error: a script must not run on with half its values."""
+    import os
     import sys
 
     try:
+        if sys.stdout is None:  # started with stdout closed
+            raise OSError("standard output is closed")
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     except OSError as exc:
+        try:  # what is still buffered goes nowhere, rather than into a second error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        except OSError:
+            pass
         raise WriteError("standard output", f"cannot write: {exc.strerror or exc}") from None

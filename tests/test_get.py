@@ -349,3 +349,16 @@ def test_the_readme_script_runs_as_written(emulator: Emulator, tmp_path: Path, s
     assert result.returncode == 0, result.stderr
     environment = emulator.tree.lookup("meta-data/tags/instance/Environment") or b"dev"
     assert result.stdout.decode() == f"{ID} in eu-west-1, account 123456789012, {environment.decode()}\n"
+
+
+def test_unwritable_stdout_is_exit_4_without_a_traceback(emulator: Emulator) -> None:
+    command = [sys.executable, "-m", "cc_imds", "get", "--shell", "ID=meta-data/instance-id",
+               "--endpoint", emulator.url]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, env=env)
+    assert result.returncode == 4
+    assert result.stderr == b"cc-imds: standard output: cannot write: No space left on device\n"
+    closed = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *command], stderr=subprocess.PIPE, env=env)
+    assert (closed.returncode, closed.stderr) == (4, b"cc-imds: standard output: cannot write: standard output is "
+                                                     b"closed\n")
