@@ -4,9 +4,10 @@
 
 Values are named and sourced with the declaration's vocabulary: a path, optionally a
 `--key` into the JSON document there, and a `--default` used only when IMDS answers 404.
-Every value is fetched (one token, concurrently) before anything is printed, and nothing
-is printed unless every value succeeded, so `set -e` scripts stop instead of running with
-empty variables. Error messages name values and paths, never a value's content.
+Every value is fetched (one token, concurrently) before anything is printed, and no value
+is printed unless every value succeeded; `--shell` then prints only `(exit N)`, so that
+`eval` fails too and a `set -e` script stops instead of running with unset variables.
+Error messages name values and paths, never a value's content.
 
 Cold start is part of the job (scripts call this where they called curl), so this module
 imports only the standard library, and only what a run needs.
@@ -203,7 +204,9 @@ def fetch(client: ImdsClient, requests: Sequence[Request]) -> Dict[str, Outcome]
         return dict(client.fetch_all(paths))
     try:
         return {paths[0]: client.fetch(paths[0])}
-    except ImdsNotFound as exc:
+    except ImdsError as exc:
+        if exc.path != "/latest/" + paths[0]:
+            raise  # the token, not this value: as fetch_all raises it
         return {paths[0]: exc}
 
 

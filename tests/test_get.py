@@ -362,3 +362,10 @@ def test_unwritable_stdout_is_exit_4_without_a_traceback(emulator: Emulator) -> 
     closed = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *command], stderr=subprocess.PIPE, env=env)
     assert (closed.returncode, closed.stderr) == (4, b"cc-imds: standard output: cannot write: standard output is "
                                                      b"closed\n")
+
+
+def test_a_failing_value_is_named_when_alone_too(cli: Callable, make_emulator: Callable[..., Emulator]) -> None:
+    emulator = make_emulator(MetadataTree({"meta-data/big": b"x" * (5 << 20)}))
+    result = cli("get", "--shell", "BIG=meta-data/big", "--endpoint", emulator.url)
+    assert (result.returncode, result.stdout) == (3, EVAL_FAILS[3])
+    assert result.stderr.startswith(b"cc-imds: BIG: /latest/meta-data/big: ") and len(result.stderr.splitlines()) == 1
