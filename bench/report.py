@@ -225,6 +225,16 @@ NOTES = [
     "- The floor assumes every request costs exactly the added latency and nothing else; A's distance to it is",
     "  the client's own overhead (thread hand-off, parsing, rendering, atomic writes with fsync).",
     "- E is sequential by design of its API, so it scales with the number of values times the latency.",
+    "- `cc-imds get` imports the standard library alone (a test keeps it so), but HTTP goes through `http.client`",
+    "  by the project's rules, and importing `http.client` (with the `email` package and `ssl` it loads) costs",
+    "  several bare interpreter starts on its own: see the `import http.client` rows. The 1.5x budget is below that",
+    "  floor; `get / import http.client` is what cc-imds adds on top of it (argument parsing, the client, the",
+    "  exchange).",
+    "- `apply, new declaration` imports PyYAML and jsonschema to validate; `apply, validated declaration` reads the",
+    "  same file's remembered documents (cc_imds/validated.py) and skips both. The template is plain `{{ name }}`",
+    "  substitution, which needs no Jinja2; a template with filters or blocks adds Jinja2's import.",
+    "- The machine is shared with other work: absolute times vary between runs; ratios of interleaved runs are",
+    "  the figures to compare.",
 ]
 
 
