@@ -322,13 +322,17 @@ def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems
     return FileOutput(raw["path"], raw["content"], raw.get("owner"), _mode(raw.get("permissions")), where, uses)
 
 
-def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
+def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False) -> Declaration:
     """Validate every document, merge them, and check what they mean together.
 
     Merge rules: values with the same name must have the same spec (then they are
     shared); no two outputs may write one path; a variable name must mean the same
     value in every env output. Connection settings: later sources win, so with
     drop-ins in lexical order followed by cloud-config, cloud-config wins.
+
+    With `remember`, files whose text passed are recorded (cc_imds.validated), so that
+    their unchanged text skips YAML and the schema next time. Only runs that act (apply,
+    the module) record; validate and plan only read the record, and leave no trace.
     """
     problems: List[str] = []
     unchecked = [doc for doc in docs if not doc.validated]
@@ -359,7 +363,8 @@ def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
     _check_outputs(values, env, files, problems)
     if problems:
         raise DeclarationError(problems)
-    _remember(unchecked)
+    if remember:
+        _remember(unchecked)
     return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs))
 
 

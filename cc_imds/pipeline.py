@@ -60,7 +60,7 @@ def resolve_values(declaration: Declaration, options: RunOptions, tree: Optional
 
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
-    declaration = build_declaration(docs)
+    declaration = build_declaration(docs, remember=True)
     values = resolve_values(declaration, options)
     outputs = render(declaration, values)
     changes = write_outputs(outputs, options.root, options.lock_path)

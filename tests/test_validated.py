@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cc_imds import validated
 from cc_imds.config import Declaration, build_declaration, documents_from_dir, documents_from_file
+from cc_imds.emulator import Emulator
 from cc_imds.errors import DeclarationError
 from tests.conftest import EXAMPLES, REPO
 from tests.test_imports import imported
@@ -44,7 +45,7 @@ def cache() -> Path:
 
 
 def build(path: Path) -> Declaration:
-    return build_declaration(documents_from_file(path))
+    return build_declaration(documents_from_file(path), remember=True)
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -58,14 +59,19 @@ def test_a_hit_gives_the_same_declaration(example: Path, tmp_path: Path) -> None
     assert len(list(cache().iterdir())) == 1
 
 
-def test_a_hit_imports_neither_yaml_nor_jsonschema(tmp_path: Path) -> None:
+def test_apply_remembers_and_validate_plan_only_read(tmp_path: Path, emulator: Emulator) -> None:
     decl = tmp_path / "decl.yaml"
-    decl.write_text(VALID.replace("  files:\n    - path: /etc/app.conf\n      content: \"region = {{ region }}\\n\"\n",
-                                  ""))
-    first = imported(tmp_path, "validate", str(decl))
-    assert first["code"] == 0 and {"yaml", "jsonschema"} <= set(first["third_party"])  # type: ignore[call-overload]
-    again = imported(tmp_path, "validate", str(decl))
-    assert (again["code"], again["third_party"]) == (0, [])
+    decl.write_text(VALID.replace("/etc/app", str(tmp_path / "out")))
+    for command in (["validate", str(decl)], ["plan", str(decl), "--no-conf-dir", "--endpoint", emulator.url]):
+        found = imported(tmp_path, *command)
+        assert found["code"] == 0 and {"yaml", "jsonschema"} <= set(found["third_party"])  # type: ignore[call-overload]
+        assert list(cache().iterdir()) == []  # a check leaves no trace
+    applied = imported(tmp_path, "apply", str(decl), "--no-conf-dir", "--endpoint", emulator.url)
+    assert applied["code"] == 0 and "jsonschema" in applied["third_party"]  # type: ignore[operator]
+    assert len(list(cache().iterdir())) == 1
+    for command in (["validate", str(decl)], ["apply", str(decl), "--no-conf-dir", "--endpoint", emulator.url]):
+        again = imported(tmp_path, *command)
+        assert (again["code"], again["third_party"]) == (0, []), command
 
 
 def test_invalid_text_is_never_remembered(tmp_path: Path) -> None:
@@ -95,11 +101,11 @@ def test_checks_across_files_run_on_every_hit(tmp_path: Path) -> None:
         (conf_d / name).write_text(f"values:\n  region: meta-data/placement/region\n  instance_id: "
                                    f"meta-data/instance-id\nenv:\n  - {{path: /etc/{name}.env, format: shell, "
                                    f"vars: {{X: {variable}}}}}\n")
-        build_declaration(documents_from_file(conf_d / name))  # each is valid alone, and remembered
+        build(conf_d / name)  # each is valid alone, and remembered
     docs = documents_from_dir(conf_d)
     assert [d.validated for d in docs] == [True, True]
     with pytest.raises(DeclarationError, match="X means 'region' at"):
-        build_declaration(docs)
+        build_declaration(docs, remember=True)
 
 
 def plant(text: str, documents: List[Any], *, owner: int = 0, mode: int = 0o600) -> Path:
