@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "get",
+        allow_abbrev=False,  # --sh is not --shell: scripts say what they mean, and eval relies on it
         help="print IMDS values for scripts: one like curl, or many in one call for eval",
         usage="%(prog)s [--shell | --json | --lines] [options] PATH | NAME=PATH [--key KEY] [--default TEXT] ...",
         description="Print instance metadata values. One PATH prints its bytes as they are (like curl). "

@@ -201,6 +201,7 @@ def test_binary_values_only_raw(cli: Callable, make_emulator: Callable[..., Emul
          "--key 'region': give it after the value it applies to"),
         (["meta-data/instance-id", "--default"], "--default needs a value"),
         (["meta-data/instance-id", "--frobnicate"], "--frobnicate: unknown option"),
+        (["--sh", "ID=meta-data/instance-id"], "--sh: unknown option"),
         ([], "give the path of a value, such as meta-data/instance-id, or NAME=PATH with --shell or --json"),
         (["http://example.com/latest/meta-data/instance-id"],
          "http://example.com/latest/meta-data/instance-id: host 'example.com' is not IMDS "
