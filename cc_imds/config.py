@@ -7,7 +7,6 @@ in the drop-in directory. Every problem is reported with its source and location
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -224,6 +223,8 @@ def _describe(error: Any) -> Tuple[List[Any], str]:
             return path, f"invalid name(s) {', '.join(map(repr, extra))}: {hint or 'not allowed'}"
         suggestions = []
         for key in extra:
+            import difflib  # only for messages: a valid declaration never needs it
+
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
             suggestions.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         return path, f"unknown key(s) {', '.join(suggestions)}; allowed: {', '.join(sorted(allowed))}"
@@ -293,6 +294,8 @@ def _values_from(doc: SourceDocument, problems: List[str]) -> List[ValueSpec]:
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
+    import difflib  # only for messages: a valid declaration never needs it
+
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
