@@ -13,7 +13,6 @@ like the one pip writes. Every contender's output is compared with cc-imds's on 
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -137,7 +136,8 @@ def forget_validations(env: Dict[str, str]) -> None:
 def import_costs(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env: Dict[str, str], work: Path,
                  runs: int, declaration: Any) -> Dict[str, Any]:
     """Milliseconds of imports per command beyond a bare interpreter's (-X importtime, self times
-    summed, median of runs), and the third-party packages each command loaded."""
+    summed, the least of runs: the same work each time, so anything above it is the machine's
+    other load), and the third-party packages each command loaded."""
     import json
 
     decl = work / "imports.yaml"
@@ -151,7 +151,7 @@ def import_costs(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env
                          Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
                                               "['purelib'])"], capture_output=True, text=True,
                                              check=True).stdout.strip()).iterdir()}
-        bare = statistics.median(_importtime([str(python), "-c", "pass"], env)[0] for _ in range(runs))
+        bare = min(_importtime([str(python), "-c", "pass"], env)[0] for _ in range(runs))
         rows = {}
         for name, args in COMMANDS.items():
             args = [{"DECL": str(decl), "ROOT": str(root)}.get(a, a) for a in args]
@@ -168,7 +168,7 @@ def import_costs(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env
                 total, modules = _importtime([str(python), "-X", "importtime", str(tools[label]), *args], env)
                 samples.append(total)
             third = sorted({m.split(".")[0] for m in modules} & site_packages - {"cc_imds"})
-            rows[name] = {"ms": statistics.median(samples) - bare, "third_party": third}
+            rows[name] = {"ms": min(samples) - bare, "third_party": third}
         found[label] = {"bare_ms": bare, "commands": rows}
     return found
 

@@ -141,7 +141,7 @@ def command_import_section(results: Dict[str, Any]) -> List[str]:
     found = results["command_imports"]
     pythons = list(found)
     out = ["## What each command imports", "",
-           "Milliseconds of imports (`-X importtime`, self times summed, median of 5 fresh processes) beyond a bare "
+           "Milliseconds of imports (`-X importtime`, self times summed, least of 5 fresh processes) beyond a bare "
            "interpreter's (" + ", ".join(f"{found[p]['bare_ms']:.1f} ms on {p}" for p in pythons) + "), and the "
            "third-party packages loaded. `-X importtime` adds its own overhead: compare rows, not absolute figures.",
            "", "| command | " + " | ".join(f"Python {p}" for p in pythons) + " | third-party packages |",
