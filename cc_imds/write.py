@@ -179,10 +179,11 @@ def _unchanged(dir_fd: int, name: str, item: _Staged, uid: int, gid: int) -> Opt
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(info.st_mode):
-        raise WriteError(item.where, "is a directory")
+        raise WriteError(item.where, _nothing_changed("is a directory"))
     if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != output.mode:
         return False
-    if (uid != -1 and info.st_uid != uid) or (gid != -1 and info.st_gid != gid):
+    # no owner declared means the running user: a file someone else owns is rewritten, never kept
+    if info.st_uid != (os.geteuid() if uid == -1 else uid) or (gid != -1 and info.st_gid != gid):
         return False
     if info.st_size != len(output.content):
         return False

@@ -373,3 +373,11 @@ def test_every_step_failing_names_the_output_and_changes_nothing(tmp_path: Path,
     assert message.startswith(f"{tmp_path}/root/"), message
     assert message.endswith(f"{os.strerror(error)}; nothing was changed"), message
     assert state(tmp_path / "root") == before  # no temp file, no link, no directory made by the run
+
+
+def test_same_content_owned_by_someone_else_is_rewritten(tmp_path: Path) -> None:
+    needs_root()
+    write(tmp_path, [out("/a", b"same")])
+    os.chown(tmp_path / "root/a", 65534, 65534)  # its owner could change it later; a file root wrote, they cannot
+    assert write(tmp_path, [out("/a", b"same")])[0].action == "updated"
+    assert os.stat(tmp_path / "root/a").st_uid == 0
