@@ -124,16 +124,17 @@ def write_outputs(
         owner_ids(output.owner, output.path)
     with locked(lock_path or default_lock_path(), deadline) if lock else nullcontext():
         staged: List[_Staged] = []
+        directories: Dict[Tuple[int, int], Directory] = {}  # one descriptor per directory, however many outputs
         try:
             for output in outputs:
-                staged.append(_stage(output, root))
+                staged.append(_stage(output, root, directories))
             _commit(staged)
         except BaseException:
             _discard(staged)
             raise
         finally:
-            for item in staged:
-                item.directory.close()
+            for directory in directories.values():
+                directory.close()
     return [
         Change(s.shown, s.action, s.output.mode, s.output.sensitive, s.real if s.real != s.shown else None)
         for s in staged
@@ -141,7 +142,7 @@ def write_outputs(
 
 
 # -- stage -------------------------------------------------------------------------------
-def _stage(output: Output, root: str) -> _Staged:
+def _stage(output: Output, root: str, directories: Dict[Tuple[int, int], Directory]) -> _Staged:
     uid, gid = owner_ids(output.owner, output.path)
     shown = _shown(root, output.path)
     try:
@@ -151,6 +152,11 @@ def _stage(output: Output, root: str) -> _Staged:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename and exc.filename != shown else ""
         raise WriteError(shown, _nothing_changed(f"{where}{exc.strerror}")) from None
+    info = os.fstat(directory.fd)
+    known = directories.setdefault((info.st_dev, info.st_ino), directory)
+    if known is not directory:  # already open for an earlier output (so this walk made nothing)
+        directory.close()
+        directory = known
     item = _Staged(output, shown, directory, name, "unchanged")
     try:
         same = _unchanged(directory.fd, name, item, uid, gid)
@@ -162,11 +168,9 @@ def _stage(output: Output, root: str) -> _Staged:
             item.temp = _write_temp(item, uid, gid)
     except OSError as exc:
         _discard([item])
-        directory.close()
         raise WriteError(item.where, _nothing_changed(exc.strerror or str(exc))) from None
     except BaseException:
         _discard([item])
-        directory.close()
         raise
     return item
 
@@ -337,8 +341,8 @@ def _discard(staged: Sequence[_Staged]) -> None:
         if not item.replaced:
             item.remove(item.backup)
             item.backup = None
-    for item in reversed(staged):
-        if not item.replaced:
+    if not any(item.replaced for item in staged):
+        for item in reversed(staged):
             item.directory.remove_created()
 
 

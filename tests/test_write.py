@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 import subprocess
 import threading
@@ -381,3 +382,14 @@ def test_same_content_owned_by_someone_else_is_rewritten(tmp_path: Path) -> None
     os.chown(tmp_path / "root/a", 65534, 65534)  # its owner could change it later; a file root wrote, they cannot
     assert write(tmp_path, [out("/a", b"same")])[0].action == "updated"
     assert os.stat(tmp_path / "root/a").st_uid == 0
+
+
+def test_many_outputs_need_one_descriptor_per_directory(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # systemd services start with 1024
+    try:
+        changes = write(tmp_path, [out(f"/d{i % 5}/f{i}", b"x") for i in range(500)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [c.action for c in changes] == ["created"] * 500
+    assert sum(len(os.listdir(tmp_path / f"root/d{i}")) for i in range(5)) == 500
