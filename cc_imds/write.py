@@ -336,10 +336,13 @@ def _roll_back(changing: Sequence[_Staged]) -> List[str]:
 def _discard(staged: Sequence[_Staged]) -> None:
     """Remove temp files and links of a write that will not happen, then the directories it made."""
     for item in staged:
-        item.remove(item.temp)
+        names = [item.temp] + ([item.backup] if not item.replaced else [])
+        for name in names:
+            trouble = item.remove(name)
+            if trouble is not None:  # the disk is failing: say what is left, never hide it
+                LOG.warning("%s: could not remove %s: %s", item.real, name, trouble.strerror)
         item.temp = None
         if not item.replaced:
-            item.remove(item.backup)
             item.backup = None
     if not any(item.replaced for item in staged):
         for item in reversed(staged):

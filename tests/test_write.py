@@ -393,3 +393,17 @@ def test_many_outputs_need_one_descriptor_per_directory(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [c.action for c in changes] == ["created"] * 500
     assert sum(len(os.listdir(tmp_path / f"root/d{i}")) for i in range(5)) == 500
+
+
+def test_a_temp_file_that_cannot_be_removed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    old_state(tmp_path)
+    failing(monkeypatch, "rename", lambda n: n == 1, errno.EIO)
+    failing(monkeypatch, "unlink", lambda n: True, errno.EIO)
+    with pytest.raises(WriteError, match="every output was put back as it was"):
+        write(tmp_path, NEW)
+    monkeypatch.undo()
+    left = sorted(p.name for p in (tmp_path / "root").iterdir() if ".cc-imds-" in p.name)
+    assert len(left) == 5  # three temp files, two links to old files: each one named
+    for name in left:
+        assert f"could not remove {name}: Input/output error" in caplog.text
