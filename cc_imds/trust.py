@@ -77,17 +77,17 @@ class Trust:
 
     def check_on_the_way(self, info: os.stat_result, path: str) -> None:
         """Every directory from / to the drop-in directory: a sticky one owned by root (/tmp) is fine."""
-        sticky = bool(info.st_mode & stat.S_ISVTX) and info.st_uid == 0
-        self._check(info, path, "" if sticky else "it")
+        root_sticky = bool(info.st_mode & stat.S_ISVTX) and info.st_uid == 0
+        self._check(info, path, others_may_write=root_sticky)
 
     def check_dropin_dir(self, info: os.stat_result, path: str) -> None:
-        self._check(info, path, "it")
+        self._check(info, path)
 
-    def _check(self, info: os.stat_result, path: str, writable: str) -> None:
+    def _check(self, info: os.stat_result, path: str, others_may_write: bool = False) -> None:
         mode = stat.S_IMODE(info.st_mode)
         if info.st_uid not in self.owners:
             raise PathRefused(path, f"owned by uid {info.st_uid}, not {self.who}")
-        if writable and mode & self.writers:
+        if not others_may_write and mode & self.writers:
             raise PathRefused(path, f"writable by {_writers(mode)} (mode {mode:04o}), not only by its owner")
 
     def read(self, dir_fd: int, name: str) -> str:
@@ -103,7 +103,7 @@ class Trust:
             if not stat.S_ISREG(info.st_mode):
                 raise PathRefused(name, "refused: not a regular file")
             try:
-                self._check(info, name, "it")
+                self._check(info, name)
             except PathRefused as exc:
                 raise PathRefused(name, f"refused: {exc.reason}") from None
             data = _read_at_most(fd, MAX_DROPIN_BYTES + 1)
