@@ -53,25 +53,24 @@ class ClientSettings:
     cloud-init's config stage runs, so failures are rare and a bounded wait is cheap.
     Immutable, like a frozen dataclass (which would import `dataclasses` and `inspect`)."""
 
-    __slots__ = ("concurrency", "deadline", "endpoint", "imdsv1", "max_body", "timeout", "token_ttl")
+    # The defaults, readable on the class as on a dataclass (ClientSettings.deadline).
+    endpoint: str = "auto"
+    imdsv1: str = "never"  # never | fallback
+    token_ttl: int = 21600  # seconds; IMDS accepts 1..21600
+    timeout: float = 2.0  # one attempt: connect, send, headers and body
+    deadline: float = 60.0  # the whole run, retries included
+    concurrency: int = 8  # parallel GETs, one keep-alive connection each
+    max_body: int = 4 * 1024 * 1024  # user-data is at most 16 KiB; nothing legitimate is near this
 
-    endpoint: str
-    imdsv1: str  # never | fallback
-    token_ttl: int  # seconds; IMDS accepts 1..21600
-    timeout: float  # one attempt: connect, send, headers and body
-    deadline: float  # the whole run, retries included
-    concurrency: int  # parallel GETs, one keep-alive connection each
-    max_body: int  # user-data is at most 16 KiB; nothing legitimate is near this
-
-    def __init__(
+    def __init__(  # each default is the class attribute above
         self,
-        endpoint: str = "auto",
-        imdsv1: str = "never",
-        token_ttl: int = 21600,
-        timeout: float = 2.0,
-        deadline: float = 60.0,
-        concurrency: int = 8,
-        max_body: int = 4 * 1024 * 1024,
+        endpoint: str = endpoint,
+        imdsv1: str = imdsv1,
+        token_ttl: int = token_ttl,
+        timeout: float = timeout,
+        deadline: float = deadline,
+        concurrency: int = concurrency,
+        max_body: int = max_body,
     ) -> None:
         init = object.__setattr__  # immutable to everyone else
         init(self, "endpoint", endpoint)
@@ -85,8 +84,10 @@ class ClientSettings:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"ClientSettings is immutable; cannot set {name}")
 
+    _FIELDS = ("endpoint", "imdsv1", "token_ttl", "timeout", "deadline", "concurrency", "max_body")
+
     def _fields(self) -> Tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self._FIELDS)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ClientSettings) and self._fields() == other._fields()
@@ -95,7 +96,7 @@ class ClientSettings:
         return hash(self._fields())
 
     def __repr__(self) -> str:
-        return "ClientSettings(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__) + ")"
+        return "ClientSettings(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS) + ")"
 
 
 class EndpointError(CcImdsError):

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import is_dropin
 from .errors import DeclarationError
+from .trust import read_dropins
 
 SCHEMA_FILE = "cc-imds.schema.json"
 CONNECTION_KEYS = ("endpoint", "imdsv1", "token_ttl", "timeout", "deadline", "concurrency")
@@ -148,43 +148,36 @@ def documents_from_file(path: Path) -> List[SourceDocument]:
             raise DeclarationError([f"{path}: empty file"])
         return [SourceDocument(str(path), "", data)]
 
-    return _remembered_or_parsed(path, parse)
+    return _remembered_or_parsed(path, read_text(path), parse)
 
 
 def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
-    """Every `*.yaml` in the drop-in directory, in lexical order. A missing directory is empty."""
-    try:
-        names = sorted(p for p in conf_dir.iterdir() if is_dropin(p.name))
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise DeclarationError([f"{conf_dir}: cannot list: {exc.strerror}"]) from None
+    """Every `*.yaml` in the drop-in directory, in lexical order, if trusted (see `trust`).
+    A missing directory is empty."""
     docs = []
-    for path in names:
+    for path, text in read_dropins(conf_dir):
 
         def parse(text: str, path: Path = path) -> List[SourceDocument]:
             data = read_yaml(path, text)
             # An empty drop-in is allowed, as an empty systemd drop-in is.
             return [SourceDocument(str(path), "", data)] if data is not None else []
 
-        docs.extend(_remembered_or_parsed(path, parse))
+        docs.extend(_remembered_or_parsed(path, text, parse))
     return docs
 
 
-def _remembered_or_parsed(path: Path, parse: Callable[[str], List[SourceDocument]]) -> List[SourceDocument]:
+def _remembered_or_parsed(
+    path: Path, text: str, parse: Callable[[str], List[SourceDocument]]
+) -> List[SourceDocument]:
     """The file's documents: as remembered from an earlier validation of this exact text
     (no YAML, no schema: see cc_imds.validated), or freshly parsed."""
     from . import validated
 
-    text = read_text(path)
     digest = validated.key(text)
     known = validated.recall(digest)
     if known is not None:
         return [SourceDocument(str(path), root, document, digest, validated=True) for root, document in known]
-    docs = [replace(doc, digest=digest) for doc in parse(text)]
-    if not docs:
-        validated.remember(digest, [])  # nothing in it to validate
-    return docs
+    return [replace(doc, digest=digest) for doc in parse(text)]
 
 
 # -- schema ---------------------------------------------------------------------
