@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     Documents = List[Tuple[str, Any]]  # (location root, parsed document) per document in a file
 
-RUN_DIR = "/run/cc-imds"
+RUN_DIR = "/run/cc-imds"  # lock.RUN_DIR, not imported from there: the lock module costs a validate its imports
 CACHE_ENV = "CC_IMDS_CACHE_DIR"
 _FORMAT = b"cc-imds validated declarations 1"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -155,6 +155,9 @@ def test_an_untrusted_entry_is_ignored(tmp_path: Path, how: str) -> None:
 
 def test_without_a_trusted_place_nothing_is_remembered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """As root the record lives in RUN_DIR, which must be root's alone."""
+    from cc_imds import lock
+
+    assert validated.RUN_DIR == lock.RUN_DIR
     monkeypatch.delenv(validated.CACHE_ENV)
     run_dir = tmp_path / "run-cc-imds"
     run_dir.mkdir()
