@@ -18,7 +18,7 @@ export CC_IMDS_REQUIRE_E2E := 1
 help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
-	@echo "             including real cloud-init 22.4.2 and 25.1.4 (fetched from Debian, never installed)"
+	@echo "             including real cloud-init 22.2.2 (vendored), 22.4.2 and 25.1.4 (from Debian), never installed,"
 	@echo "             and the RPM (built, linted, installed into a scratch root)"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
