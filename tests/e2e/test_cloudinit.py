@@ -197,6 +197,9 @@ def test_generated_list_on_the_shipped_config_is_read_back_by_cloud_init(version
     without_cloudinit = enable(root=str(root))
     assert with_cloudinit == without_cloudinit
     assert harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"] == [["imds", "always"], *shipped]
+    # The image-build gate agrees, reading with cloud-init's own merger.
+    gate = "import sys; from cc_imds.enable import check; print(check(root=sys.argv[1]))"
+    assert harness.python(gate, str(root)).stdout.startswith("imds runs first in cloud_config_modules (")
 
 
 def test_no_secret_reaches_cloud_inits_log(cloud_init: CloudInit, emulator: Emulator) -> None:
