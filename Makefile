@@ -62,16 +62,26 @@ test: lint test-py39 test-py313
 .PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
 
 # -- RPM --------------------------------------------------------------------------------
-# A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
-# PEP 621 [project] table, which is why the metadata lives in setup.cfg.
+# Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a PEP 621
+# [project] table, which is why the metadata lives in setup.cfg. al2023-build-notests holds
+# exactly what the spec BuildRequires without tests, as a clean build root would; al2023-build
+# adds pytest, for the default build.
+AL2023_BUILD_DEPS := setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe
 $(VENV)/al2023-build/.ready: constraints/al2023.txt constraints/al2023-build.txt
 	$(PY39) -m venv $(VENV)/al2023-build
 	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
 	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt -c constraints/al2023.txt \
-	    setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe pytest
+	    $(AL2023_BUILD_DEPS) pytest
 	touch $@
 
-rpm: $(VENV)/al2023-build/.ready system-deps
+$(VENV)/al2023-build-notests/.ready: constraints/al2023.txt constraints/al2023-build.txt
+	$(PY39) -m venv $(VENV)/al2023-build-notests
+	$(VENV)/al2023-build-notests/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
+	$(VENV)/al2023-build-notests/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt \
+	    -c constraints/al2023.txt $(AL2023_BUILD_DEPS)
+	touch $@
+
+rpm: $(VENV)/al2023-build/.ready $(VENV)/al2023-build-notests/.ready system-deps
 	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
 
 .PHONY: rpm
