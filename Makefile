@@ -19,7 +19,8 @@ help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
 	@echo "             including real cloud-init 22.2.2 (vendored), 22.4.2 and 25.1.4 (from Debian), never installed,"
-	@echo "             and the RPM (built, linted, installed into a scratch root)"
+	@echo "             the RPM (built, linted, installed into a scratch root), and a fresh clone of the"
+	@echo "             repository in an empty folder (built, fast suite)"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
 
@@ -52,14 +53,18 @@ cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
 test-py39: $(VENV)/py39/.ready cloud-init rpm
-	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "not clone"
 
 test-py313: $(VENV)/py313/.ready cloud-init rpm
-	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "not clone"
 
-test: lint test-py39 test-py313
+# Once, not per Python: a fresh clone in an empty folder builds and passes the fast suite.
+test-clone: $(VENV)/py39/.ready rpm
+	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m clone
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
+test: lint test-py39 test-py313 test-clone
+
+.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone
 
 # -- RPM --------------------------------------------------------------------------------
 # Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a PEP 621
