@@ -43,7 +43,7 @@ $(VENV)/py313/.ready: constraints/current.txt
 	touch $@
 
 lint: $(VENV)/py313/.ready
-	$(VENV)/py313/bin/ruff check cc_imds tests bench
+	$(VENV)/py313/bin/ruff check cc_imds tests bench rpm/ci
 	$(VENV)/py313/bin/mypy
 
 system-deps:

@@ -349,7 +349,7 @@ def test_one_transaction_installs_in_scriptlet_order(scratch: Path, binary_rpm: 
     log = result.stderr
     ran = re.findall(r"^D: (?:=+ \+\+\+ (\S+?)-\d\S* noarch-linux|(%\w+)\((\S+?)-\d[^)]*\): scriptlet start)",
                      log[log.index("tsorting packages"):], re.MULTILINE)
-    events = [f"install {installed}" if installed else f"{scriptlet} {package}" for installed, scriptlet, package in ran]
+    events = [f"install {name}" if name else f"{scriptlet} {package}" for name, scriptlet, package in ran]
     assert events == [
         "install al2023-python",
         "install cloud-init",
