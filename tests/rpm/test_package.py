@@ -109,9 +109,17 @@ def new_root(base: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def pristine_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return new_root(tmp_path_factory.mktemp("pristine"))
+
+
 @pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    return new_root(tmp_path)
+def scratch(pristine_root: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the scratch root for each test (building one takes many seconds)."""
+    root = tmp_path / "root"
+    subprocess.run(["cp", "-a", str(pristine_root), str(root)], check=True)
+    return root
 
 
 def installed(root: Path, *packages: Path, args: Sequence[str] = ("-ivh",)) -> subprocess.CompletedProcess:
