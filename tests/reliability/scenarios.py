@@ -27,4 +27,14 @@ SCENARIOS = {
     "hostile-values": "Hostile tag values: exact through shell (bash, dash) and json; systemd and dotenv refuse",
     "generated-declarations": "Generated invalid declarations: located errors, no traceback, nothing written",
     "sandbox-escape": "A template reaching for Python internals: refused, nothing written",
+    # hostile servers (tests/reliability/test_hostile_server.py): every byte bounded by the deadline
+    "slow-token-put": "Token PUT answered with a status line and headers one byte per 250 ms: `get` and `apply` "
+                      "end within the 2 s deadline plus slack, files untouched",
+    "trickled-headers": "GET response headers one byte per 250 ms: ends within the deadline plus slack",
+    "trickled-chunk-size": "A chunked GET response whose chunk-size line never ends: ends within the deadline plus "
+                           "slack",
+    "trickled-trailers": "A chunked GET response whose trailers trickle: ends within the deadline plus slack",
+    "endless-100-continue": "`100 Continue` answers forever: ends within the deadline plus slack",
+    "trickled-hop-limit-probe": "Token PUT unanswered and the probing GET trickles its headers: ends within the "
+                                "deadline plus slack",
 }
