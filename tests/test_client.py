@@ -7,9 +7,8 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -23,7 +22,6 @@ from cc_imds.client import (
     IPV4_URL,
     IPV6_URL,
     MAX_FRESH_REFUSALS,
-    TTL_HEADER,
     ClientSettings,
     EndpointError,
     ImdsClient,
@@ -33,10 +31,19 @@ from cc_imds.client import (
     choose_endpoint,
 )
 from cc_imds.deadline import Deadline
-from cc_imds.emulator import Emulator, RecordedRequest, _Handler
+from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError, ImdsError, ImdsNotFound, ImdsUnreachable
 from cc_imds.tree import MetadataTree
-from tests.reliability.hostile import TOKEN, Connection, HostileServer, Request, answer
+from tests.reliability.hostile import (
+    TOKEN,
+    Connection,
+    HostileServer,
+    Request,
+    answer,
+    churn,
+    echo_ttl,
+    issue_token,
+)
 
 
 def client_for(emulator: Emulator, **settings: object) -> ImdsClient:
@@ -117,32 +124,13 @@ def test_tokens_refused_after_a_success_are_renewed_while_the_deadline_allows(
     assert 1 + 2 <= emulator.count("PUT") <= 1 + 1 + 6
 
 
-def churn(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, every: int) -> List[int]:
-    """Revoke every token after each `every` GETs, counted as they arrive. Returns [revocations]."""
-    lock = threading.Lock()
-    gets, revocations = [0], [0]
-    original = emulator._record
-
-    def record(request: RecordedRequest) -> None:
-        original(request)
-        if request.method == "GET":
-            with lock:
-                gets[0] += 1
-                if gets[0] % every == 0:
-                    revocations[0] += 1
-                    emulator.revoke_tokens()
-
-    monkeypatch.setattr(emulator, "_record", record)
-    return revocations
-
-
 @pytest.mark.parametrize("concurrency", [1, 8])
 @pytest.mark.parametrize("every", [1, 3])
 def test_token_churn_is_survived_at_any_concurrency(
     make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch, concurrency: int, every: int
 ) -> None:
     emulator = make_emulator(fifty_paths_tree())
-    revocations = churn(emulator, monkeypatch, every)
+    revocations = churn(emulator, every)
     with client_for(emulator, concurrency=concurrency, deadline=30) as client:
         results = client.fetch_all([f"meta-data/item/{i:02d}" for i in range(50)])
     assert results == {f"meta-data/item/{i:02d}": f"value-{i}".encode() for i in range(50)}
@@ -538,20 +526,10 @@ def test_a_retry_after_of_zero_or_in_the_past_never_hurries_the_client(emulator:
     assert emulator.count("PUT") <= 6  # README: at most 6 attempts in 2 s
 
 
-def echoing_ttl(emulator: Emulator, echo: str) -> None:
-    """The token PUT's answer echoes `echo` as the TTL, whatever was asked."""
-
-    class Echoing(_Handler):
-        def send_header(self, keyword: str, value: str) -> None:
-            super().send_header(keyword, echo if keyword == TTL_HEADER else value)
-
-    emulator._server.RequestHandlerClass = Echoing
-
-
 @pytest.mark.parametrize("echo", ["0", "99999", "abc", "\u00b2", ""])
 def test_a_nonsense_ttl_echo_keeps_the_ttl_asked_for(make_emulator: Callable[..., Emulator], echo: str) -> None:
     emulator = make_emulator(fifty_paths_tree())
-    echoing_ttl(emulator, echo)
+    echo_ttl(emulator, echo)
     with client_for(emulator, concurrency=1) as client:
         assert len(client.fetch_all([f"meta-data/item/{i:02d}" for i in range(10)])) == 10
     assert (emulator.count("PUT"), emulator.count("GET")) == (1, 10)
@@ -559,7 +537,7 @@ def test_a_nonsense_ttl_echo_keeps_the_ttl_asked_for(make_emulator: Callable[...
 
 def test_a_shorter_ttl_echo_is_honoured(make_emulator: Callable[..., Emulator]) -> None:
     emulator = make_emulator()
-    echoing_ttl(emulator, "1")
+    echo_ttl(emulator, "1")
     with client_for(emulator) as client:
         client.fetch("meta-data/instance-id")
         time.sleep(1.0)  # past the granted 1 s, well within the 21600 s asked for
@@ -575,16 +553,8 @@ BAD_TOKENS = {
 
 
 @pytest.mark.parametrize("token", list(BAD_TOKENS.values()), ids=list(BAD_TOKENS))
-def test_a_token_that_is_not_a_header_value_is_refused_without_repeating_it(
-    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, token: str
-) -> None:
-    original = emulator._issue_token
-
-    def issue(ttl: int) -> str:
-        original(ttl)
-        return token
-
-    monkeypatch.setattr(emulator, "_issue_token", issue)
+def test_a_token_that_is_not_a_header_value_is_refused_without_repeating_it(emulator: Emulator, token: str) -> None:
+    issue_token(emulator, token)
     with pytest.raises(ImdsError) as caught:
         client_for(emulator).fetch("meta-data/instance-id")
     message = str(caught.value)

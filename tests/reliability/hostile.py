@@ -1,6 +1,7 @@
 """Hostile HTTP servers on loopback, written on raw sockets so that they can do what no
 polite server does: trickle a status line, headers, a chunk-size line or trailers one byte
-at a time, or answer `100 Continue` forever.
+at a time, or answer `100 Continue` forever. And hostile habits for the emulator: token
+churn, odd TTL echoes, unusable tokens.
 
 Each connection runs in a thread. The server reads one request head at a time, records
 it, and hands it to a behaviour (a function of the request and the connection). Every
@@ -16,7 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-HOLD = 15.0  # how long a trickle lasts at most: far beyond every deadline the tests use
+from cc_imds.emulator import TTL_HEADER, Emulator, RecordedRequest, _Handler
+
+HOLD = 30.0  # how long a trickle lasts at most: far beyond every deadline the tests use
 TRICKLE = 0.25  # seconds between bytes: well inside any per-read timeout
 TOKEN = "hostileServerToken-0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -238,3 +241,47 @@ class FullBacklog:
     def __exit__(self, *exc: object) -> None:
         self._filler.close()
         self._listener.close()
+
+
+# -- hostile habits for the emulator -----------------------------------------------------------
+def churn(emulator: Emulator, every: int) -> List[int]:
+    """Revoke every token after each `every` GETs, counted as they arrive (answered or
+    refused). Returns a one-item list that counts the revocations."""
+    lock = threading.Lock()
+    gets, revocations = [0], [0]
+    original = emulator._record
+
+    def record(request: RecordedRequest) -> None:
+        original(request)
+        if request.method == "GET":
+            with lock:
+                gets[0] += 1
+                if gets[0] % every == 0:
+                    revocations[0] += 1
+                    emulator.revoke_tokens()
+
+    emulator._record = record  # type: ignore[method-assign]
+    return revocations
+
+
+def echo_ttl(emulator: Emulator, echo: str) -> None:
+    """Answer the token PUT with `echo` as the TTL echo, whatever was asked."""
+
+    class Echoing(_Handler):
+        def send_header(self, keyword: str, value: str) -> None:
+            super().send_header(keyword, echo if keyword == TTL_HEADER else value)
+
+    emulator._server.RequestHandlerClass = Echoing
+
+
+def issue_token(emulator: Emulator, token: str) -> None:
+    """Hand out `token` (say, one with a line break in it) instead of a real one."""
+    original = emulator._issue_token
+
+    def issue(ttl: int) -> str:
+        original(ttl)
+        with emulator._lock:
+            emulator._issued.append(token)  # so that output is searched for it too
+        return token
+
+    emulator._issue_token = issue  # type: ignore[method-assign]
