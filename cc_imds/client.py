@@ -1,9 +1,11 @@
-"""The IMDSv2 client: endpoints, one shared token, retries, deadlines.
+"""The IMDSv2 client: one shared token, retries and deadlines.
 
-Standard library only. `http.client` is used directly (through `transport`), so
-environment proxies (`HTTP_PROXY`, `http_proxy`) are never consulted and redirects are
-never followed: a 3xx is reported as an error. The token is sent only to the chosen
-endpoint, is checked to be a plain header value when it arrives, and is never logged.
+This module holds the protocol; settings and endpoints are checked in `settings`, bytes
+move through `transport`, waits are paced by `retry`. Standard library only. `http.client`
+is used directly, so environment proxies (`HTTP_PROXY`, `http_proxy`) are never consulted
+and redirects are never followed: a 3xx is reported as an error. The token is sent only to
+the chosen endpoint, is checked to be a plain header value when it arrives, and is never
+logged.
 
 Every request, and every wait between requests, ends by min(attempt timeout, deadline).
 The deadline is the operation's (`fetch(..., deadline=...)`), or the run deadline the
@@ -13,7 +15,6 @@ reused across them and renewed before it expires.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
@@ -22,24 +23,45 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
-from urllib.parse import urlsplit
 
 from . import retry
 from .deadline import Deadline
-from .errors import CcImdsError, ImdsError, ImdsNotFound, ImdsUnreachable, ProblemsError
+from .errors import CcImdsError, ImdsError, ImdsNotFound, ImdsUnreachable
+from .settings import (
+    ENV_ENDPOINT,
+    ENV_ENDPOINT_MODE,
+    IPV4_URL,
+    IPV6_URL,
+    ClientSettings,
+    EndpointError,
+    SettingsError,
+    candidate_urls,
+    choose_endpoint,
+)
 from .transport import Fatal, Response, Transient, Transport
+
+# Settings and endpoints live in .settings; they are part of this module's interface too.
+__all__ = [
+    "ENV_DISABLED",
+    "ENV_ENDPOINT",
+    "ENV_ENDPOINT_MODE",
+    "IPV4_URL",
+    "IPV6_URL",
+    "ClientSettings",
+    "EndpointError",
+    "ImdsClient",
+    "MetadataDisabled",
+    "SettingsError",
+    "candidate_urls",
+    "choose_endpoint",
+]
 
 LOG = logging.getLogger(__name__)
 
-IPV4_URL = "http://169.254.169.254"
-IPV6_URL = "http://[fd00:ec2::254]"
 TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
-ENV_ENDPOINT = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
-ENV_ENDPOINT_MODE = "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"
 ENV_DISABLED = "AWS_EC2_METADATA_DISABLED"
 
 # A token is a header value: printable ASCII without spaces. Real ones are about 56 characters.
@@ -60,61 +82,10 @@ _HOP_LIMIT_MESSAGE = (
 )
 
 
-class SettingsError(ProblemsError):
-    """A connection setting is out of range or cannot be understood."""
-
-    exit_code = 1
-
-
-class EndpointError(SettingsError):
-    """The endpoint setting cannot be understood."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__([message])
-
-
 class MetadataDisabled(CcImdsError):
     """AWS_EC2_METADATA_DISABLED=true: IMDS must not be asked anything."""
 
     exit_code = 3
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """Connection settings. Defaults suit boot: IMDS is normally up by the time
-    cloud-init's config stage runs, so failures are rare and a bounded wait is cheap."""
-
-    endpoint: str = "auto"
-    imdsv1: str = "never"  # never | fallback
-    token_ttl: int = 21600  # seconds; IMDS accepts 1..21600
-    timeout: float = 2.0  # one attempt: connect, send, headers and body
-    deadline: float = 60.0  # the whole run, retries included
-    concurrency: int = 8  # parallel GETs, one keep-alive connection each
-    max_body: int = 4 * 1024 * 1024  # user-data is at most 16 KiB; nothing legitimate is near this
-
-    def __post_init__(self) -> None:
-        problems = [
-            *_seconds_problem("timeout", self.timeout),
-            *_seconds_problem("deadline", self.deadline),
-            *_integer_problem("token_ttl", self.token_ttl, 1, 21600),
-            *_integer_problem("concurrency", self.concurrency, 1, 32),
-            *_integer_problem("max_body", self.max_body, 1, 1 << 30),
-        ]
-        if self.imdsv1 not in ("never", "fallback"):
-            problems.append(f"imdsv1: must be never or fallback, not {self.imdsv1!r}")
-        if problems:
-            raise SettingsError(problems)
-        candidate_urls(self.endpoint)
-
-
-def _seconds_problem(name: str, value: object) -> List[str]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    return [] if ok else [f"{name}: must be a positive, finite number of seconds, not {value!r}"]
-
-
-def _integer_problem(name: str, value: object, low: int, high: int) -> List[str]:
-    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-    return [] if ok else [f"{name}: must be a whole number from {low} to {high}, not {value!r}"]
 
 
 Outcome = Union[bytes, ImdsError]
@@ -123,70 +94,6 @@ Expander = Callable[[str, bytes], List[str]]
 
 def _no_children(path: str, body: bytes) -> List[str]:
     return []
-
-
-def choose_endpoint(
-    cli: Optional[str], declared: Optional[str], environ: Mapping[str, str]
-) -> Tuple[str, str]:
-    """Pick the endpoint and say where it came from; an endpoint that cannot be used is an
-    EndpointError naming where it came from.
-
-    Precedence, highest first: the CLI's --endpoint, AWS_EC2_METADATA_SERVICE_ENDPOINT,
-    AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE (IPv4 | IPv6), the declaration's `endpoint`,
-    then `auto`. The environment outranks the declaration as it does for AWS SDKs.
-    """
-    chosen: Tuple[str, str]
-    mode = environ.get(ENV_ENDPOINT_MODE, "").strip().lower()
-    if cli:
-        chosen = cli, "--endpoint"
-    elif environ.get(ENV_ENDPOINT):
-        chosen = environ[ENV_ENDPOINT], ENV_ENDPOINT
-    elif mode:
-        if mode not in ("ipv4", "ipv6"):
-            raise EndpointError(f"{ENV_ENDPOINT_MODE}={environ[ENV_ENDPOINT_MODE]!r}: expected IPv4 or IPv6")
-        chosen = mode, ENV_ENDPOINT_MODE
-    elif declared:
-        chosen = declared, "declaration"
-    else:
-        chosen = "auto", "default"
-    try:
-        candidate_urls(chosen[0])
-    except EndpointError as exc:
-        raise EndpointError(f"{chosen[1]}: {exc}") from None
-    return chosen
-
-
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-
-
-def candidate_urls(endpoint: str) -> List[str]:
-    """The base URLs an endpoint setting stands for; `auto` races both."""
-    named = {"ipv4": [IPV4_URL], "ipv6": [IPV6_URL], "auto": [IPV4_URL, IPV6_URL]}
-    if isinstance(endpoint, str) and endpoint in named:
-        return named[endpoint]
-    expected = f"endpoint {endpoint!r}: expected auto, ipv4, ipv6 or http://host[:port]"
-    if not isinstance(endpoint, str) or not endpoint.isprintable() or " " in endpoint:
-        raise EndpointError(expected)
-    try:
-        parts = urlsplit(endpoint)
-        port = parts.port
-    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
-        raise EndpointError(f"{expected} ({exc})") from None
-    host = parts.hostname or ""
-    extras = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password
-    if parts.scheme != "http" or not host or extras:
-        raise EndpointError(expected)
-    if port == 0:
-        raise EndpointError(f"{expected} (port 0)")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.fullmatch(host):
-            raise EndpointError(f"{expected} (invalid host name)") from None
-        netloc = host
-    else:
-        netloc = f"[{address}]" if address.version == 6 else str(address)
-    return [f"http://{netloc}" + (f":{port}" if port is not None else "")]
 
 
 class _Token:
@@ -395,8 +302,11 @@ class ImdsClient:
                 # pace the renewals as any retry is paced.
                 pause = retry.backoff(self._fresh_refusals - 1)
                 if pause >= deadline.remaining():
-                    raise ImdsUnreachable(url_path, "401 Unauthorized again after renewing the token; " + _past(
-                        deadline, "401 Unauthorized"))
+                    raise ImdsUnreachable(
+                        url_path,
+                        "401 Unauthorized again after renewing the token; "
+                        f"no usable answer within the {deadline.seconds:g}s deadline",
+                    )
                 time.sleep(pause)
             token = self._token = self._obtain(deadline, after_401=True)
             return token
