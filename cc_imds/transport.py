@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import math
+import re
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ _SAFE_PATH_CHARS = "/:@+=,.-_~"
 # An idle keep-alive connection older than this is closed rather than reused: by then the
 # server may have dropped it without a word, and a new connection costs one round trip.
 IDLE_LIMIT = 20.0
+_LENGTH = re.compile(r"[0-9]{1,18}")
 
 
 class Transient(Exception):
@@ -61,8 +63,8 @@ class _BoundedSocket(socket.socket):
 
     __slots__ = ("give_up_at", "received")
 
-    def __init__(self, family: int, type: int, proto: int) -> None:  # noqa: A002 - socket's names
-        super().__init__(family, type, proto)
+    def __init__(self, family: int, type: int, proto: int, fileno: Optional[int] = None) -> None:  # noqa: A002
+        super().__init__(family, type, proto, fileno)
         self.give_up_at = math.inf
         self.received = 0
 
@@ -216,10 +218,6 @@ class Transport:
         for conn in idle:
             conn.close()
 
-    def idle_connections(self) -> int:
-        with self._lock:
-            return sum(len(conns) for conns in self._idle.values())
-
     def _take(self, base_url: str) -> Tuple[_Connection, bool]:
         now = time.monotonic()
         while True:
@@ -305,8 +303,9 @@ def _exchange(
 
 
 def _read_body(response: http.client.HTTPResponse, max_body: int) -> bytes:
-    declared = response.getheader("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body:
+    header = (response.getheader("Content-Length") or "").strip()
+    declared = int(header) if _LENGTH.fullmatch(header) else None
+    if declared is not None and declared > max_body:
         raise Fatal(f"response of {declared} bytes exceeds the {max_body}-byte limit")
     chunks: List[bytes] = []
     total = 0
@@ -318,7 +317,7 @@ def _read_body(response: http.client.HTTPResponse, max_body: int) -> bytes:
         if total > max_body:
             raise Fatal(f"response exceeds the {max_body}-byte limit")
         chunks.append(chunk)
-    if declared is not None and declared.isdigit() and total != int(declared):
+    if declared is not None and total != declared:
         raise Transient("reset", "connection closed mid-body")
     response.read()  # marks the response complete, so the connection can be reused
     return b"".join(chunks)
