@@ -74,6 +74,7 @@ _TTL = re.compile(r"[0-9]{1,5}")
 # that IMDS refuses every token, and renewing again cannot help.
 MAX_FRESH_REFUSALS = 2
 
+_NO_ATTEMPT = "no attempt made"
 _HOP_LIMIT_MESSAGE = (
     "the token request (PUT) timed out while plain GET requests are answered: the PUT "
     "response hop limit (HttpPutResponseHopLimit) is likely too low for this host. "
@@ -199,7 +200,7 @@ class ImdsClient:
     def _fetch(self, path: str, deadline: Deadline) -> bytes:
         url_path = "/latest/" + path
         token = self._token_for(deadline)
-        problem = "no attempt made"
+        problem = _NO_ATTEMPT
         while True:
             assert self._base_url is not None  # set once a token (or IMDSv1) was obtained
             response = self._retrying(self._base_url, "GET", url_path, token.headers(), deadline, last_problem=problem)
@@ -227,7 +228,7 @@ class ImdsClient:
         *,
         stop: Optional[threading.Event] = None,
         put: bool = False,
-        last_problem: str = "no attempt made",
+        last_problem: str = _NO_ATTEMPT,
     ) -> Response:
         """One request with retries on refused/reset/timeouts, 429 and 5xx, with
         exponential backoff and jitter, honouring Retry-After, within the deadline.
@@ -238,6 +239,7 @@ class ImdsClient:
             remaining = deadline.remaining()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 raise ImdsUnreachable(url_path, _past(deadline, last_problem))
+            cut_short = remaining < self.settings.timeout  # the deadline ends this attempt, not the timeout
             give_up_at = time.monotonic() + min(self.settings.timeout, remaining)
             asked: Optional[float] = None
             try:
@@ -245,7 +247,9 @@ class ImdsClient:
                     base_url, method, url_path, headers, give_up_at=give_up_at, max_body=max_body
                 )
             except Transient as exc:
-                if put and exc.kind == "timeout":
+                if cut_short and exc.kind in ("timeout", "slow") and last_problem != _NO_ATTEMPT:
+                    continue  # the deadline passed: report what went wrong before it
+                if put and exc.kind == "timeout" and not cut_short:
                     raise _PutTimedOut(f"token request: {exc}") from None
                 last_problem = str(exc)
             except Fatal as exc:
@@ -366,7 +370,7 @@ class ImdsClient:
         """A token from `base_url`, or None when IMDSv1 fallback applies."""
         hop_suspicions = 0
         ttl_header = {TTL_HEADER: str(self.settings.token_ttl)}
-        problem = "no attempt made"
+        problem = _NO_ATTEMPT
         while True:
             try:
                 response = self._retrying(
