@@ -85,6 +85,9 @@ def test_trickling_server_is_cut_at_the_deadline(behaviour: Behaviour, timeout: 
     with HostileServer(behaviour) as server, client(server.url, timeout=timeout, deadline=DEADLINE) as imds:
         seconds = timed_failure(lambda: imds.fetch("meta-data/instance-id"))
     assert seconds < DEADLINE + SLACK
+    # README: at most 2 x (deadline / timeout + 1) attempts for a request that never gets its answer,
+    # here the GET (or the PUT and its probes), after at most one token PUT that succeeded.
+    assert len(server.requests) <= 1 + 2 * (DEADLINE / timeout + 1)
 
 
 def test_connect_that_never_completes_is_cut_at_the_deadline() -> None:
