@@ -11,7 +11,7 @@ import pytest
 
 from cc_imds.client import ClientSettings, ImdsClient
 from cc_imds.errors import ImdsError
-from tests.conftest import run_cli
+from tests.conftest import needs_ipv6_loopback, run_cli
 from tests.reliability.conftest import Run, Scenario, declaration, digest
 from tests.reliability.hostile import (
     TOKEN,
@@ -96,6 +96,7 @@ def test_connect_that_never_completes_is_cut_at_the_deadline() -> None:
     assert seconds < DEADLINE + SLACK
 
 
+@needs_ipv6_loopback
 def test_auto_race_between_two_trickling_endpoints_is_cut_at_the_deadline() -> None:
     with HostileServer(trickled_status_and_headers) as v4, \
             HostileServer(trickled_status_and_headers, host="::1") as v6:
