@@ -9,7 +9,7 @@ import pytest
 from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.errors import RenderError
 from cc_imds.render import REDACTED, render, variable_name
-from cc_imds.resolve import TreeSource, Values, resolve
+from cc_imds.resolve import TreeSource, resolve
 from cc_imds.tree import MetadataTree
 
 
@@ -117,14 +117,3 @@ def test_binary_user_data_cannot_go_into_text() -> None:
     with pytest.raises(RenderError, match=r"value 'ud' is binary"):
         run({"values": {"ud": "user-data"}, "files": [{"path": "/f", "content": "{{ ud }}"}]},
             {"user-data": b"\x1f\x8b\x08\x00\xff"})
-
-
-def test_render_is_pure_and_repeatable() -> None:
-    doc = {"values": {"iid": "meta-data/instance-id"}, "env": [{"path": "/e", "format": "shell", "vars": {"I": "iid"}}]}
-    leaves = {"meta-data/instance-id": b"i-1"}
-    assert run(doc, leaves) == run(doc, leaves)
-
-
-def test_values_type_is_plain_data() -> None:
-    values = Values({"a": "x"}, frozenset())
-    assert values.data["a"] == "x"
