@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .config import Declaration, EnvOutput, FileOutput, Origin
 from .envnames import refused
 from .errors import RenderError
-from .formats import QUOTERS, FormatProblem, render_env
+from .formats import QUOTERS, FormatProblem, environment_problems, render_env
 from .resolve import Value, Values
 from .templates import TemplateProblem, render_template
 
@@ -88,6 +88,7 @@ def env_pairs(output: EnvOutput, values: Values, redact: bool, problems: List[st
             QUOTERS[output.format](text)
         except FormatProblem as exc:
             problems.append(f"{output.origin}: variable {variable} {exc}")
+    problems.extend(f"{output.origin}: {problem}" for problem in environment_problems(output.format, pairs))
     return pairs
 
 

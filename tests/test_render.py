@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.errors import RenderError
+from cc_imds.formats import ENV_FILE_MAX, ENV_STRING_MAX
 from cc_imds.render import REDACTED, render, variable_name
 from cc_imds.resolve import TreeSource, resolve
 from cc_imds.tree import MetadataTree
@@ -110,6 +112,40 @@ def test_binary_user_data_cannot_go_into_text() -> None:
     with pytest.raises(RenderError, match=r"value 'ud' is binary"):
         run({"values": {"ud": "user-data"}, "files": [{"path": "/f", "content": "{{ ud }}"}]},
             {"user-data": b"\x1f\x8b\x08\x00\xff"})
+
+
+# -- env files in a process environment, refused names ---------------------------------------
+def test_a_value_too_long_for_a_process_environment_is_refused() -> None:
+    leaves = {"meta-data/tags/instance/Big": b"v" * 200_000, "meta-data/tags/instance/Ok": b"v" * 1000}
+    doc = {"values": {"tags": "meta-data/tags/instance/"},
+           "env": [{"path": f"/e.{fmt}", "format": fmt, "expand": {"tags": "T_"}}
+                   for fmt in ("shell", "systemd", "dotenv")]}
+    with pytest.raises(RenderError) as caught:
+        run(doc, leaves)
+    assert caught.value.problems == [
+        f"ud: imds.env[{i}]: variable T_Big would be a 200007-byte environment string (NAME=value); Linux allows at "
+        f"most {ENV_STRING_MAX} bytes, beyond which no program can be started with it"
+        for i in range(3)
+    ]
+    json_only = {"values": {"tags": "meta-data/tags/instance/"},
+                 "env": [{"path": "/e.json", "format": "json", "expand": {"tags": "T_"}}]}
+    assert json.loads(run(json_only, leaves)["/e.json"])["T_Big"] == "v" * 200_000
+
+
+def test_an_env_file_may_take_half_of_arg_max() -> None:
+    count = ENV_FILE_MAX // 100_000 + 1
+    leaves = {f"meta-data/tags/instance/V{i:02}": b"v" * (100_000 - len("T_V00=") - 1) for i in range(count)}
+    doc = {"values": {"tags": "meta-data/tags/instance/"},
+           "env": [{"path": "/e", "format": "shell", "expand": {"tags": "T_"}}]}
+    with pytest.raises(RenderError) as caught:
+        run(doc, leaves)
+    assert caught.value.problems == [
+        f"ud: imds.env[0]: its variables would take {count * 100_000} bytes of a process environment; at most "
+        f"{ENV_FILE_MAX} are allowed per file (by default Linux allows {2 * ENV_FILE_MAX} for environment and "
+        f"arguments together)"
+    ]
+    del leaves["meta-data/tags/instance/V00"]
+    assert run(doc, leaves)["/e"].count(b"\nexport T_V") == count - 1
 
 
 def test_tags_cannot_set_dangerous_variables() -> None:
