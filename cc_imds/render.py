@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import AbstractSet, Any, Collection, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import AbstractSet, Any, Collection, Dict, FrozenSet, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 from . import bounded
 from .config import Declaration, EnvOutput, FileOutput, Origin
@@ -41,7 +41,11 @@ class Output:
 
 @dataclass(frozen=True)
 class Exposure:
-    """What holds a sensitive value: whole values, and single entries of directory values."""
+    """What holds a sensitive value: whole values, and single entries of directory values.
+
+    Marking one value sensitive covers every other value read from the same IMDS document
+    (`tags/instance/Password` also reached through the `tags/instance/` directory), so no
+    second name shows it in a preview or writes it with a wider default mode."""
 
     whole: FrozenSet[str]
     entries: Mapping[str, FrozenSet[str]]
@@ -51,7 +55,22 @@ class Exposure:
 
 
 def exposure(declaration: Declaration, values: Values) -> Exposure:
-    return Exposure(frozenset(values.sensitive), {})
+    secrets = [spec for spec in declaration.values.values() if spec.name in values.sensitive]
+    whole = set(values.sensitive)
+    entries: Dict[str, Set[str]] = {}
+    for spec in declaration.values.values():
+        if spec.name in whole:
+            continue
+        for secret in secrets:
+            if spec.path == secret.path and None in (spec.key, secret.key):
+                whole.add(spec.name)  # the same document, whole or one key of it
+            elif spec.path == secret.path and spec.key == secret.key:
+                whole.add(spec.name)
+            elif secret.is_directory and spec.path.startswith(secret.path):
+                whole.add(spec.name)  # an entry of a sensitive directory
+            elif spec.is_directory and secret.path.startswith(spec.path) and "/" not in secret.path[len(spec.path) :]:
+                entries.setdefault(spec.name, set()).add(secret.path[len(spec.path) :])
+    return Exposure(frozenset(whole), {name: frozenset(found) for name, found in entries.items()})
 
 
 def variable_name(prefix: str, entry: str) -> str:

@@ -126,6 +126,21 @@ def test_sensitive_files_default_to_0600_and_previews_redact() -> None:
     assert b"s3cr3t" not in b"".join(o.content for o in shown.values())
 
 
+def test_a_sensitive_value_stays_hidden_when_reached_through_another_name() -> None:
+    # `tags` is not marked sensitive, but it holds the Password tag, which is.
+    doc = {"values": {"tags": "meta-data/tags/instance/",
+                      "pw": {"path": "meta-data/tags/instance/Password", "sensitive": True},
+                      "same": "meta-data/tags/instance/Password"},
+           "env": [{"path": "/tags.sh", "format": "shell", "expand": {"tags": "T_"}}],
+           "files": [{"path": "/t", "content": "{{ tags.Name }} {{ tags.Password }} {{ same }}\n"}]}
+    leaves = {"meta-data/tags/instance/Name": b"web", "meta-data/tags/instance/Password": b"hunter2hunter2"}
+    shown = {o.path: o for o in outputs(doc, leaves, redact=True)}
+    assert shown["/tags.sh"].content.decode().splitlines()[1:] == ["export T_Name='web'",
+                                                                   f"export T_Password='{REDACTED}'"]
+    assert shown["/t"].content == f"web {REDACTED} {REDACTED}\n".encode()
+    assert {o.path: o.mode for o in outputs(doc, leaves)} == {"/tags.sh": 0o600, "/t": 0o600}
+
+
 def test_templates_are_strict_and_sandboxed() -> None:
     with pytest.raises(RenderError, match=r"files\[0\].content: refused by the template sandbox at line 1: "
                                           r"access to attribute '__class__' of 'str' object is unsafe"):
