@@ -216,6 +216,7 @@ class ImdsClient:
         self._http = _Http(settings.max_body)
         self._token_lock = threading.Lock()
         self._token: Optional[str] = None
+        self._issued: List[str] = []
         self._token_expires = 0.0
         self._generation = 0  # bumped on every new token, so concurrent 401s renew once
         self._v1 = False
@@ -267,6 +268,10 @@ class ImdsClient:
                                 submit(child)
         return results
 
+    def issued_tokens(self) -> List[str]:
+        """Every token this client obtained: for scrubbing messages, never for showing."""
+        return list(self._issued)
+
     def close(self) -> None:
         self._http.close()
 
@@ -306,6 +311,7 @@ class ImdsClient:
             LOG.warning("IMDSv2 unavailable at %s; using IMDSv1 as `imdsv1: fallback` allows", self._base_url)
             return
         self._token = token
+        self._issued.append(token)
         self._token_expires = started + ttl
         LOG.debug("obtained an IMDSv2 token from %s (ttl %ss)", self._base_url, ttl)
 
