@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeV
 from .client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
 from .config import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
 from .deadline import Deadline
-from .errors import CcImdsError
+from .errors import CcImdsError, DeclarationError
 from .render import Output, render
 from .resolve import TreeSource, Values, resolve
 from .scrub import Scrubber
@@ -58,10 +58,6 @@ def client_settings(declaration: Declaration, options: RunOptions) -> ClientSett
     candidate_urls(endpoint)  # validate early, with a clear message
     LOG.debug("IMDS endpoint %s (from %s)", endpoint, origin)
     return ClientSettings(endpoint=endpoint, **settings)
-
-
-def run_deadline(declaration: Declaration) -> Deadline:
-    return Deadline(float(declaration.settings.get("deadline", ClientSettings.deadline)))
 
 
 def scrubber_for(declaration: Declaration) -> Scrubber:
@@ -104,6 +100,14 @@ def resolve_values(
     return values
 
 
+def run_deadline(declaration: Declaration) -> Deadline:
+    """The run's one deadline, started now: it bounds waiting for the lock too."""
+    try:
+        return Deadline(float(declaration.settings.get("deadline", ClientSettings.deadline)))
+    except ValueError as exc:
+        raise DeclarationError([f"deadline: {exc}"]) from None
+
+
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
     declaration = build_declaration(docs)
     deadline = run_deadline(declaration)
@@ -112,11 +116,12 @@ def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
     def run() -> List[Change]:
         values = resolve_values(declaration, options, scrub=scrub)
         outputs = render(declaration, values, deadline=deadline)
-        return write_outputs(outputs, options.root, options.lock_path)
+        return write_outputs(outputs, options.root, options.lock_path, deadline=deadline)
 
     changes = scrubbed(scrub, run)
     for change in changes:
-        LOG.info("%s %s (mode %04o)", change.action, change.path, change.mode)
+        really = f" -> {change.real_path}" if change.real_path else ""
+        LOG.info("%s %s%s (mode %04o)", change.action, change.path, really, change.mode)
     return changes
 
 
