@@ -62,10 +62,8 @@ def exposure(declaration: Declaration, values: Values) -> Exposure:
         if spec.name in whole:
             continue
         for secret in secrets:
-            if spec.path == secret.path and None in (spec.key, secret.key):
-                whole.add(spec.name)  # the same document, whole or one key of it
-            elif spec.path == secret.path and spec.key == secret.key:
-                whole.add(spec.name)
+            if spec.path == secret.path and (spec.key is None or secret.key is None or spec.key == secret.key):
+                whole.add(spec.name)  # the same document, or the same key of it
             elif secret.is_directory and spec.path.startswith(secret.path):
                 whole.add(spec.name)  # an entry of a sensitive directory
             elif spec.is_directory and secret.path.startswith(spec.path) and "/" not in secret.path[len(spec.path) :]:
@@ -218,6 +216,10 @@ def render(
                 problems[index].append(f"{chosen[index].origin.child('content')}: {outcome.problem}")
             else:
                 contents[index] = outcome
+    for index, output in enumerate(chosen):  # directly sensitive values were checked with the declaration
+        if output.permissions is not None and output.permissions & 0o007 and secret.touches(output.uses):
+            problems[index].append(f"{output.origin.child('permissions')}: {output.permissions:04o} lets every user "
+                                   f"read a sensitive value it holds")
     flat = [problem for found in problems for problem in found]
     if flat:
         raise RenderError(flat)

@@ -139,6 +139,12 @@ def test_a_sensitive_value_stays_hidden_when_reached_through_another_name() -> N
                                                                    f"export T_Password='{REDACTED}'"]
     assert shown["/t"].content == f"web {REDACTED} {REDACTED}\n".encode()
     assert {o.path: o.mode for o in outputs(doc, leaves)} == {"/tags.sh": 0o600, "/t": 0o600}
+    doc["env"][0]["permissions"] = "0644"
+    with pytest.raises(RenderError) as caught:
+        outputs(doc, leaves)
+    assert caught.value.problems == [
+        "ud: imds.env[0].permissions: 0644 lets every user read a sensitive value it holds"
+    ]
 
 
 def test_templates_are_strict_and_sandboxed() -> None:
