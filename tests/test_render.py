@@ -22,7 +22,7 @@ from cc_imds.formats import ENV_FILE_MAX, ENV_STRING_MAX
 from cc_imds.render import REDACTED, Output, render, variable_name
 from cc_imds.resolve import TreeSource, resolve
 from cc_imds.tree import MetadataTree
-from tests.conftest import REPO
+from tests.conftest import PACKAGE, cli_env
 
 # What a render may take beyond its deadline: killing and reaping the renderer (README).
 RENDER_SLACK = 0.5
@@ -260,7 +260,7 @@ def validate_in_a_child(source: str) -> Tuple[int, int]:
             "build_declaration([SourceDocument('ud', 'imds', {'values': {}, 'files': [{'path': '/f', 'content': "
             "sys.argv[1]}]})])")
     limit = 3 * 1024 * 1024 * 1024
-    child = subprocess.Popen([sys.executable, "-c", code, source], env={**os.environ, "PYTHONPATH": str(REPO)},
+    child = subprocess.Popen([sys.executable, "-c", code, source], env=cli_env(), cwd=PACKAGE.parent,
                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
     started = time.monotonic()
     while True:

@@ -9,7 +9,6 @@ import logging
 import os
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -25,7 +24,7 @@ from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError
 from cc_imds.formats import ENV_STRING_MAX
 from cc_imds.tree import MetadataTree, load_tree
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO, cli_env
 from tests.reliability.conftest import SECRETS, Run, Scenario, declaration
 from tests.reliability.test_faults import expect_untouched, figures, with_leaf
 
@@ -41,14 +40,12 @@ RENDER_SLACK = 0.5  # README: rendering ends at most this long after the deadlin
 def run_measured(scenario: Scenario, *args: str, emulator: Optional[Emulator] = None) -> Tuple[Run, int]:
     """`cc-imds ARGS` in its own process, as Scenario.cli runs it, plus the peak resident
     memory of that process and its template renderer, in MiB."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("CC_IMDS_CONF_DIR", "/nonexistent/cc-imds-test-conf.d")
     before = (emulator.count("PUT"), emulator.count("GET")) if emulator else (0, 0)
     out, err = scenario.tmp / "stdout", scenario.tmp / "stderr"
     started = time.monotonic()
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cc_imds", *args], stdout=stdout, stderr=stderr, env=env,
+            [*CLI, *args], stdout=stdout, stderr=stderr, env=cli_env(),
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (SAFETY_MEMORY, SAFETY_MEMORY)),
         )
         while True:  # os.wait4 reports the peak memory of the process and of what it waited for
