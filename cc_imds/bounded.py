@@ -60,17 +60,20 @@ class Failed:
 Outcome = Union[bytes, Failed]
 
 
-def run(jobs: Sequence[Job], deadline: Deadline) -> List[Outcome]:
+def run(jobs: Sequence[Job], deadline: Deadline, total_max: int = TOTAL_MAX) -> List[Outcome]:
     """Each job's UTF-8 bytes, or why it has none, in job order. A job stopped for its size
-    or by a crash does not stop the others: they continue in a new child."""
+    or by a crash does not stop the others: they continue in a new child. All outputs
+    together may take `total_max` bytes (less than TOTAL_MAX when others took some)."""
     outcomes: List[Optional[Outcome]] = [None] * len(jobs)
     start = 0
     while start < len(jobs):
-        start = _run_child(jobs, start, deadline, outcomes)
+        start = _run_child(jobs, start, deadline, outcomes, total_max)
     return [outcome if outcome is not None else Failed("not rendered") for outcome in outcomes]
 
 
-def _run_child(jobs: Sequence[Job], start: int, deadline: Deadline, outcomes: List[Optional[Outcome]]) -> int:
+def _run_child(
+    jobs: Sequence[Job], start: int, deadline: Deadline, outcomes: List[Optional[Outcome]], total_max: int
+) -> int:
     """Render jobs[start:] in one child; return the index the next child starts at."""
     if deadline.expired():
         _fail_rest(outcomes, start, f"not rendered: the {deadline.seconds:g}s deadline had passed")
@@ -94,7 +97,7 @@ def _run_child(jobs: Sequence[Job], start: int, deadline: Deadline, outcomes: Li
     os.close(write_fd)
     child = _Child(pid)
     try:
-        return _collect(child, read_fd, len(jobs), start, deadline, outcomes)
+        return _collect(child, read_fd, len(jobs), start, deadline, outcomes, total_max)
     finally:
         os.close(read_fd)
         child.kill()
@@ -234,7 +237,13 @@ class _Child:
 
 
 def _collect(
-    child: _Child, fd: int, count: int, start: int, deadline: Deadline, outcomes: List[Optional[Outcome]]
+    child: _Child,
+    fd: int,
+    count: int,
+    start: int,
+    deadline: Deadline,
+    outcomes: List[Optional[Outcome]],
+    total_max: int,
 ) -> int:
     frames = _Frames()
     output = bytearray()
@@ -260,7 +269,7 @@ def _collect(
             current = index
             if kind == _DATA:
                 output += payload
-                if len(output) > OUTPUT_MAX or total + len(output) > TOTAL_MAX:
+                if len(output) > OUTPUT_MAX or total + len(output) > total_max:
                     child.kill()
                     outcomes[index] = Failed(_size_problem(len(output) > OUTPUT_MAX))
                     return index + 1

@@ -5,10 +5,12 @@ chosen by whoever may tag the instance, so a name is refused when setting it wou
 that person change which code a process loads or runs, where its traffic goes, which
 certificates or credentials it trusts, or how a shell behaves. The whole assembled name is
 checked, never the prefix alone: the prefix `G` and the tag `LIBC_TUNABLES` make
-GLIBC_TUNABLES. Names a declaration sets itself under `vars:` are its author's choice.
+GLIBC_TUNABLES. Names a declaration sets itself under `vars:` are its author's choice;
+names a script's author gives `cc-imds get --shell` are refused only when they change what
+runs (the first four families below).
 
 The families (README: "Refused variable names"):
-- the dynamic loader and the C library: LD_*, GLIBC_TUNABLES, MALLOC_* and every other
+- the dynamic loader and glibc: LD_*, GLIBC_TUNABLES, MALLOC_* and every other
   variable glibc drops for setuid programs (GCONV_PATH, LOCPATH, NLSPATH, HOSTALIASES,
   RES_OPTIONS, LOCALDOMAIN, TMPDIR, TZDIR...);
 - shells: PATH, IFS, ENV, BASH_ENV, BASH_FUNC_*, SHELLOPTS, BASHOPTS, PS0-PS4,
@@ -21,7 +23,7 @@ The families (README: "Refused variable names"):
   MAVEN_OPTS...). Families are name prefixes, so a prefix such as `TAG_` stays free: a
   name like TAG_BUILD_OPTIONS is no runtime's;
 - proxies, in any letter case (`http_proxy`, `HTTPS_PROXY`, `no_proxy`...), TLS trust
-  and OpenSSL (SSL_CERT_FILE, *CA_BUNDLE, OPENSSL_*, SSLKEYLOGFILE);
+  and OpenSSL (SSL_CERT_FILE, CURL_CA_BUNDLE, OPENSSL_*, SSLKEYLOGFILE...);
 - credentials and configuration of AWS (all of AWS_*), Kerberos, Docker and
   Kubernetes, systemd's socket and notification variables, and cc-imds's own (CC_IMDS_*).
 """
@@ -29,10 +31,12 @@ The families (README: "Refused variable names"):
 from __future__ import annotations
 
 import re
+from typing import Pattern, Tuple
 
 _REST = "[A-Za-z0-9_]*"
 
-_CASE_SENSITIVE = (
+# Names that change which code a process loads or runs.
+_RUNS_CODE = (
     # dynamic loader, C library
     rf"LD_{_REST}",
     "GLIBC_TUNABLES",
@@ -60,25 +64,36 @@ _CASE_SENSITIVE = (
     rf"GOTRACEBACK|GOVCS|GOWORK|CGO_{_REST}",
     rf"PHPRC|PHP_{_REST}|LUA_{_REST}|ERL_{_REST}|CARGO_{_REST}|RUST{_REST}|R_LIBS{_REST}|R_PROFILE{_REST}",
     rf"R_ENVIRON{_REST}|TCLLIBPATH",
-    # TLS trust, OpenSSL
+)
+_RUNS_CODE_ANY_CASE = (rf"NPM_CONFIG_{_REST}", rf"COMPLUS_{_REST}")
+
+# Names that change where traffic goes, what is trusted, and with which credentials.
+_TRUST = (
     rf"SSL_CERT_FILE|SSL_CERT_DIR|SSLKEYLOGFILE|OPENSSL_{_REST}|CURL_CA_BUNDLE|REQUESTS_CA_BUNDLE|HTTPLIB2_CA_CERTS",
     "WEBSOCKET_CLIENT_CA_BUNDLE|GRPC_DEFAULT_SSL_ROOTS_FILE_PATH|NIX_SSL_CERT_FILE",
-    # credentials and configuration
     rf"AWS_{_REST}|KRB5{_REST}|KUBECONFIG|DOCKER_{_REST}|CC_IMDS_{_REST}",
     rf"NOTIFY_SOCKET|LISTEN_{_REST}|WATCHDOG_{_REST}|CREDENTIALS_DIRECTORY",
 )
+_TRUST_ANY_CASE = ("(?:HTTP|HTTPS|FTP|ALL|NO|SOCKS|SOCKS5|GRPC|WS|WSS|RSYNC)_PROXY",)
 
-# Read in any letter case by the programs that use them.
-_ANY_CASE = (
-    "(?:HTTP|HTTPS|FTP|ALL|NO|SOCKS|SOCKS5|GRPC|WS|WSS|RSYNC)_PROXY",
-    rf"NPM_CONFIG_{_REST}",
-    rf"COMPLUS_{_REST}",
-)
 
-_REFUSED = re.compile("|".join(f"(?:{family})" for family in _CASE_SENSITIVE))
-_REFUSED_ANY_CASE = re.compile("|".join(f"(?:{family})" for family in _ANY_CASE), re.IGNORECASE)
+def _families(families: Tuple[str, ...], flags: int = 0) -> Pattern[str]:
+    return re.compile("|".join(f"(?:{family})" for family in families), flags)
+
+
+_CODE = _families(_RUNS_CODE)
+_CODE_ANY_CASE = _families(_RUNS_CODE_ANY_CASE, re.IGNORECASE)
+_TRUSTED = _families(_TRUST)
+_TRUSTED_ANY_CASE = _families(_TRUST_ANY_CASE, re.IGNORECASE)
+
+
+def changes_what_runs(name: str) -> bool:
+    """True for a name that changes which code a process loads or runs (loader, shells,
+    commands other programs run, runtimes): refused even where a script's author chose it."""
+    return bool(_CODE.fullmatch(name) or _CODE_ANY_CASE.fullmatch(name))
 
 
 def refused(name: str) -> bool:
-    """True when an expanded entry may not set `name` (the whole, assembled name)."""
-    return bool(_REFUSED.fullmatch(name) or _REFUSED_ANY_CASE.fullmatch(name))
+    """True when an expanded entry may not set `name` (the whole, assembled name): it changes
+    what runs, or where traffic goes, what is trusted and with which credentials."""
+    return changes_what_runs(name) or bool(_TRUSTED.fullmatch(name) or _TRUSTED_ANY_CASE.fullmatch(name))

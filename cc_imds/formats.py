@@ -15,7 +15,7 @@ FORMATS = ("shell", "systemd", "dotenv", "json")
 HEADER = "# Written by cc-imds from instance metadata. Local changes are overwritten.\n"
 
 # The formats whose variables end up in a process environment: sourced and exported by a
-# shell, read by systemd's EnvironmentFile=, loaded by a dotenv library. Linux refuses to
+# shell, read by systemd's EnvironmentFile=, loaded by a dotenv loader. Linux refuses to
 # start a program (E2BIG, "Argument list too long") when one environment string, NAME=value
 # and its terminating NUL, is longer than 32 pages (MAX_ARG_STRLEN: 128 KiB with 4 KiB
 # pages, the smallest), or when arguments and environment together pass ARG_MAX (a quarter
@@ -24,6 +24,15 @@ HEADER = "# Written by cc-imds from instance metadata. Local changes are overwri
 PROCESS_ENV_FORMATS = ("shell", "systemd", "dotenv")
 ENV_STRING_MAX = 128 * 1024
 ENV_FILE_MAX = 1024 * 1024
+
+
+def refused_variable(name: str) -> bool:
+    """True for a name a script's author may not set with `cc-imds get --shell` either: one
+    that changes which code a shell, the dynamic loader or a runtime runs. Names a tag
+    assembles through `expand` are refused more widely (envnames.refused)."""
+    from .envnames import changes_what_runs
+
+    return changes_what_runs(name)
 
 
 class FormatProblem(ValueError):

@@ -20,7 +20,7 @@ from .envnames import refused
 from .errors import RenderError
 from .formats import QUOTERS, FormatProblem, environment_problems, render_env
 from .resolve import Value, Values
-from .templates import Compiled, TemplateProblem, compile_template, failure_message
+from .templates import Compiled, TemplateProblem, compile_template, failure_message, plain_size, render_plain
 
 REDACTED = "<redacted>"
 DEFAULT_MODE = 0o644
@@ -149,9 +149,19 @@ def _render_env(output: EnvOutput, values: Values, secret: Exposure, redact: boo
     return b"" if problems else render_env(output.format, pairs).encode("utf-8")
 
 
+@dataclass(frozen=True)
+class _Plain:
+    """A template of text and `{{ name }}` only, with text values: rendered in this process,
+    its size known before it is built."""
+
+    source: str
+    context: Mapping[str, Any]
+    size: int
+
+
 def _template_job(
     output: FileOutput, values: Values, secret: Exposure, redact: bool, problems: List[str]
-) -> Optional[bounded.Job]:
+) -> Union[_Plain, bounded.Job, None]:
     where = output.origin.child("content")
     context: Dict[str, Any] = {}
     for name in sorted(output.uses):
@@ -162,6 +172,9 @@ def _template_job(
             problems.append(f"{where}: {exc}")
             return None
         context[name] = _show(name, shown, secret, redact)
+    size = plain_size(output.template, context)
+    if size is not None:
+        return _Plain(output.template, context, size)
     try:
         compiled = compile_template(output.template)
     except TemplateProblem as exc:
@@ -169,6 +182,19 @@ def _template_job(
         return None
     sensitive = secret.touches(output.uses) and not redact
     return bounded.Job(pieces=partial(_pieces, compiled, context), describe=partial(_describe, compiled, sensitive))
+
+
+def _render_plain(plain: _Plain, budget: int, deadline: Deadline) -> Union[bytes, bounded.Failed]:
+    if plain.size > bounded.OUTPUT_MAX:
+        return bounded.Failed(f"stopped: the output passed {bounded.OUTPUT_MAX >> 20} MiB")
+    if plain.size > budget:
+        return bounded.Failed(f"stopped: the templates' outputs together passed {bounded.TOTAL_MAX >> 20} MiB")
+    if deadline.expired():
+        return bounded.Failed(f"not rendered: the {deadline.seconds:g}s deadline had passed")
+    try:
+        return render_plain(plain.source, plain.context).encode("utf-8")
+    except UnicodeEncodeError:
+        return bounded.Failed("the template produced text that is not valid UTF-8 (a lone surrogate)")
 
 
 def _pieces(compiled: Compiled, context: Mapping[str, Any]) -> Iterator[str]:
@@ -201,17 +227,29 @@ def render(
     secret = exposure(declaration, values)
     problems: List[List[str]] = [[] for _ in chosen]
     contents: Dict[int, bytes] = {}
+    plains: List[Tuple[int, _Plain]] = []
     jobs: List[Tuple[int, bounded.Job]] = []
     for index, output in enumerate(chosen):
         if isinstance(output, EnvOutput):
             contents[index] = _render_env(output, values, secret, redact, problems[index])
-        else:
-            job = _template_job(output, values, secret, redact, problems[index])
-            if job is not None:
-                jobs.append((index, job))
-    if jobs:
-        outcomes = bounded.run([job for _, job in jobs], deadline or _default_deadline(declaration))
-        for (index, _), outcome in zip(jobs, outcomes):
+            continue
+        prepared = _template_job(output, values, secret, redact, problems[index])
+        if isinstance(prepared, _Plain):
+            plains.append((index, prepared))
+        elif prepared is not None:
+            jobs.append((index, prepared))
+    if plains or jobs:
+        deadline = deadline or _default_deadline(declaration)
+        outcomes: List[Tuple[int, bounded.Outcome]] = []
+        budget = bounded.TOTAL_MAX
+        for index, plain in plains:  # no Jinja2 and no child process: the size is known up front
+            outcome = _render_plain(plain, budget, deadline)
+            budget -= len(outcome) if isinstance(outcome, bytes) else 0
+            outcomes.append((index, outcome))
+        if jobs:
+            run = bounded.run([job for _, job in jobs], deadline, total_max=budget)
+            outcomes.extend((index, outcome) for (index, _), outcome in zip(jobs, run))
+        for index, outcome in outcomes:
             if isinstance(outcome, bounded.Failed):
                 problems[index].append(f"{chosen[index].origin.child('content')}: {outcome.problem}")
             else:

@@ -2,7 +2,10 @@
 
 Undefined names are errors (StrictUndefined), nothing is HTML-escaped, and the
 sandbox refuses access to Python internals (`__class__`, `mro()` and the like).
-Jinja2 is imported lazily: this module is only loaded when a declaration has files.
+Jinja2 is imported lazily: this module is only loaded when a declaration has files,
+and a template that is only text and `{{ name }}` substitutions of text values is
+rendered without it, exactly as Jinja2 renders it (a property test compares the two),
+in the calling process: its output's size is known before it is built.
 
 Two things Jinja2 would otherwise do in the calling process, unbounded:
 - Constant folding. Compiling, and even listing the names a template reads, evaluates
@@ -162,8 +165,48 @@ def _parse(source: str) -> Any:
         raise TemplateProblem(f"template cannot be parsed: {type(exc).__name__}") from None
 
 
+_SUBSTITUTION = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+# Names that mean something else to Jinja2: literals, operators, its globals and loop helpers.
+_JINJA_NAMES = frozenset(
+    "true false none True False None and or not in is if else range dict lipsum cycler joiner namespace "
+    "loop self caller varargs kwargs".split()
+)
+
+
+def plain_names(source: str) -> Optional[FrozenSet[str]]:
+    """The names of a template made only of text and `{{ name }}`, or None for anything that
+    needs Jinja2: blocks, comments, filters, attributes, whitespace control, and carriage
+    returns (which Jinja2 turns into newlines)."""
+    if "\r" in source:
+        return None
+    names = _SUBSTITUTION.findall(source)
+    rest = _SUBSTITUTION.sub("", source)
+    if "{{" in rest or "{%" in rest or "{#" in rest or _JINJA_NAMES.intersection(names):
+        return None
+    return frozenset(names)
+
+
+def plain_size(source: str, context: Mapping[str, Any]) -> Optional[int]:
+    """The UTF-8 size of a plain template's output with these values, computed without
+    building it; None when it needs Jinja2 (not plain, or a value is not text)."""
+    names = plain_names(source)
+    if names is None or not all(isinstance(context.get(name), str) for name in names):
+        return None
+    sizes = {name: len(context[name].encode("utf-8", "surrogatepass")) for name in names}
+    text = len(_SUBSTITUTION.sub("", source).encode("utf-8", "surrogatepass"))
+    return text + sum(sizes[match.group(1)] for match in _SUBSTITUTION.finditer(source))
+
+
+def render_plain(source: str, context: Mapping[str, Any]) -> str:
+    """A plain template (plain_size is not None) rendered as Jinja2 renders it."""
+    return _SUBSTITUTION.sub(lambda match: str(context[match.group(1)]), source)
+
+
 def referenced_names(source: str) -> FrozenSet[str]:
     """The top-level names a template reads; raises TemplateProblem if it cannot be compiled."""
+    plain = plain_names(source)
+    if plain is not None:
+        return plain
     from jinja2 import TemplateSyntaxError, meta
 
     try:

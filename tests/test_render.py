@@ -239,6 +239,26 @@ def test_a_failing_template_does_not_stop_the_others() -> None:
     assert run({**doc, "files": doc["files"][4:]}, {"meta-data/instance-id": b"i-1"}) == {"/ok": b"i-1"}
 
 
+def test_plain_templates_need_no_child_and_are_bounded_before_they_are_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_child(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a plain template started the renderer")
+
+    monkeypatch.setattr(bounded, "run", no_child)
+    doc = {"values": {"big": "meta-data/tags/instance/Big", "iid": "meta-data/instance-id"},
+           "files": [{"path": "/ok", "content": "id = {{ iid }}\nsize = {{iid}}\n"},
+                     {"path": "/one", "content": "{{ big }}" * 5},
+                     {"path": f"/many{0}", "content": "{{ big }}" * 3}]}
+    doc["files"] += [{"path": f"/many{i}", "content": "{{ big }}" * 3} for i in range(1, 6)]
+    leaves = {"meta-data/tags/instance/Big": b"b" * (4 * 1024 * 1024), "meta-data/instance-id": b"i-1"}
+    with pytest.raises(RenderError) as caught:
+        run(doc, leaves)
+    assert caught.value.problems == [
+        "ud: imds.files[1].content: stopped: the output passed 16 MiB",
+        "ud: imds.files[7].content: stopped: the templates' outputs together passed 64 MiB",
+    ]
+    assert run({**doc, "files": doc["files"][:1]}, leaves) == {"/ok": b"id = i-1\nsize = i-1\n"}
+
+
 def test_after_a_passed_deadline_nothing_is_rendered() -> None:
     doc = {"values": {"iid": "meta-data/instance-id"},
            "files": [{"path": "/a", "content": "{{ iid }}"}, {"path": "/b", "content": "{{ iid }}"}]}

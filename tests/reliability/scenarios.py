@@ -53,4 +53,7 @@ SCENARIOS = {
     "env-string-too-long": "A 200 KB tag value for a shell file: refused naming the variable and Linux's limit",
     "assembled-refused-name": "Tags assembling GLIBC_TUNABLES, JAVA_TOOL_OPTIONS, http_proxy with a short prefix: "
                               "refused, files untouched",
+    "get-all-or-nothing": "get --shell with three of four values failing: all three named, no value printed",
+    "get-one-token": "get --json of six values: one process, 1 PUT and one GET per value",
+    "get-url-forms": "get with dated-version, :80 and IPv6 URLs, and foreign hosts: the right path, or exit 2 at once",
 }
