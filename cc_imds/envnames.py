@@ -37,7 +37,7 @@ _REST = "[A-Za-z0-9_]*"
 
 # Names that change which code a process loads or runs.
 _RUNS_CODE = (
-    # dynamic loader, C library
+    # dynamic loader, glibc
     rf"LD_{_REST}",
     "GLIBC_TUNABLES",
     rf"MALLOC_{_REST}",
