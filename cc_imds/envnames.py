@@ -31,7 +31,10 @@ The families (README: "Refused variable names"):
 from __future__ import annotations
 
 import re
-from typing import Pattern, Tuple
+
+TYPE_CHECKING = False  # not typing's: `cc-imds get --shell` checks names with this module
+if TYPE_CHECKING:
+    from typing import Pattern, Tuple
 
 _REST = "[A-Za-z0-9_]*"
 
