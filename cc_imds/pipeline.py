@@ -86,6 +86,7 @@ def resolve_values(
     options: RunOptions,
     tree: Optional[MetadataTree] = None,
     scrub: Optional[Scrubber] = None,
+    deadline: Optional[Deadline] = None,
 ) -> Values:
     scrub = scrub if scrub is not None else Scrubber()
     if tree is not None:
@@ -93,7 +94,7 @@ def resolve_values(
     else:
         with ImdsClient(client_settings(declaration, options)) as client:
             try:
-                values = resolve(declaration, client)
+                values = resolve(declaration, client, deadline=deadline)
             finally:
                 scrub.add(client.issued_tokens())
     scrub.add(values.data[name] for name in values.sensitive)
@@ -110,11 +111,11 @@ def run_deadline(declaration: Declaration) -> Deadline:
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
     declaration = build_declaration(docs, remember=True)
-    deadline = run_deadline(declaration)
+    deadline = run_deadline(declaration)  # one deadline: resolving, rendering, then waiting for the lock
     scrub = scrubber_for(declaration)
 
     def run() -> List[Change]:
-        values = resolve_values(declaration, options, scrub=scrub)
+        values = resolve_values(declaration, options, scrub=scrub, deadline=deadline)
         outputs = render(declaration, values, deadline=deadline)
         return write_outputs(outputs, options.root, options.lock_path, deadline=deadline)
 
@@ -133,7 +134,7 @@ def preview(
     scrub = scrubber_for(declaration)
 
     def run() -> List[Output]:
-        values = resolve_values(declaration, options, tree, scrub)
+        values = resolve_values(declaration, options, tree, scrub, deadline)
         render(declaration, values, deadline=deadline)  # the real rendering must succeed too (formats, sandbox)
         shown = render(declaration, values, redact=True, deadline=deadline)
         # Redaction hides what is known to be sensitive; scrubbing also hides a secret that

@@ -143,3 +143,14 @@ def test_records_injected_statuses_and_retry_after(emulator: Emulator) -> None:
     assert request(emulator, "GET", "/latest/meta-data/")[0] == 429
     assert request(emulator, "GET", "/latest/meta-data/")[0] == 401
     assert [r.status for r in emulator.requests] == [429, 429, 401]
+
+
+def test_records_the_ttl_and_user_agent_as_sent(emulator: Emulator) -> None:
+    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "123", "User-Agent": "probe/1"}
+    request(emulator, "PUT", "/latest/api/token", ttl)
+    request(emulator, "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "0"})
+    request(emulator, "GET", "/latest/meta-data/")
+    assert [(r.method, r.status, r.ttl) for r in emulator.requests] == [
+        ("PUT", 200, "123"), ("PUT", 400, "0"), ("GET", 401, None)
+    ]
+    assert [r.user_agent for r in emulator.requests] == ["probe/1", None, None]  # http.client sends none
