@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cc_imds.formats import FormatProblem, quote_dotenv, quote_shell, quote_systemd, render_env
+from cc_imds.formats import (
+    ENV_FILE_MAX,
+    ENV_STRING_MAX,
+    FormatProblem,
+    environment_problems,
+    quote_dotenv,
+    quote_shell,
+    quote_systemd,
+    render_env,
+)
 
 # Values an attacker who may tag the instance could choose.
 HOSTILE = [
@@ -172,3 +181,52 @@ def test_dotenv_plain_values() -> None:
 def test_json_round_trips_everything(pairs: List[Tuple[str, str]]) -> None:
     pairs = [(n, v) for n, v in pairs if not any(0xD800 <= ord(c) <= 0xDFFF for c in v)]
     assert json.loads(render_env("json", pairs)) == dict(pairs)
+
+
+# -- what a process environment can hold ------------------------------------------------------
+def start_a_program(shell: str, env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    """Source the file, then start a program: what every script that sources it does next."""
+    return subprocess.run([shell, "-c", f'. {env_file} && exec /bin/true "$@"', shell, *args],
+                          capture_output=True, env={"PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_longest_value_allowed_still_lets_programs_start(tmp_path: Path, shell: str) -> None:
+    longest = "v" * (ENV_STRING_MAX - len("BIG=") - 1)  # NAME=value and its NUL: exactly the limit
+    assert environment_problems("shell", [("BIG", longest)]) == []
+    env_file = tmp_path / "fits.sh"
+    env_file.write_text(render_env("shell", [("BIG", longest)]), encoding="utf-8")
+    assert start_a_program(shell, env_file).returncode == 0
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_one_byte_more_and_no_program_can_start(tmp_path: Path, shell: str) -> None:
+    too_long = "v" * (ENV_STRING_MAX - len("BIG=") - 2) + "é"  # counted in bytes, not characters
+    assert environment_problems("shell", [("BIG", too_long)]) == [
+        f"variable BIG would be a {ENV_STRING_MAX + 1}-byte environment string (NAME=value); Linux allows at most "
+        f"{ENV_STRING_MAX} bytes, beyond which no program can be started with it"
+    ]
+    env_file = tmp_path / "refused.sh"  # what cc-imds refuses to write: Linux refuses it too
+    env_file.write_text(render_env("shell", [("BIG", too_long)]), encoding="utf-8")
+    result = start_a_program(shell, env_file)
+    assert result.returncode != 0 and b"Argument list too long" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_full_env_file_leaves_room_for_arguments(tmp_path: Path, shell: str) -> None:
+    size = ENV_STRING_MAX - 16
+    pairs = [(f"V{i:02}", "v" * (size - len("V00=") - 1)) for i in range(ENV_FILE_MAX // size)]
+    assert environment_problems("shell", pairs) == []
+    env_file = tmp_path / "full.sh"
+    env_file.write_text(render_env("shell", pairs), encoding="utf-8")
+    arguments = ["a" * 100_000] * 5  # half a megabyte of command line on top
+    assert start_a_program(shell, env_file, *arguments).returncode == 0
+    doubled = tmp_path / "doubled.sh"  # without the budget: twice as much, and the same command line fails
+    doubled.write_text(render_env("shell", pairs + [(f"W{n}", v) for n, v in pairs]), encoding="utf-8")
+    assert b"Argument list too long" in start_a_program(shell, doubled, *arguments).stderr
+
+
+def test_json_is_not_a_process_environment() -> None:
+    assert environment_problems("json", [("BIG", "v" * (2 * ENV_FILE_MAX))]) == []
+    for fmt in ("systemd", "dotenv"):
+        assert environment_problems(fmt, [("BIG", "v" * ENV_STRING_MAX)]) != []

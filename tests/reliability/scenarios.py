@@ -41,6 +41,18 @@ SCENARIOS = {
     "hostile-values": "Hostile tag values: exact through shell (bash, dash) and json; systemd and dotenv refuse",
     "generated-declarations": "Generated invalid declarations: located errors, no traceback, nothing written",
     "sandbox-escape": "A template reaching for Python internals: refused, nothing written",
+    "template-time": "Nested loops over range(100000), 3 s deadline: stopped at the deadline plus slack, files "
+                     "untouched",
+    "template-memory": "A 3 GB format width and a doubling string: stopped at the memory limit, files untouched",
+    "template-output-size": "A template writing 100 MB: stopped at the output limit, files untouched",
+    "template-constant-folding": "`10 ** (10 ** 10)` and a 3 GB center width: validation evaluates nothing",
+    "secret-in-template-error": "Credentials used as a key, an attribute, sliced, reversed, quoted by Python, a "
+                                "sensitive default: no form of any secret in apply or plan output",
+    "secret-in-generated-templates": "Generated sensitive values in generated templates through plan, apply and "
+                                     "handle: no form of any secret in any message",
+    "env-string-too-long": "A 200 KB tag value for a shell file: refused naming the variable and Linux's limit",
+    "assembled-refused-name": "Tags assembling GLIBC_TUNABLES, JAVA_TOOL_OPTIONS, http_proxy with a short prefix: "
+                              "refused, files untouched",
     # hostile servers (tests/reliability/test_hostile_server.py): every byte bounded by the deadline
     "slow-token-put": "Token PUT answered with a status line and headers one byte per 250 ms: `get` and `apply` "
                       "end within the 2 s deadline plus slack, files untouched",

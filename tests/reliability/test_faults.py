@@ -267,7 +267,7 @@ def test_disk_full(scenario: Scenario, record: Record) -> None:
         doc = declaration(scenario.out)
         doc["values"]["big"] = "meta-data/tags/instance/Big"
         doc["files"].append({"path": f"{scenario.out}/big.conf", "content": "{{ big }}"})
-        run = scenario.apply(scenario.emulator(with_leaf("meta-data/tags/instance/Big", b"b" * 200_000)), doc)
+        run = scenario.apply(scenario.emulator(with_leaf("meta-data/tags/instance/Big", b"b" * 100_000)), doc)
         expect_untouched(scenario, good, run, 4, "No space left on device; nothing was changed")
         assert sorted(p.name for p in scenario.out.iterdir()) == ["credentials", "instance.env", "instance.sh"]
         record("disk-full", "error, old files intact, no temp files", **figures(run))
