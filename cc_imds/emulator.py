@@ -47,6 +47,7 @@ class RecordedRequest:
     path: str
     status: int  # 0 when no response was sent (dropped or reset)
     token: str  # "valid", "invalid", "expired" or "none"
+    user_agent: str = ""  # tells clients apart when several share one emulator (a booting VM)
 
 
 class Emulator:
@@ -268,6 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._get(token_state)
 
+    def _user_agent(self) -> str:
+        return self.headers.get("User-Agent") or ""
+
     def _token_request(self, method: str, token_state: str) -> None:
         emu = self.emulator
         if method != "PUT" or emu.mode == "v1-only":
@@ -283,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
         if emu.drop_put:
             # The response would be dropped on the way back: say nothing and hold the
             # connection until the client gives up or the emulator stops.
-            emu._record(RecordedRequest(method, self.path, 0, token_state))
+            emu._record(RecordedRequest(method, self.path, 0, token_state, self._user_agent()))
             emu._stopping.wait(60)
             self.close_connection = True
             return
@@ -319,7 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         emu = self.emulator
         truncate = status == 200 and method == "GET" and len(body) > 1 and emu._take_truncation()
-        emu._record(RecordedRequest(method, self.path, 0 if truncate else status, token_state))
+        emu._record(RecordedRequest(method, self.path, 0 if truncate else status, token_state, self._user_agent()))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
