@@ -19,7 +19,9 @@ help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
 	@echo "             including real cloud-init 22.4.2 and 25.1.4 (fetched from Debian, never installed)"
-	@echo "             and the RPM (built, linted, installed into a scratch root)"
+	@echo "             and the RPM (built, linted, installed into a scratch root), then the box"
+	@echo "make test-box  boot Debian 12 and 13 VMs (systemd, cloud-init's Ec2 datasource) against the"
+	@echo "             emulator inside them, with cc-imds installed from the checkout's wheel"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
 
@@ -57,9 +59,18 @@ test-py39: $(VENV)/py39/.ready cloud-init rpm
 test-py313: $(VENV)/py313/.ready cloud-init rpm
 	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider
 
-test: lint test-py39 test-py313
+test: lint test-py39 test-py313 test-box
 
 .PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
+
+# -- the box: real boots under qemu (tests/box) ------------------------------------------
+# Images are built from Debian's packages and cached under .cache/box/; the wheel is built
+# with AL2023's toolchain, as the RPM's is; `cloud-init analyze` runs on the host from the
+# unpacked cloud-init.
+test-box: $(VENV)/py313/.ready $(VENV)/al2023-build/.ready cloud-init
+	CC_IMDS_BOX=1 $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider tests/box
+
+.PHONY: test-box
 
 # -- RPM --------------------------------------------------------------------------------
 # A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
