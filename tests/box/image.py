@@ -60,9 +60,9 @@ DPKG_EXCLUDES = (
     "/lib/modules/*/kernel/*", "/usr/lib/modules/*/kernel/*",
 )
 QUIET_UNITS = ("getty@.service", "serial-getty@.service", "getty-static.service", "e2scrub_reap.service")
-# Bump when the build steps below change in a way their inputs do not show.
+# Bump when the base's build steps change in a way their inputs do not show. (The image's
+# key includes this file, so any change here rebuilds the image.)
 BASE_RECIPE = "1"
-IMAGE_RECIPE = "1"
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,8 @@ def build_image(release: Release, wheel: Path, mirror: str) -> Image:
     started = time.monotonic()
     with locked(release.name):
         base = base_root(release, mirror)
-        key = digest(IMAGE_RECIPE, base.parent.name, wheel_digest(wheel), guest_digest())
+        recipe = Path(__file__).read_bytes().hex()  # how the image is made (QUIET_UNITS, _install...)
+        key = digest(base.parent.name, wheel_digest(wheel), guest_digest(), recipe)
         images = CACHE / "images"
         disk, vmlinuz = images / f"{release.name}-{key}.raw", images / f"{release.name}-{key}.vmlinuz"
         built = not (disk.exists() and vmlinuz.exists())
@@ -258,3 +259,10 @@ def _install(root: Path, wheel: Path, log: Path) -> None:
     staged.unlink()
     # The RPM's %post.
     run(["chroot", str(root), "cc-imds", "enable-module"], log=log)
+    # Last: record that /etc and /var match /usr, as systemd-update-done does at a first
+    # boot (systemd's ConditionNeedsUpdate would otherwise rerun ldconfig at every boot).
+    usr = (root / "usr").stat().st_mtime_ns
+    for directory in ("etc", "var"):
+        stamp = root / directory / ".updated"
+        stamp.write_text("# /etc and /var are up to date with /usr (see systemd-update-done.service(8)).\n")
+        os.utime(stamp, ns=(usr, usr))
