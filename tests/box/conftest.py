@@ -19,21 +19,11 @@ from tests.box.image import RELEASES
 from tests.box.runner import RUNS, UNPACKED_CLOUD_INIT, BootResult, Box
 from tests.box.scenarios import boots_needed
 
-ENABLED = os.environ.get("CC_IMDS_BOX") == "1"
 _boxes: List[Box] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "boots(name): the box boot ('chain/boot') a test reads")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    if ENABLED:
-        return
-    skip = pytest.mark.skip(reason="boots VMs for minutes: run with CC_IMDS_BOX=1 (make test-box)")
-    for item in items:
-        if item.get_closest_marker("boots"):
-            item.add_marker(skip)
 
 
 def prerequisites() -> List[str]:
@@ -108,7 +98,7 @@ def booted(box: Box, request: pytest.FixtureRequest, release: str, name: str) ->
                 for step in steps:
                     reporter.write_line(f"box: {step.what}: {step.seconds:.1f} s {step.detail}".rstrip())
         if future.done():
-            return future.result()  # type: ignore[no-any-return]
+            return future.result()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -25,6 +25,8 @@ from tests.box import image as images
 from tests.box import vm
 from tests.box.scenarios import CHAINS, Chain
 
+# The box boots VMs for minutes and needs root: it runs when asked (make test-box).
+ENABLED = os.environ.get("CC_IMDS_BOX") == "1"
 RUNS = images.CACHE / "runs"
 UNPACKED_CLOUD_INIT = images.REPO / ".cache" / "cloud-init"
 BOOT_TIMEOUT = float(os.environ.get("CC_IMDS_BOX_BOOT_TIMEOUT", "900"))
@@ -102,6 +104,11 @@ class BootResult:
         return self.lines("imds-events.jsonl")
 
     @property
+    def after_boot(self) -> Dict[str, Any]:
+        """When the boot's `after_boot` commands started, and what each did."""
+        return dict(self.json("after-boot.json"))
+
+    @property
     def user_data(self) -> str:
         path = self.results / "user-data.txt"
         return path.read_text() if path.exists() else ""
@@ -165,14 +172,14 @@ class Box:
         self.wanted = wanted
         self.jobs = jobs or int(os.environ.get("CC_IMDS_BOX_JOBS", "0")) or (os.cpu_count() or 1)
         self.progress = Progress()
-        self.boots: Dict[Tuple[str, str, str], Future] = {
+        self.boots: Dict[Tuple[str, str, str], Future[BootResult]] = {
             (release, chain, boot): Future() for (release, chain), boots in wanted.items() for boot in boots
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="box-chain")
         self._image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="box-image")
         self._started = False
         self._lock = threading.Lock()
-        self._accel: Optional[Future] = None
+        self._accel: Optional[Future[str]] = None
         self._cancel = threading.Event()
         self.started_at = 0.0
 
@@ -192,7 +199,7 @@ class Box:
         shutil.rmtree(RUNS, ignore_errors=True)
         releases = sorted({release for release, _ in self.wanted})
         mirror = images.debian_mirror()
-        wheel: Future = self._image_pool.submit(self._wheel)
+        wheel = self._image_pool.submit(self._wheel)
         built = {r: self._image_pool.submit(self._image, r, wheel, mirror) for r in releases}
         self._accel = self._image_pool.submit(self._probe, built)
         # Longest chains first, alternating releases, so the workers finish together.
@@ -202,7 +209,7 @@ class Box:
 
     def result(self, release: str, chain: str, boot: str) -> BootResult:
         self.start()
-        return self.boots[(release, chain, boot)].result()  # type: ignore[no-any-return]
+        return self.boots[(release, chain, boot)].result()
 
     def finished(self) -> List[BootResult]:
         return [f.result() for f in self.boots.values() if f.done() and not f.cancelled() and f.exception() is None]
@@ -229,7 +236,7 @@ class Box:
         return shown
 
     def summary(self) -> Dict[str, Any]:
-        boots = {}
+        boots: Dict[str, Any] = {}
         for result in self.finished():
             try:
                 boots[f"{result.release} {result.chain.name}/{result.name}"] = result.figures()
@@ -259,12 +266,12 @@ class Box:
         self.progress.add("wheel", time.monotonic() - started, wheel.name)
         return wheel
 
-    def _image(self, release: str, wheel: Future, mirror: str) -> images.Image:
+    def _image(self, release: str, wheel: Future[Path], mirror: str) -> images.Image:
         built = images.build_image(images.RELEASES[release], wheel.result(), mirror)
         self.progress.add(f"image {release}", built.seconds, "built" if built.built else "cached")
         return built
 
-    def _probe(self, built: Dict[str, Future]) -> str:
+    def _probe(self, built: Dict[str, Future[images.Image]]) -> str:
         forced = os.environ.get("CC_IMDS_BOX_ACCEL", "")
         if forced:
             self.progress.accel, self.progress.accel_reason = forced, "CC_IMDS_BOX_ACCEL"
@@ -277,12 +284,12 @@ class Box:
         self.progress.add("accelerator", time.monotonic() - started, f"{accel.upper()} ({reason})")
         return accel
 
-    def _chain(self, release: str, chain: Chain, boots: List[str], built: Future) -> None:
+    def _chain(self, release: str, chain: Chain, boots: List[str], built: Future[images.Image]) -> None:
         futures = [self.boots[(release, chain.name, b)] for b in boots]
         try:
-            image: images.Image = built.result()
+            image = built.result()
             assert self._accel is not None
-            accel: str = self._accel.result()
+            accel = self._accel.result()
             directory = RUNS / f"{release}-{chain.name}"
             disk = directory / "disk.raw"
             vm.copy_disk(image.disk, disk)

@@ -165,7 +165,19 @@ CHAINS = {
                 # Stopped, the Name tag edited, started again: IMDS now answers on IPv6
                 # alone (as in an IPv6-only subnet), and only some seconds after cc-imds
                 # first tries, as if the network came up late.
-                Boot("second", listen=(IPV6,), tags={"Name": "web-2"}, outage=8.0),
+                # Once up, a script reads a tag with `cc-imds get`; the tag is edited while
+                # the instance runs, and read again.
+                Boot(
+                    "second",
+                    listen=(IPV6,),
+                    tags={"Name": "web-2"},
+                    outage=8.0,
+                    after_boot=(
+                        "cc-imds get meta-data/tags/instance/Name",
+                        "/usr/local/lib/box/imds_box.py set meta-data/tags/instance/Name web-3",
+                        "cc-imds get meta-data/tags/instance/Name",
+                    ),
+                ),
             ),
         ),
     )

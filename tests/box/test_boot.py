@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 import yaml
 
-from tests.box.runner import BootResult
+from tests.box.runner import ENABLED, BootResult
 from tests.box.scenarios import (
     APP_CONF,
     CREDENTIALS,
@@ -27,6 +27,9 @@ from tests.box.scenarios import (
     TEAM,
     USER_DATA,
 )
+
+if not ENABLED:
+    pytest.skip("boots VMs for minutes: run with CC_IMDS_BOX=1 (make test-box)", allow_module_level=True)
 
 # cloud-init's datasource says who it is, or lets `requests` say it; cc-imds sends none.
 CLOUD_INIT_AGENTS = ("Cloud-Init/", "python-requests/")
@@ -44,10 +47,14 @@ EXPECTED_WARNINGS = (
 )
 
 
-def by_client(boot: BootResult) -> Dict[str, List[Dict[str, Any]]]:
-    """The boot's IMDS requests, told apart by their User-Agent. Nobody else may call IMDS."""
+def by_client(boot: BootResult, *, after_boot: bool = False) -> Dict[str, List[Dict[str, Any]]]:
+    """The boot's IMDS requests, told apart by their User-Agent: those made while it booted,
+    or those of its `after_boot` commands. Nobody else may call IMDS."""
     clients: Dict[str, List[Dict[str, Any]]] = {"cloud-init": [], "cc-imds": []}
+    started = boot.after_boot["started"]
     for request in boot.requests:
+        if (request["t"] >= started) != after_boot:
+            continue
         if request["ua"].startswith(CLOUD_INIT_AGENTS):
             clients["cloud-init"].append(request)
         elif request["ua"] == "" or request["ua"].startswith("cc-imds"):
@@ -219,3 +226,16 @@ def test_ipv6_only_auto_finds_imds_within_its_race(boot: BootResult) -> None:
     assert all(r["status"] == 200 and (r["method"] == "PUT" or r["token"] == "valid") for r in requests)
     assert all(boot.outputs[path] is not None for path in OUTPUTS)
     assert boot.consumer["environment"]["INSTANCE_ID"] == boot.chain.instance_id
+
+
+@pytest.mark.boots("stop-start/second")
+def test_after_boot_cc_imds_get_reads_a_tag_edited_while_running(boot: BootResult) -> None:
+    """`cc-imds get` in a script on the running instance, with no endpoint given; and the
+    box's emulator changing a value at run time, as the watcher's scenario needs."""
+    ran = [(c["rc"], c["stdout"], c["stderr"]) for c in boot.after_boot["commands"]]
+    assert ran == [(0, "web-2", ""), (0, "", ""), (0, "web-3", "")]
+    requests = by_client(boot, after_boot=True)["cc-imds"]
+    assert [(r["method"], r["path"]) for r in requests] == [
+        ("PUT", "/latest/api/token"), ("GET", "/latest/meta-data/tags/instance/Name")
+    ] * 2
+    assert all(r["listener"] == IPV6 and r["status"] == 200 for r in requests)

@@ -5,7 +5,7 @@ It runs once cloud-init's final stage and the consumer unit are done. First it r
 boot's `after_boot` commands (scenarios that act on the running system), then it writes
 into /var/lib/box/results/NAME/, which the host reads from the disk once the VM is off:
 
-  after-boot.json   each command, its exit status and output
+  after-boot.json   when the commands started, and each one's exit status and output
   status.json       `cloud-init status --long --format json`, and its exit status
   outputs.json      for each path the scenario inspects: inode, mtime, mode, owner, content
   consumer.json     the consumer unit's state and the environment it ran with
@@ -22,6 +22,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -64,8 +65,9 @@ def environment(path: Path) -> Dict[str, str]:
 
 
 def collect(config: Dict[str, Any], out: Path) -> None:
+    started = time.time()
     after_boot = [run(["/bin/sh", "-c", command], AFTER_BOOT_TIMEOUT) for command in config.get("after_boot", [])]
-    (out / "after-boot.json").write_text(json.dumps(after_boot, indent=1))
+    (out / "after-boot.json").write_text(json.dumps({"started": started, "commands": after_boot}, indent=1))
 
     status = run(["cloud-init", "status", "--long", "--format", "json"])
     (out / "status.json").write_text(json.dumps(status, indent=1))

@@ -40,6 +40,7 @@ CONFIG = Path("/etc/box/boot.json")
 RESULTS = Path("/var/lib/box/results")
 RUN = Path("/run/box-imds")  # RuntimeDirectory= of box-imds.service
 OVERRIDES = RUN / "overrides.json"
+RELOADS = RUN / "reloads"  # how many reloads are done: `set` waits for its own
 PORT = 80
 NO_FIRST_ATTEMPT_AFTER = 600.0  # seconds: end an outage nobody noticed, so the boot goes on
 
@@ -90,7 +91,9 @@ class ImdsBox:
 
     def open(self) -> None:
         with self._lock:
-            self.emulators = [LoggedEmulator(self.tree, host, self.requests).start() for host in self.config["listen"]]
+            self.emulators = [LoggedEmulator(self.tree, host, self.requests) for host in self.config["listen"]]
+            for emulator in self.emulators:
+                emulator.start()
 
     def close(self) -> None:
         with self._lock:
@@ -104,6 +107,8 @@ class ImdsBox:
             for emulator in self.emulators:
                 emulator.tree = self.tree
         self.events.write(event="reload")
+        done = int(RELOADS.read_text()) if RELOADS.exists() else 0
+        RELOADS.write_text(str(done + 1))
 
     def outage(self, seconds: float) -> None:
         sniffer = SynSniffer(PORT)  # before closing, so that no attempt goes unseen
@@ -218,11 +223,19 @@ def serve() -> int:
 
 
 def set_value(path: str, value: str) -> int:
+    """Change the running tree; return once the server serves the change."""
     overrides = json.loads(OVERRIDES.read_text()) if OVERRIDES.exists() else {}
     overrides[path] = None if value == "-" else value
     OVERRIDES.write_text(json.dumps(overrides))
+    before = int(RELOADS.read_text()) if RELOADS.exists() else 0
     os.kill(int((RUN / "pid").read_text()), signal.SIGHUP)
-    return 0
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
+        if RELOADS.exists() and int(RELOADS.read_text() or 0) > before:
+            return 0
+        time.sleep(0.1)
+    print("imds-box: the server did not reload within 60 s", file=sys.stderr)
+    return 1
 
 
 def main(argv: List[str]) -> int:
