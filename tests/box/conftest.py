@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 
 from tests.box import vm
-from tests.box.image import RELEASES
+from tests.box.image import RELEASES, BuildError
 from tests.box.runner import RUNS, UNPACKED_CLOUD_INIT, BootResult, Box
 from tests.box.scenarios import boots_needed
 
@@ -98,6 +98,9 @@ def booted(box: Box, request: pytest.FixtureRequest, release: str, name: str) ->
                 for step in steps:
                     reporter.write_line(f"box: {step.what}: {step.seconds:.1f} s {step.detail}".rstrip())
         if future.done():
+            problem = future.exception()
+            if isinstance(problem, (vm.BootFailed, BuildError)):  # the message says it all
+                pytest.fail(f"{release} {name}: {problem}", pytrace=False)
             return future.result()
 
 

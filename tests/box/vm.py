@@ -9,6 +9,7 @@ this host, and under TCG (emulation) otherwise.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,13 +31,16 @@ class BootFailed(Exception):
     pass
 
 
-def tail(path: Path, lines: int = 60) -> str:
+_TERMINAL_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The end of a serial log, without the console's colours and cursor moves."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return "(no serial log)"
-    cleaned = text.replace("\r", "")
-    return "\n".join(cleaned.splitlines()[-lines:])
+    return "\n".join(_TERMINAL_CONTROL.sub("", text).splitlines()[-lines:])
 
 
 def probe_kvm(kernel: Path) -> Tuple[bool, str]:
