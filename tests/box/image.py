@@ -48,11 +48,11 @@ RELEASES = {r.name: r for r in (Release("debian-12", "bookworm", "22.4.2"), Rele
 
 # What an EC2 image of the release needs to boot cloud-init and run cc-imds: systemd,
 # cloud-init and cc-imds's three libraries, `ip` (the emulator's addresses), ifupdown
-# (cloud-init's network renderer on Debian), e2fsprogs (cloud-init's resizefs), the kernel,
-# and python3-installer to install the wheel.
+# (cloud-init's network renderer on Debian), e2fsprogs and openssh-client (cloud-init's
+# resizefs and host keys), the kernel, and python3-installer to install the wheel.
 PACKAGES = (
     "systemd", "systemd-sysv", "udev", "cloud-init", "python3-yaml", "python3-jsonschema", "python3-jinja2",
-    "python3-installer", "iproute2", "ifupdown", "e2fsprogs", "linux-image-cloud-amd64",
+    "python3-installer", "iproute2", "ifupdown", "e2fsprogs", "openssh-client", "linux-image-cloud-amd64",
 )
 # Documentation, translations and kernel modules are left out: smaller, faster to build.
 DPKG_EXCLUDES = (

@@ -152,18 +152,34 @@ class BootResult:
         return f"{self!r}: results in {self.dir}\nserial log tail:\n{vm.tail(self.dir / 'serial.log', 25)}"
 
 
-def analyze_show(version: str, log: Path) -> str:
+def host_cloud_init(version: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The cloud-init CLI of the guest's version, run on the host from the unpacked package."""
     site = UNPACKED_CLOUD_INIT / version / "usr/lib/python3/dist-packages"
     if not site.exists():
         raise RuntimeError(f"cloud-init {version} is not unpacked under {site.parent}: run tests/e2e/fetch-cloud-init")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "cloudinit.cmd.main", "analyze", "show", "-i", str(log)],
-        capture_output=True, text=True, env=env, check=False,
+    return subprocess.run(
+        [sys.executable, "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env, check=False
     )
+
+
+def analyze_show(version: str, log: Path) -> str:
+    done = host_cloud_init(version, "analyze", "show", "-i", str(log))
     if done.returncode != 0:
         raise RuntimeError(f"cloud-init analyze show failed: {done.stderr[-2000:]}")
     return done.stdout
+
+
+def cloud_init_schema(version: str, cloud_config: Path) -> List[str]:
+    """The schema errors `cloud-init schema -c` reports for a file (none when it is valid)."""
+    done = host_cloud_init(version, "schema", "-c", str(cloud_config))
+    if done.returncode == 0:
+        return []
+    prefix = "Error: Cloud config schema errors: "
+    errors = [line[len(prefix) :] for line in (done.stdout + done.stderr).splitlines() if line.startswith(prefix)]
+    if not errors:
+        raise RuntimeError(f"cloud-init schema failed: {done.stdout}{done.stderr}")
+    return errors
 
 
 class Box:
