@@ -207,9 +207,10 @@ class Box:
             self._started = True
         self.started_at = time.monotonic()
         if REUSE:
+            summary = RUNS / "summary.json"
+            accel = json.loads(summary.read_text())["accelerator"] if summary.exists() else "?"
             for (release, chain, boot), future in self.boots.items():
                 directory = RUNS / f"{release}-{chain}" / boot
-                accel = json.loads((RUNS / "summary.json").read_text())["accelerator"]
                 future.set_result(BootResult(release, CHAINS[chain], boot, directory, 0.0, accel))
             return
         shutil.rmtree(RUNS, ignore_errors=True)

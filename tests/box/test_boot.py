@@ -221,7 +221,7 @@ def test_second_boot_leaves_unchanged_files_untouched(boot: BootResult, boots: C
 def test_imds_slow_to_come_up_is_covered_by_the_deadline(boot: BootResult) -> None:
     events = {e["event"]: e for e in boot.events}
     assert {"outage-start", "first-attempt", "outage-end"} <= set(events), boot.events
-    outage_end = events["outage-end"]["t"]
+    outage_end = events["outage-end"]["at"]
     # cc-imds was refused, retried, and was served only once IMDS was up.
     assert events["outage-end"]["refused"] >= 2, events["outage-end"]
     requests = cc_imds_requests(boot)

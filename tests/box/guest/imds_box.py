@@ -12,12 +12,12 @@ which the host writes onto the disk before each boot:
            connections are refused as by an IMDS that is not up yet. They reopen this many
            seconds after the first refused connection attempt, whatever the machine's speed.
 
-Every request is appended to requests.jsonl with its time, listener and User-Agent (which
-tells cloud-init's datasource from cc-imds). Outage events go to events.jsonl.
+Every request is appended to imds-requests.jsonl with its time, listener and User-Agent
+(which tells cloud-init's datasource from cc-imds); outage events go to imds-events.jsonl.
 
-`imds-box set PATH VALUE` (VALUE `-` deletes) changes the running tree, as EC2 does when a
-tag is edited or a spot notice is issued: it records the change under /run/box-imds and
-sends SIGHUP.
+`imds_box.py set PATH VALUE` (VALUE `-` deletes) changes the running tree, as EC2 does when
+a tag is edited or a spot notice is issued: it records the change under /run/box-imds,
+sends SIGHUP, and returns once the change is served.
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ class ImdsBox:
         if first is not None:
             self.events.write(event="first-attempt", at=first)
             refused = 1 + sniffer.count_until(first + seconds)
+        reopened = time.time()  # before listening: no request can be older than this
         self.open()
-        self.events.write(event="outage-end", refused=refused)
+        self.events.write(event="outage-end", at=reopened, refused=refused)
         sniffer.close()
 
 
@@ -234,7 +235,7 @@ def set_value(path: str, value: str) -> int:
         if RELOADS.exists() and int(RELOADS.read_text() or 0) > before:
             return 0
         time.sleep(0.1)
-    print("imds-box: the server did not reload within 60 s", file=sys.stderr)
+    print("imds_box.py: the server did not reload within 60 s", file=sys.stderr)
     return 1
 
 
@@ -243,7 +244,7 @@ def main(argv: List[str]) -> int:
         return set_value(argv[1], argv[2])
     if not argv:
         return serve()
-    print("usage: imds-box [set PATH VALUE]", file=sys.stderr)
+    print("usage: imds_box.py [set PATH VALUE]", file=sys.stderr)
     return 2
 
 
