@@ -18,8 +18,9 @@ export CC_IMDS_REQUIRE_E2E := 1
 help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
-	@echo "             including real cloud-init 22.4.2 and 25.1.4 (fetched from Debian, never installed)"
-	@echo "             and the RPM (built, linted, installed into a scratch root), then the box"
+	@echo "             including real cloud-init 22.2.2 (vendored), 22.4.2 and 25.1.4 (from Debian), never installed,"
+	@echo "             the RPM (built, linted, installed into a scratch root), a fresh clone of the"
+	@echo "             repository in an empty folder (built, fast suite), then the box (test-box)"
 	@echo "make test-box  boot Debian 12 and 13 VMs (systemd, cloud-init's Ec2 datasource) against the"
 	@echo "             emulator inside them, with cc-imds installed from the checkout's wheel"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
@@ -44,7 +45,7 @@ $(VENV)/py313/.ready: constraints/current.txt
 	touch $@
 
 lint: $(VENV)/py313/.ready
-	$(VENV)/py313/bin/ruff check cc_imds tests bench
+	$(VENV)/py313/bin/ruff check cc_imds tests bench rpm/ci
 	$(VENV)/py313/bin/mypy
 
 system-deps:
@@ -54,14 +55,20 @@ cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
 test-py39: $(VENV)/py39/.ready cloud-init rpm
-	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "not clone"
 
+# The RPM tests run once, in the 3.9 run: they build and install with AL2023's Python 3.9
+# whichever Python runs pytest.
 test-py313: $(VENV)/py313/.ready cloud-init rpm
-	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "not clone and not rpm"
 
-test: lint test-py39 test-py313 test-box
+# Once, not per Python: a fresh clone in an empty folder builds and passes the fast suite.
+test-clone: $(VENV)/py39/.ready rpm
+	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m clone
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
+test: lint test-py39 test-py313 test-clone test-box
+
+.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone
 
 # -- the box: real boots under qemu (tests/box) ------------------------------------------
 # Images are built from Debian's packages and cached under .cache/box/; the wheel is built
@@ -73,28 +80,46 @@ test-box: $(VENV)/py313/.ready $(VENV)/al2023-build/.ready cloud-init
 .PHONY: test-box
 
 # -- RPM --------------------------------------------------------------------------------
-# A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
-# PEP 621 [project] table, which is why the metadata lives in setup.cfg.
+# Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a PEP 621
+# [project] table, which is why the metadata lives in setup.cfg. al2023-build-notests holds
+# exactly what the spec BuildRequires without tests, as a clean build root would; al2023-build
+# adds pytest, for the default build.
+AL2023_BUILD_DEPS := setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe
 $(VENV)/al2023-build/.ready: constraints/al2023.txt constraints/al2023-build.txt
 	$(PY39) -m venv $(VENV)/al2023-build
 	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
 	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt -c constraints/al2023.txt \
-	    setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe pytest
+	    $(AL2023_BUILD_DEPS) pytest
 	touch $@
 
-rpm: $(VENV)/al2023-build/.ready system-deps
+$(VENV)/al2023-build-notests/.ready: constraints/al2023.txt constraints/al2023-build.txt
+	$(PY39) -m venv $(VENV)/al2023-build-notests
+	$(VENV)/al2023-build-notests/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
+	$(VENV)/al2023-build-notests/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt \
+	    -c constraints/al2023.txt $(AL2023_BUILD_DEPS)
+	touch $@
+
+rpm: $(VENV)/al2023-build/.ready $(VENV)/al2023-build-notests/.ready system-deps
 	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
 
 .PHONY: rpm
 
 # -- benchmark ----------------------------------------------------------------------------
-$(VENV)/bench/.ready: constraints/current.txt
+# Contenders run on both targets: Python 3.13 with current releases (plus the peers: ec2-metadata
+# needs 3.10+), and Python 3.9 with AL2023's pins. botocore's IMDSFetcher is the peer on both.
+$(VENV)/bench/.ready: constraints/current.txt constraints/bench.txt
 	$(PY313) -m venv $(VENV)/bench
-	$(VENV)/bench/bin/pip install $(PIP_FLAGS) -c constraints/current.txt PyYAML jsonschema Jinja2 \
-	    ec2-metadata==3.0.0 matplotlib==3.9.3
+	$(VENV)/bench/bin/pip install $(PIP_FLAGS) -c constraints/current.txt -c constraints/bench.txt PyYAML jsonschema \
+	    Jinja2 ec2-metadata botocore matplotlib
 	touch $@
 
-bench: $(VENV)/bench/.ready $(VENV)/py39/.ready cloud-init
+$(VENV)/bench39/.ready: constraints/al2023.txt constraints/bench.txt
+	$(PY39) -m venv $(VENV)/bench39
+	$(VENV)/bench39/bin/pip install $(PIP_FLAGS) -c constraints/al2023.txt -c constraints/bench.txt PyYAML jsonschema \
+	    Jinja2 MarkupSafe botocore
+	touch $@
+
+bench: $(VENV)/bench/.ready $(VENV)/bench39/.ready $(VENV)/py39/.ready cloud-init
 	$(VENV)/bench/bin/python bench/run.py
 
 .PHONY: bench

@@ -1,24 +1,28 @@
 """`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
 
 Exit status: 0 success; 1 invalid declaration, a value a format cannot carry, a 404
-(`get`) or IMDSv1 use found (`scan`); 2 wrong usage; 3 IMDS unreachable or failing;
-4 an output could not be written. Errors go to stderr, one line each, without a traceback.
+(`get`), IMDSv1 use found (`scan`) or imds not first in the config stage
+(`enable-module --check`); 2 wrong usage; 3 IMDS unreachable or failing; 4 an output
+could not be written. Errors go to stderr, one line each, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
-from .errors import CcImdsError, DeclarationError, ImdsNotFound
+from .errors import CcImdsError, DeclarationError
 
+# Every command imports what it uses when it runs: `cc-imds get` stands in for curl in
+# scripts, so its start-up is the standard library it needs and nothing else (not even
+# `typing`: mypy treats a TYPE_CHECKING of our own like typing's).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, List, Optional, Sequence
+
     from .config import SourceDocument
     from .pipeline import RunOptions
 
@@ -34,6 +38,8 @@ def _conf_dir(args: argparse.Namespace) -> Optional[str]:
 
 
 def _documents(args: argparse.Namespace) -> List[SourceDocument]:
+    from pathlib import Path
+
     from .config import documents_from_file
     from .pipeline import gather
 
@@ -57,6 +63,8 @@ def _lock(args: argparse.Namespace) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .config import build_declaration, documents_from_dir, documents_from_file
 
     problems: List[str] = []
@@ -101,31 +109,46 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def normalise_get_path(raw: str) -> str:
     """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
-    path = raw
-    for prefix in ("http://169.254.169.254", "http://[fd00:ec2::254]"):
-        if path.startswith(prefix):
-            path = path[len(prefix) :]
-    path = path.lstrip("/")
-    if path.startswith("latest/"):
-        path = path[len("latest/") :]
-    return path
+    from .get import imds_path
+
+    return imds_path(raw)
+
+
+def _endpoint_hosts(endpoint: str) -> List[str]:
+    """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
+    from .client import candidate_urls
+
+    if endpoint in ("auto", "ipv4", "ipv6"):
+        return []
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(candidate_urls(endpoint)[0])  # validated there, with a clear message
+    host = parts.hostname or ""
+    return [f"[{host}]:{parts.port or 80}" if ":" in host else f"{host}:{parts.port or 80}"]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from .client import ClientSettings, ImdsClient, choose_endpoint
+    from .get import RAW, get, parse_requests, write_stdout
 
     endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
+    requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
     settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
-    path = normalise_get_path(args.path)
     with ImdsClient(settings) as client:
-        try:
-            body = client.fetch(path)
-        except ImdsNotFound as exc:
-            print(f"cc-imds: {exc}", file=sys.stderr)
-            return 1
-    sys.stdout.buffer.write(body)
-    sys.stdout.flush()
+        data = get(client, requests, args.output or RAW)
+    write_stdout(data)
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive, finite number of seconds")
+    return value
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -144,6 +167,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def examples_dir() -> Path:
+    from pathlib import Path
+
     here = Path(__file__).resolve().parent
     for candidate in (here / "examples", here.parent / "examples"):
         if candidate.is_dir():
@@ -152,6 +177,9 @@ def examples_dir() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from .config import documents_from_file
     from .emulator import Emulator
     from .pipeline import RunOptions, apply, gather
@@ -177,9 +205,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .enable import CLOUD_CFG, DROPIN, disable, enable
+    from .enable import CLOUD_CFG, DROPIN, check, disable, enable
 
     dropin = args.dropin or DROPIN
+    if args.check:
+        print(check(args.root, args.cloud_cfg or CLOUD_CFG, dropin))
+        return 0
     if args.remove:
         removed = disable(args.root, dropin)
         print(f"removed {removed}" if removed else "nothing to remove")
@@ -195,10 +226,7 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from .config import SourceDocument, build_declaration
-    from .scan import IMDSV1, as_dicts, scan_files, suggest
+    from .scan import IMDSV1, as_dicts, scan_files
 
     try:
         by_file = scan_files(args.path)
@@ -215,18 +243,57 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         print("no IMDS access found")
     if args.suggest:
+        import yaml
+
+        from .config import SourceDocument, build_declaration
+        from .scan import suggest, suggest_get
+
         for name, found in by_file.items():
-            declaration = suggest(found, f"/etc/cc-imds/{Path(name).stem}.sh")
+            declaration = suggest(found, f"/etc/cc-imds/{os.path.splitext(os.path.basename(name))[0]}.sh")
             if not declaration["values"]:
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            command = suggest_get(declaration)
+            if command:
+                print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(command)
             print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
             print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     return 1 if any(f.kind == IMDSV1 for f in findings) else 0
 
 
+def _columns() -> int:
+    """What shutil.get_terminal_size() says, without importing shutil."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+            columns = 80
+    return columns - 2  # as argparse does
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a help formatter that finds the terminal's width itself: argparse's
+    own imports shutil (and the compression modules shutil imports) for every parser it builds,
+    which every start of `cc-imds get` would pay for. Subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every request to stderr (never tokens or values)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -235,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     def declaration_args(p: argparse.ArgumentParser, *, optional_file: bool = True) -> None:
         p.add_argument("file", nargs="?" if optional_file else "+", metavar="FILE",
                        help="cloud-config with an `imds:` key, or a bare declaration")
-        p.add_argument("--conf-dir", type=Path, help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
+        p.add_argument("--conf-dir", help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
         p.add_argument("--no-conf-dir", action="store_true", help="read no drop-in directory")
         p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
 
@@ -255,13 +322,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock", help="lock file serialising concurrent runs (default /run/cc-imds/lock as root)")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("get", help="print one value: the drop-in for curl in old scripts")
-    p.add_argument("path", help="meta-data/instance-id, /latest/meta-data/..., or the full URL")
+    p = sub.add_parser(
+        "get",
+        allow_abbrev=False,  # --sh is not --shell: scripts say what they mean, and eval relies on it
+        help="print IMDS values for scripts: one like curl, or many in one call for eval",
+        usage="%(prog)s [--shell | --json | --lines] [options] PATH | NAME=PATH [--key KEY] [--default TEXT] ...",
+        description="Print instance metadata values. One PATH prints its bytes as they are (like curl). "
+        "Several values, fetched together with one token: --shell prints NAME='value' lines for eval, "
+        "--json one object, --lines one value per line. Nothing is printed unless every value succeeded.",
+        epilog="PATH is meta-data/..., dynamic/... or user-data, or what curl was given: /latest/PATH or "
+        "http://169.254.169.254/latest/PATH (a dated version such as /2021-07-15/ is read from /latest/). "
+        "After a value: --key KEY takes that top-level key of the JSON document at PATH; --default TEXT "
+        "is used when IMDS answers 404 (only then). "
+        "Example: eval \"$(cc-imds get --shell ID=meta-data/instance-id ENV=meta-data/tags/instance/Env "
+        "--default dev)\"",
+    )
+    form = p.add_mutually_exclusive_group()
+    for flag, text in (("--shell", "NAME='value' lines, quoted for eval in sh, dash and bash"),
+                       ("--json", "one JSON object of NAME: value"),
+                       ("--lines", "one value per line (refused for a value holding a line break)")):
+        form.add_argument(flag, dest="output", action="store_const", const=flag[2:], help=text)
     p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
     p.add_argument("--imdsv1", choices=("never", "fallback"), default="never")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt (default 2)")
-    p.add_argument("--deadline", type=float, default=60.0, help="seconds in all (default 60)")
-    p.set_defaults(func=cmd_get)
+    p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds per attempt (default 2)")
+    p.add_argument("--deadline", type=_seconds, default=60.0, help="seconds in all (default 60)")
+    # Values, and the --key/--default after each, are read in order from what argparse leaves
+    # (see main): argparse cannot tie an option to the positional before it.
+    p.set_defaults(func=cmd_get, takes_values=True)
 
     p = sub.add_parser("emulate", help="run the strict IMDSv2 emulator")
     p.add_argument("--tree", help="JSON metadata tree (flat or AEMM format); default: the bundled one")
@@ -276,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/", help="operate on an image mounted here")
     p.add_argument("--cloud-cfg", help="cloud-init's main config (default /etc/cloud/cloud.cfg)")
     p.add_argument("--dropin", help="the generated drop-in (default /etc/cloud/cloud.cfg.d/zz-cc-imds.cfg)")
-    p.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
-    p.add_argument("--remove", action="store_true", help="remove the drop-in")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
+    action.add_argument("--remove", action="store_true", help="remove the drop-in")
+    action.add_argument("--check", action="store_true",
+                        help="exit 1, saying why, unless imds runs first in the config stage (an image build gate)")
     p.set_defaults(func=cmd_enable_module)
 
     p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1")
@@ -293,18 +383,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    eval_form = _get_for_eval(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="cc-imds: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if getattr(args, "takes_values", False):
+            args.values = rest
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as exc:
+        if exc.code and eval_form:
+            _fail_eval(int(exc.code))
+        raise
+    if args.debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)
+    else:
+        from .logs import on_first_use
+
+        on_first_use(_warnings_to_stderr)
     try:
         return int(args.func(args))
     except CcImdsError as exc:
         for line in str(exc).splitlines():
             print(f"cc-imds: {line}", file=sys.stderr)
+        if eval_form:
+            _fail_eval(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _get_for_eval(argv: Sequence[str]) -> bool:
+    """`cc-imds get --shell`, whose output is meant for `eval "$(...)"`."""
+    return "--shell" in argv and next((a for a in argv if not a.startswith("-")), None) == "get"
+
+
+def _fail_eval(code: int) -> None:
+    """Make `eval "$(cc-imds get --shell ...)"` fail as cc-imds did. Printing nothing would not:
+    eval of an empty string succeeds, so a `set -e` script would run on with unset variables."""
+    try:
+        sys.stdout.write(f"(exit {code})\n")
+        sys.stdout.flush()
+    except (OSError, AttributeError):  # closed, or no stdout at all: the exit status still says it
+        pass
+
+
+def _warnings_to_stderr() -> None:
+    """Warnings (an IMDSv1 fallback) in the CLI's format; set up only when one is logged."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)
