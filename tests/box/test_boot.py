@@ -119,6 +119,7 @@ def test_the_only_schema_complaint_is_the_imds_key(release: str) -> None:
 def test_the_ec2_datasource_finds_the_user_data_through_the_emulator(boot: BootResult) -> None:
     status = boot.status
     assert status.get("datasource") in ("ec2", "ec2local"), status
+    assert "cloud_name=aws" in boot.log  # from the VM's DMI: the datasource knows it is on EC2
     requests = cloud_init_requests(boot)
     crawled = {r["path"] for r in requests if r["status"] == 200 and r["method"] == "GET"}
     versions = {p.split("/")[1] for p in crawled}
