@@ -384,18 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    eval_form = _get_for_eval(argv)
     parser = build_parser()
-    try:
-        args, rest = parser.parse_known_args(argv)
-        if getattr(args, "takes_values", False):
-            args.values = rest
-        elif rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    except SystemExit as exc:
-        if exc.code and eval_form:
-            _fail_eval(int(exc.code))
-        raise
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "takes_values", False):
+        args.values = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.debug:
         import logging
 
@@ -409,26 +403,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CcImdsError as exc:
         for line in str(exc).splitlines():
             print(f"cc-imds: {line}", file=sys.stderr)
-        if eval_form:
-            _fail_eval(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-
-
-def _get_for_eval(argv: Sequence[str]) -> bool:
-    """`cc-imds get --shell`, whose output is meant for `eval "$(...)"`."""
-    return "--shell" in argv and next((a for a in argv if not a.startswith("-")), None) == "get"
-
-
-def _fail_eval(code: int) -> None:
-    """Make `eval "$(cc-imds get --shell ...)"` fail as cc-imds did. Printing nothing would not:
-    eval of an empty string succeeds, so a `set -e` script would run on with unset variables."""
-    try:
-        sys.stdout.write(f"(exit {code})\n")
-        sys.stdout.flush()
-    except (OSError, AttributeError):  # closed, or no stdout at all: the exit status still says it
-        pass
 
 
 def _warnings_to_stderr() -> None:

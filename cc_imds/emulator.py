@@ -47,7 +47,8 @@ class RecordedRequest:
     path: str
     status: int  # 0 when no response was sent (dropped or reset)
     token: str  # "valid", "invalid", "expired" or "none"
-    user_agent: str = ""  # tells clients apart when several share one emulator (a booting VM)
+    ttl: Optional[str] = None  # the token TTL header as sent, None when absent
+    user_agent: Optional[str] = None
 
 
 class Emulator:
@@ -269,9 +270,6 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._get(token_state)
 
-    def _user_agent(self) -> str:
-        return self.headers.get("User-Agent") or ""
-
     def _token_request(self, method: str, token_state: str) -> None:
         emu = self.emulator
         if method != "PUT" or emu.mode == "v1-only":
@@ -287,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         if emu.drop_put:
             # The response would be dropped on the way back: say nothing and hold the
             # connection until the client gives up or the emulator stops.
-            emu._record(RecordedRequest(method, self.path, 0, token_state, self._user_agent()))
+            emu._record(self._recorded(method, 0, token_state))
             emu._stopping.wait(60)
             self.close_connection = True
             return
@@ -312,6 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send("GET", 200, body, token_state)
 
+    def _recorded(self, method: str, status: int, token_state: str) -> RecordedRequest:
+        return RecordedRequest(
+            method, self.path, status, token_state, self.headers.get(TTL_HEADER), self.headers.get("User-Agent")
+        )
+
     def _send(
         self,
         method: str,
@@ -323,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         emu = self.emulator
         truncate = status == 200 and method == "GET" and len(body) > 1 and emu._take_truncation()
-        emu._record(RecordedRequest(method, self.path, 0 if truncate else status, token_state, self._user_agent()))
+        emu._record(self._recorded(method, 0 if truncate else status, token_state))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

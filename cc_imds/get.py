@@ -1,12 +1,13 @@
 """`cc-imds get`: instance metadata for scripts, one value or many in one call.
 
-    eval "$(cc-imds get --shell INSTANCE_ID=meta-data/instance-id REGION=meta-data/placement/region)"
+    values=$(cc-imds get --shell INSTANCE_ID=meta-data/instance-id REGION=meta-data/placement/region)
+    eval "$values"
 
 Values are named and sourced with the declaration's vocabulary: a path, optionally a
 `--key` into the JSON document there, and a `--default` used only when IMDS answers 404.
 Every value is fetched (one token, concurrently) before anything is printed, and no value
-is printed unless every value succeeded; `--shell` then prints only `(exit N)`, so that
-`eval` fails too and a `set -e` script stops instead of running with unset variables.
+is printed unless every value succeeded: on failure stdout stays empty. (`eval` of empty
+output succeeds, so a `set -e` script stops at the assignment above, not at `eval "$(...)"`.)
 Error messages name values and paths, never a value's content.
 
 Cold start is part of the job (scripts call this where they called curl), so this module

@@ -54,11 +54,16 @@ def client_settings(declaration: Declaration, options: RunOptions) -> ClientSett
     return ClientSettings(endpoint=endpoint, **settings)
 
 
-def resolve_values(declaration: Declaration, options: RunOptions, tree: Optional[MetadataTree] = None) -> Values:
+def resolve_values(
+    declaration: Declaration,
+    options: RunOptions,
+    tree: Optional[MetadataTree] = None,
+    deadline: Optional[Deadline] = None,
+) -> Values:
     if tree is not None:
         return resolve(declaration, TreeSource(tree))
     with ImdsClient(client_settings(declaration, options)) as client:
-        return resolve(declaration, client)
+        return resolve(declaration, client, deadline=deadline)
 
 
 def run_deadline(declaration: Declaration) -> Deadline:
@@ -71,8 +76,8 @@ def run_deadline(declaration: Declaration) -> Deadline:
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
     declaration = build_declaration(docs, remember=True)
-    deadline = run_deadline(declaration)
-    values = resolve_values(declaration, options)
+    deadline = run_deadline(declaration)  # one deadline: resolving, then waiting for the lock
+    values = resolve_values(declaration, options, deadline=deadline)
     outputs = render(declaration, values)
     changes = write_outputs(outputs, options.root, options.lock_path, deadline=deadline)
     for change in changes:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Protocol, Union
+from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Protocol, Union
 
 from .config import Declaration, ValueSpec
-from .errors import ImdsError, ImdsNotFound, ResolveError
+from .deadline import Deadline
+from .errors import ImdsError, ImdsNotFound, ImdsUnreachable, ResolveError
 from .tree import TAGS_PREFIX, MetadataTree
 
 Value = Union[str, bytes, Mapping[str, str]]
@@ -25,7 +27,9 @@ _RAW_PATHS = ("user-data",)
 
 
 class Source(Protocol):
-    def fetch_all(self, paths: Iterable[str], expand: Expander = ...) -> Dict[str, Outcome]: ...
+    def fetch_all(
+        self, paths: Iterable[str], expand: Expander = ..., *, deadline: Optional[Deadline] = None
+    ) -> Dict[str, Outcome]: ...
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,18 @@ class TreeSource:
     def __init__(self, tree: MetadataTree) -> None:
         self.tree = tree
 
-    def fetch_all(self, paths: Iterable[str], expand: Expander = lambda p, b: []) -> Dict[str, Outcome]:
+    def fetch_all(
+        self, paths: Iterable[str], expand: Expander = lambda p, b: [], *, deadline: Optional[Deadline] = None
+    ) -> Dict[str, Outcome]:
         results: Dict[str, Outcome] = {}
-        queue = list(dict.fromkeys(paths))
+        queue: Deque[str] = deque(dict.fromkeys(paths))
         while queue:
-            path = queue.pop(0)
+            path = queue.popleft()
             if path in results:
+                continue
+            if deadline is not None and deadline.expired():
+                passed = f"not read: the {deadline.seconds:g}s deadline passed"
+                results[path] = ImdsUnreachable("/latest/" + path, passed)
                 continue
             body = self.tree.lookup(path)
             results[path] = body if body is not None else ImdsNotFound("/latest/" + path)
@@ -59,8 +69,22 @@ def directory_entries(listing: bytes) -> List[str]:
     return [line for line in listing.decode("utf-8", "replace").splitlines() if line and not line.endswith("/")]
 
 
-def resolve(declaration: Declaration, source: Source) -> Values:
+def resolve(
+    declaration: Declaration,
+    source: Source,
+    *,
+    names: Optional[Iterable[str]] = None,
+    deadline: Optional[Deadline] = None,
+) -> Values:
+    """The declared values (only those in `names` when given), each IMDS path fetched once,
+    within `deadline` (None: the source's own, the client's run deadline)."""
     specs = list(declaration.values.values())
+    if names is not None:
+        wanted = set(names)
+        unknown = sorted(wanted - set(declaration.values))
+        if unknown:
+            raise ResolveError([f"no value named {name!r} is declared" for name in unknown])
+        specs = [s for s in specs if s.name in wanted]
     directories = {s.path for s in specs if s.is_directory}
     malformed: Dict[str, List[str]] = {}
 
@@ -73,7 +97,7 @@ def resolve(declaration: Declaration, source: Source) -> Values:
             malformed[path] = bad
         return [path + e for e in entries if e not in bad]
 
-    outcomes = source.fetch_all([s.path for s in specs], expand)
+    outcomes = source.fetch_all([s.path for s in specs], expand, deadline=deadline)
     data: Dict[str, Value] = {}
     problems: List[str] = []
     for spec in specs:

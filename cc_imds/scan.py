@@ -289,7 +289,9 @@ def suggest_get(declaration: Dict[str, Any]) -> Optional[str]:
         spec = declaration["values"][name]
         path, key = (spec, None) if isinstance(spec, str) else (spec["path"], spec.get("key"))
         args.append(" ".join(shlex.quote(a) for a in [f"{variable}={path}", *(["--key", key] if key else [])]))
-    return 'eval "$(cc-imds get --shell \\\n' + " \\\n".join(f"    {a}" for a in args) + ')"'
+    # Two steps: the assignment carries cc-imds's exit status (set -e stops there); eval of
+    # empty output would succeed.
+    return 'values=$(cc-imds get --shell \\\n' + " \\\n".join(f"    {a}" for a in args) + ')\neval "$values"'
 
 
 def as_dicts(findings: List[Finding]) -> List[Dict[str, Any]]:

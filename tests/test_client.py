@@ -3,31 +3,51 @@
 from __future__ import annotations
 
 import gzip
+import logging
+import os
 import socket
 import time
 from typing import Callable, Dict
 
 import pytest
 
+import cc_imds
 from cc_imds.client import (
     ENV_ENDPOINT,
     ENV_ENDPOINT_MODE,
     IPV4_URL,
     IPV6_URL,
+    MAX_FRESH_REFUSALS,
     ClientSettings,
     EndpointError,
     ImdsClient,
+    MetadataDisabled,
     candidate_urls,
     choose_endpoint,
 )
+from cc_imds.deadline import Deadline
 from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound, ImdsUnreachable
 from cc_imds.tree import MetadataTree
 from tests.conftest import needs_ipv6_loopback
+from tests.reliability.hostile import (
+    TOKEN,
+    Connection,
+    HostileServer,
+    Request,
+    answer,
+    churn,
+    echo_ttl,
+    issue_token,
+)
 
 
 def client_for(emulator: Emulator, **settings: object) -> ImdsClient:
-    return ImdsClient(ClientSettings(endpoint=emulator.url, **settings))  # type: ignore[arg-type]
+    return client_for_url(emulator.url, **settings)
+
+
+def client_for_url(url: str, **settings: object) -> ImdsClient:
+    return ImdsClient(ClientSettings(endpoint=url, **settings))  # type: ignore[arg-type]
 
 
 def fifty_paths_tree() -> MetadataTree:
@@ -61,10 +81,8 @@ def test_revoked_token_costs_exactly_one_extra_put(make_emulator: Callable[..., 
     assert emulator.count("PUT") == 2
 
 
-def test_second_401_is_an_error_naming_the_path(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    client = client_for(emulator)
-    client.fetch("meta-data/instance-id")
-    # Every token is revoked as soon as it is issued: the renewed one fails too.
+def refuse_every_token(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every token is revoked as soon as it is issued, and those issued so far too."""
     original = emulator._issue_token
 
     def issue_and_revoke(ttl: int) -> str:
@@ -74,9 +92,47 @@ def test_second_401_is_an_error_naming_the_path(emulator: Emulator, monkeypatch:
 
     monkeypatch.setattr(emulator, "_issue_token", issue_and_revoke)
     emulator.revoke_tokens()
-    with pytest.raises(ImdsError, match=r"^/latest/meta-data/instance-id: 401 Unauthorized again"):
-        client.fetch("meta-data/instance-id")
-    assert emulator.count("PUT") == 2  # renewed exactly once
+
+
+def test_a_server_refusing_every_token_is_an_error_at_once(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_every_token(emulator, monkeypatch)
+    started = time.monotonic()
+    with pytest.raises(ImdsError, match=r"^/latest/meta-data/instance-id: 401 Unauthorized again after renewing"):
+        client_for(emulator).fetch("meta-data/instance-id")
+    assert time.monotonic() - started < 2  # not the 60 s deadline
+    # The first token, then renewals until MAX_FRESH_REFUSALS renewed tokens in a row were refused.
+    assert emulator.count("PUT") == 1 + MAX_FRESH_REFUSALS
+    assert emulator.count("GET") == 1 + MAX_FRESH_REFUSALS
+
+
+def test_tokens_refused_after_a_success_are_renewed_while_the_deadline_allows(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for(emulator, deadline=60)
+    client.fetch("meta-data/instance-id")
+    refuse_every_token(emulator, monkeypatch)  # churn at its worst: no token survives to be used
+    started = time.monotonic()
+    with pytest.raises(ImdsUnreachable, match=r"^/latest/meta-data/instance-id: 401 Unauthorized again after "
+                                              r"renewing the token; no usable answer within the 2s deadline"):
+        client.fetch("meta-data/instance-id", deadline=Deadline(2))
+    assert time.monotonic() - started < 2 + 0.5
+    # Renewals are paced like retries: at most 6 in 2 s (README), plus the first, unpaced.
+    assert 1 + 2 <= emulator.count("PUT") <= 1 + 1 + 6
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+@pytest.mark.parametrize("every", [1, 3])
+def test_token_churn_is_survived_at_any_concurrency(
+    make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch, concurrency: int, every: int
+) -> None:
+    emulator = make_emulator(fifty_paths_tree())
+    revocations = churn(emulator, every)
+    with client_for(emulator, concurrency=concurrency, deadline=30) as client:
+        results = client.fetch_all([f"meta-data/item/{i:02d}" for i in range(50)])
+    assert results == {f"meta-data/item/{i:02d}": f"value-{i}".encode() for i in range(50)}
+    # A renewal needs the newest token refused, so a revocation since it was issued: never
+    # two renewals for one revocation, however many requests were refused at once.
+    assert emulator.count("PUT") <= 1 + revocations[0]
 
 
 def test_token_is_renewed_before_it_expires(emulator: Emulator) -> None:
@@ -90,7 +146,7 @@ def test_token_is_renewed_before_it_expires(emulator: Emulator) -> None:
 
 def test_ttl_is_sent_as_configured(emulator: Emulator) -> None:
     client_for(emulator, token_ttl=900).fetch("meta-data/instance-id")
-    assert emulator.requests[0].method == "PUT" and emulator.requests[0].status == 200
+    assert [(r.method, r.ttl, r.status) for r in emulator.requests] == [("PUT", "900", 200), ("GET", None, 200)]
 
 
 # -- endpoints ---------------------------------------------------------------------
@@ -188,7 +244,9 @@ def test_connection_reset_mid_body_is_retried(emulator: Emulator) -> None:
     client = client_for(emulator, deadline=2)
     client.fetch("meta-data/placement/region")
     emulator.reset_mid_body = True
-    with pytest.raises(ImdsUnreachable, match=r"/latest/meta-data/instance-id: .*closed mid-body|failed"):
+    message = (r"^/latest/meta-data/instance-id: no usable answer within the 2s deadline "
+               r"\((connection closed mid-body|connection failed: ConnectionResetError)\)$")
+    with pytest.raises(ImdsUnreachable, match=message):
         client.fetch("meta-data/instance-id")
     assert emulator.count("GET", path="/latest/meta-data/instance-id") > 1
 
@@ -285,3 +343,163 @@ def test_slow_token_body_is_not_mistaken_for_the_hop_limit(emulator: Emulator) -
         client_for(emulator, timeout=0.3, deadline=1.5).fetch("meta-data/instance-id")
     assert "HttpPutResponseHopLimit" not in str(caught.value)
     assert "response body" in str(caught.value)
+
+
+# -- one client, many operations (the long-running watcher) ------------------------------------
+def test_the_token_is_reused_across_operations_with_their_own_deadlines(emulator: Emulator) -> None:
+    with client_for(emulator) as client:
+        for _ in range(5):
+            assert client.fetch("meta-data/instance-id", deadline=Deadline(5)) == b"i-0a1b2c3d4e5f60789"
+        client.fetch_all(["meta-data/placement/region", "meta-data/instance-type"], deadline=Deadline(5))
+    assert emulator.count("PUT") == 1
+
+
+def test_the_run_deadline_is_made_at_construction_and_an_operation_may_bring_its_own(emulator: Emulator) -> None:
+    client = client_for(emulator, deadline=0.3)
+    time.sleep(0.4)
+    with pytest.raises(ImdsUnreachable, match=r"no usable answer within the 0.3s deadline"):
+        client.fetch("meta-data/instance-id")
+    assert client.fetch("meta-data/instance-id", deadline=Deadline(5)) == b"i-0a1b2c3d4e5f60789"
+    assert emulator.requests == emulator.requests[:2] and emulator.count("PUT") == 1
+
+
+def test_an_operation_deadline_bounds_that_operation() -> None:
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # connections complete in the backlog; nothing ever answers
+    try:
+        client = ImdsClient(ClientSettings(endpoint=f"http://127.0.0.1:{hole.getsockname()[1]}", deadline=600))
+        started = time.monotonic()
+        with pytest.raises(ImdsUnreachable, match=r"^/latest/api/token: no usable answer within the 1s deadline"):
+            client.fetch("meta-data/instance-id", deadline=Deadline(1))
+        assert time.monotonic() - started < 1 + 0.5
+    finally:
+        hole.close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_many_operations_keep_a_bounded_number_of_connections(make_emulator: Callable[..., Emulator]) -> None:
+    emulator = make_emulator(fifty_paths_tree())
+    original = emulator._server.process_request
+    accepted = [0]
+
+    def counting(request: socket.socket, address: object) -> None:
+        accepted[0] += 1
+        original(request, address)
+
+    emulator._server.process_request = counting  # type: ignore[method-assign]
+    paths = [f"meta-data/item/{i:02d}" for i in range(12)]
+    with client_for(emulator, concurrency=4) as client:
+        client.fetch_all(paths, deadline=Deadline(10))
+        after_first = open_descriptors()
+        for _ in range(40):  # each operation runs its own worker threads
+            assert len(client.fetch_all(paths, deadline=Deadline(10))) == 12
+        assert open_descriptors() <= after_first + 2
+    assert accepted[0] <= 4 + 1  # the pool's connections, reused: never one per operation or thread
+    assert emulator.count("PUT") == 1
+
+
+def close_after_answering(request: Request, conn: Connection) -> None:
+    """Answers, then closes the connection without saying so (no `Connection: close`)."""
+    if request.method == "PUT":
+        answer(conn, 200, TOKEN.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+    else:
+        answer(conn, 200, b"value")
+    conn.closed = True
+
+
+def test_a_keepalive_connection_the_server_closed_is_replaced_without_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cc_imds")
+    with HostileServer(close_after_answering) as server, client_for_url(server.url) as client:
+        for _ in range(4):
+            assert client.fetch("meta-data/instance-id", deadline=Deadline(5)) == b"value"
+            time.sleep(0.05)
+        assert server.connections == 5
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+# -- conventions -------------------------------------------------------------------------------
+def test_every_request_names_cc_imds_and_its_version(emulator: Emulator) -> None:
+    with client_for(emulator) as client:
+        client.fetch_all(["meta-data/instance-id", "meta-data/placement/region"])
+    assert len(emulator.requests) == 3
+    assert {r.user_agent for r in emulator.requests} == {f"cc-imds/{cc_imds.__version__}"}
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", "True", " true\n"])
+def test_metadata_disabled_in_the_environment_sends_nothing(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", value)
+    message = r"^AWS_EC2_METADATA_DISABLED is set to true: instance metadata access is turned off"
+    with client_for(emulator) as client:
+        with pytest.raises(MetadataDisabled, match=message):
+            client.fetch("meta-data/instance-id")
+        with pytest.raises(MetadataDisabled, match=message):
+            client.fetch_all(["meta-data/instance-id"])
+    assert MetadataDisabled.exit_code == 3
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize("value", ["false", "", "0", "1", "yes"])
+def test_only_true_disables_metadata(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", value)
+    assert client_for(emulator).fetch("meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"
+
+
+def test_an_endpoint_by_host_name(make_emulator: Callable[..., Emulator]) -> None:
+    emulator = make_emulator()
+    port = emulator.url.rsplit(":", 1)[1]
+    assert client_for_url(f"http://localhost:{port}").fetch("meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"
+
+
+# -- retry discipline ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT", "-1", "soon", "\u00b2"])
+def test_a_retry_after_of_zero_or_in_the_past_never_hurries_the_client(emulator: Emulator, retry_after: str) -> None:
+    emulator.fail_next(503, count=100_000, retry_after=retry_after)
+    with pytest.raises(ImdsUnreachable, match=r"^/latest/api/token: no usable answer within the 2s deadline"):
+        client_for(emulator, deadline=2).fetch("meta-data/instance-id")
+    assert emulator.count("PUT") <= 6  # README: at most 6 attempts in 2 s
+
+
+@pytest.mark.parametrize("echo", ["0", "99999", "abc", "\u00b2", ""])
+def test_a_nonsense_ttl_echo_keeps_the_ttl_asked_for(make_emulator: Callable[..., Emulator], echo: str) -> None:
+    emulator = make_emulator(fifty_paths_tree())
+    echo_ttl(emulator, echo)
+    with client_for(emulator, concurrency=1) as client:
+        assert len(client.fetch_all([f"meta-data/item/{i:02d}" for i in range(10)])) == 10
+    assert (emulator.count("PUT"), emulator.count("GET")) == (1, 10)
+
+
+def test_a_shorter_ttl_echo_is_honoured(make_emulator: Callable[..., Emulator]) -> None:
+    emulator = make_emulator()
+    echo_ttl(emulator, "1")
+    with client_for(emulator) as client:
+        client.fetch("meta-data/instance-id")
+        time.sleep(1.0)  # past the granted 1 s, well within the 21600 s asked for
+        client.fetch("meta-data/instance-id")
+    assert emulator.count("PUT") == 2 and not [r for r in emulator.requests if r.status == 401]
+
+
+# -- tokens that are not header values ----------------------------------------------------------------
+BAD_TOKENS = {
+    "crlf": "evilToken123\r\nX-Injected: yes", "lf": "evilToken123\nsecond-line", "space": "evil token",
+    "non-ascii": "évilToken", "huge": "e" * 5000, "nul": "evilToken\x00123", "tab": "evil\ttoken",
+}
+
+
+@pytest.mark.parametrize("token", list(BAD_TOKENS.values()), ids=list(BAD_TOKENS))
+def test_a_token_that_is_not_a_header_value_is_refused_without_repeating_it(emulator: Emulator, token: str) -> None:
+    issue_token(emulator, token)
+    with pytest.raises(ImdsError) as caught:
+        client_for(emulator).fetch("meta-data/instance-id")
+    message = str(caught.value)
+    assert message.startswith("/latest/api/token: IMDS answered the token request with ")
+    assert "not a usable token" in message
+    assert "evil" not in message and "eeeee" not in message
+    assert emulator.count("GET") == 0

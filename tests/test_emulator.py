@@ -114,20 +114,6 @@ def test_serves_on_ipv6_loopback(make_emulator) -> None:
     assert len(token(emulator)) > 20
 
 
-def test_records_each_clients_user_agent(emulator: Emulator) -> None:
-    """A booting VM has two clients on one emulator (cloud-init's datasource and cc-imds):
-    the log tells them apart."""
-    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-    request(emulator, "PUT", "/latest/api/token", {**ttl, "User-Agent": "Cloud-Init/22.4.2"})
-    request(emulator, "GET", "/2021-03-23/meta-data/instance-id", {"User-Agent": "Cloud-Init/22.4.2"})
-    request(emulator, "GET", "/latest/meta-data/instance-id")  # http.client sends no User-Agent
-    assert [(r.method, r.status, r.user_agent) for r in emulator.requests] == [
-        ("PUT", 200, "Cloud-Init/22.4.2"),
-        ("GET", 401, "Cloud-Init/22.4.2"),
-        ("GET", 401, ""),
-    ]
-
-
 def test_aemm_fixture_format_loads() -> None:
     document = {
         "metadata": {
@@ -157,3 +143,14 @@ def test_records_injected_statuses_and_retry_after(emulator: Emulator) -> None:
     assert request(emulator, "GET", "/latest/meta-data/")[0] == 429
     assert request(emulator, "GET", "/latest/meta-data/")[0] == 401
     assert [r.status for r in emulator.requests] == [429, 429, 401]
+
+
+def test_records_the_ttl_and_user_agent_as_sent(emulator: Emulator) -> None:
+    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "123", "User-Agent": "probe/1"}
+    request(emulator, "PUT", "/latest/api/token", ttl)
+    request(emulator, "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "0"})
+    request(emulator, "GET", "/latest/meta-data/")
+    assert [(r.method, r.status, r.ttl) for r in emulator.requests] == [
+        ("PUT", 200, "123"), ("PUT", 400, "0"), ("GET", 401, None)
+    ]
+    assert [r.user_agent for r in emulator.requests] == ["probe/1", None, None]  # http.client sends none

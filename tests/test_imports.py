@@ -44,7 +44,8 @@ with open(os.environ["PROBE_OUT"], "w") as out:
                "stdlib": sorted(n for n in loaded if n.split(".")[0] != "cc_imds" and not third_party(n))}, out)
 """
 
-GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.errors", "cc_imds.get", "cc_imds.logs"]
+GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.deadline", "cc_imds.errors", "cc_imds.get",
+               "cc_imds.logs", "cc_imds.retry", "cc_imds.settings", "cc_imds.transport"]
 # Standard-library modules a single `get` has no use for (each costs milliseconds at start-up).
 NOT_FOR_GET = ["logging", "typing", "dataclasses", "inspect", "tempfile", "pathlib", "concurrent.futures", "json"]
 

@@ -8,6 +8,7 @@ import pytest
 
 from cc_imds.client import ClientSettings, ImdsClient
 from cc_imds.config import SourceDocument, build_declaration
+from cc_imds.deadline import Deadline
 from cc_imds.emulator import Emulator
 from cc_imds.errors import ResolveError
 from cc_imds.resolve import TreeSource, resolve
@@ -79,3 +80,70 @@ def test_user_data_stays_bytes_and_is_sensitive() -> None:
     tree = MetadataTree({"user-data": b"\x1f\x8b\x08binary"})
     values = resolve(declaration({"ud": "user-data"}), TreeSource(tree))
     assert values.data["ud"] == b"\x1f\x8b\x08binary" and "ud" in values.sensitive
+
+
+# -- a default stands in for a 404 only ----------------------------------------------------------
+OWNER = {"owner": {"path": "meta-data/tags/instance/Owner", "default": "nobody"}}  # no such tag: a 404
+
+
+def warm_client(emulator: Emulator) -> ImdsClient:
+    """A client that already holds its token, so that an injected fault hits the value's GET."""
+    client = ImdsClient(ClientSettings(endpoint=emulator.url, timeout=0.3))
+    client.fetch("meta-data/instance-id")
+    return client
+
+
+def test_the_default_stands_in_for_a_404(emulator: Emulator) -> None:
+    with warm_client(emulator) as client:
+        assert resolve(declaration(OWNER), client).data == {"owner": "nobody"}
+    assert emulator.requests[-1].status == 404
+
+
+@pytest.mark.parametrize(("status", "problem"), [
+    (500, "no usable answer within the 1s deadline (HTTP 500)"),
+    (503, "no usable answer within the 1s deadline (HTTP 503)"),
+    (429, "no usable answer within the 1s deadline (HTTP 429)"),
+    (403, "IMDS endpoint disabled, or request forbidden (HTTP 403)"),
+    (400, "unexpected HTTP 400"),
+])
+def test_the_default_is_not_used_when_imds_fails(emulator: Emulator, status: int, problem: str) -> None:
+    with warm_client(emulator) as client:
+        emulator.fail_next(status, count=1000)
+        with pytest.raises(ResolveError) as caught:
+            resolve(declaration(OWNER), client, deadline=Deadline(1))
+    assert caught.value.problems == [f"ud: imds.values.owner: /latest/meta-data/tags/instance/Owner: {problem}"]
+
+
+def test_the_default_is_not_used_when_imds_times_out(emulator: Emulator) -> None:
+    with warm_client(emulator) as client:
+        emulator.latency = 0.6  # twice the attempt timeout
+        with pytest.raises(ResolveError) as caught:
+            resolve(declaration(OWNER), client, deadline=Deadline(1))
+    [problem] = caught.value.problems
+    assert problem.startswith("ud: imds.values.owner: /latest/meta-data/tags/instance/Owner: "
+                              "no usable answer within the 1s deadline (no answer within")
+
+
+# -- names and deadlines -----------------------------------------------------------------------------
+def test_only_the_named_values_are_resolved(emulator: Emulator) -> None:
+    decl = declaration({"iid": "meta-data/instance-id", "region": "meta-data/placement/region",
+                        "tags": "meta-data/tags/instance/"})
+    with ImdsClient(ClientSettings(endpoint=emulator.url)) as client:
+        values = resolve(decl, client, names=["region"], deadline=Deadline(5))
+    assert values.data == {"region": "eu-west-1"}
+    assert [r.path for r in emulator.requests if r.method == "GET"] == ["/latest/meta-data/placement/region"]
+
+
+def test_an_unknown_name_is_an_error() -> None:
+    with pytest.raises(ResolveError, match=r"^no value named 'nope' is declared$"):
+        resolve(declaration({"iid": "meta-data/instance-id"}), TreeSource(load_tree()), names=["iid", "nope"])
+
+
+def test_a_tree_source_honours_the_deadline(tree: MetadataTree) -> None:
+    now = [0.0]
+    deadline = Deadline(1, clock=lambda: now[0])
+    now[0] = 1.0
+    with pytest.raises(ResolveError) as caught:
+        resolve(declaration({"iid": "meta-data/instance-id"}), TreeSource(tree), deadline=deadline)
+    assert caught.value.problems == ["ud: imds.values.iid: /latest/meta-data/instance-id: not read: "
+                                     "the 1s deadline passed"]

@@ -34,8 +34,9 @@ from tests.box.scenarios import (
 if not ENABLED:
     pytest.skip("boots VMs for minutes: run with CC_IMDS_BOX=1 (make test-box)", allow_module_level=True)
 
-# cloud-init's datasource says who it is, or lets `requests` say it; cc-imds sends none.
+# cloud-init's datasource says who it is, or lets `requests` say it; so does cc-imds.
 CLOUD_INIT_AGENTS = ("Cloud-Init/", "python-requests/")
+CC_IMDS_AGENT = "cc-imds/"
 DEADLINE = 60.0  # cc-imds's default, which the user-data does not change
 # cloud-init's WARNINGs, in its log and (23.4+) as recoverable errors in `cloud-init status`.
 # These are expected, each for a stated reason; any other fails the tests.
@@ -63,7 +64,7 @@ def by_client(boot: BootResult, *, after_boot: bool = False) -> Dict[str, List[D
             continue
         if request["ua"].startswith(CLOUD_INIT_AGENTS):
             clients["cloud-init"].append(request)
-        elif request["ua"] == "" or request["ua"].startswith("cc-imds"):
+        elif request["ua"].startswith(CC_IMDS_AGENT):
             clients["cc-imds"].append(request)
         else:
             raise AssertionError(f"an unexpected client called IMDS: {request}")

@@ -41,6 +41,27 @@ SCENARIOS = {
     "hostile-values": "Hostile tag values: exact through shell (bash, dash) and json; systemd and dotenv refuse",
     "generated-declarations": "Generated invalid declarations: located errors, no traceback, nothing written",
     "sandbox-escape": "A template reaching for Python internals: refused, nothing written",
+    # hostile servers (tests/reliability/test_hostile_server.py): every byte bounded by the deadline
+    "slow-token-put": "Token PUT answered with a status line and headers one byte per 250 ms: `get` and `apply` "
+                      "end within the 2 s deadline plus slack, files untouched",
+    "trickled-headers": "GET response headers one byte per 250 ms: ends within the deadline plus slack",
+    "trickled-chunk-size": "A chunked GET response whose chunk-size line never ends: ends within the deadline plus "
+                           "slack",
+    "trickled-trailers": "A chunked GET response whose trailers trickle: ends within the deadline plus slack",
+    "endless-100-continue": "`100 Continue` answers forever: ends within the deadline plus slack",
+    "trickled-hop-limit-probe": "Token PUT unanswered and the probing GET trickles its headers: ends within the "
+                                "deadline plus slack",
+    # retry and token discipline (tests/reliability/test_hostile_server.py)
+    "retry-after-zero": "503 forever with Retry-After: 0, 2 s deadline: retries paced by the backoff (at most 6 "
+                        "attempts), error, files untouched",
+    "retry-after-past": "503 forever with a Retry-After date in the past: paced the same, error, files untouched",
+    "ttl-zero-echo": "Token PUT answered with a TTL echo of 0: one PUT for the whole run, outputs correct",
+    "token-churn-concurrency": "Every token revoked after each 2 GETs, concurrency 8: retried with the newest token, "
+                               "at most one PUT per revocation, outputs correct",
+    "crlf-token": "A token containing CR/LF: a one-line error that does not repeat it, no GET, files untouched",
+    "metadata-disabled-env": "AWS_EC2_METADATA_DISABLED=true: a clear error, no request sent, files untouched",
+    "bad-connection-settings": "An unparsable endpoint in the environment, or `timeout: .nan`: a one-line error "
+                               "naming the setting, exit 1, no request",
     "get-all-or-nothing": "get --shell with three of four values failing: all three named, no value printed",
     "get-one-token": "get --json of six values: one process, 1 PUT and one GET per value",
     "get-url-forms": "get with dated-version, :80 and IPv6 URLs, and foreign hosts: the right path, or exit 2 at once",

@@ -70,7 +70,7 @@ class LoggedEmulator(Emulator):
             path=request.path,
             status=request.status,
             token=request.token,
-            ua=request.user_agent,
+            ua=request.user_agent or "",
         )
 
 
