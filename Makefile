@@ -19,8 +19,10 @@ help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
 	@echo "             including real cloud-init 22.2.2 (vendored), 22.4.2 and 25.1.4 (from Debian), never installed,"
-	@echo "             the RPM (built, linted, installed into a scratch root), and a fresh clone of the"
-	@echo "             repository in an empty folder (built, fast suite)"
+	@echo "             the RPM (built, linted, installed into a scratch root), a fresh clone of the"
+	@echo "             repository in an empty folder (built, fast suite), then the box (test-box)"
+	@echo "make test-box  boot Debian 12 and 13 VMs (systemd, cloud-init's Ec2 datasource) against the"
+	@echo "             emulator inside them, with cc-imds installed from the checkout's wheel"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
 
@@ -64,9 +66,18 @@ test-py313: $(VENV)/py313/.ready cloud-init rpm
 test-clone: $(VENV)/py39/.ready rpm
 	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m clone
 
-test: lint test-py39 test-py313 test-clone
+test: lint test-py39 test-py313 test-clone test-box
 
 .PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone
+
+# -- the box: real boots under qemu (tests/box) ------------------------------------------
+# Images are built from Debian's packages and cached under .cache/box/; the wheel is built
+# with AL2023's toolchain, as the RPM's is; `cloud-init analyze` runs on the host from the
+# unpacked cloud-init.
+test-box: $(VENV)/py313/.ready $(VENV)/al2023-build/.ready cloud-init
+	CC_IMDS_BOX=1 $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider tests/box
+
+.PHONY: test-box
 
 # -- RPM --------------------------------------------------------------------------------
 # Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a PEP 621
