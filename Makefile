@@ -22,6 +22,7 @@ help:
 	@echo "             and the RPM (built, linted, installed into a scratch root)"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
+	@echo "make reliability-doc   rewrite docs/RELIABILITY.md from a fresh run of the reliability suite"
 
 $(VENV)/demo/.ready: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)/demo
@@ -51,15 +52,33 @@ system-deps:
 cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
+# Every test run records what the reliability scenarios did (tests/reliability/report.py),
+# then checks that docs/RELIABILITY.md lists exactly those scenarios with those results.
+RELIABILITY_RUNS := .cache/reliability
+
+# $(1): the virtualenv; $(2): what to run. Records the run in $(RELIABILITY_RUNS)/$(1).jsonl.
+define recorded-pytest
+	@mkdir -p $(RELIABILITY_RUNS) && rm -f $(RELIABILITY_RUNS)/$(1).jsonl
+	CC_IMDS_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_RUNS)/$(1).jsonl $(VENV)/$(1)/bin/python -m pytest -q -p no:cacheprovider $(2)
+endef
+
 test-py39: $(VENV)/py39/.ready cloud-init rpm
-	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider
+	$(call recorded-pytest,py39,)
+	$(VENV)/py39/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py39.jsonl docs/RELIABILITY.md
 
 test-py313: $(VENV)/py313/.ready cloud-init rpm
-	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider
+	$(call recorded-pytest,py313,)
+	$(VENV)/py313/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py313.jsonl docs/RELIABILITY.md
 
 test: lint test-py39 test-py313
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
+# Rewrite docs/RELIABILITY.md from a fresh run of the reliability suite (as root, like make test).
+reliability-doc: $(VENV)/py313/.ready system-deps
+	$(call recorded-pytest,py313,tests/reliability)
+	$(VENV)/py313/bin/python -m tests.reliability.report render $(RELIABILITY_RUNS)/py313.jsonl > $(RELIABILITY_RUNS)/RELIABILITY.md
+	mv $(RELIABILITY_RUNS)/RELIABILITY.md docs/RELIABILITY.md
+
+.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 reliability-doc
 
 # -- RPM --------------------------------------------------------------------------------
 # A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
