@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from typing import List
 
 # The classic "billion laughs": 9 levels of 9 aliases, 9**9 (387 million) strings, in 342 bytes.
 ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
@@ -30,3 +32,16 @@ def gzip_bomb(mebibytes: int) -> bytes:
         crc = zlib.crc32(zeros, crc)
     trailer = struct.pack("<II", crc, (mebibytes << 20) & 0xFFFFFFFF)
     return first + again * (mebibytes - 1) + last_block + trailer
+
+
+MEMORY_LIMIT = 1 << 30  # address space for a CLI run fed hostile input
+
+
+def cc_imds_limited(*args: str) -> List[str]:
+    """The command line for `python -m cc_imds ARGS` in a process that may map at most
+    MEMORY_LIMIT: a bound that regresses then fails fast with MemoryError, instead of
+    taking the machine's memory."""
+    code = ("import os, resource, sys; "
+            f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'cc_imds', *sys.argv[1:]])")
+    return [sys.executable, "-c", code, *args]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from cc_imds.cli import build_parser
 from cc_imds.emulator import Emulator
 from cc_imds.tree import load_tree
 from tests.conftest import REPO
-from tests.hostile import ALIAS_BOMB, gzip_bomb, nested
+from tests.hostile import ALIAS_BOMB, cc_imds_limited, gzip_bomb, nested
 
 DOCUMENTED = {0, 1, 2, 3, 4}  # README "Exit status"; 70, an internal error, is never right
 TIMEOUT = 120  # seconds for one case: every one takes well under one, even on a loaded machine
@@ -241,7 +240,7 @@ def run(args: List[str], stdout: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # As root, only dropping these capabilities makes a mode-000 file unreadable.
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
-    command = [*prefix, sys.executable, "-m", "cc_imds", *args]
+    command = [*prefix, *cc_imds_limited(*args)]
     with open(os.devnull if stdout == "pipe" else stdout, "wb") as sink:
         try:
             return subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,11 +17,10 @@ import yaml
 
 from cc_imds.emulator import Emulator
 from tests.conftest import REPO
-from tests.hostile import ALIAS_BOMB, gzip_bomb, nested
+from tests.hostile import ALIAS_BOMB, cc_imds_limited, gzip_bomb, nested
 from tests.reliability.conftest import Scenario, declaration, digest
 
 Record = Callable[..., None]
-MEMORY_LIMIT = 1 << 30  # address space for each run: an unbounded expansion fails fast instead of swapping
 TIMEOUT = 120  # far beyond any bounded run; one that blocks or expands without end fails here
 
 
@@ -39,14 +37,12 @@ class Limited:
 
 
 def run_limited(*args: str, stdout: str = "") -> Limited:
-    """`cc-imds ARGS` in a process limited to MEMORY_LIMIT and TIMEOUT, with its peak RSS."""
-    limit = f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); " \
-            "os.execv(sys.executable, [sys.executable, '-m', 'cc_imds', *sys.argv[1:]])"
+    """`cc-imds ARGS` in a process limited in memory and to TIMEOUT, with its peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             open(stdout or os.devnull, "wb") as sink:
         started = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-c", limit, *args], stdout=sink if stdout else out, stderr=err,
+        process = subprocess.Popen(cc_imds_limited(*args), stdout=sink if stdout else out, stderr=err,
                                    stdin=subprocess.DEVNULL, env=env)
         timer = threading.Timer(TIMEOUT, process.kill)
         timer.start()
