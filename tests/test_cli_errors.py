@@ -50,7 +50,7 @@ CONTENT: Dict[str, bytes] = {
     "not-utf8": b"#cloud-config\nimds:\n  values: {caf\xe9: meta-data/x}\n",
     "empty": b"",
     "malformed-yaml": b"#cloud-config\nimds:\n  values: {a: [\n",
-    "alias-bomb": ("#cloud-config\n" + ALIAS_BOMB).encode(),
+    "alias-bomb": ("#cloud-config\n" + ALIAS_BOMB + "imds: {values: {x: *i}}\n").encode(),
     "deep-yaml": ("#cloud-config\n" + nested(20_000)).encode(),
     "boolean-keys": DECLARATION.replace("{IID: iid}", "{ON: iid}").encode(),
     "nan-setting": DECLARATION.replace("imds:\n", "imds:\n  deadline: .nan\n").encode(),
