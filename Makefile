@@ -72,9 +72,10 @@ test-py313: $(VENV)/py313/.ready cloud-init rpm
 
 test: lint test-py39 test-py313
 
-# Rewrite docs/RELIABILITY.md from a fresh run of the reliability suite (as root, like make test).
+# Rewrite docs/RELIABILITY.md from a fresh run of the reliability suite (as root, like make test);
+# leaving out the one test that checks the document being rewritten.
 reliability-doc: $(VENV)/py313/.ready system-deps
-	$(call recorded-pytest,py313,tests/reliability)
+	$(call recorded-pytest,py313,tests/reliability --deselect tests/reliability/test_report.py::test_every_scenario_has_a_row_with_a_result)
 	$(VENV)/py313/bin/python -m tests.reliability.report render $(RELIABILITY_RUNS)/py313.jsonl > $(RELIABILITY_RUNS)/RELIABILITY.md
 	mv $(RELIABILITY_RUNS)/RELIABILITY.md docs/RELIABILITY.md
 

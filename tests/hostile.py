@@ -37,11 +37,16 @@ def gzip_bomb(mebibytes: int) -> bytes:
 MEMORY_LIMIT = 1 << 30  # address space for a CLI run fed hostile input
 
 
-def cc_imds_limited(*args: str) -> List[str]:
+def cc_imds_limited(*args: str, peak_file: str = "") -> List[str]:
     """The command line for `python -m cc_imds ARGS` in a process that may map at most
     MEMORY_LIMIT: a bound that regresses then fails fast with MemoryError, instead of
-    taking the machine's memory."""
-    code = ("import os, resource, sys; "
+    taking the machine's memory. With `peak_file`, the process writes its peak resident
+    memory there (VmHWM, in kB) as it exits: the parent's ru_maxrss would include what the
+    process inherited when it was forked."""
+    code = ("import atexit, resource, runpy, sys; "
             f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); "
-            "os.execv(sys.executable, [sys.executable, '-m', 'cc_imds', *sys.argv[1:]])")
+            f"peak = {peak_file!r}; "
+            "atexit.register(lambda: peak and open(peak, 'w').write("
+            "[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])); "
+            "runpy.run_module('cc_imds', run_name='__main__', alter_sys=True)")
     return [sys.executable, "-c", code, *args]

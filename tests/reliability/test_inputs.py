@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,23 +39,18 @@ def run_limited(*args: str, stdout: str = "") -> Limited:
     """`cc-imds ARGS` in a process limited in memory and to TIMEOUT, with its peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            open(stdout or os.devnull, "wb") as sink:
+            tempfile.NamedTemporaryFile() as peak, open(stdout or os.devnull, "wb") as sink:
         started = time.monotonic()
-        process = subprocess.Popen(cc_imds_limited(*args), stdout=sink if stdout else out, stderr=err,
-                                   stdin=subprocess.DEVNULL, env=env)
-        timer = threading.Timer(TIMEOUT, process.kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, for its resource usage
+            process = subprocess.run(cc_imds_limited(*args, peak_file=peak.name), stdout=sink if stdout else out,
+                                     stderr=err, stdin=subprocess.DEVNULL, env=env, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"cc-imds {' '.join(args)} was killed after {TIMEOUT}s") from None
         seconds = time.monotonic() - started
-        assert seconds < TIMEOUT, f"cc-imds {' '.join(args)} was killed after {TIMEOUT}s"
         out.seek(0)
         err.seek(0)
         run = Limited(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                      seconds, usage.ru_maxrss // 1024)
+                      seconds, int(peak.read() or 0) // 1024)
     assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.stderr
     return run
 
