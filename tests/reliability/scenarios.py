@@ -50,7 +50,8 @@ SCENARIOS.update({
     "yaml-boolean-keys": "Unquoted `ON:` and `NO:` keys (YAML 1.1 booleans): each reported with its location",
     "non-finite-settings": "`deadline: .nan`, `timeout: .inf`, `concurrency: -1`, `token_ttl: 0`: each refused, "
                            "naming the key; files untouched",
-    "oversized-declaration": "A 1 GiB drop-in (sparse): refused by its size before a byte is read",
+    "oversized-declaration": "A 1 GiB declaration file (sparse) for validate and apply: refused by its size before a "
+                             "byte is read",
     "special-files": "A FIFO and /dev/zero as declaration, drop-in, metadata tree, cloud.cfg and scanned file: "
                      "refused at once, never blocks",
     "scan-gzip-bomb": "`scan` of 1 MB of gzip that inflates to 1 GiB: refused at the 16 MiB budget, memory bounded",
