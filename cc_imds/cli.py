@@ -247,7 +247,6 @@ def number(low: float, high: float, *, integer: bool = False) -> Callable[[str],
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number from {low:g} to {high:g}")
         return value
 
-    parse.__name__ = "integer" if integer else "number"  # argparse names the type in its messages
     return parse
 
 

@@ -120,7 +120,8 @@ def main(argv: Sequence[str]) -> int:
         for problem in problems:
             print(f"{argv[2]}: {problem}", file=sys.stderr)
         if problems:
-            print(f"{argv[2]} does not match this run: regenerate it with `make reliability-doc`", file=sys.stderr)
+            print(f"{argv[2]} does not match this run: if the differences are meant, regenerate it with "
+                  "`make reliability-doc`", file=sys.stderr)
         return 1 if problems else 0
     print("usage: python -m tests.reliability.report render RUN.jsonl | check RUN.jsonl DOCUMENT", file=sys.stderr)
     return 2
