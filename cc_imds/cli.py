@@ -1,10 +1,10 @@
 """`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
 
 Exit status: 0 success; 1 invalid declaration or input file, a value a format cannot
-carry, a 404 (`get`), IMDSv1 use found or a file that cannot be scanned (`scan`);
-2 wrong usage; 3 IMDS unreachable or failing; 4 an output, or standard output, could not
-be written; 70 an internal error (a bug). Errors go to stderr, one line each, without a
-traceback.
+carry, a 404 (`get`), IMDSv1 use found or a file that cannot be scanned (`scan`), or imds
+not first in the config stage (`enable-module --check`); 2 wrong usage; 3 IMDS unreachable
+or failing; 4 an output, or standard output, could not be written; 70 an internal error
+(a bug). Errors go to stderr, one line each, without a traceback.
 """
 
 from __future__ import annotations
@@ -186,9 +186,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .enable import CLOUD_CFG, DROPIN, disable, enable
+    from .enable import CLOUD_CFG, DROPIN, check, disable, enable
 
     dropin = args.dropin or DROPIN
+    if args.check:
+        print(check(args.root, args.cloud_cfg or CLOUD_CFG, dropin))
+        return 0
     if args.remove:
         removed = disable(args.root, dropin)
         print(f"removed {removed}" if removed else "nothing to remove")
@@ -314,8 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/", help="operate on an image mounted here")
     p.add_argument("--cloud-cfg", help="cloud-init's main config (default /etc/cloud/cloud.cfg)")
     p.add_argument("--dropin", help="the generated drop-in (default /etc/cloud/cloud.cfg.d/zz-cc-imds.cfg)")
-    p.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
-    p.add_argument("--remove", action="store_true", help="remove the drop-in")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
+    action.add_argument("--remove", action="store_true", help="remove the drop-in")
+    action.add_argument("--check", action="store_true",
+                        help="exit 1, saying why, unless imds runs first in the config stage (an image build gate)")
     p.set_defaults(func=cmd_enable_module)
 
     p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1")
@@ -409,7 +415,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout = _GuardedStream(original)  # type: ignore[assignment]
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)  # until the arguments are parsed
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
+            sys.stdout.flush()
+            raise
         debug = args.debug
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.WARNING,

@@ -166,6 +166,7 @@ COMMANDS: Dict[str, Command] = {
         slots=(
             Slot(("enable-module", "--print", "--root", "/", "--cloud-cfg", "{bad}"), COMMON + YAML, 1,
                  {"empty": 0, "boolean-keys": 0, "nan-setting": 0}),
+            Slot(("enable-module", "--check", "--root", "/", "--cloud-cfg", "{bad}"), COMMON + YAML, 1),
             Slot(("enable-module", "--root", "{bad}"), COMMON, 1, directory=True),
             Slot(("enable-module", "--remove", "--root", "{bad}"), COMMON, 4, DIR_OK, directory=True),
         ),
@@ -237,7 +238,8 @@ class Workspace:
 
 
 def run(args: List[str], stdout: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # As users run it: standard output block-buffered, so a failed write shows at the last flush.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO)}
     # As root, only dropping these capabilities makes a mode-000 file unreadable.
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
     command = [*prefix, *cc_imds_limited(*args)]

@@ -178,7 +178,7 @@ def test_suggestion_reproduces_what_the_script_got_from_imdsv1(
 # -- suggestions for any path ----------------------------------------------------------------------
 UNNAMED = """#!/bin/sh
 curl -s http://169.254.169.254/latest/meta-data/public-keys/0 > /etc/key-name
-curl -s http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key >> /root/.ssh/authorized_keys
+curl -s http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key >> /etc/ssh/authorized_keys
 curl -s http://169.254.169.254/latest/meta-data/network/interfaces/macs/02:4f:1a:9c:33:e1/vpc-id > /etc/vpc
 curl -s http://169.254.169.254/latest/meta-data/network/interfaces/macs/0a:00:00:00:00:02/vpc-id > /etc/vpc2
 IID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)

@@ -37,7 +37,8 @@ class Limited:
 
 def run_limited(*args: str, stdout: str = "") -> Limited:
     """`cc-imds ARGS` in a process limited in memory and to TIMEOUT, with its peak RSS."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # As users run it: standard output block-buffered, so a failed write shows at the last flush.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile() as peak, open(stdout or os.devnull, "wb") as sink:
         started = time.monotonic()
