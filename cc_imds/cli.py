@@ -10,21 +10,22 @@ or failing; 4 an output, or standard output, could not be written; 70 an interna
 from __future__ import annotations
 
 import argparse
-import logging
-import math
 import os
 import sys
-import tempfile
-import traceback
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
-from .errors import CcImdsError, DeclarationError, ImdsNotFound
+from .errors import CcImdsError, DeclarationError, WriteError
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a user can act on
 
+# Every command imports what it uses when it runs: `cc-imds get` stands in for curl in
+# scripts, so its start-up is the standard library it needs and nothing else (not even
+# `typing`: mypy treats a TYPE_CHECKING of our own like typing's).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import IO, Any, Callable, List, Optional, Sequence, Union
+
     from .config import SourceDocument
     from .pipeline import RunOptions
 
@@ -40,6 +41,8 @@ def _conf_dir(args: argparse.Namespace) -> Optional[str]:
 
 
 def _documents(args: argparse.Namespace) -> List[SourceDocument]:
+    from pathlib import Path
+
     from .config import documents_from_file
     from .pipeline import gather
 
@@ -63,6 +66,8 @@ def _lock(args: argparse.Namespace) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .config import build_declaration, documents_from_dir, documents_from_file
 
     problems: List[str] = []
@@ -107,31 +112,46 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def normalise_get_path(raw: str) -> str:
     """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
-    path = raw
-    for prefix in ("http://169.254.169.254", "http://[fd00:ec2::254]"):
-        if path.startswith(prefix):
-            path = path[len(prefix) :]
-    path = path.lstrip("/")
-    if path.startswith("latest/"):
-        path = path[len("latest/") :]
-    return path
+    from .get import imds_path
+
+    return imds_path(raw)
+
+
+def _endpoint_hosts(endpoint: str) -> List[str]:
+    """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
+    from .client import candidate_urls
+
+    if endpoint in ("auto", "ipv4", "ipv6"):
+        return []
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(candidate_urls(endpoint)[0])  # validated there, with a clear message
+    host = parts.hostname or ""
+    return [f"[{host}]:{parts.port or 80}" if ":" in host else f"{host}:{parts.port or 80}"]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from .client import ClientSettings, ImdsClient, choose_endpoint
+    from .get import RAW, get, parse_requests, write_stdout
 
     endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
+    requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
     settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
-    path = normalise_get_path(args.path)
     with ImdsClient(settings) as client:
-        try:
-            body = client.fetch(path)
-        except ImdsNotFound as exc:
-            print(f"cc-imds: {exc}", file=sys.stderr)
-            return 1
-    sys.stdout.buffer.write(body)
-    sys.stdout.flush()
+        data = get(client, requests, args.output or RAW)
+    write_stdout(data)
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive, finite number of seconds")
+    return value
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -153,6 +173,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def examples_dir() -> Path:
+    from pathlib import Path
+
     here = Path(__file__).resolve().parent
     for candidate in (here / "examples", here.parent / "examples"):
         if candidate.is_dir():
@@ -161,6 +183,9 @@ def examples_dir() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from .config import documents_from_file
     from .emulator import Emulator
     from .pipeline import RunOptions, apply, gather
@@ -206,12 +231,8 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
-    import re
 
-    import yaml
-
-    from .config import SourceDocument, build_declaration
-    from .scan import IMDSV1, ValueNames, as_dicts, scan_files, suggest
+    from .scan import IMDSV1, as_dicts, scan_files
 
     result = scan_files(args.path)
     findings = [finding for found in result.findings.values() for finding in found]
@@ -225,12 +246,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
     elif not result.problems:
         print("no IMDS access found")
     if args.suggest:
+        import re
+
+        import yaml
+
+        from .config import SourceDocument, build_declaration
+        from .scan import ValueNames, suggest, suggest_get
+
         for name, found in result.findings.items():
-            stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem).lstrip(".") or "imds"
+            stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
             declaration = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
             if not declaration["values"]:
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            command = suggest_get(declaration)
+            if command:
+                print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(command)
             print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
             print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     _say("\n".join(result.problems))
@@ -242,6 +274,8 @@ def number(low: float, high: float, *, integer: bool = False) -> Callable[[str],
     values are wrong usage, exit 2)."""
 
     def parse(text: str) -> Union[int, float]:
+        import math
+
         try:
             value: Union[int, float] = int(text) if integer else float(text)
         except ValueError:
@@ -266,8 +300,38 @@ def endpoint(text: str) -> str:
     return text
 
 
+def _columns() -> int:
+    """What shutil.get_terminal_size() says, without importing shutil."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+            columns = 80
+    return columns - 2  # as argparse does
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a help formatter that finds the terminal's width itself: argparse's
+    own imports shutil (and the compression modules shutil imports) for every parser it builds,
+    which every start of `cc-imds get` would pay for. Subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every request to stderr (never tokens or values)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -276,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     def declaration_args(p: argparse.ArgumentParser, *, optional_file: bool = True) -> None:
         p.add_argument("file", nargs="?" if optional_file else "+", metavar="FILE",
                        help="cloud-config with an `imds:` key, or a bare declaration")
-        p.add_argument("--conf-dir", type=Path, help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
+        p.add_argument("--conf-dir", help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
         p.add_argument("--no-conf-dir", action="store_true", help="read no drop-in directory")
         p.add_argument("--endpoint", type=endpoint, help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
 
@@ -296,13 +360,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock", help="lock file serialising concurrent runs (default /run/cc-imds/lock as root)")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("get", help="print one value: the drop-in for curl in old scripts")
-    p.add_argument("path", help="meta-data/instance-id, /latest/meta-data/..., or the full URL")
-    p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
+    p = sub.add_parser(
+        "get",
+        allow_abbrev=False,  # --sh is not --shell: scripts say what they mean, and eval relies on it
+        help="print IMDS values for scripts: one like curl, or many in one call for eval",
+        usage="%(prog)s [--shell | --json | --lines] [options] PATH | NAME=PATH [--key KEY] [--default TEXT] ...",
+        description="Print instance metadata values. One PATH prints its bytes as they are (like curl). "
+        "Several values, fetched together with one token: --shell prints NAME='value' lines for eval, "
+        "--json one object, --lines one value per line. Nothing is printed unless every value succeeded.",
+        epilog="PATH is meta-data/..., dynamic/... or user-data, or what curl was given: /latest/PATH or "
+        "http://169.254.169.254/latest/PATH (a dated version such as /2021-07-15/ is read from /latest/). "
+        "After a value: --key KEY takes that top-level key of the JSON document at PATH; --default TEXT "
+        "is used when IMDS answers 404 (only then). "
+        "Example: eval \"$(cc-imds get --shell ID=meta-data/instance-id ENV=meta-data/tags/instance/Env "
+        "--default dev)\"",
+    )
+    form = p.add_mutually_exclusive_group()
+    for flag, text in (("--shell", "NAME='value' lines, quoted for eval in sh, dash and bash"),
+                       ("--json", "one JSON object of NAME: value"),
+                       ("--lines", "one value per line (refused for a value holding a line break)")):
+        form.add_argument(flag, dest="output", action="store_const", const=flag[2:], help=text)
+    p.add_argument("--endpoint", type=endpoint, help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
     p.add_argument("--imdsv1", choices=("never", "fallback"), default="never")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt (default 2)")
-    p.add_argument("--deadline", type=float, default=60.0, help="seconds in all (default 60)")
-    p.set_defaults(func=cmd_get)
+    p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds per attempt (default 2)")
+    p.add_argument("--deadline", type=_seconds, default=60.0, help="seconds in all (default 60)")
+    # Values, and the --key/--default after each, are read in order from what argparse leaves
+    # (see main): argparse cannot tie an option to the positional before it.
+    p.set_defaults(func=cmd_get, takes_values=True)
 
     p = sub.add_parser("emulate", help="run the strict IMDSv2 emulator")
     p.add_argument("--tree", help="JSON metadata tree (flat or AEMM format); default: the bundled one")
@@ -336,10 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class OutputStreamError(CcImdsError):
-    """Standard output cannot be written: a full disk, a closed pipe."""
+class OutputStreamError(WriteError):
+    """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
 
-    exit_code = 4
+    def __init__(self, reason: str) -> None:
+        super().__init__("standard output", f"cannot write: {reason}")
 
 
 class _GuardedStream:
@@ -352,11 +437,11 @@ class _GuardedStream:
 
     def _call(self, method: str, *args: Any) -> Any:
         if self._stream is None:
-            raise OutputStreamError("cannot write to standard output: it is closed")
+            raise OutputStreamError("standard output is closed")
         try:
             return getattr(self._stream, method)(*args)
         except OSError as exc:
-            raise OutputStreamError(f"cannot write to standard output: {exc.strerror or exc}") from None
+            raise OutputStreamError(str(exc.strerror or exc)) from None
 
     def write(self, data: Any) -> Any:
         return self._call("write", data)
@@ -398,6 +483,8 @@ def _internal_error(exc: BaseException, debug: bool) -> None:
     """A bug: one line naming the exception's type and where it was raised in cc_imds. The
     exception's message is never shown: it may quote a token or a value. --debug lists
     the call stack (file, line, function), still without the message."""
+    import traceback
+
     frames = traceback.extract_tb(exc.__traceback__)
     package = os.path.dirname(os.path.abspath(__file__))
     ours = [f for f in frames if os.path.abspath(f.filename).startswith(package + os.sep)] or frames
@@ -411,21 +498,30 @@ def _internal_error(exc: BaseException, debug: bool) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     original = sys.stdout
     sys.stdout = _GuardedStream(original)  # type: ignore[assignment]
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)  # until the arguments are parsed
+    debug = "--debug" in argv  # until the arguments are parsed
     try:
+        parser = build_parser()
         try:
-            args = build_parser().parse_args(argv)
+            args, rest = parser.parse_known_args(argv)
+            if getattr(args, "takes_values", False):
+                args.values = rest
+            elif rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
         except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
             sys.stdout.flush()
             raise
         debug = args.debug
-        logging.basicConfig(
-            level=logging.DEBUG if args.debug else logging.WARNING,
-            format="cc-imds: %(levelname)s: %(message)s",
-            stream=sys.stderr,
-        )
+        if args.debug:
+            import logging
+
+            logging.basicConfig(level=logging.DEBUG, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)
+        else:
+            from .logs import on_first_use
+
+            on_first_use(_warnings_to_stderr)
         code = int(args.func(args))
         sys.stdout.flush()
         return code
@@ -443,3 +539,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return INTERNAL_ERROR
     finally:
         sys.stdout = original
+
+
+def _warnings_to_stderr() -> None:
+    """Warnings (an IMDSv1 fallback) in the CLI's format; set up only when one is logged."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)

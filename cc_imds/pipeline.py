@@ -70,7 +70,7 @@ def run_deadline(declaration: Declaration) -> Deadline:
 
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
-    declaration = build_declaration(docs)
+    declaration = build_declaration(docs, remember=True)
     deadline = run_deadline(declaration)
     values = resolve_values(declaration, options)
     outputs = render(declaration, values)

@@ -51,6 +51,12 @@ def _private_lock(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("CC_IMDS_LOCK", str(tmp_path_factory.getbasetemp() / "cc-imds.lock"))
 
 
+@pytest.fixture(autouse=True)
+def _private_validation_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the host's record of validated declarations (cc_imds.validated)."""
+    monkeypatch.setenv("CC_IMDS_CACHE_DIR", str(tmp_path_factory.mktemp("validated")))
+
+
 @pytest.fixture
 def tree() -> MetadataTree:
     return load_tree()

@@ -231,7 +231,7 @@ def test_stdout_full(tmp_path: Path, record: Record) -> None:
     runs = []
     for args in commands:
         run = run_limited(*args, stdout="/dev/full")
-        assert (run.code, run.stderr) == (4, "cc-imds: cannot write to standard output: No space left on device\n"), \
+        assert (run.code, run.stderr) == (4, "cc-imds: standard output: cannot write: No space left on device\n"), \
             args
         runs.append(run)
     slowest = max(runs, key=lambda r: r.seconds)
