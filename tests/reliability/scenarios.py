@@ -78,3 +78,20 @@ SCENARIOS = {
     "get-one-token": "get --json of six values: one process, 1 PUT and one GET per value",
     "get-url-forms": "get with dated-version, :80 and IPv6 URLs, and foreign hosts: the right path, or exit 2 at once",
 }
+SCENARIOS.update({
+    "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "
+                       "the node budget; files untouched",
+    "yaml-deep-nesting": "A declaration nested 20,000 levels deep: refused naming the 64-level limit, no recursion "
+                         "error; files untouched",
+    "yaml-boolean-keys": "Unquoted `ON:` and `NO:` keys (YAML 1.1 booleans): each reported with its location",
+    "non-finite-settings": "`deadline: .nan`, `timeout: .inf`, `concurrency: -1`, `token_ttl: 0`: each refused, "
+                           "naming the key; files untouched",
+    "oversized-declaration": "A 1 GiB declaration file (sparse) for validate and apply: refused by its size before a "
+                             "byte is read",
+    "special-files": "A FIFO and /dev/zero as declaration, drop-in, metadata tree, cloud.cfg and scanned file: "
+                     "refused at once, never blocks",
+    "scan-gzip-bomb": "`scan` of 1 MB of gzip that inflates to 1 GiB: refused at the 16 MiB budget, memory bounded",
+    "corrupt-inputs": "Corrupt gzip, `write_files: 5`, malformed metadata trees and cloud.cfg: one line each, "
+                      "documented exit codes, nothing written",
+    "stdout-full": "Standard output on a full device (/dev/full) for every command that prints: exit 4, one line",
+})

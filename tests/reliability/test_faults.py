@@ -376,8 +376,8 @@ def test_generated_declarations(tmp_path: Path, capsys: pytest.CaptureFixture, r
         assert not root.exists() or [p for p in root.rglob("*") if p.is_file()] == []
     _generated["documents"] += 1
     _generated["invalid"] += code == 1
-    record("generated-declarations", f"{_generated['documents']} documents, {_generated['invalid']} invalid: "
-           "located errors, no traceback, nothing written")
+    record("generated-declarations", "located errors, no traceback, nothing written",
+           documents=_generated["documents"], invalid=_generated["invalid"])
 
 
 def test_sandbox_escape(scenario: Scenario, record: Record) -> None:
