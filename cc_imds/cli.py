@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from .pipeline import RunOptions
 
 
+def _lifetime(text: str) -> float:
+    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if seconds != 0 and not 1 <= seconds <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
+    return seconds
+
+
 def _conf_dir(args: argparse.Namespace) -> Optional[str]:
     if args.no_conf_dir:
         return None
@@ -134,11 +145,27 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     tree = load_tree(args.tree, tags_enabled=not args.no_tags)
     emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
     emulator.latency = args.latency
+    if args.credential_lifetime:
+        emulator.rotate_credentials_every(args.credential_lifetime)
+    control = None
+    if args.control_port is not None:
+        from .control import ControlServer
+
+        try:
+            control = ControlServer(emulator, host=args.host, port=args.control_port).start()
+        except (ValueError, OSError) as exc:
+            print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
+            return 2
     print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
+    if control is not None:
+        print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
     try:
         emulator.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        if control is not None:
+            control.stop()
     return 0
 
 
@@ -269,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("required", "optional", "disabled", "v1-only"), default="required")
     p.add_argument("--no-tags", action="store_true", help="serve tags/instance/ as 404")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
+    p.add_argument("--control-port", type=int, metavar="N",
+                   help="serve the control endpoint (change values, rotate credentials, announce events) on N")
+    p.add_argument("--credential-lifetime", type=_lifetime, default=21600.0, metavar="SECONDS",
+                   help="rotate credentials by themselves, each set living SECONDS (default 21600, as EC2; 0: never)")
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("enable-module", help="add imds to cloud-init's effective module list via a generated drop-in")
