@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
+from .deadline import Deadline
 from .errors import CcImdsError, ImdsError, ImdsNotFound, ImdsUnreachable
 
 LOG = logging.getLogger(__name__)
@@ -222,8 +223,10 @@ class ImdsClient:
         self._base_url: Optional[str] = self._candidates[0] if len(self._candidates) == 1 else None
 
     # -- public ------------------------------------------------------------
-    def fetch(self, path: str) -> bytes:
+    def fetch(self, path: str, *, deadline: Optional[Deadline] = None) -> bytes:
         """GET one path (relative to /latest/). Raises ImdsNotFound on 404."""
+        if deadline is not None:
+            self._deadline_at = deadline.at
         url_path = "/latest/" + path
         token, generation = self._current_token()
         status, body = self._get(url_path, token)
@@ -236,10 +239,16 @@ class ImdsClient:
         return _interpret(url_path, status, body, v1=self._v1)
 
     def fetch_all(
-        self, paths: Iterable[str], expand: Callable[[str, bytes], List[str]] = lambda p, b: []
+        self,
+        paths: Iterable[str],
+        expand: Callable[[str, bytes], List[str]] = lambda p, b: [],
+        *,
+        deadline: Optional[Deadline] = None,
     ) -> Dict[str, Outcome]:
         """Fetch each distinct path once, concurrently. `expand` turns a directory
         listing into more paths, which are fetched as soon as the listing arrives."""
+        if deadline is not None:
+            self._deadline_at = deadline.at
         wanted = list(dict.fromkeys(paths))
         results: Dict[str, Outcome] = {}
         if not wanted:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import Declaration, EnvOutput, FileOutput, Origin
 from .errors import RenderError
@@ -125,11 +125,20 @@ def _render_file(output: FileOutput, values: Values, redact: bool, problems: Lis
         return None
 
 
-def render(declaration: Declaration, values: Values, *, redact: bool = False) -> List[Output]:
+def render(
+    declaration: Declaration,
+    values: Values,
+    *,
+    redact: bool = False,
+    paths: Optional[AbstractSet[str]] = None,
+    deadline: Any = None,
+) -> List[Output]:
     """Every output's bytes, or a RenderError listing every problem."""
     problems: List[str] = []
     outputs: List[Output] = []
     for output in list(declaration.env) + list(declaration.files):
+        if paths is not None and output.path not in paths:
+            continue
         sensitive = any(name in values.sensitive for name in output.uses)
         if isinstance(output, EnvOutput):
             text = _render_env(output, values, redact, problems)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Protocol, Union
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Protocol, Union
 
 from .config import Declaration, ValueSpec
 from .errors import ImdsError, ImdsNotFound, ResolveError
@@ -59,8 +59,10 @@ def directory_entries(listing: bytes) -> List[str]:
     return [line for line in listing.decode("utf-8", "replace").splitlines() if line and not line.endswith("/")]
 
 
-def resolve(declaration: Declaration, source: Source) -> Values:
-    specs = list(declaration.values.values())
+def resolve(
+    declaration: Declaration, source: Source, *, names: Optional[AbstractSet[str]] = None, deadline: Any = None
+) -> Values:
+    specs = [s for s in declaration.values.values() if names is None or s.name in names]
     directories = {s.path for s in specs if s.is_directory}
     malformed: Dict[str, List[str]] = {}
 
@@ -73,7 +75,10 @@ def resolve(declaration: Declaration, source: Source) -> Values:
             malformed[path] = bad
         return [path + e for e in entries if e not in bad]
 
-    outcomes = source.fetch_all([s.path for s in specs], expand)
+    if deadline is not None:
+        outcomes = source.fetch_all([s.path for s in specs], expand, deadline=deadline)  # type: ignore[call-arg]
+    else:
+        outcomes = source.fetch_all([s.path for s in specs], expand)
     data: Dict[str, Value] = {}
     problems: List[str] = []
     for spec in specs:

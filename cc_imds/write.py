@@ -22,7 +22,7 @@ import secrets
 import stat
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import WriteError
 from .render import Output
@@ -194,7 +194,11 @@ def default_lock_path() -> str:
 
 
 def write_outputs(
-    outputs: Sequence[Output], root: str = "/", lock_path: Optional[str] = None, lock: bool = True
+    outputs: Sequence[Output],
+    root: str = "/",
+    lock_path: Optional[str] = None,
+    lock: bool = True,
+    deadline: Any = None,
 ) -> List[Change]:
     """Write every output atomically, or none. Returns what changed."""
     for output in outputs:  # fail on a bad owner before touching anything
