@@ -66,10 +66,32 @@ def handle(*args: Any, **kwargs: Any) -> None:
     from .pipeline import RunOptions, apply, gather
 
     try:
-        changes = apply(gather(cfg.get("imds"), conf_dir), RunOptions())
+        docs = gather(cfg.get("imds"), conf_dir)
+        try:
+            changes = apply(docs, RunOptions())
+        finally:
+            _hand_off(name, cfg.get("imds"), docs)
     except CcImdsError as exc:
         for line in str(exc).splitlines():
             LOG.error("%s: %s", name, line)
         raise
     written = sum(1 for c in changes if c.action != "unchanged")
     LOG.info("%s: %d file(s) written, %d unchanged", name, written, len(changes) - written)
+
+
+def _hand_off(name: str, cloud_config: Any, docs: Any) -> None:
+    """Start `cc-imds watch` in this boot if a declaration needs it, even when this run failed
+    (the watcher keeps trying). Never fails the module: the files are what matters."""
+    from .errors import CcImdsError, DeclarationError
+    from .handoff import hand_off
+
+    try:
+        watch = hand_off(cloud_config, docs)
+    except DeclarationError:
+        return  # already reported by the run itself
+    except CcImdsError as exc:
+        LOG.error("%s: cannot start cc-imds watch: %s", name, exc)
+        return
+    if not watch.idle:
+        LOG.info("%s: cc-imds watch will keep %d output(s) current (cc-imds status shows it)",
+                 name, len(watch.outputs))

@@ -138,6 +138,70 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+class _JournalFormatter(logging.Formatter):
+    """Under systemd (JOURNAL_STREAM is set), a <N> prefix gives each line its journal priority."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .config import documents_from_file
+    from .handoff import saved_cloud_config
+    from .pipeline import gather
+    from .watch import Watcher, WatchOptions
+
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    if os.environ.get("JOURNAL_STREAM"):
+        for handler in root.handlers:
+            handler.setFormatter(_JournalFormatter("%(message)s"))
+    conf_dir = _conf_dir(args)
+    explicit = Path(args.file) if args.file else None
+
+    def load() -> List[SourceDocument]:
+        """Drop-ins, then FILE or this boot's saved `imds:` key: the boot run's own order."""
+        if explicit is not None:
+            docs = gather(conf_dir=conf_dir, documents=documents_from_file(explicit))
+        else:
+            docs = gather(saved_cloud_config(), conf_dir)
+        if not docs:
+            raise DeclarationError([f"no declaration: no *.yaml in {conf_dir}, and the boot run saved no "
+                                    "imds: key (give a FILE to watch another declaration)"])
+        return docs
+
+    options = WatchOptions(endpoint=args.endpoint, lock_path=_lock(args), owns_marker=explicit is None)
+    return Watcher(load, options).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from . import rundir
+    from .handoff import watcher_needed
+    from .status import NOT_RUNNING, as_json, assess, render_text
+
+    directory = rundir.run_dir()
+    try:
+        document = rundir.read_json(directory / rundir.STATUS)
+    except rundir.RunDirError as exc:
+        print(f"cc-imds: {exc}", file=sys.stderr)
+        return NOT_RUNNING
+    if document is not None and not isinstance(document, dict):
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document", file=sys.stderr)
+        return NOT_RUNNING
+    now = time.time()
+    health = assess(document, watcher_needed(directory), now)
+    if args.json:
+        print(json.dumps(as_json(document, health), indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(render_text(document, health, now))
+    return health.code
+
+
 def cmd_emulate(args: argparse.Namespace) -> int:
     from .emulator import Emulator
     from .tree import load_tree
@@ -288,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt (default 2)")
     p.add_argument("--deadline", type=float, default=60.0, help="seconds in all (default 60)")
     p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("watch", help="keep outputs current after boot: refresh values, act on instance events")
+    declaration_args(p)
+    p.add_argument("--lock", help="lock file shared with apply (default /run/lock/cc-imds.lock)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("status", help="what the watcher does; exit 3-6 when it fails or credentials expired")
+    p.add_argument("--json", action="store_true", help="the status and its judgement as JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("emulate", help="run the strict IMDSv2 emulator")
     p.add_argument("--tree", help="JSON metadata tree (flat or AEMM format); default: the bundled one")

@@ -32,6 +32,12 @@ def _private_lock(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("CC_IMDS_LOCK", str(tmp_path_factory.getbasetemp() / "cc-imds.lock"))
 
 
+@pytest.fixture(autouse=True)
+def _private_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the host's /run/cc-imds (the watcher's marker, status and state)."""
+    monkeypatch.setenv("CC_IMDS_RUN_DIR", str(tmp_path_factory.mktemp("run") / "cc-imds"))
+
+
 @pytest.fixture
 def tree() -> MetadataTree:
     return load_tree()
