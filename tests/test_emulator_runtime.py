@@ -210,3 +210,15 @@ def test_emulate_refuses_a_wrong_credential_lifetime(cli: Callable[..., subproce
     result = cli("emulate", "--port", "0", "--credential-lifetime", value)
     assert result.returncode == 2 and b"--credential-lifetime" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_every_call_the_readme_lists_exists(control: ControlServer) -> None:
+    import re
+
+    section = (REPO / "README.md").read_text().split("### Rehearsing after-boot changes locally", 1)[1]
+    calls = re.findall(r"^\| `(GET|PUT|POST|DELETE) ([^`?]+)[^`]*` \|", section, flags=re.M)
+    assert len(calls) == 10
+    for method, target in calls:
+        target = target.replace("PATH", "meta-data/tags/instance/Name")
+        status, answer = call(control.url, method, target, b"x" if method == "PUT" else None)
+        assert status == 200, (method, target, answer)

@@ -188,3 +188,13 @@ def test_a_broken_status_file_is_a_clear_error(cli: Callable[..., Any], content:
     assert result.returncode == NOT_RUNNING
     assert result.stderr.decode().startswith(f"cc-imds: {directory / rundir.STATUS}: ")
     assert b"Traceback" not in result.stderr
+
+
+def test_the_readme_documents_every_exit_code() -> None:
+    import re
+
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("### `cc-imds status`", 1)[1].split("\n### ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| `(\d)` \|", section, flags=re.M)}
+    assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}

@@ -173,6 +173,25 @@ def test_rotated_credentials_reach_the_file_before_the_old_expiration(
     assert emulator.count("PUT") == 1  # one token for the watcher's whole life
 
 
+def test_the_shipped_iam_example_keeps_its_credential_file_fresh(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    example = yaml.safe_load((REPO / "examples/iam-credentials.yaml").read_text())["imds"]
+    for output in example["files"] + example["env"]:
+        output["path"] = str(tmp_path / "out") + output["path"]
+    (credentials,) = example["files"]
+    assert credentials["on_change"] == ["systemctl", "try-reload-or-restart", "legacy-agent.service"]
+    credentials["on_change"] = ["sh", "-c", f"echo restarted >> {tmp_path}/restarts"]
+    path = Path(credentials["path"])
+    emulator.rotate_credentials(expires_in=6)
+    watch = watches(tmp_path, emulator, example).start()
+    wait_for(lambda: access_key(path) == current_key(emulator), what="the credentials")
+    emulator.rotate_credentials(expires_in=3600)
+    wait_for(lambda: access_key(path) == current_key(emulator), timeout=15, what="the rotated credentials")
+    wait_for(lambda: (tmp_path / "restarts").exists() and
+             (tmp_path / "restarts").read_text() == "restarted\nrestarted\n", what="two restarts")
+    assert watch.stop() == 0
+
+
 # -- a tag changes -----------------------------------------------------------------------------
 def tag_declaration(out: Path, **extra: Any) -> Dict[str, Any]:
     return {
