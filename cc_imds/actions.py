@@ -154,7 +154,8 @@ class Runner:
         if stopping:
             _signal_group(proc, signal.SIGTERM)
         if request.stdin is not None:
-            _feed(proc, request.stdin)
+            threading.Thread(target=_feed, args=(proc, request.stdin), name=f"stdin {request.key}",
+                             daemon=True).start()
         timed_out = _pump(proc, request.label, clock + command.timeout)
         seconds = time.monotonic() - clock
         code: Optional[int] = proc.returncode
@@ -175,17 +176,13 @@ class Runner:
 
 
 def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
-    """Write the notice to stdin and close it. A command that does not read it may exit
-    first, or leave the pipe full: neither blocks us beyond the pipe's buffer."""
+    """Write the notice to stdin, then close it, in a thread of its own: a command that
+    does not read it blocks only this thread, until it exits or is killed."""
     assert proc.stdin is not None
     try:
-        os.set_blocking(proc.stdin.fileno(), False)
-        view = memoryview(data)
-        while view:
-            written = os.write(proc.stdin.fileno(), view)
-            view = view[written:]
-    except (BlockingIOError, BrokenPipeError):
-        pass
+        proc.stdin.write(data)
+    except OSError:
+        pass  # it exited without reading: its business
     finally:
         try:
             proc.stdin.close()

@@ -28,6 +28,7 @@ JITTER = 0.1  # periods are shortened by up to 10%, so polls spread out and are 
 CREDENTIAL_WINDOW = 15 * 60.0  # start asking for new credentials this long before Expiration
 CREDENTIAL_RETRY = 60.0  # inside that window, ask again at least this often until they rotate
 CREDENTIAL_DEFAULT_PERIOD = 3600.0  # a credential document without Expiration (identity-credentials/ec2/info)
+CREDENTIAL_LONGEST_WAIT = 6 * 3600.0  # EC2's credentials live about 6 h: a later Expiration is not taken on trust
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 300.0
 
@@ -150,7 +151,8 @@ def credential_due(fetched: float, expiration: float, jitter: float) -> float:
     if remaining <= 0:
         return fetched + CREDENTIAL_RETRY  # IMDS handed out expired credentials: don't hammer it
     if remaining > 2 * CREDENTIAL_WINDOW:
-        return expiration - CREDENTIAL_WINDOW - min(60.0, JITTER * (remaining - CREDENTIAL_WINDOW)) * jitter
+        due = expiration - CREDENTIAL_WINDOW - min(60.0, JITTER * (remaining - CREDENTIAL_WINDOW)) * jitter
+        return min(due, fetched + CREDENTIAL_LONGEST_WAIT)
     return fetched + min(CREDENTIAL_RETRY, max(FLOOR, remaining / 2))
 
 

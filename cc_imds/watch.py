@@ -65,6 +65,7 @@ LOG = logging.getLogger(__name__)
 POLL_DEADLINE = 10.0  # one poll, every request and retry in it, and its write
 MAX_SLEEP = 300.0  # wake at least this often, so a wall clock stepped forward is noticed
 HANDLED_KEPT = 100  # notice ids remembered per event
+NEW_NOTICES_PER_POLL = 10  # more than this in one answer waits for the next polls
 NOTICES_SHOWN = 5  # recent notices per event in the status file
 _EXPIRATION = "~expiration "  # hidden value: a credential document, read only for its Expiration
 _HIDDEN_ORIGIN = "cc-imds watch:"
@@ -385,9 +386,12 @@ class Watcher:
                 LOG.info("%s: polled again after %d failed poll(s)", watch.event, state.failures)
                 state.last_error, state.failures = None, 0
                 self.dirty = True
-            for notice in found:
-                if notice.id not in self.handled.get(watch.event, []):
-                    self._act(watch, notice, now)
+            new = [n for n in found if n.id not in self.handled.get(watch.event, [])]
+            if len(new) > NEW_NOTICES_PER_POLL:
+                LOG.warning("%s: %d new notices at once; acting on %d now, the rest on the next polls",
+                            watch.event, len(new), NEW_NOTICES_PER_POLL)
+            for notice in new[:NEW_NOTICES_PER_POLL]:
+                self._act(watch, notice, now)
 
     def _act(self, watch: EventWatch, notice: Notice, now: float) -> None:
         """Run every command for a new notice, once: it is recorded as handled first, so a

@@ -114,6 +114,15 @@ def test_the_environment_and_stdin_reach_the_command(runner: Runner, results: Re
     assert out.read_text() == 'spot-interruption|{"action": "stop"}'
 
 
+def test_a_large_notice_reaches_stdin_whole(runner: Runner, results: Results, tmp_path: Path) -> None:
+    data = b"".join(b"%07d\n" % i for i in range(200_000))  # 1.6 MB, far beyond a pipe's buffer
+    out = tmp_path / "stdin"
+    code = f"import sys, time; time.sleep(0.5); open({str(out)!r}, 'wb').write(sys.stdin.buffer.read())"
+    runner.start("k", "label", Command((PY, "-c", code), 60), stdin=data)
+    (result,) = results.wait(1)
+    assert result.ok and out.read_bytes() == data
+
+
 def test_a_command_that_ignores_stdin_is_fine(runner: Runner, results: Results) -> None:
     runner.start("k", "label", Command(("true",), 30), stdin=b"x" * 300_000)
     (result,) = results.wait(1)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.schedule import (
     BACKOFF_CAP,
+    CREDENTIAL_LONGEST_WAIT,
     CREDENTIAL_RETRY,
     CREDENTIAL_WINDOW,
     FLOOR,
@@ -167,7 +168,11 @@ def test_credentials_are_always_asked_for_again_before_they_expire(lifetime: flo
     # Before Expiration, IMDS has had at least 5 minutes to publish new ones by the time we ask again,
     # or we ask every minute until then.
     if lifetime > 2 * CREDENTIAL_WINDOW:
-        assert due >= NOW + lifetime - CREDENTIAL_WINDOW - 60
+        assert due >= min(NOW + lifetime - CREDENTIAL_WINDOW - 60, NOW + CREDENTIAL_LONGEST_WAIT)
+
+
+def test_an_expiration_far_away_is_not_taken_on_trust() -> None:
+    assert credential_due(NOW, NOW + 10 * 365 * 86400, 0.0) == NOW + CREDENTIAL_LONGEST_WAIT
 
 
 def test_a_credential_period_applies_when_it_is_sooner() -> None:

@@ -449,3 +449,42 @@ def test_nothing_to_watch_means_no_watcher(watches: Callable[..., Watch], emulat
     assert emulator.requests == []
     code, status = watch.status()
     assert (code, status["state"]) == (0, "not needed")
+
+
+def test_an_output_that_cannot_carry_a_new_value_keeps_its_file_and_holds_back_no_other(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    declaration = tag_declaration(out)
+    declaration["env"].append({"path": f"{out}/app.sh", "format": "shell", "vars": {"APP_ENV": "environment"}})
+    watch = watches(tmp_path, emulator, declaration)
+    watch.apply()
+    systemd_before = (out / "app.env").read_bytes()
+    watch.start()
+    emulator.set_value(TAG, "two\nlines")  # a tag author's choice; systemd's format cannot carry it
+    wait_for(lambda: (out / "app.sh").read_bytes().endswith(b"export APP_ENV='two\nlines'\n"), what="app.sh")
+    code, status = wait_for(lambda: (lambda s: s if s[0] == 4 else None)(watch.status()), what="status exit 4")
+    assert (out / "app.env").read_bytes() == systemd_before
+    assert status["problems"][0]["message"].startswith(f"{out}/app.env: ")
+    emulator.set_value(TAG, "fixed")
+    wait_for(lambda: b"APP_ENV='fixed'" in (out / "app.env").read_bytes(), what="the fixed value")
+    wait_for(lambda: watch.status()[0] == 0, what="a healthy status")
+    assert watch.stop() == 0
+
+
+def test_a_flood_of_notices_is_acted_on_a_few_at_a_time_each_once(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    for _ in range(25):
+        emulator.schedule_maintenance()
+    watch = watches(tmp_path, emulator, {"events": [{
+        "event": "scheduled-maintenance", "poll": 1,
+        "run": ["sh", "-c", f"echo \"$CC_IMDS_NOTICE_EVENTID\" >> {tmp_path}/handled"]}]}).start()
+    wait_for(lambda: (tmp_path / "handled").exists() and len((tmp_path / "handled").read_text().split()) == 25,
+             what="25 commands")
+    polled = watch.polls_of("meta-data/events/maintenance/scheduled")
+    wait_for(lambda: watch.polls_of("meta-data/events/maintenance/scheduled") >= polled + 2, what="two more polls")
+    handled = (tmp_path / "handled").read_text().split()
+    expected = {e["EventId"] for e in json.loads(emulator.tree.lookup("meta-data/events/maintenance/scheduled")
+                                                 or b"[]")}
+    assert len(handled) == 25 and set(handled) == expected
+    assert "scheduled-maintenance: 25 new notices at once; acting on 10 now" in watch.log()
+    assert watch.stop() == 0
