@@ -17,26 +17,21 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from . import rundir
-from .config import SourceDocument, build_declaration
-from .errors import CcImdsError
+from .config import Declaration
 from .schedule import WatchPlan, plan
 
 LOG = logging.getLogger(__name__)
 
 
-def hand_off(cloud_config: Any, docs: Sequence[SourceDocument], directory: Optional[Path] = None) -> WatchPlan:
-    """After the boot run: leave this boot's declaration and the marker for the watcher when
-    one is needed, remove them when not. Raises DeclarationError for an invalid declaration
-    (then nothing is left either), RunDirError when /run/cc-imds cannot be used."""
+def hand_off(cloud_config: Any, declaration: Optional[Declaration], directory: Optional[Path] = None) -> WatchPlan:
+    """After the boot run: leave this boot's `imds:` key and the marker for the watcher when
+    the declaration needs one; remove them when not, or when it was invalid (None). Raises
+    RunDirError when /run/cc-imds cannot be used."""
     directory = directory or rundir.run_dir()
-    try:
-        watch = plan(build_declaration(docs))
-    except CcImdsError:
-        _withdraw(directory)
-        raise
+    watch = plan(declaration) if declaration is not None else WatchPlan((), frozenset(), ())
     if watch.idle:
         _withdraw(directory)
         return watch

@@ -60,7 +60,10 @@ def resolve_values(declaration: Declaration, options: RunOptions, tree: Optional
 
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
-    declaration = build_declaration(docs)
+    return apply_declaration(build_declaration(docs), options)
+
+
+def apply_declaration(declaration: Declaration, options: RunOptions) -> List[Change]:
     values = resolve_values(declaration, options)
     outputs = render(declaration, values)
     changes = write_outputs(outputs, options.root, options.lock_path)

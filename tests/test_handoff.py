@@ -74,11 +74,14 @@ def test_a_failed_boot_run_still_starts_the_watcher(make_emulator: Callable[...,
     assert (run_dir() / rundir.MARKER).exists()  # the watcher retries until IMDS answers
 
 
-def test_an_invalid_declaration_starts_nothing(tmp_path: Path) -> None:
+def test_an_invalid_declaration_starts_nothing_and_withdraws_an_earlier_request(
+        emulator: Emulator, tmp_path: Path) -> None:
+    cc_imds.handle(name="imds", cfg={"imds": refreshing(emulator, tmp_path)}, cloud=FakeCloud(), args=[])
+    assert (run_dir() / rundir.MARKER).exists()
     with pytest.raises(cc_imds.errors.DeclarationError):
         cc_imds.handle(name="imds", cfg={"imds": {"values": {"x": {"path": "meta-data/x", "refresh": 0}}}},
                        cloud=FakeCloud(), args=[])
-    assert not (run_dir() / rundir.MARKER).exists()
+    assert not (run_dir() / rundir.MARKER).exists() and not (run_dir() / rundir.CLOUD_CONFIG).exists()
 
 
 def test_a_later_run_that_needs_no_watcher_withdraws_the_marker(emulator: Emulator, tmp_path: Path) -> None:
