@@ -27,4 +27,14 @@ SCENARIOS = {
     "hostile-values": "Hostile tag values: exact through shell (bash, dash) and json; systemd and dotenv refuse",
     "generated-declarations": "Generated invalid declarations: located errors, no traceback, nothing written",
     "sandbox-escape": "A template reaching for Python internals: refused, nothing written",
+    "watch-imds-outage": "cc-imds watch, IMDS down for several polls: files byte-identical (no `default` used), "
+    "status exits 3, recovers by itself",
+    "watch-credentials-expire-while-down": "cc-imds watch, IMDS down until credentials expire: status exits 6, "
+    "then 0 once fresh ones are written",
+    "watch-sigterm-mid-write": "cc-imds watch, SIGTERM while 30 outputs are staged: no temp file, all old or all new",
+    "watch-invalid-reload": "cc-imds watch, SIGHUP with an invalid declaration: every problem logged, the running one "
+    "kept, status exits 1",
+    "watch-unrepresentable-value": "cc-imds watch, a new tag value the systemd format cannot carry: that file kept, "
+    "the others written, status exits 4, recovers",
+    "watch-notice-flood": "cc-imds watch, 25 maintenance notices at once: 10 per poll, each command run once",
 }
