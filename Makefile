@@ -85,5 +85,6 @@ $(VENV)/bench/.ready: constraints/current.txt
 
 bench: $(VENV)/bench/.ready $(VENV)/py39/.ready cloud-init
 	$(VENV)/bench/bin/python bench/run.py
+	$(VENV)/bench/bin/python bench/watch.py
 
 .PHONY: bench

@@ -359,9 +359,12 @@ class Watcher:
     def _poll_events(self, due: List[EventWatch], deadline: Deadline, now: float) -> None:
         assert self.client is not None
         paths = [e.path for e in due]
-        outcomes: Mapping[str, Union[bytes, ImdsError]]
+        outcomes: Dict[str, Union[bytes, ImdsError]] = {}
         try:
-            outcomes = self.client.fetch_all(paths, deadline=deadline)
+            if len(paths) == 1:  # the usual case, every few seconds: no thread pool for one request
+                outcomes[paths[0]] = self.client.fetch(paths[0], deadline=deadline)
+            else:
+                outcomes.update(self.client.fetch_all(paths, deadline=deadline))
         except ImdsError as exc:
             outcomes = {p: exc for p in paths}
         for watch in due:
