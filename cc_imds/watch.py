@@ -179,11 +179,12 @@ class Watcher:
             self.stopping = True
             return False
         old = self.declaration
-        kept = {g.path for g in watch.groups if g in set(self.plan.groups)}
         self.known = {
             name: value for name, value in self.known.items()
             if old is not None and name in declaration.values and old.values[name].same_as(declaration.values[name])
         }
+        # A path keeps its schedule only if it is polled as before and all its values are still known.
+        kept = {g.path for g in watch.groups if g in set(self.plan.groups) and g.names <= self.known.keys()}
         self.polls = {p: s for p, s in self.polls.items() if p in kept}
         self.dues = {p: d for p, d in self.dues.items() if p in kept}
         self.errors = {p: e for p, e in self.errors.items() if p in kept}

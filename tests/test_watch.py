@@ -189,3 +189,20 @@ def test_nothing_to_watch_means_no_watcher(watches: Callable[..., Watch], emulat
     assert (code, status["state"]) == (0, "not needed")
 
 
+
+
+def test_a_reload_that_changes_a_value_fetches_it_at_once(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def declaration(key: str) -> Dict[str, Any]:
+        return {"values": {"where": {"path": "dynamic/instance-identity/document", "key": key, "refresh": 3600}},
+                "files": [{"path": f"{out}/where", "content": "{{ where }}\n"}]}
+
+    watch = watches(tmp_path, emulator, declaration("region")).start()
+    wait_for(lambda: (out / "where").exists() and (out / "where").read_text() == "eu-west-1\n", what="the region")
+    watch.declare(declaration("availabilityZone"))  # same name, same path, same period: another value
+    assert watch.proc is not None
+    watch.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (out / "where").read_text() == "eu-west-1b\n", what="the zone, long before the hour is up")
+    assert watch.stop() == 0
