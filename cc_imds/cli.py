@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from . import rundir
     from .handoff import watcher_needed
-    from .status import NOT_RUNNING, as_json, assess, render_text
+    from .status import NOT_RUNNING, as_json, assess, is_status_document, render_text
 
     directory = rundir.run_dir()
     try:
@@ -190,15 +190,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     except rundir.RunDirError as exc:
         print(f"cc-imds: {exc}", file=sys.stderr)
         return NOT_RUNNING
-    if document is not None and not isinstance(document, dict):
-        print(f"cc-imds: {directory / rundir.STATUS}: not a status document", file=sys.stderr)
+    if document is not None and not is_status_document(document):
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version", file=sys.stderr)
         return NOT_RUNNING
     now = time.time()
     health = assess(document, watcher_needed(directory), now)
-    if args.json:
-        print(json.dumps(as_json(document, health), indent=2, sort_keys=True))
-    else:
-        sys.stdout.write(render_text(document, health, now))
+    text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
+        render_text(document, health, now))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `cc-imds status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return health.code
 
 

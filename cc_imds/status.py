@@ -42,6 +42,16 @@ def _time(text: Any) -> Optional[float]:
     return parse_time(text) if isinstance(text, str) else None
 
 
+def is_status_document(doc: Any) -> bool:
+    """What a watcher of this version writes: checked before it is judged."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return False
+    watcher = doc.get("watcher")
+    sections = (doc.get(k) for k in ("values", "outputs", "events"))
+    return (isinstance(watcher, dict) and isinstance(watcher.get("pid"), int)
+            and all(isinstance(s, dict) and all(isinstance(v, dict) for v in s.values()) for s in sections))
+
+
 @dataclass(frozen=True)
 class Health:
     code: int

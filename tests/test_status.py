@@ -179,7 +179,12 @@ def test_status_reads_the_run_directory_and_exits_with_the_judgement(cli: Callab
         result.stdout.decode())
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+NOT_STATUS = [b"{not json", b"[1, 2]", b"\xff\xfe", b'{"format": 1}',
+              b'{"format": 2, "watcher": {"pid": 1}, "values": {}, "outputs": {}, "events": {}}',
+              b'{"format": 1, "watcher": {"pid": 1}, "values": [], "outputs": {}, "events": {}}']
+
+
+@pytest.mark.parametrize("content", NOT_STATUS)
 def test_a_broken_status_file_is_a_clear_error(cli: Callable[..., Any], content: bytes) -> None:
     directory = Path(os.environ["CC_IMDS_RUN_DIR"])
     directory.mkdir(parents=True)
@@ -198,3 +203,20 @@ def test_the_readme_documents_every_exit_code() -> None:
     section = (REPO / "README.md").read_text().split("### `cc-imds status`", 1)[1].split("\n### ", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| `(\d)` \|", section, flags=re.M)}
     assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
+
+
+def test_status_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    directory = Path(os.environ["CC_IMDS_RUN_DIR"])
+    directory.mkdir(parents=True)
+    big = changed(lambda d: d["outputs"].update({f"/etc/out-{i:04d}": d["outputs"]["/etc/agent/credentials"]
+                                                 for i in range(2000)}))
+    (directory / rundir.STATUS).write_text(json.dumps(big))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(f"{sys.executable} -m cc_imds status | head -1", shell=True, env=env,
+                            capture_output=True, timeout=60)
+    assert result.stdout.startswith(b"watcher: ") and result.stderr == b""
