@@ -205,7 +205,7 @@ def test_the_readme_documents_every_exit_code() -> None:
     assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
 
 
-def test_status_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -217,6 +217,7 @@ def test_status_piped_into_head_ends_quietly(tmp_path: Path) -> None:
                                                  for i in range(2000)}))
     (directory / rundir.STATUS).write_text(json.dumps(big))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(f"{sys.executable} -m cc_imds status | head -1", shell=True, env=env,
+    # The reader goes away without reading, as `head` does once it has its lines.
+    result = subprocess.run(f"{sys.executable} -m cc_imds status | (sleep 0.5; true)", shell=True, env=env,
                             capture_output=True, timeout=60)
-    assert result.stdout.startswith(b"watcher: ") and result.stderr == b""
+    assert result.stderr == b""
