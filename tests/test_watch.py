@@ -206,3 +206,15 @@ def test_a_reload_that_changes_a_value_fetches_it_at_once(
     watch.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: (out / "where").read_text() == "eu-west-1b\n", what="the zone, long before the hour is up")
     assert watch.stop() == 0
+
+
+def test_one_token_is_reused_and_renewed_before_it_expires(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    declaration = tag_declaration(tmp_path / "out")
+    declaration["token_ttl"] = 3
+    watch = watches(tmp_path, emulator, declaration).start()
+    wait_for(lambda: watch.polls_of(TAG) >= 8, what="eight polls")
+    assert watch.stop() == 0
+    puts = emulator.count("PUT")
+    assert 2 <= puts <= 1 + watch.polls_of(TAG) // 2  # renewed as it nears expiry, not per request
+    assert [r for r in emulator.requests if r.status == 401] == []  # never used an expired token
