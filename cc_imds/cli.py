@@ -200,8 +200,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
-    except BrokenPipeError:  # `cc-imds status | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        if not isinstance(exc, BrokenPipeError):  # `cc-imds status | head`: the reader has what it wanted
+            print(f"cc-imds: cannot write to standard output: {exc.strerror}", file=sys.stderr)
+            return 4
     return health.code
 
 

@@ -221,3 +221,16 @@ def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     result = subprocess.run(f"{sys.executable} -m cc_imds status | (sleep 0.5; true)", shell=True, env=env,
                             capture_output=True, timeout=60)
     assert result.stderr == b""
+
+
+def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, "-m", "cc_imds", "status"], stdout=full, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert result.returncode == 4
+    assert result.stderr == b"cc-imds: cannot write to standard output: No space left on device\n"
