@@ -2,7 +2,8 @@
 
 The watcher rewrites that file atomically when something changes (a value refreshed or
 failing, an output written, a command ended); it never answers queries itself. The file
-holds names, paths, times and error messages, never a value: no secret can be in it.
+holds names, paths, times and error messages, which never carry a sensitive value or a
+token: no secret is in it.
 
 Exit status, the highest that applies, so a monitoring check can call it:
   0 healthy, or no watcher needed;  1 a reloaded declaration was refused (the previous

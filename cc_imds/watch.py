@@ -502,7 +502,7 @@ class Watcher:
             LOG.error("%s", exc)
 
     def status_document(self, stopped: bool = False) -> Dict[str, Any]:
-        """Names, paths, times and messages: never a value."""
+        """Names, paths, times, event notices and messages: never a declared value, so never a secret."""
         now = self.options.clock()
         values: Dict[str, Any] = {}
         for group in self.plan.groups:
