@@ -105,7 +105,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     changes = apply(_documents(args), _options(args))
     for change in changes:
-        print(f"{change.action:9} {change.path} ({change.mode:04o})")
+        really = f" -> {change.real_path}" if change.real_path else ""
+        print(f"{change.action:9} {change.path}{really} ({change.mode:04o})")
     return 0
 
 
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="resolve and write, as the cloud-init module does")
     declaration_args(p)
     p.add_argument("--root", help="prefix every output path (AMI builds, tests)")
-    p.add_argument("--lock", help="lock file serialising concurrent runs (default /run/lock/cc-imds.lock)")
+    p.add_argument("--lock", help="lock file serialising concurrent runs (default /run/cc-imds/lock as root)")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("get", help="print one value: the drop-in for curl in old scripts")
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", help="keep outputs current after boot: refresh values, act on instance events")
     declaration_args(p)
-    p.add_argument("--lock", help="lock file shared with apply (default /run/lock/cc-imds.lock)")
+    p.add_argument("--lock", help="lock file shared with apply (default /run/cc-imds/lock as root)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="what the watcher does; exit 3-6 when it fails or credentials expired")

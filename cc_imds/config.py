@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import is_dropin
 from .errors import DeclarationError
+from .trust import read_dropins
 
 SCHEMA_FILE = "cc-imds.schema.json"
 CONNECTION_KEYS = ("endpoint", "imdsv1", "token_ttl", "timeout", "deadline", "concurrency")
@@ -182,16 +182,11 @@ def documents_from_file(path: Path) -> List[SourceDocument]:
 
 
 def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
-    """Every `*.yaml` in the drop-in directory, in lexical order. A missing directory is empty."""
-    try:
-        names = sorted(p for p in conf_dir.iterdir() if is_dropin(p.name))
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise DeclarationError([f"{conf_dir}: cannot list: {exc.strerror}"]) from None
+    """Every `*.yaml` in the drop-in directory, in lexical order, if trusted (see `trust`).
+    A missing directory is empty."""
     docs = []
-    for path in names:
-        data = read_yaml(path)
+    for path, text in read_dropins(conf_dir):
+        data = read_yaml(path, text)
         if data is not None:  # an empty drop-in is allowed, as an empty systemd drop-in is
             docs.append(SourceDocument(str(path), "", data))
     return docs

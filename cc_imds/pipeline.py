@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
 from .config import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
+from .deadline import Deadline
+from .errors import DeclarationError
 from .render import Output, render
 from .resolve import TreeSource, Values, resolve
 from .tree import MetadataTree
@@ -59,16 +61,26 @@ def resolve_values(declaration: Declaration, options: RunOptions, tree: Optional
         return resolve(declaration, client)
 
 
+def run_deadline(declaration: Declaration) -> Deadline:
+    """The run's one deadline, started now: it bounds waiting for the lock too."""
+    try:
+        return Deadline(float(declaration.settings.get("deadline", ClientSettings.deadline)))
+    except ValueError as exc:
+        raise DeclarationError([f"deadline: {exc}"]) from None
+
+
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
     return apply_declaration(build_declaration(docs), options)
 
 
 def apply_declaration(declaration: Declaration, options: RunOptions) -> List[Change]:
+    deadline = run_deadline(declaration)
     values = resolve_values(declaration, options)
     outputs = render(declaration, values)
-    changes = write_outputs(outputs, options.root, options.lock_path)
+    changes = write_outputs(outputs, options.root, options.lock_path, deadline=deadline)
     for change in changes:
-        LOG.info("%s %s (mode %04o)", change.action, change.path, change.mode)
+        really = f" -> {change.real_path}" if change.real_path else ""
+        LOG.info("%s %s%s (mode %04o)", change.action, change.path, really, change.mode)
     return changes
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import CcImdsError
+from .lock import RUN_DIR
 
 LOG = logging.getLogger(__name__)
 
-RUN_DIR = "/run/cc-imds"
 RUN_DIR_ENV = "CC_IMDS_RUN_DIR"  # relocates the run-time state (tests, unusual layouts)
 MARKER = "watch"
 CLOUD_CONFIG = "cloud-config.json"

@@ -95,7 +95,8 @@ def test_unwritable_output_names_the_path(cli: Callable, emulator: Emulator, tmp
     (tmp_path / "etc").write_text("a file where a directory should be")
     result = cli("apply", str(EXAMPLES / "instance-env.yaml"), "--endpoint", emulator.url, "--root", str(tmp_path))
     assert result.returncode == 4
-    assert result.stderr.decode() == f"cc-imds: {tmp_path}/etc: is not a directory\n"
+    expected = f"cc-imds: {tmp_path}/etc/cc-imds/instance.sh: {tmp_path}/etc: is not a directory; nothing was changed\n"
+    assert result.stderr.decode() == expected
 
 
 def test_get_prints_the_value_like_curl(cli: Callable, emulator: Emulator) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
+import subprocess
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import pytest
 
@@ -173,3 +175,235 @@ def test_directory_in_the_way_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "root/etc/app.conf").mkdir(parents=True)
     with pytest.raises(WriteError, match=r"/etc/app.conf: is a directory"):
         write(tmp_path, [out("/etc/app.conf", b"x")])
+
+
+# -- --root is a chroot: nothing is written outside it -------------------------------------------
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: only root-owned symlinks are followed, and chattr needs root")
+
+
+@pytest.mark.parametrize("link", ["{outside}", "../../../../../../../../..{outside}", "/../..{outside}"])
+def test_symlink_out_of_the_root_is_resolved_inside_it(tmp_path: Path, link: str) -> None:
+    needs_root()
+    outside, root = tmp_path / "outside", tmp_path / "root"
+    (outside / "etc").mkdir(parents=True)
+    root.mkdir()
+    (root / "etc").symlink_to(link.format(outside=outside / "etc"))  # root-owned: followed, as a chroot would
+    changes = write(tmp_path, [out("/etc/app.conf", b"x")])
+    assert list((outside / "etc").iterdir()) == []
+    inside = root / str(outside / "etc/app.conf").lstrip("/")
+    assert inside.read_bytes() == b"x"
+    assert [(c.path, c.real_path) for c in changes] == [(f"{root}/etc/app.conf", str(inside))]
+
+
+def test_real_path_is_reported_when_a_link_leads_elsewhere(tmp_path: Path) -> None:
+    needs_root()
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var/run").symlink_to("/run")
+    changes = write(tmp_path, [out("/var/run/app.env", b"x"), out("/run/other", b"y")])
+    assert [(c.path, c.real_path) for c in changes] == [
+        (f"{root}/var/run/app.env", f"{root}/run/app.env"),
+        (f"{root}/run/other", None),
+    ]
+
+
+def test_symlink_loop_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    needs_root()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("/a")
+    with pytest.raises(WriteError, match=r"/etc/x: .*root/[ab]: more than 40 symbolic links on the way"):
+        write(tmp_path, [out("/a/etc/x", b"x")])
+
+
+# -- a failing commit puts everything back -------------------------------------------------------
+def state(directory: Path) -> dict:
+    """Everything 'as it was' means: names, content, mode, owner, inode, mtime."""
+    result = {}
+    for path in sorted(directory.iterdir()):
+        info = path.lstat()
+        result[path.name] = (path.read_bytes() if path.is_file() else None, info.st_mode, info.st_uid,
+                             info.st_gid, info.st_ino, info.st_mtime_ns)
+    return result
+
+
+def old_state(tmp_path: Path) -> dict:
+    """/a and /b exist (b owned by nobody when root), /c does not: the run updates two and creates one."""
+    root = tmp_path / "root"
+    write(tmp_path, [out("/a", b"old a", 0o640), out("/b", b"old b")])
+    if os.geteuid() == 0:
+        os.chown(root / "b", 65534, 65534)
+    return state(root)
+
+
+NEW = [out("/a", b"new a"), out("/b", b"new b", 0o600), out("/c", b"new c")]
+
+
+def failing(monkeypatch: pytest.MonkeyPatch, name: str, when: Callable[[int], bool], error: int) -> None:
+    real = getattr(os, name)
+    calls = {"n": 0}
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if when(calls["n"]):
+            raise OSError(error, os.strerror(error))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write_module.os, name, fake)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_failing_rename_puts_back_every_replaced_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        nth: int) -> None:
+    before = old_state(tmp_path)
+    failing(monkeypatch, "rename", lambda n: n == nth, errno.EBUSY)
+    with pytest.raises(WriteError) as caught:
+        write(tmp_path, NEW)
+    monkeypatch.undo()
+    name = "abc"[nth - 1]
+    assert str(caught.value) == (f"{tmp_path}/root/{name}: cannot replace it: Device or resource busy; "
+                                 "every output was put back as it was")
+    assert state(tmp_path / "root") == before  # same names, bytes, modes, owners, inodes
+
+
+def test_a_failing_directory_fsync_puts_back_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = old_state(tmp_path)
+    directory_fsyncs = {"n": 0}
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            directory_fsyncs["n"] += 1
+            if directory_fsyncs["n"] == 1:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(write_module.os, "fsync", fsync)
+    with pytest.raises(WriteError, match=r"root: fsync failed after replacing files in it: Input/output error; "
+                                         r"every output was put back as it was$"):
+        write(tmp_path, NEW)
+    assert state(tmp_path / "root") == before
+
+
+def test_a_failing_rollback_says_exactly_what_is_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old_state(tmp_path)
+    root = tmp_path / "root"
+    failing(monkeypatch, "rename", lambda n: n >= 3, errno.EIO)  # a, b replaced; c fails; putting back fails
+    with pytest.raises(WriteError) as caught:
+        write(tmp_path, NEW)
+    monkeypatch.undo()
+    lines = str(caught.value).splitlines()
+    assert lines[0] == (f"{root}/c: cannot replace it: Input/output error; putting the old files back failed, "
+                        "so these hold new content:")
+    assert len(lines) == 3
+    for name in ("b", "a"):
+        backup = next(p for p in root.iterdir() if p.name.startswith(f".{name}.cc-imds-old-"))
+        assert f"{root}/{name}: holds the NEW content; the old file is kept at {backup} (putting it back failed: " \
+               "Input/output error)" in lines
+        assert backup.read_bytes() == f"old {name}".encode()  # the only copy of the old file is never removed
+        assert (root / name).read_bytes() == f"new {name}".encode()
+    assert not (root / "c").exists() and not [p for p in root.iterdir() if p.name.startswith(".c.")]
+
+
+def test_files_that_cannot_be_replaced_are_found_before_anything_changes(tmp_path: Path) -> None:
+    needs_root()
+    before = old_state(tmp_path)
+    root = tmp_path / "root"
+    subprocess.run(["chattr", "+i", str(root / "b")], check=True)
+    try:
+        with pytest.raises(WriteError, match=r"root/b: is immutable \(chattr \+i\) and cannot be replaced; "
+                                             r"nothing was changed$"):
+            write(tmp_path, NEW)
+        assert state(root) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(root / "b")], check=True)
+
+
+def test_append_only_directory_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    needs_root()
+    before = old_state(tmp_path)
+    root = tmp_path / "root"
+    (root / "log").mkdir()
+    subprocess.run(["chattr", "+a", str(root / "log")], check=True)
+    try:
+        with pytest.raises(WriteError, match=r"root/log/x: .*root/log is append-only \(chattr \+a\): no file in it "
+                                             r"can be replaced; nothing was changed$"):
+            write(tmp_path, [*NEW, out("/log/x", b"x")])
+        assert state(root) == {**before, "log": state(root)["log"]}
+        assert os.listdir(root / "log") == []
+    finally:
+        subprocess.run(["chattr", "-a", str(root / "log")], check=True)
+
+
+# -- every failing step: named, nothing changed, nothing left behind -------------------------------
+STEPS = {  # the os function, and which of its calls is the step (the first to come after a directory was made)
+    "creating a directory": ("mkdir", lambda n, args: n == 2),
+    "creating the temp file": ("open", lambda n, args: bool(args[1] & os.O_EXCL)),
+    "setting the mode": ("fchmod", lambda n, args: True),
+    "writing": ("write", lambda n, args: True),
+    "fsyncing the temp file": ("fsync", lambda n, args: not stat.S_ISDIR(os.fstat(args[0]).st_mode)),
+    "linking the old file": ("link", lambda n, args: True),
+}
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EIO])
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_every_step_failing_names_the_output_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 step: str, error: int) -> None:
+    before = old_state(tmp_path)
+    name, is_step = STEPS[step]
+    real = getattr(os, name)
+    calls = {"n": 0}
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if is_step(calls["n"], args):
+            raise OSError(error, os.strerror(error))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write_module.os, name, fake)
+    outputs = [out("/new/dir/c", b"new c"), out("/a", b"new a"), out("/b", b"new b")]
+    with pytest.raises(WriteError) as caught:
+        write(tmp_path, outputs)
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}/root/"), message
+    assert message.endswith(f"{os.strerror(error)}; nothing was changed"), message
+    assert state(tmp_path / "root") == before  # no temp file, no link, no directory made by the run
+
+
+def test_same_content_owned_by_someone_else_is_rewritten(tmp_path: Path) -> None:
+    needs_root()
+    write(tmp_path, [out("/a", b"same")])
+    os.chown(tmp_path / "root/a", 65534, 65534)  # its owner could change it later; a file root wrote, they cannot
+    assert write(tmp_path, [out("/a", b"same")])[0].action == "updated"
+    assert os.stat(tmp_path / "root/a").st_uid == 0
+
+
+def test_many_outputs_need_one_descriptor_per_directory(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # systemd services start with 1024
+    try:
+        changes = write(tmp_path, [out(f"/d{i % 5}/f{i}", b"x") for i in range(500)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [c.action for c in changes] == ["created"] * 500
+    assert sum(len(os.listdir(tmp_path / f"root/d{i}")) for i in range(5)) == 500
+
+
+def test_a_temp_file_that_cannot_be_removed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    old_state(tmp_path)
+    failing(monkeypatch, "rename", lambda n: n == 1, errno.EIO)
+    failing(monkeypatch, "unlink", lambda n: True, errno.EIO)
+    with pytest.raises(WriteError, match="every output was put back as it was"):
+        write(tmp_path, NEW)
+    monkeypatch.undo()
+    left = sorted(p.name for p in (tmp_path / "root").iterdir() if ".cc-imds-" in p.name)
+    assert len(left) == 5  # three temp files, two links to old files: each one named
+    for name in left:
+        assert f"could not remove {name}: Input/output error" in caplog.text
