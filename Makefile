@@ -18,8 +18,9 @@ export CC_IMDS_REQUIRE_E2E := 1
 help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
-	@echo "             including real cloud-init 22.4.2 and 25.1.4 (fetched from Debian, never installed)"
-	@echo "             and the RPM (built, linted, installed into a scratch root)"
+	@echo "             including real cloud-init 22.2.2 (vendored), 22.4.2 and 25.1.4 (from Debian), never installed,"
+	@echo "             the RPM (built, linted, installed into a scratch root), and a fresh clone of the"
+	@echo "             repository in an empty folder (built, fast suite)"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
 
@@ -42,7 +43,7 @@ $(VENV)/py313/.ready: constraints/current.txt
 	touch $@
 
 lint: $(VENV)/py313/.ready
-	$(VENV)/py313/bin/ruff check cc_imds tests bench
+	$(VENV)/py313/bin/ruff check cc_imds tests bench rpm/ci
 	$(VENV)/py313/bin/mypy
 
 system-deps:
@@ -52,26 +53,42 @@ cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
 test-py39: $(VENV)/py39/.ready cloud-init rpm
-	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "not clone"
 
+# The RPM tests run once, in the 3.9 run: they build and install with AL2023's Python 3.9
+# whichever Python runs pytest.
 test-py313: $(VENV)/py313/.ready cloud-init rpm
-	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "not clone and not rpm"
 
-test: lint test-py39 test-py313
+# Once, not per Python: a fresh clone in an empty folder builds and passes the fast suite.
+test-clone: $(VENV)/py39/.ready rpm
+	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m clone
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313
+test: lint test-py39 test-py313 test-clone
+
+.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone
 
 # -- RPM --------------------------------------------------------------------------------
-# A Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a
-# PEP 621 [project] table, which is why the metadata lives in setup.cfg.
+# Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a PEP 621
+# [project] table, which is why the metadata lives in setup.cfg. al2023-build-notests holds
+# exactly what the spec BuildRequires without tests, as a clean build root would; al2023-build
+# adds pytest, for the default build.
+AL2023_BUILD_DEPS := setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe
 $(VENV)/al2023-build/.ready: constraints/al2023.txt constraints/al2023-build.txt
 	$(PY39) -m venv $(VENV)/al2023-build
 	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
 	$(VENV)/al2023-build/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt -c constraints/al2023.txt \
-	    setuptools wheel PyYAML jsonschema Jinja2 MarkupSafe pytest
+	    $(AL2023_BUILD_DEPS) pytest
 	touch $@
 
-rpm: $(VENV)/al2023-build/.ready system-deps
+$(VENV)/al2023-build-notests/.ready: constraints/al2023.txt constraints/al2023-build.txt
+	$(PY39) -m venv $(VENV)/al2023-build-notests
+	$(VENV)/al2023-build-notests/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt pip
+	$(VENV)/al2023-build-notests/bin/pip install $(PIP_FLAGS) -c constraints/al2023-build.txt \
+	    -c constraints/al2023.txt $(AL2023_BUILD_DEPS)
+	touch $@
+
+rpm: $(VENV)/al2023-build/.ready $(VENV)/al2023-build-notests/.ready system-deps
 	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
 
 .PHONY: rpm

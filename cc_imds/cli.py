@@ -1,8 +1,9 @@
 """`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
 
 Exit status: 0 success; 1 invalid declaration, a value a format cannot carry, a 404
-(`get`) or IMDSv1 use found (`scan`); 2 wrong usage; 3 IMDS unreachable or failing;
-4 an output could not be written. Errors go to stderr, one line each, without a traceback.
+(`get`), IMDSv1 use found (`scan`) or imds not first in the config stage
+(`enable-module --check`); 2 wrong usage; 3 IMDS unreachable or failing; 4 an output
+could not be written. Errors go to stderr, one line each, without a traceback.
 """
 
 from __future__ import annotations
@@ -274,9 +275,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .enable import CLOUD_CFG, DROPIN, disable, enable
+    from .enable import CLOUD_CFG, DROPIN, check, disable, enable
 
     dropin = args.dropin or DROPIN
+    if args.check:
+        print(check(args.root, args.cloud_cfg or CLOUD_CFG, dropin))
+        return 0
     if args.remove:
         removed = disable(args.root, dropin)
         print(f"removed {removed}" if removed else "nothing to remove")
@@ -386,8 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/", help="operate on an image mounted here")
     p.add_argument("--cloud-cfg", help="cloud-init's main config (default /etc/cloud/cloud.cfg)")
     p.add_argument("--dropin", help="the generated drop-in (default /etc/cloud/cloud.cfg.d/zz-cc-imds.cfg)")
-    p.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
-    p.add_argument("--remove", action="store_true", help="remove the drop-in")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--print", action="store_true", help="print the drop-in instead of writing it")
+    action.add_argument("--remove", action="store_true", help="remove the drop-in")
+    action.add_argument("--check", action="store_true",
+                        help="exit 1, saying why, unless imds runs first in the config stage (an image build gate)")
     p.set_defaults(func=cmd_enable_module)
 
     p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1")

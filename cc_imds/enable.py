@@ -5,7 +5,9 @@ cloud-init *replaces* module lists when merging configs: the last file that defi
 static drop-in would freeze the distro's list at the time it was written. So the
 drop-in is generated from the effective list (cloud.cfg plus every other drop-in),
 with `imds` inserted first, under a name that sorts last. Packages regenerate it on
-install and whenever cloud-init is upgraded.
+install, whenever cloud-init is upgraded, and whenever another package adds, changes or
+removes a drop-in. `check` is the gate for image pipelines: it says what, in the
+configuration cloud-init will read, keeps `imds` from running first in the config stage.
 
 Placement: first in `cloud_config_modules`. That is after the whole init stage
 (write_files, users-groups, mounts), and before every config-stage module, including
@@ -27,12 +29,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .config import Origin
+from .errors import ProblemsError
 from .render import Output
 from .write import write_outputs
 
 CLOUD_CFG = "/etc/cloud/cloud.cfg"
 DROPIN = "/etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
 STAGE = "cloud_config_modules"
+OTHER_STAGES = ("cloud_init_modules", "cloud_final_modules")
 ENTRY = ["imds", "always"]
 _PLAIN = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -44,18 +48,29 @@ HEADER = """\
 """
 
 
+class NotEnabled(ProblemsError):
+    """`imds` would not run first in cloud-init's config stage (`enable-module --check`)."""
+
+    exit_code = 1
+
+
+def _name(entry: Any) -> str:
+    return str(entry[0] if isinstance(entry, list) and entry else entry)
+
+
 def _is_imds(entry: Any) -> bool:
     name = entry[0] if isinstance(entry, list) and entry else entry
     return isinstance(name, str) and name.replace("-", "_") in ("imds", "cc_imds")
 
 
-def effective_config(cloud_cfg: Path, exclude: Path) -> Dict[str, Any]:
-    """cloud.cfg merged with its drop-ins (lexical order, later wins), leaving ours out.
+def effective_config(cloud_cfg: Path, exclude: Optional[Path] = None) -> Dict[str, Any]:
+    """cloud.cfg merged with its drop-ins (lexical order, later wins), leaving `exclude` out.
 
     Uses cloud-init's own reader and merger when cloud-init is importable, so the
     result is what cloud-init itself will see; else plain YAML with the same rule.
     """
-    confd = sorted(f for f in glob.glob(f"{cloud_cfg}.d/*.cfg") if os.path.abspath(f) != os.path.abspath(exclude))
+    left_out = os.path.abspath(exclude) if exclude else None
+    confd = [f for f in _dropins(cloud_cfg) if os.path.abspath(f) != left_out]
     files = [str(cloud_cfg), *confd]
     try:
         from cloudinit import util  # type: ignore[import-not-found]
@@ -103,3 +118,65 @@ def disable(root: str = "/", dropin: str = DROPIN) -> Optional[str]:
     except FileNotFoundError:
         return None
     return str(path)
+
+
+def _dropins(cloud_cfg: Path) -> List[str]:
+    return sorted(glob.glob(f"{cloud_cfg}.d/*.cfg"))
+
+
+def _last_to_set(files: List[str], key: str) -> Optional[str]:
+    """The file that sets `key` last, and so decides it (cloud-init replaces module lists)."""
+    import yaml
+
+    last = None
+    for name in files:
+        with open(name, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+        if isinstance(loaded, dict) and key in loaded:
+            last = name
+    return last
+
+
+def check(root: str = "/", cloud_cfg: str = CLOUD_CFG, dropin: str = DROPIN) -> str:
+    """Check the module lists cloud-init will read (cloud.cfg and every drop-in, ours
+    included): `imds` once, first in the config stage, in no other stage, and the generated
+    drop-in current. Returns a one-line summary; raises NotEnabled with every problem."""
+    cfg_path = Path(root) / cloud_cfg.lstrip("/")
+    dropin_path = Path(root) / dropin.lstrip("/")
+    files = [str(cfg_path), *_dropins(cfg_path)]
+    effective = effective_config(cfg_path)
+    stage = list(effective.get(STAGE) or [])
+    at = [i for i, entry in enumerate(stage) if _is_imds(entry)]
+    problems = []
+    if not at or at[0] != 0:
+        setter = _last_to_set(files, STAGE) or str(cfg_path)
+        shown = "/" + os.path.relpath(setter, root) if root != "/" else setter
+        if setter != str(cfg_path) and os.path.basename(setter) > os.path.basename(dropin):
+            fix = f"it sorts after {dropin} and replaces the list: put imds first in it, or give it an earlier name"
+        else:
+            fix = "run `cc-imds enable-module`"
+        if not at:
+            problems.append(f"imds is not in {STAGE} (set last by {shown}), so it never runs; {fix}")
+        else:
+            before = ", ".join(_name(entry) for entry in stage[: at[0]])
+            problems.append(f"imds is not first in {STAGE} (set last by {shown}): {before} run before it; {fix}")
+    if len(at) > 1:
+        problems.append(f"imds is listed {len(at)} times in {STAGE}, so it runs {len(at)} times")
+    for other in OTHER_STAGES:
+        if any(_is_imds(entry) for entry in effective.get(other) or []):
+            problems.append(f"imds is also in {other}, so it runs in that stage too")
+    if dropin_path.exists() and at == [0]:
+        wanted = module_list(effective_config(cfg_path, dropin_path))
+        if stage != wanted:
+            names, wanted_names = [_name(e) for e in stage], [_name(e) for e in wanted]
+            missing = [n for n in wanted_names if n not in names]
+            dropped = [n for n in names if n not in wanted_names]
+            what = "; ".join(part for part in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"still lists {', '.join(dropped)}" if dropped else "",
+            ) if part) or "a different order or frequency"
+            problems.append(f"{dropin} is out of date with cloud.cfg and the other drop-ins ({what}); "
+                            "run `cc-imds enable-module`")
+    if problems:
+        raise NotEnabled(problems)
+    return f"imds runs first in {STAGE} ({len(stage)} modules, from {cloud_cfg} and {len(files) - 1} drop-in(s))"

@@ -1,5 +1,9 @@
 """A pytest fixture for projects that test their own IMDS consumers against cc-imds's
-strict emulator. Registered as a pytest plugin when cc-imds is installed:
+strict emulator. Opt in per run or per project; it is never loaded on its own:
+
+    pytest -p cc_imds.pytest_plugin                  # one run
+    pytest_plugins = ["cc_imds.pytest_plugin"]       # a project's top-level conftest.py
+    addopts = "-p cc_imds.pytest_plugin"             # or its pytest configuration
 
     def test_my_boot_script(imds_emulator):
         imds_emulator.fail_next(503, count=2)

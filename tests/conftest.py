@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,30 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
+import cc_imds
 from cc_imds.emulator import Emulator
-from cc_imds.pytest_plugin import imds_emulator  # noqa: F401 - the fixture users get from the installed plugin
 from cc_imds.tree import MetadataTree, load_tree
+
+# The emulator fixture, loaded the way users opt in to it (see cc_imds/pytest_plugin.py).
+pytest_plugins = ["cc_imds.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+# The cc_imds under test: the working tree's, or in the RPM's %check the build root's.
+PACKAGE = Path(cc_imds.__file__).parent
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# Build hosts and containers often run without IPv6 (Docker's default): no ::1 to listen on.
+needs_ipv6_loopback = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this host has no IPv6 loopback (::1)")
 
 
 @pytest.fixture(autouse=True)
@@ -75,20 +94,28 @@ def make_emulator() -> Iterator[Callable[..., Emulator]]:
 
 
 @pytest.fixture
-def emulator(imds_emulator: Emulator) -> Emulator:  # noqa: F811 - a fixture parameter, not a redefinition
+def emulator(imds_emulator: Emulator) -> Emulator:
     """The plugin's fixture (cc_imds.pytest_plugin), as users of the package get it."""
     return imds_emulator
 
 
-def run_cli(*args: str, env: Optional[dict] = None, stdin: Optional[bytes] = None) -> subprocess.CompletedProcess:
-    """Run `python -m cc_imds` as a user would, in a separate process."""
+# `python -m cc_imds`, but without the current directory on sys.path (as for the installed
+# `cc-imds` script): in the RPM's %check the current directory is the source tree, which
+# must not shadow the package under test.
+CLI = [sys.executable, "-c", "import runpy, sys; del sys.path[0]; runpy.run_module('cc_imds', run_name='__main__')"]
+
+
+def cli_env(env: Optional[dict] = None) -> dict:
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["PYTHONPATH"] = str(PACKAGE.parent) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.setdefault("CC_IMDS_CONF_DIR", "/nonexistent/cc-imds-test-conf.d")
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "cc_imds", *args], capture_output=True, env=full_env, input=stdin, timeout=120
-    )
+    return full_env
+
+
+def run_cli(*args: str, env: Optional[dict] = None, stdin: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    """Run cc-imds as a user would, in a separate process, on the package under test."""
+    return subprocess.run([*CLI, *args], capture_output=True, env=cli_env(env), input=stdin, timeout=120)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from cc_imds.cli import normalise_get_path
 from cc_imds.emulator import Emulator
 from cc_imds.tree import MetadataTree
-from tests.conftest import EXAMPLES, REPO
+from tests.conftest import CLI, EXAMPLES, REPO, cli_env
 
 BROKEN = """#cloud-config
 imds:
@@ -167,14 +167,11 @@ def test_get_path_forms(given: str, expected: str) -> None:
 
 
 def test_emulate_serves_until_stopped(cli: Callable, tmp_path: Path) -> None:
-    import os
     import signal
     import subprocess
-    import sys
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "cc_imds", "emulate", "--port", "0", "--no-tags"],
-                              stdout=subprocess.PIPE, env=env, text=True)
+    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--no-tags"], stdout=subprocess.PIPE, env=cli_env(),
+                              text=True)
     try:
         assert server.stdout is not None
         banner = server.stdout.readline()

@@ -23,6 +23,7 @@ from cc_imds.client import (
 from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound, ImdsUnreachable
 from cc_imds.tree import MetadataTree
+from tests.conftest import needs_ipv6_loopback
 
 
 def client_for(emulator: Emulator, **settings: object) -> ImdsClient:
@@ -129,6 +130,7 @@ def test_auto_with_nothing_answering_names_every_endpoint() -> None:
     assert all(url in str(caught.value) for url in dead)
 
 
+@needs_ipv6_loopback
 def test_emulator_on_ipv6_loopback(make_emulator: Callable[..., Emulator]) -> None:
     emulator = make_emulator(host="::1")
     assert client_for(emulator).fetch("meta-data/placement/region") == b"eu-west-1"

@@ -12,6 +12,7 @@ import pytest
 
 from cc_imds.emulator import Emulator
 from cc_imds.tree import load_tree, tree_from_document
+from tests.conftest import needs_ipv6_loopback
 
 
 def request(
@@ -106,6 +107,7 @@ def test_v1_only_mode_refuses_the_token_request(make_emulator) -> None:
     assert request(emulator, "GET", "/latest/meta-data/instance-id")[0] == 200
 
 
+@needs_ipv6_loopback
 def test_serves_on_ipv6_loopback(make_emulator) -> None:
     emulator = make_emulator(host="::1")
     assert emulator.url.startswith("http://[::1]:")

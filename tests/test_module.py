@@ -14,7 +14,7 @@ import pytest
 import cc_imds
 from cc_imds.emulator import Emulator
 from cc_imds.errors import DeclarationError, ImdsError
-from tests.conftest import REPO
+from tests.conftest import PACKAGE
 
 
 class FakeCloud:
@@ -101,5 +101,6 @@ def test_import_uses_only_the_standard_library() -> None:
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print(sorted(new & {'yaml', 'jsonschema', 'jinja2', 'markupsafe', 'cloudinit'}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
+                            check=True)
     assert result.stdout.strip() == "[]"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import resource
 import stat
 import subprocess
@@ -54,9 +56,11 @@ def test_unchanged_files_are_not_rewritten(tmp_path: Path) -> None:
 def test_owner_is_applied_and_unknown_owner_fails_before_any_write(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("changing ownership needs root")
-    write(tmp_path, [out("/owned", b"x", owner="nobody:nogroup")])
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name  # nogroup on Debian, nobody on Amazon Linux
+    write(tmp_path, [out("/owned", b"x", owner=f"nobody:{group}")])
     info = os.stat(tmp_path / "root/owned")
-    assert (info.st_uid, info.st_gid) == (65534, 65534)
+    assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid)
     with pytest.raises(WriteError, match=r"^/other: owner 'no-such-user-x': no such user$"):
         write(tmp_path, [out("/first", b"x"), out("/other", b"x", owner="no-such-user-x")])
     assert not (tmp_path / "root/first").exists()

@@ -28,9 +28,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "cloud-init"
-# CI runs Debian's two; more can be run by hand (for example AL2023's 22.2.2 from
-# upstream's source, laid out the same way under .cache/cloud-init/VERSION).
-VERSIONS = tuple(os.environ.get("CC_IMDS_CLOUDINIT_VERSIONS", "22.4.2,25.1.4").split(","))
+# Amazon Linux 2023's 22.2.2 (upstream's source, tests/vendor/cloud-init/) and Debian's
+# two. CC_IMDS_CLOUDINIT_VERSIONS runs others by hand, laid out the same way under
+# .cache/cloud-init/VERSION.
+VERSIONS = tuple(os.environ.get("CC_IMDS_CLOUDINIT_VERSIONS", "22.2.2,22.4.2,25.1.4").split(","))
+# The one Python a version is ever run with, where it has only one: AL2023 runs 22.2.2 on its
+# Python 3.9 (with its library versions, as in the py39 environment).
+ONLY_ON_PYTHON = {"22.2.2": (3, 9)}
 
 LOGGING = """[loggers]
 keys=root,cloudinit
@@ -65,6 +69,32 @@ _PATH = re.compile(r'"((?:[^"\\]|\\.)*)"')
 def unpacked(version: str) -> Optional[Path]:
     site = CACHE / version / "usr/lib/python3/dist-packages"
     return site if (CACHE / version / ".complete").exists() else None
+
+
+def wrong_python(version: str) -> Optional[str]:
+    """Why this interpreter does not run `version`, if it does not."""
+    only = ONLY_ON_PYTHON.get(version)
+    if only is None or sys.version_info[:2] == only:
+        return None
+    return f"cloud-init {version} runs only on Python {only[0]}.{only[1]}, as on Amazon Linux 2023"
+
+
+def shipped_config(version: str, dest: Path) -> Path:
+    """The /etc/cloud a distribution ships with `version`, copied to dest/etc/cloud.
+
+    Debian's packages carry theirs; for 22.2.2 it is upstream's template rendered for
+    the `amazon` variant by upstream's own tool, the closest public stand-in for AL2023's.
+    """
+    etc = dest / "etc/cloud"
+    src = CACHE / version / "src"
+    if not src.is_dir():
+        shutil.copytree(CACHE / version / "etc/cloud", etc)
+        return etc
+    (etc / "cloud.cfg.d").mkdir(parents=True)
+    subprocess.run([sys.executable, str(src / "tools/render-cloudcfg"), "--variant", "amazon",
+                    str(src / "config/cloud.cfg.tmpl"), str(etc / "cloud.cfg")],
+                   check=True, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    return etc
 
 
 def can_isolate() -> bool:

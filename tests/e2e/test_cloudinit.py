@@ -1,4 +1,5 @@
-"""cc_imds under real cloud-init (Debian 12's 22.4.2, Debian 13's 25.1.4), via cloud-init's CLI.
+"""cc_imds under real cloud-init (Amazon Linux 2023's 22.2.2 on Python 3.9, Debian 12's 22.4.2,
+Debian 13's 25.1.4), via cloud-init's CLI.
 
 Every run is isolated (see harness.py) and checked to write nothing outside its temp dir.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -16,13 +16,17 @@ import yaml
 
 from cc_imds.emulator import Emulator
 from cc_imds.enable import enable
-from tests.e2e.harness import CACHE, VERSIONS, CloudInit, can_isolate, unpacked
+from tests.conftest import REPO
+from tests.e2e.harness import VERSIONS, CloudInit, can_isolate, shipped_config, unpacked, wrong_python
 
 pytestmark = pytest.mark.cloudinit
 REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
 
 
 def available(version: str) -> Any:
+    not_here = wrong_python(version)
+    if not_here:
+        return pytest.param(version, marks=pytest.mark.skip(reason=not_here))
     reason = None
     if unpacked(version) is None:
         reason = f"cloud-init {version} not unpacked (tests/e2e/fetch-cloud-init)"
@@ -183,14 +187,22 @@ def test_the_isolation_check_sees_a_write_outside(cloud_init: CloudInit, emulato
     assert f"renameat: {elsewhere}/instance.sh" in cloud_init.outside_writes()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_generated_list_on_debians_config_is_read_back_by_cloud_init(version: str, tmp_path: Path) -> None:
-    """The generator on the config Debian ships, checked by cloud-init's own reader."""
+def unpacked_here(version: str) -> None:
+    """Skip (or fail, when required) unless `version` is unpacked and runs on this Python."""
+    not_here = wrong_python(version)
+    if not_here:
+        pytest.skip(not_here)
     if unpacked(version) is None:
         (pytest.fail if REQUIRED else pytest.skip)(f"cloud-init {version} not unpacked")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_generated_list_on_the_shipped_config_is_read_back_by_cloud_init(version: str, tmp_path: Path) -> None:
+    """The generator on the config the distribution ships, checked by cloud-init's own reader."""
+    unpacked_here(version)
     harness = CloudInit(version, tmp_path / "h")
     root = tmp_path / "image"
-    shutil.copytree(CACHE / version / "etc/cloud", root / "etc/cloud")
+    shipped_config(version, root)
     shipped = harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"]
     assert "imds" not in str(shipped)
     # With cloud-init importable (as in the RPM's scriptlets), and without (a bare build host).
@@ -199,6 +211,9 @@ def test_generated_list_on_debians_config_is_read_back_by_cloud_init(version: st
     without_cloudinit = enable(root=str(root))
     assert with_cloudinit == without_cloudinit
     assert harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"] == [["imds", "always"], *shipped]
+    # The image-build gate agrees, reading with cloud-init's own merger.
+    gate = "import sys; from cc_imds.enable import check; print(check(root=sys.argv[1]))"
+    assert harness.python(gate, str(root)).stdout.startswith("imds runs first in cloud_config_modules (")
 
 
 def test_no_secret_reaches_cloud_inits_log(cloud_init: CloudInit, emulator: Emulator) -> None:
@@ -213,3 +228,10 @@ def test_no_secret_reaches_cloud_inits_log(cloud_init: CloudInit, emulator: Emul
     assert "GET /latest/meta-data/iam/security-credentials/app-server -> 200" in log
     secrets = ["demoSecretAccessKey", "demoSessionToken", *emulator.issued_tokens()]
     assert [s for s in secrets if s in log] == []
+
+
+def test_the_al2023_like_fixture_is_upstreams_amazon_config(tmp_path: Path) -> None:
+    """tests/fixtures/NOTICE says where the fixture comes from; upstream's own renderer agrees."""
+    unpacked_here("22.2.2")
+    rendered = shipped_config("22.2.2", tmp_path) / "cloud.cfg"
+    assert rendered.read_bytes() == (REPO / "tests/fixtures/al2023-like-cloud.cfg").read_bytes()

@@ -73,8 +73,10 @@ def build_root(root: Path, python_home: Path, library_sites: List[Path], cloudin
     shutil.copytree(cloudinit_site / "cloudinit", site / "cloudinit")
     elves = [root / "usr/bin/sh", root / "usr/bin/python3.9", *root.glob("usr/lib/python3.9/**/*.so")]
     _copy_libraries(elves, root)
-    # Warm the bytecode caches, so that later runs add nothing that could be mistaken for ours.
-    chroot(root, "/usr/bin/python3.9", "-c", "import yaml, jsonschema, jinja2, cloudinit.util, argparse, json")
+    # Warm the bytecode caches, so that later runs add nothing that could be mistaken for ours
+    # (cloud-init loads its mergers on first use).
+    chroot(root, "/usr/bin/python3.9", "-c", "import yaml, jsonschema, jinja2, argparse, json; "
+           "from cloudinit import util; util.mergemanydict([{'a': [1], 'b': 'x'}, {'a': [2], 'b': 'y'}])")
 
 
 def chroot(root: Path, *command: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,47 @@
+"""The imds_emulator fixture is opt-in: `-p cc_imds.pytest_plugin` loads it; nothing else does."""
+
+from __future__ import annotations
+
+import configparser
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, cli_env
+
+USER_TEST = '''
+import urllib.request
+
+def test_uses_the_fixture(imds_emulator):
+    request = urllib.request.Request(imds_emulator.url + "/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    assert imds_emulator.count("PUT") == 1
+'''
+
+
+def run_pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_user.py").write_text(USER_TEST)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_user.py"],
+                          cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=120)
+
+
+def test_a_project_opts_in_with_dash_p(tmp_path: Path) -> None:
+    result = run_pytest(tmp_path, "-p", "cc_imds.pytest_plugin")
+    assert result.returncode == 0, result.stdout
+    assert "1 passed" in result.stdout
+
+
+def test_without_opting_in_there_is_no_fixture(tmp_path: Path) -> None:
+    result = run_pytest(tmp_path)
+    assert result.returncode == 1
+    assert "fixture 'imds_emulator' not found" in result.stdout
+
+
+def test_the_package_registers_no_pytest_entry_point() -> None:
+    """A pytest11 entry point would load the plugin into every pytest run on a host with the package."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    entry_points = config["options.entry_points"]
+    assert sorted(entry_points) == ["console_scripts"]
