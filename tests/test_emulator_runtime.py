@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,7 +18,7 @@ from cc_imds.control import ControlServer
 from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound
 from cc_imds.schedule import expiration
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO, cli_env
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 
@@ -186,9 +184,8 @@ def test_control_listens_on_loopback_only(emulator: Emulator) -> None:
 
 # -- cc-imds emulate ------------------------------------------------------------------------
 def test_emulate_offers_the_control_endpoint(cli: Callable[..., subprocess.CompletedProcess]) -> None:
-    env: Dict[str, str] = {**os.environ, "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "cc_imds", "emulate", "--port", "0", "--control-port", "0"],
-                              stdout=subprocess.PIPE, env=env, text=True)
+    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--control-port", "0"],
+                              stdout=subprocess.PIPE, env=cli_env(), text=True)
     try:
         assert server.stdout is not None
         url = server.stdout.readline().split()[-1]

@@ -8,7 +8,6 @@ import logging
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -18,7 +17,7 @@ import pytest
 import cc_imds
 from cc_imds import rundir
 from cc_imds.emulator import Emulator
-from tests.conftest import REPO
+from tests.conftest import CLI, cli_env
 
 
 class FakeCloud:
@@ -120,8 +119,7 @@ def test_the_watcher_runs_what_the_boot_run_ran(emulator: Emulator, tmp_path: Pa
         "files": [{"path": f"{tmp_path}/out/environment", "content": "{{ env_tag }}\n"}]}))
     monkeypatch.setenv("CC_IMDS_CONF_DIR", str(conf_d))
     cc_imds.handle(name="imds", cfg={"imds": refreshing(emulator, tmp_path / "out")}, cloud=FakeCloud(), args=[])
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    watcher = subprocess.Popen([sys.executable, "-m", "cc_imds", "watch"], env=env,
+    watcher = subprocess.Popen([*CLI, "watch"], env=cli_env({"CC_IMDS_CONF_DIR": str(conf_d)}),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         emulator.set_value("meta-data/tags/instance/Name", "renamed")

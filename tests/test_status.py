@@ -6,6 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -23,6 +26,7 @@ from cc_imds.status import (
     iso,
     render_text,
 )
+from tests.conftest import CLI, REPO, cli_env
 
 NOW = 1_800_000_000.0
 CREDS = "meta-data/iam/security-credentials/app-server"
@@ -196,41 +200,25 @@ def test_a_broken_status_file_is_a_clear_error(cli: Callable[..., Any], content:
 
 
 def test_the_readme_documents_every_exit_code() -> None:
-    import re
-
-    from tests.conftest import REPO
-
     section = (REPO / "README.md").read_text().split("### `cc-imds status`", 1)[1].split("\n### ", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| `(\d)` \|", section, flags=re.M)}
     assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
 
 
 def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     directory = Path(os.environ["CC_IMDS_RUN_DIR"])
     directory.mkdir(parents=True)
     big = changed(lambda d: d["outputs"].update({f"/etc/out-{i:04d}": d["outputs"]["/etc/agent/credentials"]
                                                  for i in range(2000)}))
     (directory / rundir.STATUS).write_text(json.dumps(big))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     # The reader goes away without reading, as `head` does once it has its lines.
-    result = subprocess.run(f"{sys.executable} -m cc_imds status | (sleep 0.5; true)", shell=True, env=env,
+    result = subprocess.run(f"{shlex.join(CLI)} status | (sleep 0.5; true)", shell=True, env=cli_env(),
                             capture_output=True, timeout=60)
     assert result.stderr == b""
 
 
 def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     with open("/dev/full", "wb") as full:
-        result = subprocess.run([sys.executable, "-m", "cc_imds", "status"], stdout=full, stderr=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+        result = subprocess.run([*CLI, "status"], stdout=full, stderr=subprocess.PIPE, env=cli_env(), timeout=60)
     assert result.returncode == 4
     assert result.stderr == b"cc-imds: cannot write to standard output: No space left on device\n"

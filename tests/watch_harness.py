@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -17,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import yaml
 
 from cc_imds.emulator import Emulator
-from tests.conftest import REPO, run_cli
+from tests.conftest import CLI, cli_env, run_cli
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 TAG = "meta-data/tags/instance/Environment"
@@ -43,8 +41,8 @@ class Watch:
         self.file = tmp / "declaration.yaml"
         self.log_path = tmp / "watch.log"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "CC_IMDS_RUN_DIR": str(self.run_dir),
-                    "CC_IMDS_LOCK": str(tmp / "lock"), "CC_IMDS_CONF_DIR": str(tmp / "no-conf.d")}
+        self.env = cli_env({"CC_IMDS_RUN_DIR": str(self.run_dir), "CC_IMDS_LOCK": str(tmp / "lock"),
+                            "CC_IMDS_CONF_DIR": str(tmp / "no-conf.d")})
         self.declare(declaration)
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -62,7 +60,7 @@ class Watch:
     def start(self, *extra: str) -> Watch:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cc_imds", "watch", str(self.file), "--no-conf-dir",
+                [*CLI, "watch", str(self.file), "--no-conf-dir",
                  "--endpoint", self.emulator.url, *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
