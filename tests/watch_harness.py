@@ -133,11 +133,12 @@ def current_key(emulator: Emulator) -> str:
 
 
 def tag_declaration(out: Path, **extra: Any) -> Dict[str, Any]:
+    log = out.parent / "on_change.log"
     return {
         "deadline": 2,
         "values": {"iid": "meta-data/instance-id",
                    "environment": {"path": TAG, "default": "dev", "refresh": 1}},
         "env": [{"path": f"{out}/app.env", "format": "systemd", "vars": {"IID": "iid", "APP_ENV": "environment"},
-                 "on_change": ["sh", "-c", f"echo \"$CC_IMDS_CHANGE $CC_IMDS_OUTPUT\" >> {out}/../on_change.log"],
+                 "on_change": ["sh", "-c", f"echo \"$CC_IMDS_CHANGE $CC_IMDS_OUTPUT\" >> {log}"],
                  **extra}],
     }
