@@ -94,13 +94,21 @@ rpm: $(VENV)/al2023-build/.ready $(VENV)/al2023-build-notests/.ready system-deps
 .PHONY: rpm
 
 # -- benchmark ----------------------------------------------------------------------------
-$(VENV)/bench/.ready: constraints/current.txt
+# Contenders run on both targets: Python 3.13 with current releases (plus the peers: ec2-metadata
+# needs 3.10+), and Python 3.9 with AL2023's pins. botocore's IMDSFetcher is the peer on both.
+$(VENV)/bench/.ready: constraints/current.txt constraints/bench.txt
 	$(PY313) -m venv $(VENV)/bench
-	$(VENV)/bench/bin/pip install $(PIP_FLAGS) -c constraints/current.txt PyYAML jsonschema Jinja2 \
-	    ec2-metadata==3.0.0 matplotlib==3.9.3
+	$(VENV)/bench/bin/pip install $(PIP_FLAGS) -c constraints/current.txt -c constraints/bench.txt PyYAML jsonschema \
+	    Jinja2 ec2-metadata botocore matplotlib
 	touch $@
 
-bench: $(VENV)/bench/.ready $(VENV)/py39/.ready cloud-init
+$(VENV)/bench39/.ready: constraints/al2023.txt constraints/bench.txt
+	$(PY39) -m venv $(VENV)/bench39
+	$(VENV)/bench39/bin/pip install $(PIP_FLAGS) -c constraints/al2023.txt -c constraints/bench.txt PyYAML jsonschema \
+	    Jinja2 MarkupSafe botocore
+	touch $@
+
+bench: $(VENV)/bench/.ready $(VENV)/bench39/.ready $(VENV)/py39/.ready cloud-init
 	$(VENV)/bench/bin/python bench/run.py
 	$(VENV)/bench/bin/python bench/watch.py
 

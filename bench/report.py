@@ -53,12 +53,104 @@ def targets(results: Dict[str, Any]) -> List[str]:
                       for c in results["cells"] for k in ("A", "B"))
     lines.append("- **A run makes exactly 1 PUT plus one GET per distinct path**: "
                  + ("Met in every cell (A and B)." if requests_ok else "Missed: see the request counts."))
+    if "scripts" in results:
+        times = results["scripts"]["times"]
+        for python in (n.split()[1] for n in times if n.endswith("-c pass")):
+            ratio = paired(times, f"get {python}", f"python {python} -c pass")
+            lines.append(f"- **A single `get` within 1.5x of a bare interpreter, Python {python}**: {ratio:.2f}x "
+                         f"(importing http.client alone: "
+                         f"{paired(times, f'python {python}: import http.client', f'python {python} -c pass'):.2f}x). "
+                         + ("Met." if ratio <= 1.5 else "Missed."))
+            ratio = paired(times, "bash + curl, 10 values", f"get --shell {python}, 10 values")
+            lines.append(f"- **Ten values in one `get` at least 3x faster than bash + curl, Python {python}**: "
+                         f"{ratio:.2f}x. " + ("Met." if ratio >= 3 else "Missed."))
+    if "peers" in results:
+        times = results["peers"]["times"]
+        for name in (n for n in times if n.startswith("apply")):
+            python = name.split(",")[0].split()[-1]
+            peers = [n for n in times if not n.startswith("apply") and n.split()[-1] == python]
+            fastest = min(peers, key=lambda n: statistics.median(times[n]))
+            ratio = paired(times, name, fastest)
+            lines.append(f"- **Cold `{name}` faster than the fastest peer ({fastest})**: {ratio:.2f}x its time. "
+                         + ("Met." if ratio < 1 else "Missed."))
     imports = results["imports"]
     worst_on_top = max((v["import_ms"] + v["deferred_ms"], k) for k, v in imports.items() if k != "alone")
     lines.append(f"- **Importing cc_imds adds at most 50 ms to a cloud-init stage on Python 3.9**: at most "
                  f"{worst_on_top[0]:.1f} ms ({worst_on_top[1]}), the module and everything its handle imports. "
                  + ("Met." if worst_on_top[0] <= 50 else "Missed."))
     return lines
+
+
+def paired(times: Dict[str, List[float]], x: str, y: str) -> float:
+    """Median over interleaved runs of x_i / y_i."""
+    return statistics.median(a / b for a, b in zip(times[x], times[y]))
+
+
+def spread(samples: List[float]) -> str:
+    return f"{ms(statistics.median(samples))} ({ms(min(samples))} to {ms(max(samples))})"
+
+
+def script_section(results: Dict[str, Any]) -> List[str]:
+    times = results["scripts"]["times"]
+    pythons = [name.split()[1] for name in times if name.endswith("-c pass")]
+    out = ["## Scripts: `cc-imds get` against a bare interpreter and curl", "",
+           f"Cold processes, {results['scripts']['runs']} interleaved runs of each, 0 ms added per request. cc-imds "
+           "runs byte-compiled through a console script, as installed. Every `get` printed exactly what the curl",
+           "contenders printed (checked on every run). Ratios are medians of per-run ratios (lower is faster).", "",
+           "| contender | " + " | ".join(f"Python {p}" for p in pythons) + " |", "|---|" + "---|" * len(pythons)]
+    rows = [("bare interpreter (`python -c pass`)", "python {p} -c pass"),
+            ("`python -c 'import http.client'`", "python {p}: import http.client"),
+            ("`cc-imds get meta-data/instance-id`", "get {p}"),
+            ("`cc-imds get --shell` with 10 values", "get --shell {p}, 10 values")]
+    for label, key in rows:
+        out.append(f"| {label} | " + " | ".join(spread(times[key.format(p=p)]) for p in pythons) + " |")
+    out.append("| curl pair (token PUT + GET), sh | " + " | ".join(spread(times["curl pair"]) for _ in pythons) + " |")
+    out.append("| bash + curl, 10 values, one token | "
+               + " | ".join(spread(times["bash + curl, 10 values"]) for _ in pythons) + " |")
+    out += ["", "| ratio | " + " | ".join(f"Python {p}" for p in pythons) + " |", "|---|" + "---|" * len(pythons)]
+    for label, x, y in (("get / bare interpreter (budget: at most 1.5)", "get {p}", "python {p} -c pass"),
+                        ("`import http.client` / bare interpreter", "python {p}: import http.client",
+                         "python {p} -c pass"),
+                        ("get / `import http.client`", "get {p}", "python {p}: import http.client"),
+                        ("get / curl pair", "get {p}", "curl pair"),
+                        ("bash + curl, 10 values / get --shell, 10 values (budget: at least 3)",
+                         "bash + curl, 10 values", "get --shell {p}, 10 values")):
+        out.append(f"| {label} | " + " | ".join(f"{paired(times, x.format(p=p), y.format(p=p)):.2f}"
+                                                for p in pythons) + " |")
+    return [*out, ""]
+
+
+def peer_section(results: Dict[str, Any]) -> List[str]:
+    times = results["peers"]["times"]
+    out = ["## Cold `apply` against the peer Python clients", "",
+           f"25 values and 20 tags (the grid's workload), 1 ms per request, {results['peers']['runs']} interleaved "
+           "runs. Every contender wrote byte-identical files (checked on every run). `new declaration` forgets "
+           "earlier validations first, so it pays for PyYAML and jsonschema; `validated declaration` is the same "
+           "file again, as every apply after the first sees it (see cc_imds/validated.py). The template is plain "
+           "`{{ name }}` substitution, which cc-imds renders without Jinja2.", "",
+           "| contender | wall ms, median (min to max) | / fastest peer on the same Python |", "|---|---|---|"]
+    for name, samples in times.items():
+        python = name.split(",")[0].split()[-1]
+        peers = [n for n in times if n.split(",")[0].split()[-1] == python and not n.startswith("apply")]
+        fastest = min(peers, key=lambda n: statistics.median(times[n]))
+        out.append(f"| {name} | {spread(samples)} | {paired(times, name, fastest):.2f} ({fastest}) |")
+    return [*out, ""]
+
+
+def command_import_section(results: Dict[str, Any]) -> List[str]:
+    found = results["command_imports"]
+    pythons = list(found)
+    out = ["## What each command imports", "",
+           "Milliseconds of imports (`-X importtime`, self times summed, least of 5 fresh processes) beyond a bare "
+           "interpreter's (" + ", ".join(f"{found[p]['bare_ms']:.1f} ms on {p}" for p in pythons) + "), and the "
+           "third-party packages loaded. `-X importtime` adds its own overhead: compare rows, not absolute figures.",
+           "", "| command | " + " | ".join(f"Python {p}" for p in pythons) + " | third-party packages |",
+           "|---|" + "---|" * (len(pythons) + 1)]
+    for command in found[pythons[0]]["commands"]:
+        cells = [f"{found[p]['commands'][command]['ms']:.1f}" for p in pythons]
+        packages = sorted({pkg for p in pythons for pkg in found[p]["commands"][command]["third_party"]})
+        out.append(f"| `{command}` | " + " | ".join(cells) + f" | {', '.join(packages) or 'none'} |")
+    return [*out, ""]
 
 
 def write_report(results: Dict[str, Any]) -> None:
@@ -82,6 +174,9 @@ def write_report(results: Dict[str, Any]) -> None:
         "",
         *targets(results),
         "",
+        *(script_section(results) if "scripts" in results else []),
+        *(peer_section(results) if "peers" in results else []),
+        *(command_import_section(results) if "command_imports" in results else []),
         "## Wall time",
         "",
         "Median (min to max) in milliseconds; `x C` is the median of the paired per-run ratios C/X (higher is faster).",
@@ -141,6 +236,16 @@ NOTES = [
     "- The floor assumes every request costs exactly the added latency and nothing else; A's distance to it is",
     "  the client's own overhead (thread hand-off, parsing, rendering, atomic writes with fsync).",
     "- E is sequential by design of its API, so it scales with the number of values times the latency.",
+    "- `cc-imds get` imports the standard library alone (a test keeps it so), but HTTP goes through `http.client`",
+    "  by the project's rules, and importing `http.client` (with the `email` package and `ssl` it loads) costs",
+    "  several bare interpreter starts on its own: see the `import http.client` rows. The 1.5x budget is below that",
+    "  floor; `get / import http.client` is what cc-imds adds on top of it (argument parsing, the client, the",
+    "  exchange).",
+    "- `apply, new declaration` imports PyYAML and jsonschema to validate; `apply, validated declaration` reads the",
+    "  same file's remembered documents (cc_imds/validated.py) and skips both. The template is plain `{{ name }}`",
+    "  substitution, which needs no Jinja2; a template with filters or blocks adds Jinja2's import.",
+    "- The machine is shared with other work: absolute times vary between runs; ratios of interleaved runs are",
+    "  the figures to compare.",
 ]
 
 

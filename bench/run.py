@@ -2,13 +2,19 @@
 
     make bench        (or: python bench/run.py, from the bench virtualenv)
 
-Contenders, each producing the same two files from the same emulator:
+Boot cost, against the number of values: contenders each producing the same two files from
+the same emulator:
   A  cc_imds.handle in a warm process (as cloud-init runs it)       Python 3.9, AL2023 pins
   B  `cc-imds apply` as a cold process                             Python 3.9, AL2023 pins
   C  bash + curl, one token, one curl per value (what users write)
   D  bash + curl, a new token per value (like per-call tools)
   E  adamchainz's ec2-metadata from PyPI, sequential                Python 3.13
 Runs are interleaved (A, B, C, D, E, then again), so ratios against C are paired run by run.
+
+Then, on Python 3.9 (AL2023 pins) and 3.13 side by side: `cc-imds get` for scripts against a
+bare interpreter and curl; cold `apply` against the peer Python clients (ec2-metadata, botocore);
+and what each command imports. cc-imds runs from a byte-compiled copy through a console script,
+as installed.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ sys.path.insert(0, str(REPO))
 from cc_imds.emulator import Emulator  # noqa: E402
 from cc_imds.tree import MetadataTree, load_tree  # noqa: E402
 
-PY39 = REPO / ".venv/py39/bin/python"
+PY39 = REPO / ".venv/bench39/bin/python"
+PY39_CLOUDINIT = REPO / ".venv/py39/bin/python"  # the test venv, which has cloud-init's own dependencies
+PYTHONS = {"3.9": PY39, "3.13": Path(sys.executable)}  # make bench runs this file with .venv/bench (3.13)
+SCRIPT_RUNS = int(os.environ.get("BENCH_SCRIPT_RUNS", "21"))
+PEER_RUNS = int(os.environ.get("BENCH_PEER_RUNS", "11"))
 SIZES = (5, 25, 100)
 LATENCIES = (0.0, 0.001, 0.005)
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
@@ -82,16 +92,28 @@ def timed(command: List[str], env: Dict[str, str], report: Path) -> Tuple[float,
 
 
 def main() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CC_IMDS_CONF_DIR": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1"}
+    from bench import cold
+
     work = Path(tempfile.mkdtemp(prefix="cc-imds-bench-"))
-    env["CC_IMDS_LOCK"] = str(work / "lock")
+    site, tools = cold.install(work, PYTHONS)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site), "CC_IMDS_CONF_DIR": "/nonexistent",
+           "PYTHONDONTWRITEBYTECODE": "1", "CC_IMDS_LOCK": str(work / "lock"),
+           "CC_IMDS_CACHE_DIR": str(work / "validated")}
     results: Dict[str, Any] = {"runs": RUNS, "cells": []}
     emulator = Emulator(bench_tree()).start()
     try:
+        results["scripts"] = cold.scripts(emulator.url, PYTHONS, tools, env, SCRIPT_RUNS)
+        print("scripts: done", file=sys.stderr)
+        emulator.latency = 0.001
+        results["peers"] = cold.peers(emulator.url, PYTHONS, tools, env, work, PEER_RUNS, declaration)
+        print("peers: done", file=sys.stderr)
+        emulator.latency = 0.0
+        results["command_imports"] = cold.import_costs(emulator.url, PYTHONS, tools, env, work, 5, declaration)
+        print("imports per command: done", file=sys.stderr)
         for latency in LATENCIES:
             emulator.latency = latency
             for count in SIZES:
-                results["cells"].append(run_cell(emulator, count, latency, work, env))
+                results["cells"].append(run_cell(emulator, count, latency, work, env, tools["3.9"]))
                 print(f"latency {latency * 1000:.0f} ms, {count} values: done", file=sys.stderr)
     finally:
         emulator.stop()
@@ -104,7 +126,8 @@ def main() -> None:
     write_report(results)
 
 
-def run_cell(emulator: Emulator, count: int, latency: float, work: Path, env: Dict[str, str]) -> Dict[str, Any]:
+def run_cell(emulator: Emulator, count: int, latency: float, work: Path, env: Dict[str, str],
+             cc_imds: Path) -> Dict[str, Any]:
     times: Dict[str, List[float]] = {c: [] for c in CONTENDERS}
     rss: Dict[str, int] = {c: 0 for c in CONTENDERS}
     requests: Dict[str, Tuple[int, int]] = {}
@@ -131,7 +154,7 @@ def run_cell(emulator: Emulator, count: int, latency: float, work: Path, env: Di
             elif contender == "B":
                 decl = work / f"decl-{count}.yaml"
                 decl.write_text(json.dumps({"imds": declaration(count, out, emulator.url)}))
-                seconds, peak = timed([str(PY39), "-m", "cc_imds", "apply", str(decl), "--no-conf-dir"], env, rss_file)
+                seconds, peak = timed([str(cc_imds), "apply", str(decl), "--no-conf-dir"], env, rss_file)
                 rss[contender] = max(rss[contender], peak)
             elif contender in ("C", "D"):
                 flag = ["--token-per-value"] if contender == "D" else []
@@ -187,7 +210,7 @@ def import_costs() -> Dict[str, Any]:
         for _ in range(RUNS):
             env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), site) if p), "PATH": "/usr/bin:/bin",
                    "PYTHONDONTWRITEBYTECODE": "0"}
-            out = subprocess.run([str(PY39), "-c", probe, *preload], env=env, capture_output=True, text=True,
+            out = subprocess.run([str(PY39_CLOUDINIT), "-c", probe, *preload], env=env, capture_output=True, text=True,
                                  check=True).stdout.split()
             samples.append((float(out[0]), float(out[1]), out[2] if len(out) > 2 else ""))
         found[label] = {
@@ -209,8 +232,36 @@ def machine() -> Dict[str, str]:
             "curl": curl, "date": time.strftime("%Y-%m-%d")}
 
 
+def cold_only() -> None:
+    """Refresh the cold-start sections (scripts, peers, imports per command) of results.json."""
+    from bench import cold
+
+    saved = json.loads((REPO / "bench/results.json").read_text())
+    work = Path(tempfile.mkdtemp(prefix="cc-imds-bench-"))
+    site, tools = cold.install(work, PYTHONS)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site), "CC_IMDS_CONF_DIR": "/nonexistent",
+           "PYTHONDONTWRITEBYTECODE": "1", "CC_IMDS_LOCK": str(work / "lock"),
+           "CC_IMDS_CACHE_DIR": str(work / "validated")}
+    emulator = Emulator(bench_tree()).start()
+    try:
+        saved["scripts"] = cold.scripts(emulator.url, PYTHONS, tools, env, SCRIPT_RUNS)
+        emulator.latency = 0.001
+        saved["peers"] = cold.peers(emulator.url, PYTHONS, tools, env, work, PEER_RUNS, declaration)
+        emulator.latency = 0.0
+        saved["command_imports"] = cold.import_costs(emulator.url, PYTHONS, tools, env, work, 5, declaration)
+    finally:
+        emulator.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    (REPO / "bench/results.json").write_text(json.dumps(saved, indent=1))
+    from bench.report import write_report
+
+    write_report(saved)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--imports-only"]:  # refresh the import figures in results.json
+    if sys.argv[1:] == ["--cold-only"]:
+        cold_only()
+    elif sys.argv[1:] == ["--imports-only"]:  # refresh the import figures in results.json
         saved = json.loads((REPO / "bench/results.json").read_text())
         saved["imports"] = import_costs()
         (REPO / "bench/results.json").write_text(json.dumps(saved, indent=1))

@@ -9,13 +9,17 @@ here. Everything else is imported inside `handle`.
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any, Dict, Mapping, Tuple
+
+from .logs import get_logger
+
+TYPE_CHECKING = False  # not typing's: `cc-imds get` imports this package and should not pay for typing
+if TYPE_CHECKING:
+    from typing import Any, Dict, Mapping, Tuple
 
 __version__ = "0.1.0"
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 DEFAULT_CONF_DIR = "/etc/cc-imds/conf.d"
 CONF_DIR_ENV = "CC_IMDS_CONF_DIR"
@@ -68,7 +72,7 @@ def handle(*args: Any, **kwargs: Any) -> None:
 
     declaration = None
     try:
-        declaration = build_declaration(gather(cfg.get("imds"), conf_dir))
+        declaration = build_declaration(gather(cfg.get("imds"), conf_dir), remember=True)
         changes = apply_declaration(declaration, RunOptions())
     except CcImdsError as exc:
         for line in str(exc).splitlines():

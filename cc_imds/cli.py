@@ -9,17 +9,20 @@ could not be written. Errors go to stderr, one line each, without a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
-from .errors import CcImdsError, DeclarationError, ImdsNotFound
+from .errors import CcImdsError, DeclarationError
 
+# Every command imports what it uses when it runs: `cc-imds get` stands in for curl in
+# scripts, so its start-up is the standard library it needs and nothing else (not even
+# `typing`: mypy treats a TYPE_CHECKING of our own like typing's).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, List, Optional, Sequence
+
     from .config import SourceDocument
     from .pipeline import RunOptions
 
@@ -46,6 +49,8 @@ def _conf_dir(args: argparse.Namespace) -> Optional[str]:
 
 
 def _documents(args: argparse.Namespace) -> List[SourceDocument]:
+    from pathlib import Path
+
     from .config import documents_from_file
     from .pipeline import gather
 
@@ -69,6 +74,8 @@ def _lock(args: argparse.Namespace) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .config import build_declaration, documents_from_dir, documents_from_file
 
     problems: List[str] = []
@@ -113,53 +120,65 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def normalise_get_path(raw: str) -> str:
     """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
-    path = raw
-    for prefix in ("http://169.254.169.254", "http://[fd00:ec2::254]"):
-        if path.startswith(prefix):
-            path = path[len(prefix) :]
-    path = path.lstrip("/")
-    if path.startswith("latest/"):
-        path = path[len("latest/") :]
-    return path
+    from .get import imds_path
+
+    return imds_path(raw)
+
+
+def _endpoint_hosts(endpoint: str) -> List[str]:
+    """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
+    from .client import candidate_urls
+
+    if endpoint in ("auto", "ipv4", "ipv6"):
+        return []
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(candidate_urls(endpoint)[0])  # validated there, with a clear message
+    host = parts.hostname or ""
+    return [f"[{host}]:{parts.port or 80}" if ":" in host else f"{host}:{parts.port or 80}"]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from .client import ClientSettings, ImdsClient, choose_endpoint
+    from .get import RAW, get, parse_requests, write_stdout
 
     endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
+    requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
     settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
-    path = normalise_get_path(args.path)
     with ImdsClient(settings) as client:
-        try:
-            body = client.fetch(path)
-        except ImdsNotFound as exc:
-            print(f"cc-imds: {exc}", file=sys.stderr)
-            return 1
-    sys.stdout.buffer.write(body)
-    sys.stdout.flush()
+        data = get(client, requests, args.output or RAW)
+    write_stdout(data)
     return 0
 
 
-class _JournalFormatter(logging.Formatter):
-    """Under systemd (JOURNAL_STREAM is set), a <N> prefix gives each line its journal priority."""
+def _log_for_the_journal(debug: bool) -> None:
+    """The watcher logs every change (INFO). Under systemd (JOURNAL_STREAM is set), a <N>
+    prefix gives each line its journal priority."""
+    import logging
 
-    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    class JournalFormatter(logging.Formatter):
+        PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+        def format(self, record: logging.LogRecord) -> str:
+            return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+    logging.basicConfig(format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)  # no-op after --debug
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if os.environ.get("JOURNAL_STREAM"):
+        for handler in root.handlers:
+            handler.setFormatter(JournalFormatter("%(message)s"))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .config import documents_from_file
     from .handoff import saved_cloud_config
     from .pipeline import gather
     from .watch import Watcher, WatchOptions
 
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if args.debug else logging.INFO)
-    if os.environ.get("JOURNAL_STREAM"):
-        for handler in root.handlers:
-            handler.setFormatter(_JournalFormatter("%(message)s"))
+    _log_for_the_journal(args.debug)
     conf_dir = _conf_dir(args)
     explicit = Path(args.file) if args.file else None
 
@@ -210,6 +229,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return health.code
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive, finite number of seconds")
+    return value
+
+
 def cmd_emulate(args: argparse.Namespace) -> int:
     from .emulator import Emulator
     from .tree import load_tree
@@ -242,6 +272,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def examples_dir() -> Path:
+    from pathlib import Path
+
     here = Path(__file__).resolve().parent
     for candidate in (here / "examples", here.parent / "examples"):
         if candidate.is_dir():
@@ -250,6 +282,9 @@ def examples_dir() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from .config import documents_from_file
     from .emulator import Emulator
     from .pipeline import RunOptions, apply, gather
@@ -296,10 +331,7 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from .config import SourceDocument, build_declaration
-    from .scan import IMDSV1, as_dicts, scan_files, suggest
+    from .scan import IMDSV1, as_dicts, scan_files
 
     try:
         by_file = scan_files(args.path)
@@ -316,18 +348,57 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         print("no IMDS access found")
     if args.suggest:
+        import yaml
+
+        from .config import SourceDocument, build_declaration
+        from .scan import suggest, suggest_get
+
         for name, found in by_file.items():
-            declaration = suggest(found, f"/etc/cc-imds/{Path(name).stem}.sh")
+            declaration = suggest(found, f"/etc/cc-imds/{os.path.splitext(os.path.basename(name))[0]}.sh")
             if not declaration["values"]:
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            command = suggest_get(declaration)
+            if command:
+                print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(command)
             print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
             print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     return 1 if any(f.kind == IMDSV1 for f in findings) else 0
 
 
+def _columns() -> int:
+    """What shutil.get_terminal_size() says, without importing shutil."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+            columns = 80
+    return columns - 2  # as argparse does
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a help formatter that finds the terminal's width itself: argparse's
+    own imports shutil (and the compression modules shutil imports) for every parser it builds,
+    which every start of `cc-imds get` would pay for. Subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cc-imds", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every request to stderr (never tokens or values)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -336,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     def declaration_args(p: argparse.ArgumentParser, *, optional_file: bool = True) -> None:
         p.add_argument("file", nargs="?" if optional_file else "+", metavar="FILE",
                        help="cloud-config with an `imds:` key, or a bare declaration")
-        p.add_argument("--conf-dir", type=Path, help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
+        p.add_argument("--conf-dir", help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
         p.add_argument("--no-conf-dir", action="store_true", help="read no drop-in directory")
         p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
 
@@ -356,13 +427,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock", help="lock file serialising concurrent runs (default /run/cc-imds/lock as root)")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("get", help="print one value: the drop-in for curl in old scripts")
-    p.add_argument("path", help="meta-data/instance-id, /latest/meta-data/..., or the full URL")
+    p = sub.add_parser(
+        "get",
+        allow_abbrev=False,  # --sh is not --shell: scripts say what they mean, and eval relies on it
+        help="print IMDS values for scripts: one like curl, or many in one call for eval",
+        usage="%(prog)s [--shell | --json | --lines] [options] PATH | NAME=PATH [--key KEY] [--default TEXT] ...",
+        description="Print instance metadata values. One PATH prints its bytes as they are (like curl). "
+        "Several values, fetched together with one token: --shell prints NAME='value' lines for eval, "
+        "--json one object, --lines one value per line. Nothing is printed unless every value succeeded.",
+        epilog="PATH is meta-data/..., dynamic/... or user-data, or what curl was given: /latest/PATH or "
+        "http://169.254.169.254/latest/PATH (a dated version such as /2021-07-15/ is read from /latest/). "
+        "After a value: --key KEY takes that top-level key of the JSON document at PATH; --default TEXT "
+        "is used when IMDS answers 404 (only then). "
+        "Example: eval \"$(cc-imds get --shell ID=meta-data/instance-id ENV=meta-data/tags/instance/Env "
+        "--default dev)\"",
+    )
+    form = p.add_mutually_exclusive_group()
+    for flag, text in (("--shell", "NAME='value' lines, quoted for eval in sh, dash and bash"),
+                       ("--json", "one JSON object of NAME: value"),
+                       ("--lines", "one value per line (refused for a value holding a line break)")):
+        form.add_argument(flag, dest="output", action="store_const", const=flag[2:], help=text)
     p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
     p.add_argument("--imdsv1", choices=("never", "fallback"), default="never")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt (default 2)")
-    p.add_argument("--deadline", type=float, default=60.0, help="seconds in all (default 60)")
-    p.set_defaults(func=cmd_get)
+    p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds per attempt (default 2)")
+    p.add_argument("--deadline", type=_seconds, default=60.0, help="seconds in all (default 60)")
+    # Values, and the --key/--default after each, are read in order from what argparse leaves
+    # (see main): argparse cannot tie an option to the positional before it.
+    p.set_defaults(func=cmd_get, takes_values=True)
 
     p = sub.add_parser("watch", help="keep outputs current after boot: refresh values, act on instance events")
     declaration_args(p)
@@ -410,13 +501,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="cc-imds: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "takes_values", False):
+        args.values = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)
+    else:
+        from .logs import on_first_use
+
+        on_first_use(_warnings_to_stderr)
     try:
         return int(args.func(args))
     except CcImdsError as exc:
@@ -425,3 +524,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _warnings_to_stderr() -> None:
+    """Warnings (an IMDSv1 fallback) in the CLI's format; set up only when one is logged."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)

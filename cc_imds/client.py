@@ -8,23 +8,29 @@ never logged.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import http.client
-import logging
 import random
 import socket
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
-from .deadline import Deadline
 from .errors import CcImdsError, ImdsError, ImdsNotFound, ImdsUnreachable
+from .logs import get_logger
 
-LOG = logging.getLogger(__name__)
+# `cc-imds get` runs this module cold in every script that calls it, so it imports only
+# what a single fetch needs (not logging, dataclasses, typing or a thread pool; those are
+# imported where used). mypy treats a TYPE_CHECKING of our own like typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+    from .deadline import Deadline
+
+    Outcome = Union[bytes, ImdsError]
+
+LOG = get_logger(__name__)
 
 IPV4_URL = "http://169.254.169.254"
 IPV6_URL = "http://[fd00:ec2::254]"
@@ -44,11 +50,12 @@ _HOP_LIMIT_MESSAGE = (
 )
 
 
-@dataclass(frozen=True)
 class ClientSettings:
     """Connection settings. Defaults suit boot: IMDS is normally up by the time
-    cloud-init's config stage runs, so failures are rare and a bounded wait is cheap."""
+    cloud-init's config stage runs, so failures are rare and a bounded wait is cheap.
+    Immutable, like a frozen dataclass (which would import `dataclasses` and `inspect`)."""
 
+    # The defaults, readable on the class as on a dataclass (ClientSettings.deadline).
     endpoint: str = "auto"
     imdsv1: str = "never"  # never | fallback
     token_ttl: int = 21600  # seconds; IMDS accepts 1..21600
@@ -57,8 +64,41 @@ class ClientSettings:
     concurrency: int = 8  # parallel GETs, one keep-alive connection each
     max_body: int = 4 * 1024 * 1024  # user-data is at most 16 KiB; nothing legitimate is near this
 
+    def __init__(  # each default is the class attribute above
+        self,
+        endpoint: str = endpoint,
+        imdsv1: str = imdsv1,
+        token_ttl: int = token_ttl,
+        timeout: float = timeout,
+        deadline: float = deadline,
+        concurrency: int = concurrency,
+        max_body: int = max_body,
+    ) -> None:
+        init = object.__setattr__  # immutable to everyone else
+        init(self, "endpoint", endpoint)
+        init(self, "imdsv1", imdsv1)
+        init(self, "token_ttl", token_ttl)
+        init(self, "timeout", timeout)
+        init(self, "deadline", deadline)
+        init(self, "concurrency", concurrency)
+        init(self, "max_body", max_body)
 
-Outcome = Union[bytes, ImdsError]
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ClientSettings is immutable; cannot set {name}")
+
+    _FIELDS = ("endpoint", "imdsv1", "token_ttl", "timeout", "deadline", "concurrency", "max_body")
+
+    def _fields(self) -> Tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClientSettings) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "ClientSettings(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS) + ")"
 
 
 class EndpointError(CcImdsError):
@@ -247,6 +287,8 @@ class ImdsClient:
     ) -> Dict[str, Outcome]:
         """Fetch each distinct path once, concurrently. `expand` turns a directory
         listing into more paths, which are fetched as soon as the listing arrives."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
         if deadline is not None:
             self._deadline_at = deadline.at
         wanted = list(dict.fromkeys(paths))
@@ -488,7 +530,8 @@ def _retry_after_seconds(value: Optional[str]) -> Optional[float]:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    when: datetime.datetime
+    import email.utils  # http.client has imported it already
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -7,13 +7,12 @@ in the drop-in directory. Every problem is reported with its source and location
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import DeclarationError
 from .trust import read_dropins
@@ -142,6 +141,8 @@ class SourceDocument:
     source: str  # "cloud-config", or the file it came from
     root: str  # location prefix: "imds" for cloud-config, "" for a drop-in file
     document: Any
+    digest: Optional[str] = None  # names the file's exact text (cc_imds.validated), when read from one
+    validated: bool = False  # passed the schema before, with this exact text (cc_imds.validated)
 
 
 # -- loading --------------------------------------------------------------------
@@ -170,15 +171,18 @@ def read_yaml(path: Path, text: Optional[str] = None) -> Any:
 
 def documents_from_file(path: Path) -> List[SourceDocument]:
     """A file given on the command line: cloud-config (with an `imds:` key) or a bare declaration."""
-    text = read_text(path)
-    data = read_yaml(path, text)
-    if isinstance(data, dict) and ("imds" in data or text.startswith("#cloud-config")):
-        if "imds" not in data:
-            raise DeclarationError([f"{path}: cloud-config without an `imds:` key"])
-        return [SourceDocument(str(path), "imds", data["imds"])]
-    if data is None:
-        raise DeclarationError([f"{path}: empty file"])
-    return [SourceDocument(str(path), "", data)]
+
+    def parse(text: str) -> List[SourceDocument]:
+        data = read_yaml(path, text)
+        if isinstance(data, dict) and ("imds" in data or text.startswith("#cloud-config")):
+            if "imds" not in data:
+                raise DeclarationError([f"{path}: cloud-config without an `imds:` key"])
+            return [SourceDocument(str(path), "imds", data["imds"])]
+        if data is None:
+            raise DeclarationError([f"{path}: empty file"])
+        return [SourceDocument(str(path), "", data)]
+
+    return _remembered_or_parsed(path, read_text(path), parse)
 
 
 def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
@@ -186,10 +190,28 @@ def documents_from_dir(conf_dir: Path) -> List[SourceDocument]:
     A missing directory is empty."""
     docs = []
     for path, text in read_dropins(conf_dir):
-        data = read_yaml(path, text)
-        if data is not None:  # an empty drop-in is allowed, as an empty systemd drop-in is
-            docs.append(SourceDocument(str(path), "", data))
+
+        def parse(text: str, path: Path = path) -> List[SourceDocument]:
+            data = read_yaml(path, text)
+            # An empty drop-in is allowed, as an empty systemd drop-in is.
+            return [SourceDocument(str(path), "", data)] if data is not None else []
+
+        docs.extend(_remembered_or_parsed(path, text, parse))
     return docs
+
+
+def _remembered_or_parsed(
+    path: Path, text: str, parse: Callable[[str], List[SourceDocument]]
+) -> List[SourceDocument]:
+    """The file's documents: as remembered from an earlier validation of this exact text
+    (no YAML, no schema: see cc_imds.validated), or freshly parsed."""
+    from . import validated
+
+    digest = validated.key(text)
+    known = validated.recall(digest)
+    if known is not None:
+        return [SourceDocument(str(path), root, document, digest, validated=True) for root, document in known]
+    return [replace(doc, digest=digest) for doc in parse(text)]
 
 
 # -- schema ---------------------------------------------------------------------
@@ -228,6 +250,8 @@ def _describe(error: Any) -> Tuple[List[Any], str]:
             return path, f"invalid name(s) {', '.join(map(repr, extra))}: {hint or 'not allowed'}"
         suggestions = []
         for key in extra:
+            import difflib  # only for messages: a valid declaration never needs it
+
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
             suggestions.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         return path, f"unknown key(s) {', '.join(suggestions)}; allowed: {', '.join(sorted(allowed))}"
@@ -352,6 +376,8 @@ def _events_from(doc: SourceDocument, problems: List[str]) -> List[EventAction]:
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
+    import difflib  # only for messages: a valid declaration never needs it
+
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -385,18 +411,24 @@ def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems
     )
 
 
-def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
+def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False) -> Declaration:
     """Validate every document, merge them, and check what they mean together.
 
     Merge rules: values with the same name must have the same spec (then they are
     shared); no two outputs may write one path; a variable name must mean the same
     value in every env output. Connection settings: later sources win, so with
     drop-ins in lexical order followed by cloud-config, cloud-config wins.
+
+    With `remember`, files whose text passed are recorded (cc_imds.validated), so that
+    their unchanged text skips YAML and the schema next time. Only runs that act (apply,
+    the module) record; validate and plan only read the record, and leave no trace.
     """
-    schema = load_schema()
     problems: List[str] = []
-    for doc in docs:
-        problems.extend(schema_problems(doc, schema))
+    unchecked = [doc for doc in docs if not doc.validated]
+    if unchecked:  # jsonschema is imported only when some document needs it
+        schema = load_schema()
+        for doc in unchecked:
+            problems.extend(schema_problems(doc, schema))
     if problems:
         raise DeclarationError(problems)
 
@@ -422,7 +454,21 @@ def build_declaration(docs: Sequence[SourceDocument]) -> Declaration:
     _check_outputs(values, env, files, problems)
     if problems:
         raise DeclarationError(problems)
+    if remember:
+        _remember(unchecked)
     return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs), tuple(events))
+
+
+def _remember(checked: Sequence[SourceDocument]) -> None:
+    """Record each file whose documents all passed, so its unchanged text skips YAML and the schema."""
+    from . import validated
+
+    by_file: Dict[str, List[SourceDocument]] = {}
+    for doc in checked:
+        if doc.digest is not None:
+            by_file.setdefault(doc.digest, []).append(doc)
+    for digest, file_docs in by_file.items():
+        validated.remember(digest, [(doc.root, doc.document) for doc in file_docs])
 
 
 def _check_outputs(

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
 
-Clock = Callable[[], float]
+TYPE_CHECKING = False  # not typing's, which `cc-imds get` would import for nothing
+if TYPE_CHECKING:
+    from typing import Callable
+
+    Clock = Callable[[], float]
 
 
 class DeadlineExceeded(Exception):

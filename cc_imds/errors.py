@@ -6,7 +6,9 @@ a token, a credential or a value marked sensitive.
 
 from __future__ import annotations
 
-from typing import Iterable, List
+TYPE_CHECKING = False  # not typing's, which `cc-imds get` would import for nothing
+if TYPE_CHECKING:
+    from typing import Iterable, List
 
 
 class CcImdsError(Exception):

@@ -9,10 +9,24 @@ which no shell expands.
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Dict, Sequence, Tuple
 
 FORMATS = ("shell", "systemd", "dotenv", "json")
 HEADER = "# Written by cc-imds from instance metadata. Local changes are overwritten.\n"
+
+
+# Names no output may set, whoever chose them (a tag key through `expand`, a script through
+# `cc-imds get`): they change how a shell, the dynamic loader or a runtime behaves.
+_REFUSED_NAMES = re.compile(
+    r"^(PATH|IFS|ENV|BASH_ENV|CDPATH|HOME|SHELL|SHELLOPTS|BASHOPTS|PS[0-4]|PROMPT_COMMAND|"
+    r"LD_[A-Z_]*|PYTHON[A-Z_]*|PERL5?LIB|PERL5OPT|RUBYOPT|NODE_OPTIONS|GCONV_PATH|HOSTALIASES)$"
+)
+
+
+def refused_variable(name: str) -> bool:
+    """True for a variable name that an environment file or `cc-imds get` must never set."""
+    return _REFUSED_NAMES.match(name) is not None
 
 
 class FormatProblem(ValueError):

@@ -70,7 +70,7 @@ def run_deadline(declaration: Declaration) -> Deadline:
 
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
-    return apply_declaration(build_declaration(docs), options)
+    return apply_declaration(build_declaration(docs, remember=True), options)
 
 
 def apply_declaration(declaration: Declaration, options: RunOptions) -> List[Change]:

@@ -12,7 +12,7 @@ from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import Declaration, EnvOutput, FileOutput, Origin
 from .errors import RenderError
-from .formats import QUOTERS, FormatProblem, render_env
+from .formats import QUOTERS, FormatProblem, refused_variable, render_env
 from .resolve import Value, Values
 from .templates import TemplateProblem, render_template
 
@@ -20,12 +20,6 @@ REDACTED = "<redacted>"
 DEFAULT_MODE = 0o644
 SENSITIVE_MODE = 0o600
 
-# Expanded names come from IMDS (tag keys). Never let them set variables that change
-# how a shell or the dynamic loader behaves.
-_DANGEROUS_NAMES = re.compile(
-    r"^(PATH|IFS|ENV|BASH_ENV|CDPATH|HOME|SHELL|SHELLOPTS|BASHOPTS|PS[0-4]|PROMPT_COMMAND|"
-    r"LD_[A-Z_]*|PYTHON[A-Z_]*|PERL5?LIB|PERL5OPT|RUBYOPT|NODE_OPTIONS|GCONV_PATH|HOSTALIASES)$"
-)
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -83,7 +77,7 @@ def env_pairs(output: EnvOutput, values: Values, redact: bool, problems: List[st
             if variable in claimed:
                 problems.append(f"{where}: entry {entry!r} becomes {variable}, already set by {claimed[variable]}")
                 continue
-            if _DANGEROUS_NAMES.match(variable):
+            if refused_variable(variable):
                 problems.append(f"{where}: entry {entry!r} would set {variable}, which is refused")
                 continue
             claimed[variable] = f"expand.{name} entry {entry!r}"

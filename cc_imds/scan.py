@@ -273,5 +273,26 @@ def suggest(findings: List[Finding], env_path: str) -> Dict[str, Any]:
     return declaration
 
 
+def suggest_get(declaration: Dict[str, Any]) -> Optional[str]:
+    """The suggested declaration's variables as one `cc-imds get --shell` call, for a script
+    that reads several values: one process and one token instead of a curl per value."""
+    import shlex
+
+    from .formats import refused_variable
+
+    env = declaration.get("env") or [{}]
+    variables = {var: name for var, name in env[0].get("vars", {}).items() if not refused_variable(var)}
+    if len(variables) < 2:
+        return None
+    args = []
+    for variable, name in variables.items():
+        spec = declaration["values"][name]
+        path, key = (spec, None) if isinstance(spec, str) else (spec["path"], spec.get("key"))
+        args.append(" ".join(shlex.quote(a) for a in [f"{variable}={path}", *(["--key", key] if key else [])]))
+    # Two steps: the assignment carries cc-imds's exit status (set -e stops there); eval of
+    # empty output would succeed.
+    return 'values=$(cc-imds get --shell \\\n' + " \\\n".join(f"    {a}" for a in args) + ')\neval "$values"'
+
+
 def as_dicts(findings: List[Finding]) -> List[Dict[str, Any]]:
     return [{**asdict(f), "replacement": f.replacement} for f in findings]

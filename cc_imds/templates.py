@@ -2,14 +2,17 @@
 
 Undefined names are errors (StrictUndefined), nothing is HTML-escaped, and the
 sandbox refuses access to Python internals (`__class__`, `mro()` and the like).
-Jinja2 is imported lazily: this module is only loaded when a declaration has files.
+Jinja2 is imported lazily: this module is only loaded when a declaration has files,
+and a template that is only text and `{{ name }}` substitutions of text values is
+rendered without it, exactly as Jinja2 renders it (a property test compares the two).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
-from typing import Any, FrozenSet, Mapping
+from typing import Any, FrozenSet, Mapping, Optional
 
 from .formats import FormatProblem, quote_shell, quote_systemd
 
@@ -41,8 +44,32 @@ def environment() -> Any:
     return env
 
 
+_SUBSTITUTION = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+# Names that mean something else to Jinja2: literals, operators, its globals and loop helpers.
+_JINJA_NAMES = frozenset(
+    "true false none True False None and or not in is if else range dict lipsum cycler joiner namespace "
+    "loop self caller varargs kwargs".split()
+)
+
+
+def plain_names(source: str) -> Optional[FrozenSet[str]]:
+    """The names of a template made only of text and `{{ name }}`, or None for anything that
+    needs Jinja2: blocks, comments, filters, attributes, whitespace control, and carriage
+    returns (which Jinja2 turns into newlines)."""
+    if "\r" in source:
+        return None
+    names = _SUBSTITUTION.findall(source)
+    rest = _SUBSTITUTION.sub("", source)
+    if "{{" in rest or "{%" in rest or "{#" in rest or _JINJA_NAMES.intersection(names):
+        return None
+    return frozenset(names)
+
+
 def referenced_names(source: str) -> FrozenSet[str]:
     """The top-level names a template reads; raises TemplateProblem on a syntax error."""
+    plain = plain_names(source)
+    if plain is not None:
+        return plain
     from jinja2 import TemplateSyntaxError, meta
 
     env = environment()
@@ -54,6 +81,9 @@ def referenced_names(source: str) -> FrozenSet[str]:
 
 
 def render_template(source: str, context: Mapping[str, Any]) -> str:
+    plain = plain_names(source)
+    if plain is not None and all(isinstance(context.get(name), str) for name in plain):
+        return _SUBSTITUTION.sub(lambda match: str(context[match.group(1)]), source)
     from jinja2 import TemplateError
     from jinja2.exceptions import SecurityError
 

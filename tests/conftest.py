@@ -52,6 +52,12 @@ def _private_lock(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(autouse=True)
+def _private_validation_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the host's record of validated declarations (cc_imds.validated)."""
+    monkeypatch.setenv("CC_IMDS_CACHE_DIR", str(tmp_path_factory.mktemp("validated")))
+
+
+@pytest.fixture(autouse=True)
 def _private_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never touch the host's /run/cc-imds (the watcher's marker, status and state)."""
     monkeypatch.setenv("CC_IMDS_RUN_DIR", str(tmp_path_factory.mktemp("run") / "cc-imds"))

@@ -31,3 +31,13 @@ def test_curl_script_matches_cc_imds(cli: Callable, make_emulator: Callable[...,
     for name in ("bench.sh", "bench.conf"):
         assert (tmp_path / "curl" / name).read_bytes() == (tmp_path / "cc-imds" / name).read_bytes()
     assert emulator.count("PUT") == (1 if not flag else 5 + 1 + 20 + 1 + 1)
+
+
+def test_curl_values_script_prints_what_get_shell_prints(cli: Callable, make_emulator: Callable[..., Emulator]) -> None:
+    emulator = make_emulator(bench_tree())
+    pairs = [f"V{i:03d}=meta-data/bench/v{i:03d}" for i in range(10)]
+    got = cli("get", "--shell", *pairs, "--endpoint", emulator.url)
+    assert got.returncode == 0, got.stderr
+    curl = subprocess.run(["bash", str(REPO / "bench/curl-values.sh"), emulator.url, *pairs], capture_output=True,
+                          check=True)
+    assert curl.stdout == got.stdout

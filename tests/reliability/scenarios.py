@@ -41,6 +41,9 @@ SCENARIOS = {
     "hostile-values": "Hostile tag values: exact through shell (bash, dash) and json; systemd and dotenv refuse",
     "generated-declarations": "Generated invalid declarations: located errors, no traceback, nothing written",
     "sandbox-escape": "A template reaching for Python internals: refused, nothing written",
+    "get-all-or-nothing": "get --shell with three of four values failing: all three named, no value printed",
+    "get-one-token": "get --json of six values: one process, 1 PUT and one GET per value",
+    "get-url-forms": "get with dated-version, :80 and IPv6 URLs, and foreign hosts: the right path, or exit 2 at once",
     "watch-imds-outage": "cc-imds watch, IMDS down for several polls: files byte-identical (no `default` used), "
     "status exits 3, recovers by itself",
     "watch-credentials-expire-while-down": "cc-imds watch, IMDS down until credentials expire: status exits 6, "

@@ -1,0 +1,125 @@
+"""Each command imports what it uses, and nothing else: checked in a fresh interpreter, from
+sys.modules after the command ran. `cc-imds get` stands in for curl in scripts, so it runs
+on the standard library alone, and only the parts of cc_imds it needs.
+
+(How long imports take is measured in bench/, never asserted here.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+
+from cc_imds.emulator import Emulator
+from tests.conftest import EXAMPLES, REPO
+
+# Runs a command in-process, then reports what it imported: third-party top-level packages
+# (anything outside the standard library) and cc_imds's own modules.
+PROBE = r"""
+import sys
+before = set(sys.modules)
+from cc_imds.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+loaded = set(sys.modules) - before
+import json, os, sysconfig
+stdlib = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
+def third_party(name):
+    where = getattr(sys.modules[name], "__file__", None)
+    if not where or name.split(".")[0] == "cc_imds":
+        return False
+    where = os.path.realpath(where)
+    return "-packages" in where or not any(where.startswith(p + os.sep) for p in stdlib)
+with open(os.environ["PROBE_OUT"], "w") as out:
+    json.dump({"code": code, "third_party": sorted({n.split(".")[0] for n in loaded if third_party(n)}),
+               "cc_imds": sorted(n for n in loaded if n.split(".")[0] == "cc_imds"),
+               "stdlib": sorted(n for n in loaded if n.split(".")[0] != "cc_imds" and not third_party(n))}, out)
+"""
+
+GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.errors", "cc_imds.get", "cc_imds.logs"]
+# Standard-library modules a single `get` has no use for (each costs milliseconds at start-up).
+NOT_FOR_GET = ["logging", "typing", "dataclasses", "inspect", "tempfile", "pathlib", "concurrent.futures", "json"]
+
+
+def imported(tmp_path: Path, *args: str) -> Dict[str, object]:
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PROBE_OUT": str(out), "CC_IMDS_CONF_DIR": "/nonexistent"}
+    subprocess.run([sys.executable, "-c", PROBE, *args], env=env, capture_output=True, check=True, timeout=120)
+    result: Dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+def test_get_runs_on_the_standard_library_and_the_client_alone(emulator: Emulator, tmp_path: Path) -> None:
+    found = imported(tmp_path, "get", "meta-data/instance-id", "--endpoint", emulator.url)
+    assert found["code"] == 0
+    assert found["third_party"] == []
+    assert found["cc_imds"] == GET_MODULES
+    assert [m for m in NOT_FOR_GET if m in found["stdlib"]] == []  # type: ignore[operator]
+
+
+def test_get_many_values_adds_only_the_shell_quoting_and_a_thread_pool(emulator: Emulator, tmp_path: Path) -> None:
+    found = imported(tmp_path, "get", "--shell", "A=meta-data/instance-id", "B=meta-data/placement/region",
+                     "--endpoint", emulator.url)
+    assert found["code"] == 0
+    assert found["third_party"] == []
+    assert found["cc_imds"] == sorted([*GET_MODULES, "cc_imds.formats"])
+
+
+def test_get_failures_import_nothing_more(tmp_path: Path) -> None:
+    found = imported(tmp_path, "get", "--shell", "PATH=meta-data/x", "--timeout", "1")
+    assert (found["code"], found["third_party"]) == (2, [])
+    found = imported(tmp_path, "get", "meta-data/x", "--timeout", "nan")
+    assert (found["code"], found["third_party"]) == (2, [])
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        # Without templates, nothing needs Jinja2.
+        (["validate", "DECL"], {"yaml", "jsonschema"}),
+        (["plan", "DECL", "--no-conf-dir", "--metadata", str(REPO / "cc_imds/data/default-tree.json")],
+         {"yaml", "jsonschema"}),
+        # A template that is only text and {{ name }} does not need it either; a filter does.
+        (["validate", str(EXAMPLES / "iam-credentials.yaml")], {"yaml", "jsonschema"}),
+        (["validate", "TEMPLATE"], {"yaml", "jsonschema", "jinja2"}),
+        (["scan", "SCRIPT"], set()),
+        (["scan", "SCRIPT", "--suggest"], {"yaml", "jsonschema"}),
+    ],
+)
+def test_each_command_imports_what_it_uses(tmp_path: Path, args: List[str], allowed: set) -> None:
+    decl = tmp_path / "decl.yaml"
+    decl.write_text("values:\n  id: meta-data/instance-id\nenv:\n  - {path: /x.env, format: shell, vars: {ID: id}}\n")
+    script = tmp_path / "boot.sh"
+    script.write_text("ID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)\n")
+    template = tmp_path / "template.yaml"
+    template.write_text("values:\n  id: meta-data/instance-id\n"
+                        "files:\n  - {path: /x.sh, content: '{{ id | shell_quote }}'}\n")
+    args = [{"DECL": str(decl), "SCRIPT": str(script), "TEMPLATE": str(template)}.get(a, a) for a in args]
+    found = imported(tmp_path, *args)
+    assert found["code"] in (0, 1)
+    # jsonschema's and Jinja2's own dependencies come with them.
+    helpers = {"attr", "attrs", "pyrsistent", "six", "markupsafe", "referencing", "rpds", "jsonschema_specifications",
+               "idna", "jsonpointer", "importlib_metadata", "zipp", "typing_extensions", "_cffi_backend", "pvectorc"}
+    packages = set(found["third_party"]) - helpers  # type: ignore[call-overload]
+    assert packages == allowed
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "apply", "get", "emulate", "scan", "enable-module", "demo"])
+def test_help_of_every_command_needs_no_third_party_module(tmp_path: Path, command: str) -> None:
+    found = imported(tmp_path, command, "--help")
+    assert (found["code"], found["third_party"]) == (0, [])
+
+
+def test_the_probe_sees_third_party_modules(tmp_path: Path, cli: Callable) -> None:
+    """The check above cannot pass by seeing nothing: a command that needs yaml shows it."""
+    decl = tmp_path / "decl.yaml"
+    decl.write_text("values:\n  id: meta-data/instance-id\nenv:\n  - {path: /x.env, format: shell, vars: {ID: id}}\n")
+    assert "yaml" in imported(tmp_path, "validate", str(decl))["third_party"]  # type: ignore[operator]

@@ -1,0 +1,47 @@
+"""Templates of plain text and `{{ name }}` are rendered without Jinja2: exactly as Jinja2
+renders them, which hypothesis checks on generated templates full of near-misses."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cc_imds.templates import environment, plain_names, referenced_names, render_template
+
+NAMES = st.sampled_from(["region", "instance_id", "x", "_y2", "true", "None", "range", "loop", "if", "not"])
+PIECES = st.one_of(
+    st.text(st.sampled_from(list("ab \n\r\t{}%#-|.()'\"")), max_size=6),
+    st.builds(lambda n, left, right: "{{" + left + n + right + "}}", NAMES,
+              st.sampled_from(["", " ", "  ", "- ", "\t"]), st.sampled_from(["", " ", " -", "\t"])),
+    st.builds(lambda n: "{{ " + n + " | upper }}", NAMES),
+    st.builds(lambda n: "{{ " + n + ".a }}", NAMES),
+    st.sampled_from(["{% if x %}a{% endif %}", "{# c #}", "{{", "}}", "{%", "{#", "{{ }}", "{{x}}"]),
+)
+
+
+@settings(max_examples=400, deadline=None)  # timing is not the point; the machine may be loaded
+@given(st.lists(PIECES, max_size=8), st.text(max_size=5))
+def test_plain_templates_render_exactly_as_jinja2_does(pieces: List[str], value: str) -> None:
+    source = "".join(pieces)
+    names = plain_names(source)
+    if names is None:
+        return
+    from jinja2 import meta
+
+    assert names == meta.find_undeclared_variables(environment().parse(source))
+    context: Dict[str, str] = {name: f"{value}<{name}>" for name in names}
+    assert render_template(source, context) == environment().from_string(source).render(**context)
+    assert referenced_names(source) == names
+
+
+def test_what_is_plain() -> None:
+    assert plain_names("region = {{ region }}\nid = {{instance_id}}\n") == {"region", "instance_id"}
+    for needs_jinja in ("{{ region | upper }}", "{{ tags.Name }}", "{% if a %}{% endif %}", "{# note #}",
+                        "{{- region }}", "a\r\n{{ region }}", "{{ true }}", "{{ region"):
+        assert plain_names(needs_jinja) is None, needs_jinja
+
+
+def test_a_mapping_value_goes_through_jinja2() -> None:
+    assert render_template("{{ tags }}", {"tags": {"Name": "web"}}) == "{'Name': 'web'}"
