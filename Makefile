@@ -141,5 +141,6 @@ $(VENV)/bench39/.ready: constraints/al2023.txt constraints/bench.txt
 
 bench: $(VENV)/bench/.ready $(VENV)/bench39/.ready $(VENV)/py39/.ready cloud-init
 	$(VENV)/bench/bin/python bench/run.py
+	$(VENV)/bench/bin/python bench/watch.py
 
 .PHONY: bench

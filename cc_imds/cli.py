@@ -30,6 +30,17 @@ if TYPE_CHECKING:
     from .pipeline import RunOptions
 
 
+def _lifetime(text: str) -> float:
+    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if seconds != 0 and not 1 <= seconds <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
+    return seconds
+
+
 def _conf_dir(args: argparse.Namespace) -> Optional[str]:
     if args.no_conf_dir:
         return None
@@ -143,6 +154,84 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_for_the_journal(debug: bool) -> None:
+    """The watcher logs every change (INFO). Under systemd (JOURNAL_STREAM is set), a <N>
+    prefix gives each line its journal priority."""
+    import logging
+
+    class JournalFormatter(logging.Formatter):
+        PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+        def format(self, record: logging.LogRecord) -> str:
+            return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+    logging.basicConfig(format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)  # no-op after --debug
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if os.environ.get("JOURNAL_STREAM"):
+        for handler in root.handlers:
+            handler.setFormatter(JournalFormatter("%(message)s"))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import documents_from_file
+    from .handoff import saved_cloud_config
+    from .pipeline import gather
+    from .watch import Watcher, WatchOptions
+
+    _log_for_the_journal(args.debug)
+    conf_dir = _conf_dir(args)
+    explicit = Path(args.file) if args.file else None
+
+    def load() -> List[SourceDocument]:
+        """Drop-ins, then FILE or this boot's saved `imds:` key: the boot run's own order."""
+        if explicit is not None:
+            docs = gather(conf_dir=conf_dir, documents=documents_from_file(explicit))
+        else:
+            docs = gather(saved_cloud_config(), conf_dir)
+        if not docs:
+            raise DeclarationError([f"no declaration: no *.yaml in {conf_dir}, and the boot run saved no "
+                                    "imds: key (give a FILE to watch another declaration)"])
+        return docs
+
+    options = WatchOptions(endpoint=args.endpoint, lock_path=_lock(args), owns_marker=explicit is None)
+    return Watcher(load, options).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from . import rundir
+    from .handoff import watcher_needed
+    from .status import NOT_RUNNING, as_json, assess, is_status_document, render_text
+
+    directory = rundir.run_dir()
+    try:
+        document = rundir.read_json(directory / rundir.STATUS)
+    except rundir.RunDirError as exc:
+        print(f"cc-imds: {exc}", file=sys.stderr)
+        return NOT_RUNNING
+    if document is not None and not is_status_document(document):
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version", file=sys.stderr)
+        return NOT_RUNNING
+    now = time.time()
+    health = assess(document, watcher_needed(directory), now)
+    text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
+        render_text(document, health, now))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        if not isinstance(exc, BrokenPipeError):  # `cc-imds status | head`: the reader has what it wanted
+            print(f"cc-imds: cannot write to standard output: {exc.strerror}", file=sys.stderr)
+            return 4
+    return health.code
+
+
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
     try:
@@ -164,11 +253,27 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
     emulator.latency = args.latency
+    if args.credential_lifetime:
+        emulator.rotate_credentials_every(args.credential_lifetime)
+    control = None
+    if args.control_port is not None:
+        from .control import ControlServer
+
+        try:
+            control = ControlServer(emulator, host=args.host, port=args.control_port).start()
+        except (ValueError, OSError) as exc:
+            print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
+            return 2
     print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
+    if control is not None:
+        print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
     try:
         emulator.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        if control is not None:
+            control.stop()
     return 0
 
 
@@ -388,6 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     # (see main): argparse cannot tie an option to the positional before it.
     p.set_defaults(func=cmd_get, takes_values=True)
 
+    p = sub.add_parser("watch", help="keep outputs current after boot: refresh values, act on instance events")
+    declaration_args(p)
+    p.add_argument("--lock", help="lock file shared with apply (default /run/cc-imds/lock as root)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("status", help="what the watcher does; exit 3-6 when it fails or credentials expired")
+    p.add_argument("--json", action="store_true", help="the status and its judgement as JSON")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("emulate", help="run the strict IMDSv2 emulator")
     p.add_argument("--tree", help="JSON metadata tree (flat or AEMM format); default: the bundled one")
     p.add_argument("--host", default="127.0.0.1")
@@ -395,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("required", "optional", "disabled", "v1-only"), default="required")
     p.add_argument("--no-tags", action="store_true", help="serve tags/instance/ as 404")
     p.add_argument("--latency", type=number(0, 3600), default=0.0, help="seconds added to every response")
+    p.add_argument("--control-port", type=number(0, 65535, integer=True), metavar="N",
+                   help="serve the control endpoint (change values, rotate credentials, announce events) on N")
+    p.add_argument("--credential-lifetime", type=_lifetime, default=21600.0, metavar="SECONDS",
+                   help="rotate credentials by themselves, each set living SECONDS (default 21600, as EC2; 0: never)")
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("enable-module", help="add imds to cloud-init's effective module list via a generated drop-in")

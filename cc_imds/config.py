@@ -24,6 +24,11 @@ ALWAYS_SENSITIVE_PREFIXES = (
     "meta-data/identity-credentials/",
     "user-data",
 )
+# Documents under these paths carry an `Expiration`: `cc-imds watch` refreshes them before it.
+CREDENTIAL_PREFIXES = ("meta-data/iam/security-credentials/", "meta-data/identity-credentials/")
+ON_CHANGE_TIMEOUT = 60.0
+EVENT_TIMEOUT = 120.0  # a spot interruption notice comes two minutes ahead
+EVENT_POLL = 5.0  # AWS suggests checking for the spot notice every 5 s
 
 
 # -- the typed declaration ----------------------------------------------------
@@ -50,18 +55,43 @@ class ValueSpec:
     default: Optional[str]
     sensitive: bool
     origin: Origin
+    refresh: Optional[float] = None  # seconds between refreshes after boot; None: once per boot
 
     @property
     def is_directory(self) -> bool:
         return self.path.endswith("/")
 
+    @property
+    def is_credential(self) -> bool:
+        """Credentials expire, so they are refreshed after boot whatever `refresh` says."""
+        return self.path.startswith(CREDENTIAL_PREFIXES)
+
     def same_as(self, other: ValueSpec) -> bool:
-        return (self.path, self.key, self.default, self.sensitive) == (
+        return (self.path, self.key, self.default, self.sensitive, self.refresh) == (
             other.path,
             other.key,
             other.default,
             other.sensitive,
+            other.refresh,
         )
+
+
+@dataclass(frozen=True)
+class Command:
+    """An argv list run without a shell, killed after `timeout` seconds."""
+
+    argv: Tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class EventAction:
+    """`events[]`: run `command` once per notice of `event`, polled every `poll` seconds."""
+
+    event: str
+    command: Command
+    poll: float
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -73,6 +103,7 @@ class EnvOutput:
     owner: Optional[str]
     permissions: Optional[int]
     origin: Origin
+    on_change: Optional[Command] = None
 
     @property
     def uses(self) -> FrozenSet[str]:
@@ -87,6 +118,7 @@ class FileOutput:
     permissions: Optional[int]
     origin: Origin
     uses: FrozenSet[str] = field(default_factory=frozenset)
+    on_change: Optional[Command] = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,7 @@ class Declaration:
     env: Tuple[EnvOutput, ...]
     files: Tuple[FileOutput, ...]
     sources: Tuple[str, ...]
+    events: Tuple[EventAction, ...] = ()
 
     def is_sensitive(self, names: Iterable[str]) -> bool:
         return any(self.values[n].sensitive for n in names if n in self.values)
@@ -333,7 +366,8 @@ def _values_from(doc: SourceDocument, problems: List[str]) -> List[ValueSpec]:
         if directory and ("key" in spec or "default" in spec):
             problems.append(f"{where}: a directory path ({path}) takes neither `key` nor `default`")
         sensitive = bool(spec.get("sensitive", False)) or path.startswith(ALWAYS_SENSITIVE_PREFIXES)
-        specs.append(ValueSpec(name, path, spec.get("key"), spec.get("default"), sensitive, where))
+        refresh = _refresh(spec.get("refresh"), path, where.child("refresh"), problems)
+        specs.append(ValueSpec(name, path, spec.get("key"), spec.get("default"), sensitive, where, refresh))
     return specs
 
 
@@ -354,6 +388,60 @@ def _setting(doc: SourceDocument, key: str, schema: Mapping[str, Any], problems:
     return int(value) if rule["type"] == "integer" else value
 
 
+def _refresh(raw: Any, path: str, where: Origin, problems: List[str]) -> Optional[float]:
+    """Absent or `boot` -> None (once per boot); a period -> seconds. The schema checked type and range."""
+    if raw is None:
+        return None
+    if raw == "boot":
+        if path.startswith(CREDENTIAL_PREFIXES):
+            problems.append(
+                f"{where}: credentials expire, so they are refreshed before their Expiration; "
+                "remove `refresh: boot` (or give a period to refresh them more often)"
+            )
+        return None
+    if not math.isfinite(raw):
+        problems.append(f"{where}: {raw!r} must be a finite number of seconds")
+        return None
+    return float(raw)
+
+
+def _seconds(raw: Any, default: float, where: Origin, problems: List[str]) -> float:
+    if raw is None:
+        return default
+    if not math.isfinite(raw):
+        problems.append(f"{where}: {raw!r} must be a finite number of seconds")
+        return default
+    return float(raw)
+
+
+def _command(raw: Mapping[str, Any], default_timeout: float, where: Origin, problems: List[str]) -> Command:
+    """`run` (argv) and `timeout`, at `where`: an `on_change` object or an `events[]` entry."""
+    argv = tuple(raw["run"])
+    if any("\0" in arg for arg in argv):
+        problems.append(f"{where.child('run')}: a command argument contains a NUL byte")
+    return Command(argv, _seconds(raw.get("timeout"), default_timeout, where.child("timeout"), problems))
+
+
+def _on_change(raw: Any, where: Origin, problems: List[str]) -> Optional[Command]:
+    """`on_change`: an argv list, or {run: argv, timeout: seconds}."""
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        return _command({"run": raw}, ON_CHANGE_TIMEOUT, where, problems)
+    return _command(raw, ON_CHANGE_TIMEOUT, where, problems)
+
+
+def _events_from(doc: SourceDocument, problems: List[str]) -> List[EventAction]:
+    origin = Origin(doc.source, doc.root).child("events")
+    actions = []
+    for index, raw in enumerate(doc.document.get("events") or []):
+        where = origin.child(f"[{index}]")
+        command = _command(raw, EVENT_TIMEOUT, where, problems)
+        poll = _seconds(raw.get("poll"), EVENT_POLL, where.child("poll"), problems)
+        actions.append(EventAction(raw["event"], command, poll, where))
+    return actions
+
+
 def _suggest(name: str, known: Iterable[str]) -> str:
     import difflib  # only for messages: a valid declaration never needs it
 
@@ -361,7 +449,7 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any]) -> EnvOutput:
+def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems: List[str]) -> EnvOutput:
     where = Origin(doc.source, doc.root).child("env").child(f"[{index}]")
     return EnvOutput(
         path=raw["path"],
@@ -371,6 +459,7 @@ def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any]) -> EnvOut
         owner=raw.get("owner"),
         permissions=_mode(raw.get("permissions")),
         origin=where,
+        on_change=_on_change(raw.get("on_change"), where.child("on_change"), problems),
     )
 
 
@@ -383,7 +472,10 @@ def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems
     except TemplateProblem as exc:
         problems.append(f"{where.child('content')}: {exc}")
         uses = frozenset()
-    return FileOutput(raw["path"], raw["content"], raw.get("owner"), _mode(raw.get("permissions")), where, uses)
+    on_change = _on_change(raw.get("on_change"), where.child("on_change"), problems)
+    return FileOutput(
+        raw["path"], raw["content"], raw.get("owner"), _mode(raw.get("permissions")), where, uses, on_change
+    )
 
 
 def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False) -> Declaration:
@@ -410,6 +502,7 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
     values: Dict[str, ValueSpec] = {}
     env: List[EnvOutput] = []
     files: List[FileOutput] = []
+    events: List[EventAction] = []
     for doc in docs:
         for key in CONNECTION_KEYS:
             if key in doc.document:
@@ -420,15 +513,16 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
                 values[spec.name] = spec
             elif not earlier.same_as(spec):
                 problems.append(f"{spec.origin}: conflicts with the value of the same name at {earlier.origin}")
-        env.extend(_env_from(doc, i, raw) for i, raw in enumerate(doc.document.get("env") or []))
+        env.extend(_env_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("env") or []))
         files.extend(_file_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("files") or []))
+        events.extend(_events_from(doc, problems))
 
     _check_outputs(values, env, files, problems)
     if problems:
         raise DeclarationError(problems)
     if remember:
         _remember(unchecked)
-    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs))
+    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs), tuple(events))
 
 
 def _remember(checked: Sequence[SourceDocument]) -> None:

@@ -110,7 +110,10 @@ def run_deadline(declaration: Declaration) -> Deadline:
 
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
-    declaration = build_declaration(docs, remember=True)
+    return apply_declaration(build_declaration(docs, remember=True), options)
+
+
+def apply_declaration(declaration: Declaration, options: RunOptions) -> List[Change]:
     deadline = run_deadline(declaration)  # one deadline: resolving, rendering, then waiting for the lock
     scrub = scrubber_for(declaration)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -27,12 +28,35 @@ class TreeError(CcImdsError):
 
 
 class MetadataTree:
+    """Leaves by path. Safe to change while the emulator serves it (tags edited, credentials
+    rotated, a spot notice appearing): every read and change holds one lock."""
+
     def __init__(self, leaves: Mapping[str, bytes], *, tags_enabled: bool = True) -> None:
         self._leaves: Dict[str, bytes] = dict(leaves)
+        self._lock = threading.Lock()
         self.tags_enabled = tags_enabled
 
     def leaves(self) -> Dict[str, bytes]:
-        return dict(self._leaves)
+        with self._lock:
+            return dict(self._leaves)
+
+    def set(self, path: str, body: bytes) -> None:
+        """Add or replace the leaf at `path` (relative to the API version, like lookup)."""
+        leaf = path.strip("/")
+        if not leaf:
+            raise TreeError("an empty path is not a leaf")
+        with self._lock:
+            self._leaves[leaf] = body
+
+    def delete(self, path: str) -> int:
+        """Remove the leaf at `path`, or every leaf under it when it is a directory.
+        Returns how many leaves went."""
+        prefix = path.strip("/")
+        with self._lock:
+            gone = [p for p in self._leaves if p == prefix or p.startswith(prefix + "/")]
+            for leaf in gone:
+                del self._leaves[leaf]
+        return len(gone)
 
     def _visible(self, path: str) -> bool:
         # With InstanceMetadataTags off, the whole tags/instance subtree is a 404.
@@ -47,8 +71,10 @@ class MetadataTree:
         if not self._visible(path):
             return None
         leaf = path[:-1] if path.endswith("/") else path
-        if leaf in self._leaves:
-            return self._leaves[leaf]
+        with self._lock:
+            body = self._leaves.get(leaf)
+        if body is not None:
+            return body
         entries = self.listing(path)
         if entries is None:
             return None
@@ -60,12 +86,19 @@ class MetadataTree:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         entries: Dict[str, None] = {}
-        for leaf in sorted(self._leaves):
+        with self._lock:
+            leaves = sorted(self._leaves)
+        for leaf in leaves:
             if leaf.startswith(prefix) and self._visible(leaf):
                 rest = leaf[len(prefix):]
                 head, sep, _ = rest.partition("/")
                 entries[head + sep] = None
         return list(entries) or None
+
+
+def as_leaf(value: Any, where: str) -> bytes:
+    """A tree document's value as the bytes IMDS would serve (see `tree_from_document`)."""
+    return _as_bytes(value, where)
 
 
 def _as_bytes(value: Any, where: str) -> bytes:

@@ -48,7 +48,7 @@ def test_validate_reports_every_problem_precisely(cli: Callable, tmp_path: Path)
         f"{broken}: imds.files[0].permissions: expected string, got int: must be a quoted octal mode such as "
         '"0640" (setuid, setgid and sticky bits are refused; an unquoted 0640 is read by YAML as the number 416)',
         f"{broken}: imds.values.region: unknown key(s) 'keys' (did you mean 'key'?); allowed: default, key, "
-        "path, sensitive",
+        "path, refresh, sensitive",
     ]
 
 

@@ -66,7 +66,7 @@ def test_every_schema_problem_is_reported_with_its_location() -> None:
         "user-data: imds.env[0].path: 'relative.env' must be an absolute path",
         "user-data: imds.env[0].vars: invalid name(s) '1BAD': variable names must be letters, digits and _, "
         "not starting with a digit",
-        "user-data: imds.files[1]: unknown key(s) 'colour'; allowed: content, owner, path, permissions",
+        "user-data: imds.files[1]: unknown key(s) 'colour'; allowed: content, on_change, owner, path, permissions",
         "user-data: imds.files[1].permissions: expected string, got int: must be a quoted octal mode such as "
         '"0640" (setuid, setgid and sticky bits are refused; an unquoted 0640 is read by YAML as the number 416)',
         "user-data: imds.imdsv1: 'sometimes' is not one of 'never', 'fallback'",
@@ -81,7 +81,7 @@ def test_every_schema_problem_is_reported_with_its_location() -> None:
 def test_unknown_top_level_key_suggests_the_right_one() -> None:
     assert problems_of(doc({"valeus": {}})) == [
         "user-data: imds: unknown key(s) 'valeus' (did you mean 'values'?); allowed: concurrency, deadline, "
-        "endpoint, env, files, imdsv1, timeout, token_ttl, values"
+        "endpoint, env, events, files, imdsv1, timeout, token_ttl, values"
     ]
 
 

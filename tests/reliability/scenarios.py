@@ -77,6 +77,16 @@ SCENARIOS = {
     "get-all-or-nothing": "get --shell with three of four values failing: all three named, no value printed",
     "get-one-token": "get --json of six values: one process, 1 PUT and one GET per value",
     "get-url-forms": "get with dated-version, :80 and IPv6 URLs, and foreign hosts: the right path, or exit 2 at once",
+    "watch-imds-outage": "cc-imds watch, IMDS down for several polls: files byte-identical (no `default` used), "
+    "status exits 3, recovers by itself",
+    "watch-credentials-expire-while-down": "cc-imds watch, IMDS down until credentials expire: status exits 6, "
+    "then 0 once fresh ones are written",
+    "watch-sigterm-mid-write": "cc-imds watch, SIGTERM while 30 outputs are staged: no temp file, all old or all new",
+    "watch-invalid-reload": "cc-imds watch, SIGHUP with an invalid declaration: every problem logged, the running one "
+    "kept, status exits 1",
+    "watch-unrepresentable-value": "cc-imds watch, a new tag value the systemd format cannot carry: that file kept, "
+    "the others written, status exits 4, recovers",
+    "watch-notice-flood": "cc-imds watch, 25 maintenance notices at once: 10 per poll, each command run once",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "
