@@ -86,9 +86,14 @@ reliability-doc: $(VENV)/py313/.ready system-deps
 	$(VENV)/py313/bin/python -m tests.reliability.report render $(RELIABILITY_RUNS)/py313.jsonl > $(RELIABILITY_RUNS)/RELIABILITY.md
 	mv $(RELIABILITY_RUNS)/RELIABILITY.md docs/RELIABILITY.md
 
-test: lint test-py39 test-py313 test-clone test-box
+# Everything the later parts need, built first so that each part's time is its own.
+test-setup: system-deps cloud-init rpm $(VENV)/py39/.ready $(VENV)/py313/.ready $(VENV)/al2023-build/.ready
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone reliability-doc
+# The parts run in order; each one's time is printed, and a failure fails the whole.
+test:
+	tests/run-parts test-setup lint test-py39 test-py313 test-clone test-box
+
+.PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc
 
 # -- the box: real boots under qemu (tests/box) ------------------------------------------
 # Images are built from Debian's packages and cached under .cache/box/; the wheel is built
