@@ -34,9 +34,14 @@ STUCK_AFTER = 120.0  # a value this far past its due time means the watcher is n
 
 
 def iso(epoch: Optional[float]) -> Optional[str]:
+    """`2026-11-28T15:00:00Z`, or None for no time, or one beyond what a datetime holds."""
     if epoch is None or epoch != epoch or epoch in (float("inf"), float("-inf")):
         return None
-    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        when = datetime.datetime.fromtimestamp(int(epoch // 1), datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return when.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"  # four-digit years, as parse_time reads
 
 
 def _time(text: Any) -> Optional[float]:

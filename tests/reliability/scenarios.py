@@ -87,6 +87,8 @@ SCENARIOS = {
     "watch-unrepresentable-value": "cc-imds watch, a new tag value the systemd format cannot carry: that file kept, "
     "the others written, status exits 4, recovers",
     "watch-notice-flood": "cc-imds watch, 25 maintenance notices at once: 10 per poll, each command run once",
+    "watch-hostile-expiration": "cc-imds watch, credentials whose Expiration an offset pushes past 9999 or before "
+    "year 1: written, the watcher keeps running, status exits 0",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

@@ -14,8 +14,10 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from cc_imds.emulator import Emulator
 from tests.watch_harness import (
+    CREDS,
     TAG,
     Watch,
+    access_key,
     credentials_declaration,
     digest,
     tag_declaration,
@@ -199,3 +201,28 @@ def test_a_flood_of_notices_is_acted_on_a_few_at_a_time_each_once(
     assert "scheduled-maintenance: 25 new notices at once; acting on 10 now" in watch.log()
     record("watch-notice-flood", "25 notices: 10 per poll, each command once", exit=watch.stop(),
            GET=emulator.count("GET"))
+
+
+def test_a_hostile_expiration_neither_stops_the_watcher_nor_its_status(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """IMDS writes the Expiration; one an offset pushes out of the calendar (past 9999-12-31
+    or before year 1 in UTC) is no usable Expiration: the credentials are written, the
+    watcher keeps running and `status` answers."""
+    shown = []
+    for attempt, hostile in enumerate(["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"]):
+        out = tmp_path / f"out-{attempt}"
+        document = json.loads(emulator.tree.lookup(CREDS) or b"{}")
+        document["Expiration"] = hostile
+        emulator.set_value(CREDS, json.dumps(document))
+        watch = watches(tmp_path / f"attempt-{attempt}", emulator, credentials_declaration(out)).start()
+        wait_for(lambda: access_key(out / "credentials") == document["AccessKeyId"],  # noqa: B023 - used at once
+                 what="the credentials file")
+        code, status = wait_for(lambda: (lambda s: s if s[1]["status"] else None)(watch.status()),  # noqa: B023
+                                what="a status")
+        assert watch.proc is not None and watch.proc.poll() is None, watch.log()
+        assert code == 0, status
+        assert status["status"]["values"]["key"]["expires"] is None
+        assert "internal error" not in watch.log()
+        shown.append(watch.stop())
+    record("watch-hostile-expiration", "Expirations out of the calendar: credentials written, watcher running, "
+           "status 0", exit=max(shown))
