@@ -228,18 +228,29 @@ class Watcher:
         if not (due_events or due_groups or retry_writes):
             return
         deadline = Deadline(self._poll_seconds)
+        asking = self._until_stopped(self._poll_seconds)  # the same end, made together
         if due_events:
-            self._poll_events(due_events, deadline, now)
+            self._poll_events(due_events, asking, now)
         changed: Set[str] = set()
         for group in due_groups:
             if self.stopping:
                 return  # a safe point: nothing half done
-            changed |= self._refresh(group, deadline)
+            changed |= self._refresh(group, asking)
         for output in self._output_specs():
             if output.uses & changed:
                 self.pending.add(output.path)
         if self.pending and not self.stopping and (changed or retry_writes):
             self._rewrite(changed, deadline)
+
+    def _until_stopped(self, seconds: float) -> Deadline:
+        """A poll's deadline for asking IMDS, passed as soon as the watcher is told to stop: a poll
+        under way ends within one attempt's timeout, not the poll's whole deadline. Only
+        for requests: what they fetched is dropped, so nothing is left half done."""
+
+        def clock() -> float:
+            return math.inf if self.stopping else time.monotonic()
+
+        return Deadline(seconds, clock)
 
     def _refresh(self, group: Group, deadline: Deadline) -> Set[str]:
         """Fetch one path's values. Returns the names whose value changed."""
@@ -251,6 +262,8 @@ class Watcher:
         try:
             values = resolve(self._resolving, self.client, names=names, deadline=deadline)
         except CcImdsError as exc:
+            if self.stopping:
+                return set()  # cut short by the stop: not a failure of IMDS
             state = state.failed(at)
             self._set_poll(group, state)
             problems = exc.problems if isinstance(exc, ProblemsError) else str(exc).splitlines()
@@ -368,6 +381,8 @@ class Watcher:
                 outcomes.update(self.client.fetch_all(paths, deadline=deadline))
         except ImdsError as exc:
             outcomes = {p: exc for p in paths}
+        if self.stopping:
+            return  # polled again at the next start: a notice is not marked handled for commands ended at once
         for watch in due:
             state = self.events[watch.event]
             state.last_poll = now

@@ -89,6 +89,8 @@ SCENARIOS = {
     "watch-notice-flood": "cc-imds watch, 25 maintenance notices at once: 10 per poll, each command run once",
     "watch-hostile-expiration": "cc-imds watch, credentials whose Expiration an offset pushes past 9999 or before "
     "year 1: written, the watcher keeps running, status exits 0",
+    "watch-sigterm-mid-poll": "cc-imds watch, SIGTERM while IMDS never answers or trickles its headers: stopped "
+    "within one attempt's timeout (1 s) plus slack, not the poll's 10 s deadline",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

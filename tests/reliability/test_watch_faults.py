@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import pytest
+
 from cc_imds.emulator import Emulator
+from tests.reliability.hostile import HostileServer, silent, token_then, trickled_headers
 from tests.watch_harness import (
     CREDS,
     TAG,
@@ -226,3 +229,30 @@ def test_a_hostile_expiration_neither_stops_the_watcher_nor_its_status(
         shown.append(watch.stop())
     record("watch-hostile-expiration", "Expirations out of the calendar: credentials written, watcher running, "
            "status 0", exit=max(shown))
+
+
+# One attempt's timeout: what a request under way may still take once SIGTERM came. The slack
+# is for a loaded machine; without the fix, the stop waited for the poll's 10 s deadline.
+ATTEMPT = 1.0
+STOP_SLACK = 4.0
+
+
+@pytest.mark.parametrize("behaviour", [silent, token_then(trickled_headers)], ids=["silent", "trickled-headers"])
+def test_sigterm_in_the_middle_of_a_poll_stops_within_an_attempt(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record, behaviour: Any) -> None:
+    out = tmp_path / "out"
+    declaration = {"deadline": 30, "timeout": ATTEMPT, "values": {"environment": {"path": TAG, "refresh": 1}},
+                   "files": [{"path": f"{out}/tag.txt", "content": "{{ environment }}\n"}]}
+    with HostileServer(behaviour) as server:
+        watch = watches(tmp_path, emulator, declaration).start("--endpoint", server.url)
+        wait_for(lambda: server.connections >= 1, what="a request under way")
+        time.sleep(0.3)
+        started = time.monotonic()
+        code = watch.stop()
+        seconds = time.monotonic() - started
+    assert code == 0
+    assert seconds < ATTEMPT + STOP_SLACK, watch.log()
+    assert "cannot refresh" not in watch.log()  # cut short by the stop, not a failure of IMDS
+    assert not out.exists() or temp_files(out) == []
+    record("watch-sigterm-mid-poll", "SIGTERM while IMDS never answers, or trickles headers: stopped within one "
+           "attempt's timeout, not the poll's deadline", exit=code, seconds=round(seconds, 1))
