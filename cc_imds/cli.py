@@ -224,11 +224,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
-    except OSError as exc:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        if not isinstance(exc, BrokenPipeError):  # `cc-imds status | head`: the reader has what it wanted
-            print(f"cc-imds: cannot write to standard output: {exc.strerror}", file=sys.stderr)
-            return 4
+    except OutputStreamError as exc:  # main() guards sys.stdout; any other failure is exit 4 there
+        if not exc.broken_pipe:
+            raise
+        # `cc-imds status | head`: the reader has what it wanted; nothing left to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return health.code
 
 
@@ -541,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
 class OutputStreamError(WriteError):
     """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
         super().__init__("standard output", f"cannot write: {reason}")
+        self.broken_pipe = broken_pipe  # the reader went away (`| head`)
 
 
 class _GuardedStream:
@@ -559,7 +560,7 @@ class _GuardedStream:
         try:
             return getattr(self._stream, method)(*args)
         except OSError as exc:
-            raise OutputStreamError(str(exc.strerror or exc)) from None
+            raise OutputStreamError(str(exc.strerror or exc), isinstance(exc, BrokenPipeError)) from None
 
     def write(self, data: Any) -> Any:
         return self._call("write", data)

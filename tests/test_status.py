@@ -221,4 +221,4 @@ def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> 
     with open("/dev/full", "wb") as full:
         result = subprocess.run([*CLI, "status"], stdout=full, stderr=subprocess.PIPE, env=cli_env(), timeout=60)
     assert result.returncode == 4
-    assert result.stderr == b"cc-imds: cannot write to standard output: No space left on device\n"
+    assert result.stderr == b"cc-imds: standard output: cannot write: No space left on device\n"
