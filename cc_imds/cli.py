@@ -206,7 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from . import rundir
     from .handoff import watcher_needed
-    from .status import NOT_RUNNING, as_json, assess, is_status_document, render_text
+    from .status import NOT_RUNNING, as_json, assess, render_text, status_problem
 
     directory = rundir.run_dir()
     try:
@@ -214,8 +214,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     except rundir.RunDirError as exc:
         print(f"cc-imds: {exc}", file=sys.stderr)
         return NOT_RUNNING
-    if document is not None and not is_status_document(document):
-        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version", file=sys.stderr)
+    problem = status_problem(document) if document is not None else None
+    if problem is not None:
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version ({problem})",
+              file=sys.stderr)
         return NOT_RUNNING
     now = time.time()
     health = assess(document, watcher_needed(directory), now)
