@@ -42,7 +42,7 @@ from .config import Declaration, EnvOutput, FileOutput, Origin, SourceDocument, 
 from .deadline import Deadline
 from .errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
 from .events import Notice, notice_env, notices
-from .pipeline import RunOptions, client_settings
+from .pipeline import RunOptions, client_settings, scrubber_for
 from .render import Output, render
 from .resolve import Value, Values, resolve
 from .schedule import (
@@ -266,7 +266,7 @@ class Watcher:
                 return set()  # cut short by the stop: not a failure of IMDS
             state = state.failed(at)
             self._set_poll(group, state)
-            problems = exc.problems if isinstance(exc, ProblemsError) else str(exc).splitlines()
+            problems = self._scrubbed(exc.problems if isinstance(exc, ProblemsError) else str(exc).splitlines())
             shown = [p for p in problems if not p.startswith(_HIDDEN_ORIGIN)] or problems
             problem = "; ".join(shown)
             self.errors[group.path] = problem
@@ -350,6 +350,7 @@ class Watcher:
         return changes
 
     def _output_failed(self, path: str, problems: List[str]) -> None:
+        problems = self._scrubbed(problems)
         message = "; ".join(problems)
         state = self.outputs[path]
         if state.last_error != message:
@@ -357,6 +358,18 @@ class Watcher:
                 LOG.error("%s: not rewritten, the previous file stays: %s", path, line)
         state.last_error = message
         self.pending.add(path)
+
+    def _scrubbed(self, problems: List[str]) -> List[str]:
+        """Messages as apply gives them (pipeline.scrubbed): no sensitive value, sensitive
+        default or token in any form, whatever rendering, resolving or writing put there.
+        They go to the log and to status.json, which every user can read."""
+        assert self.declaration is not None
+        declaration = self.declaration
+        scrub = scrubber_for(declaration)
+        scrub.add(value for name, value in self.known.items() if declaration.values[name].sensitive)
+        if self.client is not None:
+            scrub.add(self.client.issued_tokens())
+        return scrub.lines(problems)
 
     def _expiration_of(self, output: OutputSpec) -> Optional[float]:
         times = [self.polls[g.path].expiration for g in self.plan.groups
@@ -394,7 +407,7 @@ class Watcher:
                 found = notices(watch.event, watch.path, outcome)
             else:
                 state.failures += 1
-                problem = "; ".join(str(outcome).splitlines())
+                problem = "; ".join(self._scrubbed(str(outcome).splitlines()))
                 if state.last_error is None:
                     LOG.warning("%s: cannot poll %s (%s); polling on every %gs", watch.event, watch.path,
                                 problem, watch.poll)

@@ -91,6 +91,8 @@ SCENARIOS = {
     "year 1: written, the watcher keeps running, status exits 0",
     "watch-sigterm-mid-poll": "cc-imds watch, SIGTERM while IMDS never answers or trickles its headers: stopped "
     "within one attempt's timeout (1 s) plus slack, not the poll's 10 s deadline",
+    "watch-secret-in-error": "cc-imds watch, template errors quoting sensitive values the renderer takes for Jinja's "
+    "words ('None', '... object'): redacted in the log, status.json and status, as apply does",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

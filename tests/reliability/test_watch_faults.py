@@ -16,6 +16,7 @@ import pytest
 
 from cc_imds.emulator import Emulator
 from tests.reliability.hostile import HostileServer, silent, token_then, trickled_headers
+from tests.reliability.test_templates import leaks
 from tests.watch_harness import (
     CREDS,
     TAG,
@@ -256,3 +257,28 @@ def test_sigterm_in_the_middle_of_a_poll_stops_within_an_attempt(
     assert not out.exists() or temp_files(out) == []
     record("watch-sigterm-mid-poll", "SIGTERM while IMDS never answers, or trickles headers: stopped within one "
            "attempt's timeout, not the poll's deadline", exit=code, seconds=round(seconds, 1))
+
+
+def test_render_errors_in_the_watcher_are_scrubbed_as_apply_scrubs_them(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """Template errors quote what a template looked up. The renderer hides what it computed
+    from a sensitive value, except text it takes for Jinja's own words ('None', '... object');
+    apply's boundary scrubs those too, and the watcher's messages go through the same one."""
+    out = tmp_path / "out"
+    secrets = ["None", "hunter2 dict object"]
+    declaration = {
+        "deadline": 2,
+        "values": {"environment": {"path": TAG, "refresh": 1},
+                   **{f"pw{i}": {"path": f"meta-data/tags/instance/Password{i}", "default": secret, "sensitive": True}
+                      for i, secret in enumerate(secrets)}},
+        "files": [{"path": f"{out}/pw{i}.conf", "content": f"{{{{ {{}}[pw{i}] }}}}{{{{ environment }}}}\n"}
+                  for i in range(len(secrets))],
+    }
+    watch = watches(tmp_path, emulator, declaration).start()
+    wait_for(lambda: watch.log().count("not rewritten") >= 2, what="both render errors")
+    code, status = wait_for(lambda: (lambda s: s if s[0] == 4 else None)(watch.status()), what="status exit 4")
+    said = watch.log() + json.dumps(status) + watch.cli("status").stdout.decode()
+    assert "has no attribute '<redacted>'" in said
+    assert leaks(said, secrets) == []
+    record("watch-secret-in-error", "sensitive values Jinja's wording lets through: redacted in the log, status.json "
+           "and status, as apply redacts them", exit=watch.stop())
