@@ -169,15 +169,23 @@ class Watcher:
         return 0
 
     def _adopt(self, declaration: Declaration) -> bool:
-        """Take on a (new) declaration; keep what is still true of the old one. False if idle."""
+        """Take on a (new) declaration; keep what is still true of the old one. False if idle.
+        Raises CcImdsError, before anything changed, if its connection settings are unusable."""
         watch = plan(declaration)
         if watch.idle:
             LOG.info("nothing to watch: no output uses a refreshing value (`refresh`, credentials), "
                      "and no event is declared")
-            if self.options.owns_marker:
-                rundir.remove(self.options.run_dir / rundir.MARKER)
             self.stopping = True
+            if self.options.owns_marker:
+                try:
+                    rundir.remove(self.options.run_dir / rundir.MARKER)
+                except rundir.RunDirError as exc:
+                    LOG.error("%s", exc)
             return False
+        settings = client_settings(declaration, RunOptions(endpoint=self.options.endpoint,
+                                                           environ=self.options.environ))
+        key = tuple(sorted(vars(settings).items()))
+        client = ImdsClient(settings) if key != self._client_key else self.client
         old = self.declaration
         self.known = {
             name: value for name, value in self.known.items()
@@ -194,13 +202,10 @@ class Watcher:
         self.write_due, self.write_failures = -math.inf, 0
         self.declaration, self.plan = declaration, watch
         self._resolving = _with_expirations(declaration, watch)
-        settings = client_settings(declaration, RunOptions(endpoint=self.options.endpoint,
-                                                           environ=self.options.environ))
-        key = tuple(sorted(vars(settings).items()))
-        if key != self._client_key:
+        if client is not self.client:
             if self.client is not None:
                 self.client.close()
-            self.client, self._client_key = ImdsClient(settings), key
+            self.client, self._client_key = client, key
         self._poll_seconds = min(float(declaration.settings.get("deadline", POLL_DEADLINE)), POLL_DEADLINE)
         self.dirty = True
         return True
@@ -209,6 +214,7 @@ class Watcher:
         LOG.info("reloading the declarations")
         try:
             declaration = build_declaration(self._load())
+            adopted = self._adopt(declaration)  # changes nothing if it raises
         except CcImdsError as exc:
             self.reload_problems = str(exc).splitlines()
             for line in self.reload_problems:
@@ -216,7 +222,7 @@ class Watcher:
             self.dirty = True
             return
         self.reload_problems = []
-        if self._adopt(declaration):
+        if adopted:
             LOG.info("reloaded: watching %s", _summary(self.plan))
 
     # -- one pass ---------------------------------------------------------------------------

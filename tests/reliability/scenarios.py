@@ -93,6 +93,8 @@ SCENARIOS = {
     "within one attempt's timeout (1 s) plus slack, not the poll's 10 s deadline",
     "watch-secret-in-error": "cc-imds watch, template errors quoting sensitive values the renderer takes for Jinja's "
     "words ('None', '... object'): redacted in the log, status.json and status, as apply does",
+    "watch-reload-unusable-endpoint": "cc-imds watch, SIGHUP with an endpoint whose port is out of range: refused, "
+    "the running declaration kept, status exits 1",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

@@ -282,3 +282,28 @@ def test_render_errors_in_the_watcher_are_scrubbed_as_apply_scrubs_them(
     assert leaks(said, secrets) == []
     record("watch-secret-in-error", "sensitive values Jinja's wording lets through: redacted in the log, status.json "
            "and status, as apply redacts them", exit=watch.stop())
+
+
+def test_a_reload_whose_endpoint_is_unusable_keeps_the_running_declaration(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """The schema accepts `http://host:port`; that the port is out of range is found when
+    the client is made. That is a refused reload like any other: the watcher keeps running
+    the declaration it has, instead of exiting (and failing the same way on each restart)."""
+    out = tmp_path / "out"
+    declaration = tag_declaration(out)
+    declaration["endpoint"] = emulator.url
+    watch = watches(tmp_path, emulator, declaration)
+    watch.apply()
+    watch.start(endpoint_option=False)
+    wait_for(lambda: watch.polls_of(TAG) >= 2, what="polls")
+    watch.declare({**declaration, "endpoint": "http://127.0.0.1:99999/"})
+    assert watch.proc is not None
+    watch.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in watch.log(), what="the refusal")
+    assert "Port out of range" in watch.log()
+    code, status = watch.status()
+    assert code == 1 and watch.proc.poll() is None
+    emulator.set_value(TAG, "still-watched")
+    wait_for(lambda: b"still-watched" in (out / "app.env").read_bytes(), what="the old declaration at work")
+    record("watch-reload-unusable-endpoint", "refused, the running declaration kept, status exits 1",
+           exit=watch.stop())
