@@ -66,6 +66,7 @@ POLL_DEADLINE = 10.0  # one poll, every request and retry in it, and its write
 MAX_SLEEP = 300.0  # wake at least this often, so a wall clock stepped forward is noticed
 HANDLED_KEPT = 100  # notice ids remembered per event
 NEW_NOTICES_PER_POLL = 10  # more than this in one answer waits for the next polls
+NOTICES_CONSIDERED = HANDLED_KEPT // 2  # of one answer: all of them stay remembered, so none runs twice
 NOTICES_SHOWN = 5  # recent notices per event in the status file
 _EXPIRATION = "~expiration "  # hidden value: a credential document, read only for its Expiration
 _HIDDEN_ORIGIN = "cc-imds watch:"
@@ -101,6 +102,7 @@ class _EventState:
     failures: int = 0
     last_error: Optional[str] = None
     recent: List[Dict[str, Any]] = field(default_factory=list)
+    listed: int = 0  # notices in the last answer
 
 
 class Watcher:
@@ -411,6 +413,11 @@ class Watcher:
                 found: List[Notice] = []
             elif isinstance(outcome, bytes):
                 found = notices(watch.event, watch.path, outcome)
+                if len(found) > NOTICES_CONSIDERED and len(found) != state.listed:
+                    LOG.warning("%s: IMDS lists %d notices; acting on the first %d, the others once earlier "
+                                "ones are gone", watch.event, len(found), NOTICES_CONSIDERED)
+                state.listed = len(found)
+                found = found[:NOTICES_CONSIDERED]
             else:
                 state.failures += 1
                 problem = "; ".join(self._scrubbed(str(outcome).splitlines()))

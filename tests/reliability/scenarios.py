@@ -95,6 +95,8 @@ SCENARIOS = {
     "words ('None', '... object'): redacted in the log, status.json and status, as apply does",
     "watch-reload-unusable-endpoint": "cc-imds watch, SIGHUP with an endpoint whose port is out of range: refused, "
     "the running declaration kept, status exits 1",
+    "watch-notice-overflow": "cc-imds watch, 120 maintenance notices listed at once (more than the 100 remembered): "
+    "the first 50 acted on, each command run once",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

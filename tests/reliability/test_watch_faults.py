@@ -307,3 +307,27 @@ def test_a_reload_whose_endpoint_is_unusable_keeps_the_running_declaration(
     wait_for(lambda: b"still-watched" in (out / "app.env").read_bytes(), what="the old declaration at work")
     record("watch-reload-unusable-endpoint", "refused, the running declaration kept, status exits 1",
            exit=watch.stop())
+
+
+def test_more_notices_than_are_remembered_never_run_a_command_twice(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """The watcher remembers the last 100 notices acted on per event. An answer listing more
+    would push the first ones out, and they would be acted on again, poll after poll. At
+    most 50 notices of one answer are considered; the rest wait until earlier ones go."""
+    path = "meta-data/events/maintenance/scheduled"
+    for _ in range(120):
+        emulator.schedule_maintenance()
+    handled = tmp_path / "handled"
+    watch = watches(tmp_path, emulator, {"events": [{
+        "event": "scheduled-maintenance", "poll": 1,
+        "run": ["sh", "-c", f"echo \"$CC_IMDS_NOTICE_EVENTID\" >> {handled}"]}]}).start()
+    wait_for(lambda: handled.exists() and len(handled.read_text().split()) >= 50, timeout=60, what="50 commands")
+    # Enough polls for the first notices to have been pushed out of memory without the bound.
+    polled = watch.polls_of(path)
+    wait_for(lambda: watch.polls_of(path) >= polled + 12, timeout=90, what="twelve more polls")
+    time.sleep(1)
+    ran = handled.read_text().split()
+    assert len(ran) == len(set(ran)) == 50
+    assert "scheduled-maintenance: IMDS lists 120 notices; acting on the first 50" in watch.log()
+    record("watch-notice-overflow", "120 notices listed at once: the first 50 acted on, each once, over 12 more polls",
+           exit=watch.stop(), GET=emulator.count("GET"))
