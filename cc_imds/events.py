@@ -21,7 +21,8 @@ EVENT_PATHS = {
 }
 ENV_PREFIX = "CC_IMDS_"
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
-_MAX_FIELD = 4096  # a field longer than this is left to the full notice (stdin, CC_IMDS_NOTICE)
+_MAX_FIELD = 4096  # bytes: a longer field is left to the full notice (stdin, CC_IMDS_NOTICE)
+_MAX_NOTICE_VARIABLE = 64 * 1024  # bytes, within Linux's 128 KiB for one environment string
 MAX_FIELDS = 32  # a notice has a handful; what is beyond is left to the full notice, so exec never fails (E2BIG)
 _OWN_FIELDS = frozenset({"ID"})  # CC_IMDS_NOTICE_ID is the notice's identity, never a field of it
 
@@ -52,7 +53,7 @@ def _notice(event: str, path: str, item: Any, text: str) -> Notice:
             upper = str(key).upper()
             if scalar and _FIELD_NAME.fullmatch(str(key)) and upper not in _OWN_FIELDS and len(names[upper]) == 1:
                 shown = str(value)
-                if len(shown) <= _MAX_FIELD and "\0" not in shown:
+                if _utf8_size(shown) <= _MAX_FIELD and "\0" not in shown:
                     fields[str(key)] = shown
                     if len(fields) == MAX_FIELDS:
                         break
@@ -84,8 +85,13 @@ def notice_env(notice: Notice) -> Dict[str, str]:
         f"{ENV_PREFIX}IMDS_PATH": notice.path,
         f"{ENV_PREFIX}NOTICE_ID": notice.id,
     }
-    if len(notice.text) <= 64 * 1024 and "\0" not in notice.text:
+    if _utf8_size(notice.text) <= _MAX_NOTICE_VARIABLE and "\0" not in notice.text:
         env[f"{ENV_PREFIX}NOTICE"] = notice.text
     for key, value in notice.fields.items():
         env[f"{ENV_PREFIX}NOTICE_{key.upper()}"] = value
     return env
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes in the environment: what Linux's limit counts, not characters (4 for one emoji)."""
+    return len(text.encode("utf-8", "surrogatepass"))

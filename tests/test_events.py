@@ -100,3 +100,13 @@ def test_a_notice_with_thousands_of_fields_gives_a_bounded_environment() -> None
                         json.dumps(document).encode())
     assert len(notice.fields) == MAX_FIELDS
     assert sum(len(k) + len(v) + 2 for k, v in notice_env(notice).items()) < 256 * 1024
+
+
+def test_the_full_notice_variable_is_bounded_in_bytes_not_characters() -> None:
+    """Linux refuses to run a command with an environment string over 128 KiB (E2BIG): a
+    notice of 60,000 four-byte characters stays on stdin only, and the command still runs."""
+    document = {"action": "terminate", "note": "\U0001f600" * 60_000}
+    (notice,) = notices("spot-interruption", SPOT, json.dumps(document, ensure_ascii=False).encode())
+    env = notice_env(notice)
+    assert "CC_IMDS_NOTICE" not in env and env["CC_IMDS_NOTICE_ACTION"] == "terminate"
+    assert all(len(f"{k}={v}".encode()) < 128 * 1024 for k, v in env.items())
