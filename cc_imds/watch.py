@@ -248,12 +248,13 @@ class Watcher:
             if output.uses & changed:
                 self.pending.add(output.path)
         if self.pending and not self.stopping and (changed or retry_writes):
-            self._rewrite(changed, deadline)
+            self._rewrite(changed, deadline, asking)
 
     def _until_stopped(self, seconds: float) -> Deadline:
-        """A poll's deadline for asking IMDS, passed as soon as the watcher is told to stop: a poll
-        under way ends within one attempt's timeout, not the poll's whole deadline. Only
-        for requests: what they fetched is dropped, so nothing is left half done."""
+        """A poll's deadline for asking IMDS and for waiting for apply's lock, passed as soon
+        as the watcher is told to stop: a poll under way ends within one attempt's timeout,
+        not the poll's whole deadline. Never for rendering or a write under way: what was
+        fetched is dropped, a write not started is not started, nothing is left half done."""
 
         def clock() -> float:
             return math.inf if self.stopping else time.monotonic()
@@ -296,7 +297,7 @@ class Watcher:
         self.dues[group.path] = next_due(group, state, self.options.jitter())
         self.dirty = True
 
-    def _rewrite(self, changed: Set[str], deadline: Deadline) -> None:
+    def _rewrite(self, changed: Set[str], deadline: Deadline, lock_wait: Deadline) -> None:
         assert self.declaration is not None
         declaration = self.declaration
         ready = [o for o in self._output_specs() if o.path in self.pending and o.uses <= self.known.keys()]
@@ -311,7 +312,7 @@ class Watcher:
             except RenderError as exc:
                 failed = True
                 self._output_failed(output.path, exc.problems)
-        changes = self._write(rendered, deadline)
+        changes = self._write(rendered, lock_wait)
         failed = failed or len(changes) < len(rendered)
         specs = {o.path: o for o in ready}
         for change in changes:
@@ -338,22 +339,28 @@ class Watcher:
         else:
             self.write_failures, self.write_due = 0, -math.inf
 
-    def _write(self, outputs: List[Output], deadline: Deadline) -> List[Change]:
+    def _write(self, outputs: List[Output], lock_wait: Deadline) -> List[Change]:
         """All at once, as apply does; if that fails, one by one, so one output that cannot
-        be written (an immutable file) does not keep fresh credentials out of another."""
+        be written (an immutable file) does not keep fresh credentials out of another.
+        `lock_wait` passes when the watcher is told to stop: it bounds only the wait for
+        apply's lock, never a write under way."""
         if not outputs:
             return []
         try:
-            return write_outputs(outputs, "/", self.options.lock_path, deadline=deadline)
+            return write_outputs(outputs, "/", self.options.lock_path, deadline=lock_wait)
         except WriteError as exc:
+            if self.stopping:
+                return []  # gave up waiting for the lock: nothing was changed, nothing failed
             if len(outputs) == 1:
                 self._output_failed(outputs[0].path, [str(exc)])
                 return []
         changes: List[Change] = []
         for output in outputs:
             try:
-                changes.extend(write_outputs([output], "/", self.options.lock_path, deadline=deadline))
+                changes.extend(write_outputs([output], "/", self.options.lock_path, deadline=lock_wait))
             except WriteError as exc:
+                if self.stopping:
+                    break
                 self._output_failed(output.path, [str(exc)])
         return changes
 

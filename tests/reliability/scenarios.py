@@ -97,6 +97,8 @@ SCENARIOS = {
     "the running declaration kept, status exits 1",
     "watch-notice-overflow": "cc-imds watch, 120 maintenance notices listed at once (more than the 100 remembered): "
     "the first 50 acted on, each command run once",
+    "watch-sigterm-waiting-for-lock": "cc-imds watch, SIGTERM while it waits for the lock apply holds: stopped within "
+    "1 s plus slack (not the poll's 10 s deadline), file untouched, no error logged",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

@@ -5,6 +5,7 @@ status that says so, and no token or secret in the log or the status file."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import threading
@@ -331,3 +332,31 @@ def test_more_notices_than_are_remembered_never_run_a_command_twice(
     assert "scheduled-maintenance: IMDS lists 120 notices; acting on the first 50" in watch.log()
     record("watch-notice-overflow", "120 notices listed at once: the first 50 acted on, each once, over 12 more polls",
            exit=watch.stop(), GET=emulator.count("GET"))
+
+
+def test_sigterm_while_waiting_for_apply_s_lock_stops_at_once(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    out = tmp_path / "out"
+    declaration = {**tag_declaration(out), "deadline": 30}
+    watch = watches(tmp_path, emulator, declaration)
+    watch.apply()
+    before = (out / "app.env").read_bytes()
+    watch.start()
+    wait_for(lambda: watch.status()[1]["status"] and
+             watch.status()[1]["status"]["outputs"][f"{out}/app.env"]["last_error"] is None and
+             watch.status()[1]["status"]["values"]["environment"]["last_refresh"], what="a first pass")
+    with open(tmp_path / "lock", "rb") as held:  # apply's lock, as a long apply would hold it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        emulator.set_value(TAG, "waiting-for-the-lock")
+        polled = watch.polls_of(TAG)
+        # The poll that finds the change is the last until the lock is free: the watcher waits for it.
+        wait_for(lambda: watch.polls_of(TAG) > polled, what="a poll that found the change")
+        time.sleep(0.5)
+        started = time.monotonic()
+        code = watch.stop()
+        seconds = time.monotonic() - started
+    assert code == 0 and seconds < ATTEMPT + STOP_SLACK, watch.log()
+    assert (out / "app.env").read_bytes() == before and temp_files(out) == []
+    assert "not rewritten" not in watch.log()
+    record("watch-sigterm-waiting-for-lock", "SIGTERM while apply holds the lock: stopped at once, file untouched",
+           exit=code, seconds=round(seconds, 1))
