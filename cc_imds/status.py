@@ -87,7 +87,7 @@ _OUTPUT: Dict[str, Callable[[Any], bool]] = {
 _NOTICE: Dict[str, Callable[[Any], bool]] = {
     "id": _text, "seen": _text,
     "fields": lambda v: v is None or (isinstance(v, dict) and all(isinstance(i, str) for i in v.values())),
-    "commands": lambda v: v is None or (isinstance(v, list) and all(_command_record(c) for c in v))}
+    "commands": lambda v: v is None or (isinstance(v, list) and all(c is not None and _command_record(c) for c in v))}
 _EVENT: Dict[str, Callable[[Any], bool]] = {
     "path": _text, "poll": _number, "commands": _count, "failures": _count, "last_error": _text,
     "notices": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, dict) and
