@@ -64,6 +64,7 @@ LOG = logging.getLogger(__name__)
 
 POLL_DEADLINE = 10.0  # one poll, every request and retry in it, and its write
 MAX_SLEEP = 300.0  # wake at least this often, so a wall clock stepped forward is noticed
+CLOCK_STEP_BACK = 2.0  # the wall clock going back more than this between passes is a step (NTP)
 HANDLED_KEPT = 100  # notice ids remembered per event
 NEW_NOTICES_PER_POLL = 10  # more than this in one answer waits for the next polls
 NOTICES_CONSIDERED = HANDLED_KEPT // 2  # of one answer: all of them stay remembered, so none runs twice
@@ -124,6 +125,7 @@ class Watcher:
         self.events: Dict[str, _EventState] = {}
         self.handled: Dict[str, List[str]] = {}
         self.started = options.clock()
+        self._last_pass: Optional[float] = None
         self.reload_problems: List[str] = []
         self.stopping = False
         self.reload_requested = False
@@ -230,6 +232,7 @@ class Watcher:
     # -- one pass ---------------------------------------------------------------------------
     def _pass(self) -> None:
         now = self.options.clock()
+        self._follow_clock(now)
         due_events = [e for e in self.plan.events if self.events[e.event].due <= now]
         due_groups = [g for g in self.plan.groups if self.dues.get(g.path, -math.inf) <= now]
         retry_writes = bool(self.pending) and self.write_due <= now
@@ -249,6 +252,20 @@ class Watcher:
                 self.pending.add(output.path)
         if self.pending and not self.stopping and (changed or retry_writes):
             self._rewrite(changed, deadline, asking)
+
+    def _follow_clock(self, now: float) -> None:
+        """Due times are wall-clock times (credentials expire at one). When the clock is
+        stepped back, they move back with it: otherwise a step of an hour would hold every
+        poll, a spot notice's too, back for that hour. (Forward, things just fall due.)"""
+        last, self._last_pass = self._last_pass, now
+        if last is None or now >= last - CLOCK_STEP_BACK:
+            return
+        step = last - now
+        LOG.info("the clock went back %.0fs: polls due are moved back with it", step)
+        self.dues = {path: due - step for path, due in self.dues.items()}
+        for state in self.events.values():
+            state.due -= step
+        self.write_due -= step
 
     def _until_stopped(self, seconds: float) -> Deadline:
         """A poll's deadline for asking IMDS and for waiting for apply's lock, passed as soon
