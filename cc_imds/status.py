@@ -9,7 +9,7 @@ Exit status, the highest that applies, so a monitoring check can call it:
   0 healthy, or no watcher needed;  1 a reloaded declaration was refused (the previous
   one still runs);  3 IMDS failing (last good files kept);  4 an output could not be
   written, or its on_change command failed;  5 the watcher is needed but not running
-  (or stuck);  6 an output holds credentials past their Expiration.
+  (or stuck), or status.json cannot be used;  6 an output holds credentials past their Expiration.
 """
 
 from __future__ import annotations
