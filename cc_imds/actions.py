@@ -100,14 +100,7 @@ class Runner:
             self._pending.clear()
             procs = [p for p in self._running.values() if p is not None]
             threads = list(self._threads)
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
-        give_up = time.monotonic() + grace
-        for proc in procs:
-            try:
-                proc.wait(max(0.0, give_up - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+        _end_groups(procs, grace)
         for thread in threads:
             thread.join(grace + AFTER_EXIT + 1.0)
 
@@ -264,12 +257,43 @@ def _pump(proc: subprocess.Popen[bytes], label: str, give_up_at: float) -> bool:
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    _signal_group(proc, signal.SIGTERM)
-    try:
-        proc.wait(KILL_GRACE)
-    except subprocess.TimeoutExpired:
+    _end_groups([proc], KILL_GRACE)
+    proc.wait()
+
+
+def _end_groups(procs: List[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM to each command's process group; SIGKILL, after `grace`, to each group that
+    still has a live process. The group, not its leader: a child that ignores SIGTERM
+    outlives a leader that obeys it, and would run on with no timeout left."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    give_up = time.monotonic() + grace
+    alive = list(procs)
+    while alive and time.monotonic() < give_up:
+        time.sleep(0.05)
+        alive = [proc for proc in alive if _group_alive(proc.pid)]
+    for proc in alive:
         _signal_group(proc, signal.SIGKILL)
-        proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Does process group `pgid` have a process that is not a zombie? (Its leader may be
+    one: exited, not yet reaped.) Without /proc, assume it does."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -206,7 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from . import rundir
     from .handoff import watcher_needed
-    from .status import NOT_RUNNING, as_json, assess, is_status_document, render_text
+    from .status import NOT_RUNNING, as_json, assess, render_text, status_problem
 
     directory = rundir.run_dir()
     try:
@@ -214,15 +214,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     except rundir.RunDirError as exc:
         print(f"cc-imds: {exc}", file=sys.stderr)
         return NOT_RUNNING
-    if document is not None and not is_status_document(document):
-        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version", file=sys.stderr)
+    problem = status_problem(document) if document is not None else None
+    if problem is not None:
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version ({problem})",
+              file=sys.stderr)
         return NOT_RUNNING
     now = time.time()
     health = assess(document, watcher_needed(directory), now)
     text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
         render_text(document, health, now))
-    sys.stdout.write(text)  # a failed write is exit 4, as for every subcommand (see main)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OutputStreamError as exc:  # main() guards sys.stdout; any other failure is exit 4 there
+        if not exc.broken_pipe:
+            raise
+        # `cc-imds status | head`: the reader has what it wanted; nothing left to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return health.code
 
 
@@ -535,8 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
 class OutputStreamError(WriteError):
     """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
         super().__init__("standard output", f"cannot write: {reason}")
+        self.broken_pipe = broken_pipe  # the reader went away (`| head`)
 
 
 class _GuardedStream:
@@ -553,7 +562,7 @@ class _GuardedStream:
         try:
             return getattr(self._stream, method)(*args)
         except OSError as exc:
-            raise OutputStreamError(str(exc.strerror or exc)) from None
+            raise OutputStreamError(str(exc.strerror or exc), isinstance(exc, BrokenPipeError)) from None
 
     def write(self, data: Any) -> Any:
         return self._call("write", data)

@@ -21,7 +21,10 @@ EVENT_PATHS = {
 }
 ENV_PREFIX = "CC_IMDS_"
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
-_MAX_FIELD = 4096  # a field longer than this is left to the full notice (stdin, CC_IMDS_NOTICE)
+_MAX_FIELD = 4096  # bytes: a longer field is left to the full notice (stdin, CC_IMDS_NOTICE)
+_MAX_NOTICE_VARIABLE = 64 * 1024  # bytes, within Linux's 128 KiB for one environment string
+MAX_FIELDS = 32  # a notice has a handful; what is beyond is left to the full notice, so exec never fails (E2BIG)
+_OWN_FIELDS = frozenset({"ID"})  # CC_IMDS_NOTICE_ID is the notice's identity, never a field of it
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,19 @@ def _notice(event: str, path: str, item: Any, text: str) -> Notice:
     digest = hashlib.sha256(_canonical(item).encode("utf-8")).hexdigest()[:16]
     fields: Dict[str, str] = {}
     if isinstance(item, dict):
+        # Names that become one variable (`action` and `Action`) are ambiguous: neither is set.
+        names: Dict[str, List[str]] = {}
+        for key in item:
+            names.setdefault(str(key).upper(), []).append(str(key))
         for key, value in item.items():
             scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-            if scalar and _FIELD_NAME.fullmatch(str(key)):
+            upper = str(key).upper()
+            if scalar and _FIELD_NAME.fullmatch(str(key)) and upper not in _OWN_FIELDS and len(names[upper]) == 1:
                 shown = str(value)
-                if len(shown) <= _MAX_FIELD and "\0" not in shown:
+                if _utf8_size(shown) <= _MAX_FIELD and "\0" not in shown:
                     fields[str(key)] = shown
+                    if len(fields) == MAX_FIELDS:
+                        break
     return Notice(event, path, digest, text, fields)
 
 
@@ -75,8 +85,13 @@ def notice_env(notice: Notice) -> Dict[str, str]:
         f"{ENV_PREFIX}IMDS_PATH": notice.path,
         f"{ENV_PREFIX}NOTICE_ID": notice.id,
     }
-    if len(notice.text) <= 64 * 1024 and "\0" not in notice.text:
+    if _utf8_size(notice.text) <= _MAX_NOTICE_VARIABLE and "\0" not in notice.text:
         env[f"{ENV_PREFIX}NOTICE"] = notice.text
     for key, value in notice.fields.items():
         env[f"{ENV_PREFIX}NOTICE_{key.upper()}"] = value
     return env
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes in the environment: what Linux's limit counts, not characters (4 for one emoji)."""
+    return len(text.encode("utf-8", "surrogatepass"))

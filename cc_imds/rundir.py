@@ -109,6 +109,8 @@ def read_json(path: Path) -> Any:
         return json.loads(data)
     except ValueError:
         raise RunDirError(f"{path}: not valid JSON") from None
+    except RecursionError:
+        raise RunDirError(f"{path}: nested too deeply to be ours") from None
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:

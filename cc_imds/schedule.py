@@ -182,14 +182,16 @@ def due_groups(groups: Sequence[Group], dues: Mapping[str, float], now: float) -
 
 # -- Expiration ----------------------------------------------------------------------------
 def parse_time(text: str) -> Optional[float]:
-    """An ISO 8601 UTC time as IMDS writes it (`2026-11-28T15:00:00Z`) -> epoch seconds."""
+    """An ISO 8601 UTC time as IMDS writes it (`2026-11-28T15:00:00Z`) -> epoch seconds;
+    None when it is not one, or names no moment of the years 1 to 9999 once in UTC (an
+    offset can push 9999-12-31 past it), which status could not show."""
     try:
         when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.astimezone(datetime.timezone.utc).timestamp()
+    except (ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()
 
 
 def expiration(document: Document) -> Optional[float]:

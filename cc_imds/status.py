@@ -9,13 +9,14 @@ Exit status, the highest that applies, so a monitoring check can call it:
   0 healthy, or no watcher needed;  1 a reloaded declaration was refused (the previous
   one still runs);  3 IMDS failing (last good files kept);  4 an output could not be
   written, or its on_change command failed;  5 the watcher is needed but not running
-  (or stuck);  6 an output holds credentials past their Expiration.
+  (or stuck), or status.json cannot be used;  6 an output holds credentials past their Expiration.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,23 +35,94 @@ STUCK_AFTER = 120.0  # a value this far past its due time means the watcher is n
 
 
 def iso(epoch: Optional[float]) -> Optional[str]:
+    """`2026-11-28T15:00:00Z`, or None for no time, or one beyond what a datetime holds."""
     if epoch is None or epoch != epoch or epoch in (float("inf"), float("-inf")):
         return None
-    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        when = datetime.datetime.fromtimestamp(int(epoch // 1), datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return when.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"  # four-digit years, as parse_time reads
 
 
 def _time(text: Any) -> Optional[float]:
     return parse_time(text) if isinstance(text, str) else None
 
 
+MAX_PID = 1 << 22  # Linux's highest pid_max
+
+
+def _text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _texts(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(item, str) for item in value))
+
+
+def _count(value: Any) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _command_record(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and _bad_field(value, _COMMAND) is None)
+
+
+_COMMAND: Dict[str, Callable[[Any], bool]] = {
+    "label": _text, "started": _text, "seconds": lambda v: v is None or _number(v),
+    "exit": lambda v: v is None or type(v) is int, "error": _text, "running": lambda v: v is None or type(v) is bool}
+_WATCHER: Dict[str, Callable[[Any], bool]] = {
+    "pid": lambda v: type(v) is int and 0 < v < MAX_PID, "started": _text, "updated": _text, "stopped": _text,
+    "sources": _texts, "reload_problems": _texts}
+_VALUE: Dict[str, Callable[[Any], bool]] = {
+    "path": _text, "refresh": _text, "last_refresh": _text, "next_due": _text, "failures": _count,
+    "last_error": _text, "expires": _text}
+_OUTPUT: Dict[str, Callable[[Any], bool]] = {
+    "uses": _texts, "last_change": _text, "last_action": _text, "last_error": _text, "expires": _text,
+    "on_change": _command_record}
+_NOTICE: Dict[str, Callable[[Any], bool]] = {
+    "id": _text, "seen": _text,
+    "fields": lambda v: v is None or (isinstance(v, dict) and all(isinstance(i, str) for i in v.values())),
+    "commands": lambda v: v is None or (isinstance(v, list) and all(c is not None and _command_record(c) for c in v))}
+_EVENT: Dict[str, Callable[[Any], bool]] = {
+    "path": _text, "poll": _number, "commands": _count, "failures": _count, "last_error": _text,
+    "notices": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, dict) and
+                                                                   _bad_field(n, _NOTICE) is None for n in v))}
+
+
+def _bad_field(record: Mapping[str, Any], fields: Mapping[str, Callable[[Any], bool]]) -> Optional[str]:
+    return next((name for name, check in fields.items() if not check(record.get(name))), None)
+
+
+def status_problem(doc: Any) -> Optional[str]:
+    """Why `doc` is not what a watcher of this version writes, or None. Checked before it
+    is judged or shown: the file may be damaged, or not the watcher's."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return f"not format {FORMAT}"
+    watcher = doc.get("watcher")
+    if not isinstance(watcher, dict):
+        return "watcher: not a mapping"
+    bad = _bad_field(watcher, _WATCHER)
+    if bad is not None:
+        return f"watcher.{bad}: unexpected content"
+    for section, fields in (("values", _VALUE), ("outputs", _OUTPUT), ("events", _EVENT)):
+        entries = doc.get(section)
+        if not isinstance(entries, dict):
+            return f"{section}: not a mapping"
+        for name, record in entries.items():
+            bad = _bad_field(record, fields) if isinstance(record, dict) else "(itself)"
+            if bad is not None:
+                return f"{section}[{json.dumps(name[:100])}].{bad}: unexpected content"
+    return None
+
+
 def is_status_document(doc: Any) -> bool:
     """What a watcher of this version writes: checked before it is judged."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        return False
-    watcher = doc.get("watcher")
-    sections = (doc.get(k) for k in ("values", "outputs", "events"))
-    return (isinstance(watcher, dict) and isinstance(watcher.get("pid"), int)
-            and all(isinstance(s, dict) and all(isinstance(v, dict) for v in s.values()) for s in sections))
+    return status_problem(doc) is None
 
 
 @dataclass(frozen=True)
@@ -62,6 +134,8 @@ class Health:
 
 def process_alive(pid: int) -> bool:
     """Is `pid` a running cc-imds? (A recycled pid running something else is not.)"""
+    if not 0 < pid < MAX_PID:
+        return False  # 0 and -1 would ask about a whole process group, or every process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -153,7 +227,7 @@ def _command(result: Mapping[str, Any], now: float) -> str:
     if result.get("running"):
         return f"running since {_ago(result.get('started'), now)}"
     outcome = f"failed: {result['error']}" if result.get("error") else "exit 0"
-    return f"{outcome} at {_ago(result.get('started'), now)}, {result.get('seconds', 0):.1f}s"
+    return f"{outcome} at {_ago(result.get('started'), now)}, {result.get('seconds') or 0:.1f}s"
 
 
 def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) -> str:

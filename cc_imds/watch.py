@@ -42,7 +42,7 @@ from .config import Declaration, EnvOutput, FileOutput, Origin, SourceDocument, 
 from .deadline import Deadline
 from .errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
 from .events import Notice, notice_env, notices
-from .pipeline import RunOptions, client_settings
+from .pipeline import RunOptions, client_settings, scrubber_for
 from .render import Output, render
 from .resolve import Value, Values, resolve
 from .schedule import (
@@ -64,8 +64,10 @@ LOG = logging.getLogger(__name__)
 
 POLL_DEADLINE = 10.0  # one poll, every request and retry in it, and its write
 MAX_SLEEP = 300.0  # wake at least this often, so a wall clock stepped forward is noticed
+CLOCK_STEP_BACK = 2.0  # the wall clock going back more than this between passes is a step (NTP)
 HANDLED_KEPT = 100  # notice ids remembered per event
 NEW_NOTICES_PER_POLL = 10  # more than this in one answer waits for the next polls
+NOTICES_CONSIDERED = HANDLED_KEPT // 2  # of one answer: all of them stay remembered, so none runs twice
 NOTICES_SHOWN = 5  # recent notices per event in the status file
 _EXPIRATION = "~expiration "  # hidden value: a credential document, read only for its Expiration
 _HIDDEN_ORIGIN = "cc-imds watch:"
@@ -101,6 +103,7 @@ class _EventState:
     failures: int = 0
     last_error: Optional[str] = None
     recent: List[Dict[str, Any]] = field(default_factory=list)
+    listed: int = 0  # notices in the last answer
 
 
 class Watcher:
@@ -122,6 +125,7 @@ class Watcher:
         self.events: Dict[str, _EventState] = {}
         self.handled: Dict[str, List[str]] = {}
         self.started = options.clock()
+        self._last_pass: Optional[float] = None
         self.reload_problems: List[str] = []
         self.stopping = False
         self.reload_requested = False
@@ -169,15 +173,23 @@ class Watcher:
         return 0
 
     def _adopt(self, declaration: Declaration) -> bool:
-        """Take on a (new) declaration; keep what is still true of the old one. False if idle."""
+        """Take on a (new) declaration; keep what is still true of the old one. False if idle.
+        Raises CcImdsError, before anything changed, if its connection settings are unusable."""
         watch = plan(declaration)
         if watch.idle:
             LOG.info("nothing to watch: no output uses a refreshing value (`refresh`, credentials), "
                      "and no event is declared")
-            if self.options.owns_marker:
-                rundir.remove(self.options.run_dir / rundir.MARKER)
             self.stopping = True
+            if self.options.owns_marker:
+                try:
+                    rundir.remove(self.options.run_dir / rundir.MARKER)
+                except rundir.RunDirError as exc:
+                    LOG.error("%s", exc)
             return False
+        settings = client_settings(declaration, RunOptions(endpoint=self.options.endpoint,
+                                                           environ=self.options.environ))
+        key = tuple(sorted(vars(settings).items()))
+        client = ImdsClient(settings) if key != self._client_key else self.client
         old = self.declaration
         self.known = {
             name: value for name, value in self.known.items()
@@ -194,13 +206,10 @@ class Watcher:
         self.write_due, self.write_failures = -math.inf, 0
         self.declaration, self.plan = declaration, watch
         self._resolving = _with_expirations(declaration, watch)
-        settings = client_settings(declaration, RunOptions(endpoint=self.options.endpoint,
-                                                           environ=self.options.environ))
-        key = tuple(sorted(vars(settings).items()))
-        if key != self._client_key:
+        if client is not self.client:
             if self.client is not None:
                 self.client.close()
-            self.client, self._client_key = ImdsClient(settings), key
+            self.client, self._client_key = client, key
         self._poll_seconds = min(float(declaration.settings.get("deadline", POLL_DEADLINE)), POLL_DEADLINE)
         self.dirty = True
         return True
@@ -209,6 +218,7 @@ class Watcher:
         LOG.info("reloading the declarations")
         try:
             declaration = build_declaration(self._load())
+            adopted = self._adopt(declaration)  # changes nothing if it raises
         except CcImdsError as exc:
             self.reload_problems = str(exc).splitlines()
             for line in self.reload_problems:
@@ -216,30 +226,57 @@ class Watcher:
             self.dirty = True
             return
         self.reload_problems = []
-        if self._adopt(declaration):
+        if adopted:
             LOG.info("reloaded: watching %s", _summary(self.plan))
 
     # -- one pass ---------------------------------------------------------------------------
     def _pass(self) -> None:
         now = self.options.clock()
+        self._follow_clock(now)
         due_events = [e for e in self.plan.events if self.events[e.event].due <= now]
         due_groups = [g for g in self.plan.groups if self.dues.get(g.path, -math.inf) <= now]
         retry_writes = bool(self.pending) and self.write_due <= now
         if not (due_events or due_groups or retry_writes):
             return
         deadline = Deadline(self._poll_seconds)
+        asking = self._until_stopped(self._poll_seconds)  # the same end, made together
         if due_events:
-            self._poll_events(due_events, deadline, now)
+            self._poll_events(due_events, asking, now)
         changed: Set[str] = set()
         for group in due_groups:
             if self.stopping:
                 return  # a safe point: nothing half done
-            changed |= self._refresh(group, deadline)
+            changed |= self._refresh(group, asking)
         for output in self._output_specs():
             if output.uses & changed:
                 self.pending.add(output.path)
         if self.pending and not self.stopping and (changed or retry_writes):
-            self._rewrite(changed, deadline)
+            self._rewrite(changed, deadline, asking)
+
+    def _follow_clock(self, now: float) -> None:
+        """Due times are wall-clock times (credentials expire at one). When the clock is
+        stepped back, they move back with it: otherwise a step of an hour would hold every
+        poll, a spot notice's too, back for that hour. (Forward, things just fall due.)"""
+        last, self._last_pass = self._last_pass, now
+        if last is None or now >= last - CLOCK_STEP_BACK:
+            return
+        step = last - now
+        LOG.info("the clock went back %.0fs: polls due are moved back with it", step)
+        self.dues = {path: due - step for path, due in self.dues.items()}
+        for state in self.events.values():
+            state.due -= step
+        self.write_due -= step
+
+    def _until_stopped(self, seconds: float) -> Deadline:
+        """A poll's deadline for asking IMDS and for waiting for apply's lock, passed as soon
+        as the watcher is told to stop: a poll under way ends within one attempt's timeout,
+        not the poll's whole deadline. Never for rendering or a write under way: what was
+        fetched is dropped, a write not started is not started, nothing is left half done."""
+
+        def clock() -> float:
+            return math.inf if self.stopping else time.monotonic()
+
+        return Deadline(seconds, clock)
 
     def _refresh(self, group: Group, deadline: Deadline) -> Set[str]:
         """Fetch one path's values. Returns the names whose value changed."""
@@ -251,9 +288,11 @@ class Watcher:
         try:
             values = resolve(self._resolving, self.client, names=names, deadline=deadline)
         except CcImdsError as exc:
+            if self.stopping:
+                return set()  # cut short by the stop: not a failure of IMDS
             state = state.failed(at)
             self._set_poll(group, state)
-            problems = exc.problems if isinstance(exc, ProblemsError) else str(exc).splitlines()
+            problems = self._scrubbed(exc.problems if isinstance(exc, ProblemsError) else str(exc).splitlines())
             shown = [p for p in problems if not p.startswith(_HIDDEN_ORIGIN)] or problems
             problem = "; ".join(shown)
             self.errors[group.path] = problem
@@ -275,7 +314,7 @@ class Watcher:
         self.dues[group.path] = next_due(group, state, self.options.jitter())
         self.dirty = True
 
-    def _rewrite(self, changed: Set[str], deadline: Deadline) -> None:
+    def _rewrite(self, changed: Set[str], deadline: Deadline, lock_wait: Deadline) -> None:
         assert self.declaration is not None
         declaration = self.declaration
         ready = [o for o in self._output_specs() if o.path in self.pending and o.uses <= self.known.keys()]
@@ -290,7 +329,7 @@ class Watcher:
             except RenderError as exc:
                 failed = True
                 self._output_failed(output.path, exc.problems)
-        changes = self._write(rendered, deadline)
+        changes = self._write(rendered, lock_wait)
         failed = failed or len(changes) < len(rendered)
         specs = {o.path: o for o in ready}
         for change in changes:
@@ -317,26 +356,33 @@ class Watcher:
         else:
             self.write_failures, self.write_due = 0, -math.inf
 
-    def _write(self, outputs: List[Output], deadline: Deadline) -> List[Change]:
+    def _write(self, outputs: List[Output], lock_wait: Deadline) -> List[Change]:
         """All at once, as apply does; if that fails, one by one, so one output that cannot
-        be written (an immutable file) does not keep fresh credentials out of another."""
+        be written (an immutable file) does not keep fresh credentials out of another.
+        `lock_wait` passes when the watcher is told to stop: it bounds only the wait for
+        apply's lock, never a write under way."""
         if not outputs:
             return []
         try:
-            return write_outputs(outputs, "/", self.options.lock_path, deadline=deadline)
+            return write_outputs(outputs, "/", self.options.lock_path, deadline=lock_wait)
         except WriteError as exc:
+            if self.stopping:
+                return []  # gave up waiting for the lock: nothing was changed, nothing failed
             if len(outputs) == 1:
                 self._output_failed(outputs[0].path, [str(exc)])
                 return []
         changes: List[Change] = []
         for output in outputs:
             try:
-                changes.extend(write_outputs([output], "/", self.options.lock_path, deadline=deadline))
+                changes.extend(write_outputs([output], "/", self.options.lock_path, deadline=lock_wait))
             except WriteError as exc:
+                if self.stopping:
+                    break
                 self._output_failed(output.path, [str(exc)])
         return changes
 
     def _output_failed(self, path: str, problems: List[str]) -> None:
+        problems = self._scrubbed(problems)
         message = "; ".join(problems)
         state = self.outputs[path]
         if state.last_error != message:
@@ -344,6 +390,18 @@ class Watcher:
                 LOG.error("%s: not rewritten, the previous file stays: %s", path, line)
         state.last_error = message
         self.pending.add(path)
+
+    def _scrubbed(self, problems: List[str]) -> List[str]:
+        """Messages as apply gives them (pipeline.scrubbed): no sensitive value, sensitive
+        default or token in any form, whatever rendering, resolving or writing put there.
+        They go to the log and to status.json, which every user can read."""
+        assert self.declaration is not None
+        declaration = self.declaration
+        scrub = scrubber_for(declaration)
+        scrub.add(value for name, value in self.known.items() if declaration.values[name].sensitive)
+        if self.client is not None:
+            scrub.add(self.client.issued_tokens())
+        return scrub.lines(problems)
 
     def _expiration_of(self, output: OutputSpec) -> Optional[float]:
         times = [self.polls[g.path].expiration for g in self.plan.groups
@@ -368,6 +426,8 @@ class Watcher:
                 outcomes.update(self.client.fetch_all(paths, deadline=deadline))
         except ImdsError as exc:
             outcomes = {p: exc for p in paths}
+        if self.stopping:
+            return  # polled again at the next start: a notice is not marked handled for commands ended at once
         for watch in due:
             state = self.events[watch.event]
             state.last_poll = now
@@ -377,9 +437,14 @@ class Watcher:
                 found: List[Notice] = []
             elif isinstance(outcome, bytes):
                 found = notices(watch.event, watch.path, outcome)
+                if len(found) > NOTICES_CONSIDERED and len(found) != state.listed:
+                    LOG.warning("%s: IMDS lists %d notices; acting on the first %d, the others once earlier "
+                                "ones are gone", watch.event, len(found), NOTICES_CONSIDERED)
+                state.listed = len(found)
+                found = found[:NOTICES_CONSIDERED]
             else:
                 state.failures += 1
-                problem = "; ".join(str(outcome).splitlines())
+                problem = "; ".join(self._scrubbed(str(outcome).splitlines()))
                 if state.last_error is None:
                     LOG.warning("%s: cannot poll %s (%s); polling on every %gs", watch.event, watch.path,
                                 problem, watch.poll)

@@ -94,6 +94,31 @@ def test_a_timeout_kills_the_whole_process_group(runner: Runner, results: Result
     assert ended(int(pid_file.read_text()))
 
 
+# The leader exits on SIGTERM; a child that ignores it (ignored signals stay ignored across
+# exec) is still in the group, and holds the output pipe.
+STUBBORN_CHILD = "(trap '' TERM; exec sleep 300) & echo $! > {pid_file}; wait"
+
+
+def test_a_timeout_kills_a_child_that_ignores_sigterm(runner: Runner, results: Results, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    runner.start("k", "on_change /etc/x", Command(("sh", "-c", STUBBORN_CHILD.format(pid_file=pid_file)), 1))
+    (result,) = results.wait(1)
+    assert result.error == "timed out after 1s; its process group was killed"
+    assert ended(int(pid_file.read_text()))
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(results: Results, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    runner = Runner(results)
+    runner.start("k", "label", Command(("sh", "-c", STUBBORN_CHILD.format(pid_file=pid_file)), 600))
+    give_up = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    runner.stop(grace=1)
+    results.wait(1)
+    assert ended(int(pid_file.read_text()))
+
+
 def test_output_is_logged_line_by_line_and_bounded(runner: Runner, results: Results,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)

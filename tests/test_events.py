@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cc_imds.events import notice_env, notices
+from cc_imds.events import MAX_FIELDS, notice_env, notices
 
 SPOT = "meta-data/spot/instance-action"
 MAINTENANCE = "meta-data/events/maintenance/scheduled"
@@ -77,3 +77,36 @@ def test_hostile_fields_never_make_a_bad_or_foreign_variable(document: dict) -> 
         for name, value in notice_env(notice).items():
             assert name.startswith("CC_IMDS_") and name.replace("_", "").isalnum() and name.isascii()
             assert "\0" not in value
+        env = notice_env(notice)
+        assert env["CC_IMDS_NOTICE_ID"] == notice.id and env["CC_IMDS_EVENT"] == "rebalance-recommendation"
+
+
+def test_a_field_never_replaces_the_notice_s_own_variables() -> None:
+    (notice,) = notices("spot-interruption", SPOT, b'{"action": "stop", "id": "forged", "Id": "forged"}')
+    env = notice_env(notice)
+    assert env["CC_IMDS_NOTICE_ID"] == notice.id
+    assert env["CC_IMDS_NOTICE_ACTION"] == "stop"
+
+
+def test_fields_that_make_one_variable_are_left_to_the_full_notice() -> None:
+    (notice,) = notices("spot-interruption", SPOT, b'{"action": "stop", "Action": "terminate", "time": "t"}')
+    assert notice.fields == {"time": "t"}
+    assert "CC_IMDS_NOTICE_ACTION" not in notice_env(notice)
+
+
+def test_a_notice_with_thousands_of_fields_gives_a_bounded_environment() -> None:
+    document = {f"field{i}": "x" * 4000 for i in range(5000)}
+    (notice,) = notices("rebalance-recommendation", "meta-data/events/recommendations/rebalance",
+                        json.dumps(document).encode())
+    assert len(notice.fields) == MAX_FIELDS
+    assert sum(len(k) + len(v) + 2 for k, v in notice_env(notice).items()) < 256 * 1024
+
+
+def test_the_full_notice_variable_is_bounded_in_bytes_not_characters() -> None:
+    """Linux refuses to run a command with an environment string over 128 KiB (E2BIG): a
+    notice of 60,000 four-byte characters stays on stdin only, and the command still runs."""
+    document = {"action": "terminate", "note": "\U0001f600" * 60_000}
+    (notice,) = notices("spot-interruption", SPOT, json.dumps(document, ensure_ascii=False).encode())
+    env = notice_env(notice)
+    assert "CC_IMDS_NOTICE" not in env and env["CC_IMDS_NOTICE_ACTION"] == "terminate"
+    assert all(len(f"{k}={v}".encode()) < 128 * 1024 for k, v in env.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any, Dict
 
@@ -26,6 +27,7 @@ from cc_imds.schedule import (
     parse_time,
     plan,
 )
+from cc_imds.status import iso
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 NOW = 1_800_000_000.0
@@ -246,3 +248,18 @@ def test_no_usable_expiration_is_none(document: Any) -> None:
 def test_fractional_seconds_and_offsets_are_understood() -> None:
     assert parse_time("2027-01-15T09:30:00.500Z") == 1800005400.5
     assert parse_time("2027-01-15T10:30:00+01:00") == 1800005400.0
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
+def test_a_time_an_offset_pushes_out_of_the_calendar_is_none(text: str) -> None:
+    assert parse_time(text) is None
+
+
+@given(st.datetimes(timezones=st.timezones() | st.just(datetime.timezone.utc)))
+def test_every_time_read_can_be_shown_and_read_back(when: datetime.datetime) -> None:
+    """What IMDS writes as Expiration ends up in status.json through iso(): whatever the
+    offset, it is either refused here or shown and read back as the same second."""
+    epoch = parse_time(when.isoformat())
+    if epoch is not None:
+        shown = iso(epoch)
+        assert shown is not None and parse_time(shown) == math.floor(epoch)

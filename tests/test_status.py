@@ -10,9 +10,11 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cc_imds import rundir
 from cc_imds.status import (
@@ -22,9 +24,11 @@ from cc_imds.status import (
     OK,
     OUTPUT_FAILING,
     RELOAD_REFUSED,
+    as_json,
     assess,
     iso,
     render_text,
+    status_problem,
 )
 from tests.conftest import CLI, REPO, cli_env
 
@@ -205,17 +209,18 @@ def test_the_readme_documents_every_exit_code() -> None:
     assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
 
 
-def test_status_into_a_closed_pipe_is_one_line_and_exit_4(tmp_path: Path) -> None:
+def test_status_into_a_closed_pipe_ends_quietly_with_the_health_code(tmp_path: Path) -> None:
     directory = Path(os.environ["CC_IMDS_RUN_DIR"])
     directory.mkdir(parents=True)
     big = changed(lambda d: d["outputs"].update({f"/etc/out-{i:04d}": d["outputs"]["/etc/agent/credentials"]
                                                  for i in range(2000)}))
     (directory / rundir.STATUS).write_text(json.dumps(big))
-    # The reader is gone before cc-imds has started: as for every subcommand, standard output
-    # that cannot be written is exit 4 with one line (README, "Exit status"), never a traceback.
+    health = subprocess.run([*CLI, "status"], capture_output=True, env=cli_env(), timeout=60).returncode
+    # The reader is gone before cc-imds has started, as `head` or `grep -q` may be: status is
+    # a report, so its exit stays the health code, and nothing is said (README, "Exit status").
     result = subprocess.run(f"set -o pipefail; {shlex.join(CLI)} status | true", shell=True,
                             executable="/bin/bash", env=cli_env(), capture_output=True, timeout=60)
-    assert (result.returncode, result.stderr) == (4, b"cc-imds: standard output: cannot write: Broken pipe\n")
+    assert (result.returncode, result.stderr) == (health, b"")
 
 
 def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> None:
@@ -223,3 +228,53 @@ def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> 
         result = subprocess.run([*CLI, "status"], stdout=full, stderr=subprocess.PIPE, env=cli_env(), timeout=60)
     assert result.returncode == 4
     assert result.stderr == b"cc-imds: standard output: cannot write: No space left on device\n"
+
+
+# -- a damaged or foreign status file --------------------------------------------------------
+WITH_NOTICE = changed(lambda d: d["events"]["spot-interruption"]["notices"].append(
+    {"id": "1a2b", "seen": iso(NOW - 30), "fields": {"action": "terminate"},
+     "commands": [{"label": "spot-interruption notice 1a2b", "started": iso(NOW - 30), "seconds": 1.5, "exit": 1,
+                   "error": "exited 1"}, {"label": "second", "started": iso(NOW - 30), "running": True}]}))
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3), max_leaves=6)
+
+
+def places(doc: Any, at: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
+    """Every place in a document: each key of a mapping, each item of a list."""
+    found = [at]
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else []
+    for key, item in items:
+        found.extend(places(item, (*at, key)))
+    return found
+
+
+PLACES = places(WITH_NOTICE)
+
+
+@settings(max_examples=300)
+@given(place=st.sampled_from(PLACES[1:]), value=json_values)
+def test_any_damage_is_refused_or_shown_never_a_crash(place: Tuple[Any, ...], value: Any) -> None:
+    doc = copy.deepcopy(WITH_NOTICE)
+    parent = doc
+    for key in place[:-1]:
+        parent = parent[key]
+    parent[place[-1]] = value
+    if status_problem(doc) is None:
+        health = assess(doc, True, NOW, alive)
+        render_text(doc, health, NOW)
+        json.dumps(as_json(doc, health))
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, json.dumps(changed(
+    lambda d: d["watcher"].update(pid=10**30))), json.dumps(changed(lambda d: d["events"]["spot-interruption"].update(
+        poll="5s")))], ids=["nested-100000-deep", "pid-beyond-pid-max", "poll-not-a-number"])
+def test_a_damaged_status_file_is_a_one_line_error(cli: Callable[..., Any], text: str) -> None:
+    directory = Path(os.environ["CC_IMDS_RUN_DIR"])
+    directory.mkdir(parents=True)
+    (directory / rundir.STATUS).write_text(text)
+    for extra in ([], ["--json"]):
+        result = subprocess.run([*CLI, "status", *extra], capture_output=True, text=True, env=cli_env(), timeout=60)
+        assert result.returncode == NOT_RUNNING
+        assert re.fullmatch(rf"cc-imds: {re.escape(str(directory / rundir.STATUS))}: (nested too deeply to be ours|"
+                            r"not a status document of this version \(.*: unexpected content\))\n", result.stderr)

@@ -12,7 +12,9 @@ from typing import Any, Callable, Dict
 
 import yaml
 
+from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.emulator import Emulator
+from cc_imds.watch import Watcher, WatchOptions
 from tests.conftest import REPO
 from tests.watch_harness import (
     TAG,
@@ -218,3 +220,32 @@ def test_one_token_is_reused_and_renewed_before_it_expires(
     puts = emulator.count("PUT")
     assert 2 <= puts <= 1 + watch.polls_of(TAG) // 2  # renewed as it nears expiry, not per request
     assert [r for r in emulator.requests if r.status == 401] == []  # never used an expired token
+
+
+def test_a_wall_clock_stepped_back_does_not_hold_polls_back(emulator: Emulator, tmp_path: Path) -> None:
+    """Polls are scheduled in wall-clock time (credentials expire at a wall-clock time). A
+    clock stepped back an hour (NTP at boot) must not leave a spot notice unpolled for an
+    hour: what was due is moved back with the clock."""
+    now = [1_800_000_000.0]
+    path = "meta-data/spot/instance-action"
+    declaration = build_declaration([SourceDocument("test", "", {
+        "events": [{"event": "spot-interruption", "poll": 5, "run": ["true"]}]})])
+    options = WatchOptions(endpoint=emulator.url, lock_path=str(tmp_path / "lock"), run_dir=tmp_path / "run",
+                           owns_marker=False, environ={}, clock=lambda: now[0], jitter=lambda: 0.0)
+    watcher = Watcher(lambda: [], options)
+    try:
+        assert watcher._adopt(declaration)
+        watcher._pass()
+        assert emulator.count("GET", path=f"/latest/{path}") == 1
+        now[0] += 5
+        watcher._pass()
+        assert emulator.count("GET", path=f"/latest/{path}") == 2
+        now[0] -= 3600  # stepped back an hour
+        watcher._pass()  # the pass after the step: not polled yet, 5 s after the last poll
+        now[0] += 5
+        watcher._pass()
+        assert emulator.count("GET", path=f"/latest/{path}") == 3
+    finally:
+        watcher.runner.stop()
+        if watcher.client is not None:
+            watcher.client.close()

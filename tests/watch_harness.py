@@ -57,11 +57,12 @@ class Watch:
         result = self.cli("apply", str(self.file), "--no-conf-dir", "--endpoint", self.emulator.url)
         assert result.returncode == 0, result.stderr
 
-    def start(self, *extra: str) -> Watch:
+    def start(self, *extra: str, endpoint_option: bool = True) -> Watch:
+        """`endpoint_option=False`: the declaration's own `endpoint` is used, as under systemd."""
+        endpoint = ["--endpoint", self.emulator.url] if endpoint_option else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*CLI, "watch", str(self.file), "--no-conf-dir",
-                 "--endpoint", self.emulator.url, *extra],
+                [*CLI, "watch", str(self.file), "--no-conf-dir", *endpoint, *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
 

@@ -87,6 +87,18 @@ SCENARIOS = {
     "watch-unrepresentable-value": "cc-imds watch, a new tag value the systemd format cannot carry: that file kept, "
     "the others written, status exits 4, recovers",
     "watch-notice-flood": "cc-imds watch, 25 maintenance notices at once: 10 per poll, each command run once",
+    "watch-hostile-expiration": "cc-imds watch, credentials whose Expiration an offset pushes past 9999 or before "
+    "year 1: written, the watcher keeps running, status exits 0",
+    "watch-sigterm-mid-poll": "cc-imds watch, SIGTERM while IMDS never answers or trickles its headers: stopped "
+    "within one attempt's timeout (1 s) plus slack, not the poll's 10 s deadline",
+    "watch-secret-in-error": "cc-imds watch, template errors quoting sensitive values the renderer takes for Jinja's "
+    "words ('None', '... object'): redacted in the log, status.json and status, as apply does",
+    "watch-reload-unusable-endpoint": "cc-imds watch, SIGHUP with an endpoint whose port is out of range: refused, "
+    "the running declaration kept, status exits 1",
+    "watch-notice-overflow": "cc-imds watch, 120 maintenance notices listed at once (more than the 100 remembered): "
+    "the first 50 acted on, each command run once",
+    "watch-sigterm-waiting-for-lock": "cc-imds watch, SIGTERM while it waits for the lock apply holds: stopped within "
+    "1 s plus slack (not the poll's 10 s deadline), file untouched, no error logged",
 }
 SCENARIOS.update({
     "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "

@@ -5,6 +5,7 @@ status that says so, and no token or secret in the log or the status file."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import threading
@@ -12,10 +13,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import pytest
+
 from cc_imds.emulator import Emulator
+from tests.reliability.hostile import HostileServer, silent, token_then, trickled_headers
+from tests.reliability.test_templates import leaks
 from tests.watch_harness import (
+    CREDS,
     TAG,
     Watch,
+    access_key,
     credentials_declaration,
     digest,
     tag_declaration,
@@ -199,3 +206,157 @@ def test_a_flood_of_notices_is_acted_on_a_few_at_a_time_each_once(
     assert "scheduled-maintenance: 25 new notices at once; acting on 10 now" in watch.log()
     record("watch-notice-flood", "25 notices: 10 per poll, each command once", exit=watch.stop(),
            GET=emulator.count("GET"))
+
+
+def test_a_hostile_expiration_neither_stops_the_watcher_nor_its_status(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """IMDS writes the Expiration; one an offset pushes out of the calendar (past 9999-12-31
+    or before year 1 in UTC) is no usable Expiration: the credentials are written, the
+    watcher keeps running and `status` answers."""
+    shown = []
+    for attempt, hostile in enumerate(["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"]):
+        out = tmp_path / f"out-{attempt}"
+        document = json.loads(emulator.tree.lookup(CREDS) or b"{}")
+        document["Expiration"] = hostile
+        emulator.set_value(CREDS, json.dumps(document))
+        watch = watches(tmp_path / f"attempt-{attempt}", emulator, credentials_declaration(out)).start()
+        wait_for(lambda: access_key(out / "credentials") == document["AccessKeyId"],  # noqa: B023 - used at once
+                 what="the credentials file")
+        code, status = wait_for(lambda: (lambda s: s if s[1]["status"] else None)(watch.status()),  # noqa: B023
+                                what="a status")
+        assert watch.proc is not None and watch.proc.poll() is None, watch.log()
+        assert code == 0, status
+        assert status["status"]["values"]["key"]["expires"] is None
+        assert "internal error" not in watch.log()
+        shown.append(watch.stop())
+    record("watch-hostile-expiration", "Expirations out of the calendar: credentials written, watcher running, "
+           "status 0", exit=max(shown))
+
+
+# One attempt's timeout: what a request under way may still take once SIGTERM came. The slack
+# is for a loaded machine; without the fix, the stop waited for the poll's 10 s deadline.
+ATTEMPT = 1.0
+STOP_SLACK = 4.0
+
+
+@pytest.mark.parametrize("behaviour", [silent, token_then(trickled_headers)], ids=["silent", "trickled-headers"])
+def test_sigterm_in_the_middle_of_a_poll_stops_within_an_attempt(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record, behaviour: Any) -> None:
+    out = tmp_path / "out"
+    declaration = {"deadline": 30, "timeout": ATTEMPT, "values": {"environment": {"path": TAG, "refresh": 1}},
+                   "files": [{"path": f"{out}/tag.txt", "content": "{{ environment }}\n"}]}
+    with HostileServer(behaviour) as server:
+        watch = watches(tmp_path, emulator, declaration).start("--endpoint", server.url)
+        wait_for(lambda: server.connections >= 1, what="a request under way")
+        time.sleep(0.3)
+        started = time.monotonic()
+        code = watch.stop()
+        seconds = time.monotonic() - started
+    assert code == 0
+    assert seconds < ATTEMPT + STOP_SLACK, watch.log()
+    assert "cannot refresh" not in watch.log()  # cut short by the stop, not a failure of IMDS
+    assert not out.exists() or temp_files(out) == []
+    record("watch-sigterm-mid-poll", "SIGTERM while IMDS never answers, or trickles headers: stopped within one "
+           "attempt's timeout, not the poll's deadline", exit=code, seconds=round(seconds, 1))
+
+
+def test_render_errors_in_the_watcher_are_scrubbed_as_apply_scrubs_them(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """Template errors quote what a template looked up. The renderer hides what it computed
+    from a sensitive value, except text it takes for Jinja's own words ('None', '... object');
+    apply's boundary scrubs those too, and the watcher's messages go through the same one."""
+    out = tmp_path / "out"
+    secrets = ["None", "hunter2 dict object"]
+    declaration = {
+        "deadline": 2,
+        "values": {"environment": {"path": TAG, "refresh": 1},
+                   **{f"pw{i}": {"path": f"meta-data/tags/instance/Password{i}", "default": secret, "sensitive": True}
+                      for i, secret in enumerate(secrets)}},
+        "files": [{"path": f"{out}/pw{i}.conf", "content": f"{{{{ {{}}[pw{i}] }}}}{{{{ environment }}}}\n"}
+                  for i in range(len(secrets))],
+    }
+    watch = watches(tmp_path, emulator, declaration).start()
+    wait_for(lambda: watch.log().count("not rewritten") >= 2, what="both render errors")
+    code, status = wait_for(lambda: (lambda s: s if s[0] == 4 else None)(watch.status()), what="status exit 4")
+    said = watch.log() + json.dumps(status) + watch.cli("status").stdout.decode()
+    assert "has no attribute '<redacted>'" in said
+    assert leaks(said, secrets) == []
+    record("watch-secret-in-error", "sensitive values Jinja's wording lets through: redacted in the log, status.json "
+           "and status, as apply redacts them", exit=watch.stop())
+
+
+def test_a_reload_whose_endpoint_is_unusable_keeps_the_running_declaration(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """The schema accepts `http://host:port`; that the port is out of range is found when
+    the client is made. That is a refused reload like any other: the watcher keeps running
+    the declaration it has, instead of exiting (and failing the same way on each restart)."""
+    out = tmp_path / "out"
+    declaration = tag_declaration(out)
+    declaration["endpoint"] = emulator.url
+    watch = watches(tmp_path, emulator, declaration)
+    watch.apply()
+    watch.start(endpoint_option=False)
+    wait_for(lambda: watch.polls_of(TAG) >= 2, what="polls")
+    watch.declare({**declaration, "endpoint": "http://127.0.0.1:99999/"})
+    assert watch.proc is not None
+    watch.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in watch.log(), what="the refusal")
+    assert "Port out of range" in watch.log()
+    code, status = watch.status()
+    assert code == 1 and watch.proc.poll() is None
+    emulator.set_value(TAG, "still-watched")
+    wait_for(lambda: b"still-watched" in (out / "app.env").read_bytes(), what="the old declaration at work")
+    record("watch-reload-unusable-endpoint", "refused, the running declaration kept, status exits 1",
+           exit=watch.stop())
+
+
+def test_more_notices_than_are_remembered_never_run_a_command_twice(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    """The watcher remembers the last 100 notices acted on per event. An answer listing more
+    would push the first ones out, and they would be acted on again, poll after poll. At
+    most 50 notices of one answer are considered; the rest wait until earlier ones go."""
+    path = "meta-data/events/maintenance/scheduled"
+    for _ in range(120):
+        emulator.schedule_maintenance()
+    handled = tmp_path / "handled"
+    watch = watches(tmp_path, emulator, {"events": [{
+        "event": "scheduled-maintenance", "poll": 1,
+        "run": ["sh", "-c", f"echo \"$CC_IMDS_NOTICE_EVENTID\" >> {handled}"]}]}).start()
+    wait_for(lambda: handled.exists() and len(handled.read_text().split()) >= 50, timeout=60, what="50 commands")
+    # Enough polls for the first notices to have been pushed out of memory without the bound.
+    polled = watch.polls_of(path)
+    wait_for(lambda: watch.polls_of(path) >= polled + 12, timeout=90, what="twelve more polls")
+    time.sleep(1)
+    ran = handled.read_text().split()
+    assert len(ran) == len(set(ran)) == 50
+    assert "scheduled-maintenance: IMDS lists 120 notices; acting on the first 50" in watch.log()
+    record("watch-notice-overflow", "120 notices listed at once: the first 50 acted on, each once, over 12 more polls",
+           exit=watch.stop(), GET=emulator.count("GET"))
+
+
+def test_sigterm_while_waiting_for_apply_s_lock_stops_at_once(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, record: Record) -> None:
+    out = tmp_path / "out"
+    declaration = {**tag_declaration(out), "deadline": 30}
+    watch = watches(tmp_path, emulator, declaration)
+    watch.apply()
+    before = (out / "app.env").read_bytes()
+    watch.start()
+    wait_for(lambda: watch.status()[1]["status"] and
+             watch.status()[1]["status"]["outputs"][f"{out}/app.env"]["last_error"] is None and
+             watch.status()[1]["status"]["values"]["environment"]["last_refresh"], what="a first pass")
+    with open(tmp_path / "lock", "rb") as held:  # apply's lock, as a long apply would hold it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        emulator.set_value(TAG, "waiting-for-the-lock")
+        polled = watch.polls_of(TAG)
+        # The poll that finds the change is the last until the lock is free: the watcher waits for it.
+        wait_for(lambda: watch.polls_of(TAG) > polled, what="a poll that found the change")
+        time.sleep(0.5)
+        started = time.monotonic()
+        code = watch.stop()
+        seconds = time.monotonic() - started
+    assert code == 0 and seconds < ATTEMPT + STOP_SLACK, watch.log()
+    assert (out / "app.env").read_bytes() == before and temp_files(out) == []
+    assert "not rewritten" not in watch.log()
+    record("watch-sigterm-waiting-for-lock", "SIGTERM while apply holds the lock: stopped at once, file untouched",
+           exit=code, seconds=round(seconds, 1))
