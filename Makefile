@@ -19,10 +19,13 @@ help:
 	@echo "make demo    set up a virtualenv and run 'cc-imds demo' against the bundled emulator"
 	@echo "make test    everything CI runs: lint, then all tests on Python 3.9 (AL2023 pins) and 3.13,"
 	@echo "             including real cloud-init 22.2.2 (vendored), 22.4.2 and 25.1.4 (from Debian), never installed,"
-	@echo "             the RPM (built, linted, installed into a scratch root), and a fresh clone of the"
-	@echo "             repository in an empty folder (built, fast suite)"
+	@echo "             the RPM (built, linted, installed into a scratch root), a fresh clone of the"
+	@echo "             repository in an empty folder (built, fast suite), then the box (test-box)"
+	@echo "make test-box  boot Debian 12 and 13 VMs (systemd, cloud-init's Ec2 datasource) against the"
+	@echo "             emulator inside them, with cc-imds installed from the checkout's wheel"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
+	@echo "make reliability-doc   rewrite docs/RELIABILITY.md from a fresh run of the reliability suite"
 
 $(VENV)/demo/.ready: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)/demo
@@ -52,21 +55,49 @@ system-deps:
 cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
+# Every test run records what the reliability scenarios did (tests/reliability/report.py),
+# then checks that docs/RELIABILITY.md lists exactly those scenarios with those results.
+RELIABILITY_RUNS := .cache/reliability
+
+# $(1): the virtualenv; $(2): what to run. Records the run in $(RELIABILITY_RUNS)/$(1).jsonl.
+define recorded-pytest
+	@mkdir -p $(RELIABILITY_RUNS) && rm -f $(RELIABILITY_RUNS)/$(1).jsonl
+	CC_IMDS_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_RUNS)/$(1).jsonl $(VENV)/$(1)/bin/python -m pytest -q -p no:cacheprovider $(2)
+endef
+
 test-py39: $(VENV)/py39/.ready cloud-init rpm
-	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "not clone"
+	$(call recorded-pytest,py39,-m "not clone")
+	$(VENV)/py39/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py39.jsonl docs/RELIABILITY.md
 
 # The RPM tests run once, in the 3.9 run: they build and install with AL2023's Python 3.9
 # whichever Python runs pytest.
 test-py313: $(VENV)/py313/.ready cloud-init rpm
-	$(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "not clone and not rpm"
+	$(call recorded-pytest,py313,-m "not clone and not rpm")
+	$(VENV)/py313/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py313.jsonl docs/RELIABILITY.md
 
 # Once, not per Python: a fresh clone in an empty folder builds and passes the fast suite.
 test-clone: $(VENV)/py39/.ready rpm
 	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m clone
 
-test: lint test-py39 test-py313 test-clone
+# Rewrite docs/RELIABILITY.md from a fresh run of the reliability suite (as root, like make test);
+# leaving out the one test that checks the document being rewritten.
+reliability-doc: $(VENV)/py313/.ready system-deps
+	$(call recorded-pytest,py313,tests/reliability --deselect tests/reliability/test_report.py::test_every_scenario_has_a_row_with_a_result)
+	$(VENV)/py313/bin/python -m tests.reliability.report render $(RELIABILITY_RUNS)/py313.jsonl > $(RELIABILITY_RUNS)/RELIABILITY.md
+	mv $(RELIABILITY_RUNS)/RELIABILITY.md docs/RELIABILITY.md
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone
+test: lint test-py39 test-py313 test-clone test-box
+
+.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone reliability-doc
+
+# -- the box: real boots under qemu (tests/box) ------------------------------------------
+# Images are built from Debian's packages and cached under .cache/box/; the wheel is built
+# with AL2023's toolchain, as the RPM's is; `cloud-init analyze` runs on the host from the
+# unpacked cloud-init.
+test-box: $(VENV)/py313/.ready $(VENV)/al2023-build/.ready cloud-init
+	CC_IMDS_BOX=1 $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider tests/box
+
+.PHONY: test-box
 
 # -- RPM --------------------------------------------------------------------------------
 # Python 3.9 with Amazon Linux 2023's build toolchain: its setuptools 59.6 ignores a PEP 621
@@ -110,5 +141,6 @@ $(VENV)/bench39/.ready: constraints/al2023.txt constraints/bench.txt
 
 bench: $(VENV)/bench/.ready $(VENV)/bench39/.ready $(VENV)/py39/.ready cloud-init
 	$(VENV)/bench/bin/python bench/run.py
+	$(VENV)/bench/bin/python bench/watch.py
 
 .PHONY: bench

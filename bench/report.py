@@ -216,7 +216,18 @@ def write_report(results: Dict[str, Any]) -> None:
         out.append(f"| {label} | {cost['import_ms']:.1f} | {cost['deferred_ms']:.1f} | "
                    f"{packages(cost['new_third_party'])} |")
     out += ["", "## Reading the numbers", "", *NOTES, ""]
+    out += watch_lines()
     (HERE / "RESULTS.md").write_text("\n".join(out))
+
+
+def watch_lines() -> List[str]:
+    """The watcher's section, from bench/watch.py's last run."""
+    recorded = HERE / "watch-results.json"
+    if not recorded.exists():
+        return []
+    from bench.watch import report_lines
+
+    return report_lines(json.loads(recorded.read_text()))
 
 
 NOTES = [

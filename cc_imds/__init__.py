@@ -66,14 +66,36 @@ def handle(*args: Any, **kwargs: Any) -> None:
         LOG.debug("Skipping module %s: no `imds` key and no declarations in %s", name, conf_dir)
         return
 
+    from .config import build_declaration
     from .errors import CcImdsError
-    from .pipeline import RunOptions, apply, gather
+    from .pipeline import RunOptions, apply_declaration, gather
 
+    declaration = None
     try:
-        changes = apply(gather(cfg.get("imds"), conf_dir), RunOptions())
+        declaration = build_declaration(gather(cfg.get("imds"), conf_dir), remember=True)
+        changes = apply_declaration(declaration, RunOptions())
     except CcImdsError as exc:
         for line in str(exc).splitlines():
             LOG.error("%s: %s", name, line)
         raise
+    finally:
+        _hand_off(name, cfg.get("imds"), declaration)
     written = sum(1 for c in changes if c.action != "unchanged")
     LOG.info("%s: %d file(s) written, %d unchanged", name, written, len(changes) - written)
+
+
+def _hand_off(name: str, cloud_config: Any, declaration: Any) -> None:
+    """Start `cc-imds watch` in this boot if the declaration needs it, even when this run
+    failed (the watcher keeps trying); with no valid declaration, withdraw an earlier run's
+    request. Never fails the module: the files are what matters."""
+    from .errors import CcImdsError
+    from .handoff import hand_off
+
+    try:
+        watch = hand_off(cloud_config, declaration)
+    except CcImdsError as exc:
+        LOG.error("%s: cannot start cc-imds watch: %s", name, exc)
+        return
+    if not watch.idle:
+        LOG.info("%s: cc-imds watch will keep %d output(s) current (cc-imds status shows it)",
+                 name, len(watch.outputs))

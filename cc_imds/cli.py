@@ -1,9 +1,10 @@
 """`cc-imds`: validate, preview and apply declarations, get single values, run the emulator.
 
-Exit status: 0 success; 1 invalid declaration, a value a format cannot carry, a 404
-(`get`), IMDSv1 use found (`scan`) or imds not first in the config stage
-(`enable-module --check`); 2 wrong usage; 3 IMDS unreachable or failing; 4 an output
-could not be written. Errors go to stderr, one line each, without a traceback.
+Exit status: 0 success; 1 invalid declaration or input file, a value a format cannot
+carry, a 404 (`get`), IMDSv1 use found or a file that cannot be scanned (`scan`), or imds
+not first in the config stage (`enable-module --check`); 2 wrong usage; 3 IMDS unreachable
+or failing; 4 an output, or standard output, could not be written; 70 an internal error
+(a bug). Errors go to stderr, one line each, without a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 import sys
 
 from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
-from .errors import CcImdsError, DeclarationError
+from .errors import CcImdsError, DeclarationError, WriteError
+
+INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a user can act on
 
 # Every command imports what it uses when it runs: `cc-imds get` stands in for curl in
 # scripts, so its start-up is the standard library it needs and nothing else (not even
@@ -21,10 +24,21 @@ from .errors import CcImdsError, DeclarationError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, List, Optional, Sequence
+    from typing import IO, Any, Callable, List, Optional, Sequence, Union
 
     from .config import SourceDocument
     from .pipeline import RunOptions
+
+
+def _lifetime(text: str) -> float:
+    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if seconds != 0 and not 1 <= seconds <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
+    return seconds
 
 
 def _conf_dir(args: argparse.Namespace) -> Optional[str]:
@@ -140,6 +154,84 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_for_the_journal(debug: bool) -> None:
+    """The watcher logs every change (INFO). Under systemd (JOURNAL_STREAM is set), a <N>
+    prefix gives each line its journal priority."""
+    import logging
+
+    class JournalFormatter(logging.Formatter):
+        PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+        def format(self, record: logging.LogRecord) -> str:
+            return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+    logging.basicConfig(format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)  # no-op after --debug
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if os.environ.get("JOURNAL_STREAM"):
+        for handler in root.handlers:
+            handler.setFormatter(JournalFormatter("%(message)s"))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import documents_from_file
+    from .handoff import saved_cloud_config
+    from .pipeline import gather
+    from .watch import Watcher, WatchOptions
+
+    _log_for_the_journal(args.debug)
+    conf_dir = _conf_dir(args)
+    explicit = Path(args.file) if args.file else None
+
+    def load() -> List[SourceDocument]:
+        """Drop-ins, then FILE or this boot's saved `imds:` key: the boot run's own order."""
+        if explicit is not None:
+            docs = gather(conf_dir=conf_dir, documents=documents_from_file(explicit))
+        else:
+            docs = gather(saved_cloud_config(), conf_dir)
+        if not docs:
+            raise DeclarationError([f"no declaration: no *.yaml in {conf_dir}, and the boot run saved no "
+                                    "imds: key (give a FILE to watch another declaration)"])
+        return docs
+
+    options = WatchOptions(endpoint=args.endpoint, lock_path=_lock(args), owns_marker=explicit is None)
+    return Watcher(load, options).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from . import rundir
+    from .handoff import watcher_needed
+    from .status import NOT_RUNNING, as_json, assess, is_status_document, render_text
+
+    directory = rundir.run_dir()
+    try:
+        document = rundir.read_json(directory / rundir.STATUS)
+    except rundir.RunDirError as exc:
+        print(f"cc-imds: {exc}", file=sys.stderr)
+        return NOT_RUNNING
+    if document is not None and not is_status_document(document):
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version", file=sys.stderr)
+        return NOT_RUNNING
+    now = time.time()
+    health = assess(document, watcher_needed(directory), now)
+    text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
+        render_text(document, health, now))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        if not isinstance(exc, BrokenPipeError):  # `cc-imds status | head`: the reader has what it wanted
+            print(f"cc-imds: cannot write to standard output: {exc.strerror}", file=sys.stderr)
+            return 4
+    return health.code
+
+
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
     try:
@@ -156,13 +248,32 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from .tree import load_tree
 
     tree = load_tree(args.tree, tags_enabled=not args.no_tags)
-    emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
+    try:
+        emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
+    except OSError as exc:
+        raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
     emulator.latency = args.latency
+    if args.credential_lifetime:
+        emulator.rotate_credentials_every(args.credential_lifetime)
+    control = None
+    if args.control_port is not None:
+        from .control import ControlServer
+
+        try:
+            control = ControlServer(emulator, host=args.host, port=args.control_port).start()
+        except (ValueError, OSError) as exc:
+            print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
+            return 2
     print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
+    if control is not None:
+        print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
     try:
         emulator.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        if control is not None:
+            control.stop()
     return 0
 
 
@@ -228,11 +339,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     from .scan import IMDSV1, as_dicts, scan_files
 
-    try:
-        by_file = scan_files(args.path)
-    except OSError as exc:
-        raise CcImdsError(f"{exc.filename}: cannot read: {exc.strerror}") from None
-    findings = [finding for found in by_file.values() for finding in found]
+    result = scan_files(args.path)
+    findings = [finding for found in result.findings.values() for finding in found]
     if args.json:
         print(json.dumps(as_dicts(findings), indent=2))
     elif findings:
@@ -240,16 +348,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    else:
+    elif not result.problems:
         print("no IMDS access found")
     if args.suggest:
+        import re
+
         import yaml
 
         from .config import SourceDocument, build_declaration
-        from .scan import suggest, suggest_get
+        from .scan import ValueNames, suggest, suggest_get
 
-        for name, found in by_file.items():
-            declaration = suggest(found, f"/etc/cc-imds/{os.path.splitext(os.path.basename(name))[0]}.sh")
+        for name, found in result.findings.items():
+            stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
+            declaration = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
             if not declaration["values"]:
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
@@ -259,7 +370,39 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 print(command)
             print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
             print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
-    return 1 if any(f.kind == IMDSV1 for f in findings) else 0
+    _say("\n".join(result.problems))
+    return 1 if result.problems or any(f.kind == IMDSV1 for f in findings) else 0
+
+
+def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:
+    """An argparse type: a finite number from `low` to `high` (nan, inf and out-of-range
+    values are wrong usage, exit 2)."""
+
+    def parse(text: str) -> Union[int, float]:
+        import math
+
+        try:
+            value: Union[int, float] = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def endpoint(text: str) -> str:
+    """An argparse type: an endpoint setting that can be used (else wrong usage, exit 2)."""
+    from .client import EndpointError, candidate_urls
+
+    try:
+        candidate_urls(text)
+    except EndpointError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError as exc:  # urllib.parse's own complaints, such as "Invalid IPv6 URL"
+        raise argparse.ArgumentTypeError(f"endpoint {text!r}: {exc}") from None
+    return text
 
 
 def _columns() -> int:
@@ -304,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cloud-config with an `imds:` key, or a bare declaration")
         p.add_argument("--conf-dir", help=f"drop-in directory (default {DEFAULT_CONF_DIR}, under --root)")
         p.add_argument("--no-conf-dir", action="store_true", help="read no drop-in directory")
-        p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
+        p.add_argument("--endpoint", type=endpoint, help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
 
     p = sub.add_parser("validate", help="check declarations; every problem is listed")
     p.add_argument("file", nargs="+", metavar="FILE", help="declaration files, or drop-in directories")
@@ -342,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--json", "one JSON object of NAME: value"),
                        ("--lines", "one value per line (refused for a value holding a line break)")):
         form.add_argument(flag, dest="output", action="store_const", const=flag[2:], help=text)
-    p.add_argument("--endpoint", help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
+    p.add_argument("--endpoint", type=endpoint, help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
     p.add_argument("--imdsv1", choices=("never", "fallback"), default="never")
     p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds per attempt (default 2)")
     p.add_argument("--deadline", type=_seconds, default=60.0, help="seconds in all (default 60)")
@@ -350,13 +493,26 @@ def build_parser() -> argparse.ArgumentParser:
     # (see main): argparse cannot tie an option to the positional before it.
     p.set_defaults(func=cmd_get, takes_values=True)
 
+    p = sub.add_parser("watch", help="keep outputs current after boot: refresh values, act on instance events")
+    declaration_args(p)
+    p.add_argument("--lock", help="lock file shared with apply (default /run/cc-imds/lock as root)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("status", help="what the watcher does; exit 3-6 when it fails or credentials expired")
+    p.add_argument("--json", action="store_true", help="the status and its judgement as JSON")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("emulate", help="run the strict IMDSv2 emulator")
     p.add_argument("--tree", help="JSON metadata tree (flat or AEMM format); default: the bundled one")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1338)
+    p.add_argument("--port", type=number(0, 65535, integer=True), default=1338, help="0 picks a free port")
     p.add_argument("--mode", choices=("required", "optional", "disabled", "v1-only"), default="required")
     p.add_argument("--no-tags", action="store_true", help="serve tags/instance/ as 404")
-    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
+    p.add_argument("--latency", type=number(0, 3600), default=0.0, help="seconds added to every response")
+    p.add_argument("--control-port", type=number(0, 65535, integer=True), metavar="N",
+                   help="serve the control endpoint (change values, rotate credentials, announce events) on N")
+    p.add_argument("--credential-lifetime", type=_lifetime, default=21600.0, metavar="SECONDS",
+                   help="rotate credentials by themselves, each set living SECONDS (default 21600, as EC2; 0: never)")
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("enable-module", help="add imds to cloud-init's effective module list via a generated drop-in")
@@ -382,30 +538,125 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OutputStreamError(WriteError):
+    """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("standard output", f"cannot write: {reason}")
+
+
+class _GuardedStream:
+    """Standard output whose failed writes become one OutputStreamError, not a traceback.
+
+    Also wraps `.buffer`, which `get` writes raw bytes to."""
+
+    def __init__(self, stream: Optional[Any]) -> None:
+        self._stream = stream
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self._stream is None:
+            raise OutputStreamError("standard output is closed")
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as exc:
+            raise OutputStreamError(str(exc.strerror or exc)) from None
+
+    def write(self, data: Any) -> Any:
+        return self._call("write", data)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    @property
+    def buffer(self) -> _GuardedStream:
+        return _GuardedStream(getattr(self._stream, "buffer", None))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _discard_stdout(stream: Optional[IO[str]]) -> None:
+    """After a failed write, point the descriptor at /dev/null, so that the interpreter's
+    final flush of what is still buffered succeeds instead of printing a traceback."""
+    try:
+        if stream is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real descriptor (tests capturing output)
+        pass
+
+
+def _say(lines: str) -> None:
+    """Errors to stderr, one line each; a stderr that cannot be written is given up on."""
+    try:
+        for line in lines.splitlines():
+            print(f"cc-imds: {line}", file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _internal_error(exc: BaseException, debug: bool) -> None:
+    """A bug: one line naming the exception's type and where it was raised in cc_imds. The
+    exception's message is never shown: it may quote a token or a value. --debug lists
+    the call stack (file, line, function), still without the message."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(package + os.sep)] or frames
+    where = ""
+    if ours:
+        frame = ours[-1]
+        where = f" at {os.path.relpath(frame.filename, os.path.dirname(package))}:{frame.lineno} in {frame.name}"
+    _say(f"internal error: {type(exc).__name__}{where}; this is a bug, please report it with --debug output")
+    if debug:
+        _say("\n".join(f"debug:   at {f.filename}:{f.lineno} in {f.name}" for f in frames))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "takes_values", False):
-        args.values = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.debug:
-        import logging
-
-        logging.basicConfig(level=logging.DEBUG, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)
-    else:
-        from .logs import on_first_use
-
-        on_first_use(_warnings_to_stderr)
+    original = sys.stdout
+    sys.stdout = _GuardedStream(original)  # type: ignore[assignment]
+    debug = "--debug" in argv  # until the arguments are parsed
     try:
-        return int(args.func(args))
+        parser = build_parser()
+        try:
+            args, rest = parser.parse_known_args(argv)
+            if getattr(args, "takes_values", False):
+                args.values = rest
+            elif rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
+            sys.stdout.flush()
+            raise
+        debug = args.debug
+        if args.debug:
+            import logging
+
+            logging.basicConfig(level=logging.DEBUG, format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)
+        else:
+            from .logs import on_first_use
+
+            on_first_use(_warnings_to_stderr)
+        code = int(args.func(args))
+        sys.stdout.flush()
+        return code
+    except OutputStreamError as exc:
+        _discard_stdout(original)
+        _say(str(exc))
+        return exc.exit_code
     except CcImdsError as exc:
-        for line in str(exc).splitlines():
-            print(f"cc-imds: {line}", file=sys.stderr)
+        _say(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+        _internal_error(exc, debug)
+        return INTERNAL_ERROR
+    finally:
+        sys.stdout = original
 
 
 def _warnings_to_stderr() -> None:

@@ -136,6 +136,7 @@ class ImdsClient:
         self._transport = Transport(max_idle=settings.concurrency + 1)
         self._token_lock = threading.Lock()
         self._token: Optional[_Token] = None
+        self._issued: List[str] = []  # every token value, for scrubbing messages (issued_tokens)
         self._generation = 0
         self._fresh_refusals = 0  # renewed tokens refused in a row before any request got through with them
         self._ever_accepted = False
@@ -184,6 +185,10 @@ class ImdsClient:
                                 seen.add(child)
                                 submit(child)
         return results
+
+    def issued_tokens(self) -> List[str]:
+        """Every token this client obtained: for scrubbing messages, never for showing."""
+        return list(self._issued)
 
     def close(self) -> None:
         self._transport.close()
@@ -334,6 +339,7 @@ class ImdsClient:
             LOG.warning("IMDSv2 unavailable at %s; using IMDSv1 as `imdsv1: fallback` allows", self._base_url)
             return _Token(None, self._generation, float("inf"), after_401)
         value, ttl = granted
+        self._issued.append(value)
         LOG.debug("obtained an IMDSv2 token from %s (ttl %gs)", self._base_url, ttl)
         renew_at = started + ttl - min(60.0, ttl * 0.1)  # renew before expiry, never mid-request
         return _Token(value, self._generation, renew_at, after_401)

@@ -8,6 +8,7 @@ in the drop-in directory. Every problem is reported with its source and location
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,11 @@ ALWAYS_SENSITIVE_PREFIXES = (
     "meta-data/identity-credentials/",
     "user-data",
 )
+# Documents under these paths carry an `Expiration`: `cc-imds watch` refreshes them before it.
+CREDENTIAL_PREFIXES = ("meta-data/iam/security-credentials/", "meta-data/identity-credentials/")
+ON_CHANGE_TIMEOUT = 60.0
+EVENT_TIMEOUT = 120.0  # a spot interruption notice comes two minutes ahead
+EVENT_POLL = 5.0  # AWS suggests checking for the spot notice every 5 s
 
 
 # -- the typed declaration ----------------------------------------------------
@@ -49,18 +55,43 @@ class ValueSpec:
     default: Optional[str]
     sensitive: bool
     origin: Origin
+    refresh: Optional[float] = None  # seconds between refreshes after boot; None: once per boot
 
     @property
     def is_directory(self) -> bool:
         return self.path.endswith("/")
 
+    @property
+    def is_credential(self) -> bool:
+        """Credentials expire, so they are refreshed after boot whatever `refresh` says."""
+        return self.path.startswith(CREDENTIAL_PREFIXES)
+
     def same_as(self, other: ValueSpec) -> bool:
-        return (self.path, self.key, self.default, self.sensitive) == (
+        return (self.path, self.key, self.default, self.sensitive, self.refresh) == (
             other.path,
             other.key,
             other.default,
             other.sensitive,
+            other.refresh,
         )
+
+
+@dataclass(frozen=True)
+class Command:
+    """An argv list run without a shell, killed after `timeout` seconds."""
+
+    argv: Tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class EventAction:
+    """`events[]`: run `command` once per notice of `event`, polled every `poll` seconds."""
+
+    event: str
+    command: Command
+    poll: float
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -72,6 +103,7 @@ class EnvOutput:
     owner: Optional[str]
     permissions: Optional[int]
     origin: Origin
+    on_change: Optional[Command] = None
 
     @property
     def uses(self) -> FrozenSet[str]:
@@ -86,6 +118,7 @@ class FileOutput:
     permissions: Optional[int]
     origin: Origin
     uses: FrozenSet[str] = field(default_factory=frozenset)
+    on_change: Optional[Command] = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +128,7 @@ class Declaration:
     env: Tuple[EnvOutput, ...]
     files: Tuple[FileOutput, ...]
     sources: Tuple[str, ...]
+    events: Tuple[EventAction, ...] = ()
 
     def is_sensitive(self, names: Iterable[str]) -> bool:
         return any(self.values[n].sensitive for n in names if n in self.values)
@@ -113,26 +147,26 @@ class SourceDocument:
 
 # -- loading --------------------------------------------------------------------
 def read_text(path: Path) -> str:
+    """A declaration file as text: a regular file of at most MAX_DECLARATION_BYTES, in UTF-8."""
+    from .inputs import InputError
+    from .inputs import read_text as read_bounded
+
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DeclarationError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise DeclarationError([f"{path}: not UTF-8 text"]) from None
+        return read_bounded(path)
+    except InputError as exc:
+        raise DeclarationError([str(exc)]) from None
 
 
 def read_yaml(path: Path, text: Optional[str] = None) -> Any:
-    import yaml  # deferred: cloud-init imports this module's package at every boot
+    """Parse a declaration file, bounded in nesting and alias expansion (see cc_imds.inputs)."""
+    from .inputs import InputError, load_yaml
 
     if text is None:
         text = read_text(path)
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise DeclarationError([f"{path}: invalid YAML: {where}{problem}"]) from None
+        return load_yaml(str(path), text)
+    except InputError as exc:
+        raise DeclarationError([str(exc)]) from None
 
 
 def documents_from_file(path: Path) -> List[SourceDocument]:
@@ -180,6 +214,49 @@ def _remembered_or_parsed(
     return [replace(doc, digest=digest) for doc in parse(text)]
 
 
+# -- shape ----------------------------------------------------------------------
+def shape_problems(doc: SourceDocument) -> List[str]:
+    """What must hold before a document is worth validating: bounded size and depth (the
+    document may come from cloud-init, already parsed, aliases and all), and string keys
+    (YAML 1.1 reads an unquoted `ON:` or `NO:` key as a boolean)."""
+    from .inputs import MAX_YAML_DEPTH, MAX_YAML_NODES
+
+    root = Origin(doc.source, doc.root)
+    problems: List[str] = []
+    nodes = 0
+    pending: List[Tuple[Any, Origin, int]] = [(doc.document, root, 0)]
+    while pending:
+        value, where, depth = pending.pop()
+        nodes += 1 + (len(value) if isinstance(value, dict) else 0)  # a mapping's keys are nodes too
+        if nodes > MAX_YAML_NODES:
+            return [f"{root}: more than {MAX_YAML_NODES} nodes once aliases are expanded"]
+        if isinstance(value, (dict, list)) and depth >= MAX_YAML_DEPTH:
+            return [f"{where}: nested deeper than {MAX_YAML_DEPTH} levels"]
+        if isinstance(value, dict):
+            children = []
+            for key, child in value.items():
+                if isinstance(key, str):
+                    children.append((child, where.child(key), depth + 1))
+                else:
+                    problems.append(f"{where}: mapping key {_short(key)} is {_key_kind(key)}")
+            pending.extend(reversed(children))
+        elif isinstance(value, list):
+            pending.extend((child, where.child(f"[{i}]"), depth + 1) for i, child in reversed(list(enumerate(value))))
+    return problems
+
+
+def _key_kind(key: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
+    kind = kinds.get(type(key), f"a {type(key).__name__}")  # a date, a datetime
+    hint = " (YAML 1.1 reads unquoted yes, no, on, off, true and false as booleans)" if isinstance(key, bool) else ""
+    return f"{kind}, not a string: quote it{hint}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # -- schema ---------------------------------------------------------------------
 def schema_path() -> Path:
     """The schema: packaged beside the code (wheel, RPM), or in the source tree."""
@@ -225,15 +302,19 @@ def _describe(error: Any) -> Tuple[List[Any], str]:
         missing = [k for k in error.validator_value if k not in error.instance]
         return path, f"missing required key(s) {', '.join(map(repr, missing))}"
     if kind == "enum":
-        return path, f"{error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+        return path, f"{_short(error.instance)} is not one of {', '.join(map(repr, error.validator_value))}"
     if kind == "type":
         expected = error.validator_value
         wanted = expected if isinstance(expected, str) else " or ".join(expected)
         message = f"expected {wanted}, got {_type_name(error.instance)}"
         return path, f"{message}: {hint}" if hint else message
     if kind == "pattern":
-        return path, f"{error.instance!r} {hint or 'does not match ' + repr(error.validator_value)}"
-    return path, error.message
+        return path, f"{_short(error.instance)} {hint or 'does not match ' + repr(error.validator_value)}"
+    if kind in ("minimum", "maximum"):
+        return path, f"{_short(error.instance)} is {'less' if kind == 'minimum' else 'more'} than the {kind} of " \
+                     f"{error.validator_value}"
+    message = str(error.message)
+    return path, message if len(message) <= 200 else f"{_short(error.instance)} fails `{kind}`"
 
 
 def _type_name(value: Any) -> str:
@@ -246,10 +327,13 @@ def schema_problems(doc: SourceDocument, schema: Optional[Mapping[str, Any]] = N
     """Every schema violation in one document, with locations, in document order."""
     from jsonschema import Draft7Validator
 
-    validator = Draft7Validator(schema or load_schema())
     origin = Origin(doc.source, doc.root)
     if not isinstance(doc.document, dict):
         return [f"{origin}: expected a mapping, got {_type_name(doc.document)}"]
+    shape = shape_problems(doc)
+    if shape:
+        return shape  # the validator would recurse without bound, or fail on a non-string key
+    validator = Draft7Validator(schema or load_schema())
     found = []
     for error in validator.iter_errors(doc.document):
         path, message = _describe(error)
@@ -282,8 +366,80 @@ def _values_from(doc: SourceDocument, problems: List[str]) -> List[ValueSpec]:
         if directory and ("key" in spec or "default" in spec):
             problems.append(f"{where}: a directory path ({path}) takes neither `key` nor `default`")
         sensitive = bool(spec.get("sensitive", False)) or path.startswith(ALWAYS_SENSITIVE_PREFIXES)
-        specs.append(ValueSpec(name, path, spec.get("key"), spec.get("default"), sensitive, where))
+        refresh = _refresh(spec.get("refresh"), path, where.child("refresh"), problems)
+        specs.append(ValueSpec(name, path, spec.get("key"), spec.get("default"), sensitive, where, refresh))
     return specs
+
+
+def _setting(doc: SourceDocument, key: str, schema: Mapping[str, Any], problems: List[str]) -> Any:
+    """A connection setting, with its numeric bounds checked again here: a JSON Schema
+    `minimum` lets NaN through (every comparison with NaN is false), and NaN as a
+    deadline would mean no deadline at all. Integral floats (`8.0`) become ints."""
+    value = doc.document[key]
+    rule = schema["properties"][key]
+    if rule.get("type") not in ("number", "integer"):
+        return value
+    low, high = rule["minimum"], rule["maximum"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        problems.append(f"{Origin(doc.source, doc.root).child(key)}: {_short(value)} is not a finite number "
+                        f"from {low} to {high}")
+        return value
+    return int(value) if rule["type"] == "integer" else value
+
+
+def _refresh(raw: Any, path: str, where: Origin, problems: List[str]) -> Optional[float]:
+    """Absent or `boot` -> None (once per boot); a period -> seconds. The schema checked type and range."""
+    if raw is None:
+        return None
+    if raw == "boot":
+        if path.startswith(CREDENTIAL_PREFIXES):
+            problems.append(
+                f"{where}: credentials expire, so they are refreshed before their Expiration; "
+                "remove `refresh: boot` (or give a period to refresh them more often)"
+            )
+        return None
+    if not math.isfinite(raw):
+        problems.append(f"{where}: {raw!r} must be a finite number of seconds")
+        return None
+    return float(raw)
+
+
+def _seconds(raw: Any, default: float, where: Origin, problems: List[str]) -> float:
+    if raw is None:
+        return default
+    if not math.isfinite(raw):
+        problems.append(f"{where}: {raw!r} must be a finite number of seconds")
+        return default
+    return float(raw)
+
+
+def _command(raw: Mapping[str, Any], default_timeout: float, where: Origin, problems: List[str]) -> Command:
+    """`run` (argv) and `timeout`, at `where`: an `on_change` object or an `events[]` entry."""
+    argv = tuple(raw["run"])
+    if any("\0" in arg for arg in argv):
+        problems.append(f"{where.child('run')}: a command argument contains a NUL byte")
+    return Command(argv, _seconds(raw.get("timeout"), default_timeout, where.child("timeout"), problems))
+
+
+def _on_change(raw: Any, where: Origin, problems: List[str]) -> Optional[Command]:
+    """`on_change`: an argv list, or {run: argv, timeout: seconds}."""
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        return _command({"run": raw}, ON_CHANGE_TIMEOUT, where, problems)
+    return _command(raw, ON_CHANGE_TIMEOUT, where, problems)
+
+
+def _events_from(doc: SourceDocument, problems: List[str]) -> List[EventAction]:
+    origin = Origin(doc.source, doc.root).child("events")
+    actions = []
+    for index, raw in enumerate(doc.document.get("events") or []):
+        where = origin.child(f"[{index}]")
+        command = _command(raw, EVENT_TIMEOUT, where, problems)
+        poll = _seconds(raw.get("poll"), EVENT_POLL, where.child("poll"), problems)
+        actions.append(EventAction(raw["event"], command, poll, where))
+    return actions
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -293,7 +449,7 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any]) -> EnvOutput:
+def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems: List[str]) -> EnvOutput:
     where = Origin(doc.source, doc.root).child("env").child(f"[{index}]")
     return EnvOutput(
         path=raw["path"],
@@ -303,6 +459,7 @@ def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any]) -> EnvOut
         owner=raw.get("owner"),
         permissions=_mode(raw.get("permissions")),
         origin=where,
+        on_change=_on_change(raw.get("on_change"), where.child("on_change"), problems),
     )
 
 
@@ -315,7 +472,10 @@ def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems
     except TemplateProblem as exc:
         problems.append(f"{where.child('content')}: {exc}")
         uses = frozenset()
-    return FileOutput(raw["path"], raw["content"], raw.get("owner"), _mode(raw.get("permissions")), where, uses)
+    on_change = _on_change(raw.get("on_change"), where.child("on_change"), problems)
+    return FileOutput(
+        raw["path"], raw["content"], raw.get("owner"), _mode(raw.get("permissions")), where, uses, on_change
+    )
 
 
 def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False) -> Declaration:
@@ -331,11 +491,10 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
     the module) record; validate and plan only read the record, and leave no trace.
     """
     problems: List[str] = []
+    schema = load_schema()  # plain JSON: the settings' bounds are checked on every run
     unchecked = [doc for doc in docs if not doc.validated]
-    if unchecked:  # jsonschema is imported only when some document needs it
-        schema = load_schema()
-        for doc in unchecked:
-            problems.extend(schema_problems(doc, schema))
+    for doc in unchecked:  # jsonschema is imported only when some document needs it
+        problems.extend(schema_problems(doc, schema))
     if problems:
         raise DeclarationError(problems)
 
@@ -343,25 +502,27 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
     values: Dict[str, ValueSpec] = {}
     env: List[EnvOutput] = []
     files: List[FileOutput] = []
+    events: List[EventAction] = []
     for doc in docs:
         for key in CONNECTION_KEYS:
             if key in doc.document:
-                settings[key] = doc.document[key]
+                settings[key] = _setting(doc, key, schema, problems)
         for spec in _values_from(doc, problems):
             earlier = values.get(spec.name)
             if earlier is None:
                 values[spec.name] = spec
             elif not earlier.same_as(spec):
                 problems.append(f"{spec.origin}: conflicts with the value of the same name at {earlier.origin}")
-        env.extend(_env_from(doc, i, raw) for i, raw in enumerate(doc.document.get("env") or []))
+        env.extend(_env_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("env") or []))
         files.extend(_file_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("files") or []))
+        events.extend(_events_from(doc, problems))
 
     _check_outputs(values, env, files, problems)
     if problems:
         raise DeclarationError(problems)
     if remember:
         _remember(unchecked)
-    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs))
+    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs), tuple(events))
 
 
 def _remember(checked: Sequence[SourceDocument]) -> None:

@@ -1,31 +1,44 @@
 """A strict IMDSv2 emulator: a real HTTP/1.1 server on loopback.
 
-It enforces the token rules of the real service (FACTS §3), serves a metadata
-tree, records every request so tests can assert exactly what a client did, and
-injects faults on demand: latency, a late start, 429/503 bursts, revoked tokens,
-a dropped PUT response (the hop-limit symptom), slow or truncated bodies.
+It enforces the token rules of the real service, serves a metadata tree, records
+every request so tests can assert exactly what a client did, and injects faults on
+demand: latency, a late start, 429/503 bursts, revoked tokens, a dropped PUT response
+(the hop-limit symptom), slow or truncated bodies, an outage.
+
+What changes while an instance runs changes here too, at any time: values edited
+(tags), credentials rotated with a new Expiration (by hand, or by themselves before
+they expire, as EC2 does), instance event notices appearing. `cc_imds.control` offers
+the same over a loopback HTTP endpoint of its own.
 
 It is also what `cc-imds emulate` and `cc-imds demo` run.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import secrets
 import socket
+import string
 import struct
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
-from .tree import MetadataTree
+from .tree import MetadataTree, as_leaf
 
 TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MODES = ("required", "optional", "disabled", "v1-only")
+CREDENTIAL_DIRS = ("meta-data/iam/security-credentials/", "meta-data/identity-credentials/ec2/security-credentials/")
+SPOT_ACTION = "meta-data/spot/instance-action"
+SPOT_TERMINATION_TIME = "meta-data/spot/termination-time"
+REBALANCE = "meta-data/events/recommendations/rebalance"
+MAINTENANCE = "meta-data/events/maintenance/scheduled"
 
 _NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>
 <!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
@@ -73,6 +86,9 @@ class Emulator:
         self.reset_mid_body = False  # send half the body, then a TCP reset
         self._truncate_next = 0  # ... for only the next N bodies
         self._revoke_after: Optional[int] = None  # revoke every token after N more GETs
+        self._outage_until: Optional[float] = None  # drop every connection until then (monotonic)
+        self._credential_lifetime: Optional[float] = None  # rotate credentials by themselves
+        self._issued_credentials: List[str] = []
         self._issued: List[str] = []
         self._statuses: Deque[Tuple[int, Optional[str]]] = deque()
         self._tokens: Dict[str, float] = {}
@@ -149,6 +165,116 @@ class Emulator:
         with self._lock:
             self._truncate_next = count
 
+    def outage(self, seconds: Optional[float] = None) -> None:
+        """IMDS down: every request is read and its connection closed without an answer, for
+        `seconds`, or until `restore()`."""
+        with self._lock:
+            self._outage_until = time.monotonic() + (seconds if seconds is not None else float("inf"))
+
+    def restore(self) -> None:
+        with self._lock:
+            self._outage_until = None
+
+    # -- run-time changes ------------------------------------------------------
+    def set_value(self, path: str, value: Any) -> None:
+        """Serve `value` at `path` from now on: text, bytes, or a JSON document."""
+        self.tree.set(path, value if isinstance(value, bytes) else as_leaf(value, path))
+
+    def delete_value(self, path: str) -> int:
+        """Make `path` (a leaf, or a whole directory) a 404 from now on."""
+        return self.tree.delete(path)
+
+    def rotate_credentials(self, expires_in: float = 21600.0) -> List[str]:
+        """New keys for every role's credentials, expiring `expires_in` seconds from now, as
+        EC2 rotates them. Returns the paths rotated."""
+        now = time.time()
+        rotated = []
+        for path, body in sorted(self.tree.leaves().items()):
+            if not path.startswith(CREDENTIAL_DIRS):
+                continue
+            try:
+                document = json.loads(body)
+            except ValueError:
+                continue
+            if not isinstance(document, dict) or "Expiration" not in document:
+                continue
+            secret = "".join(secrets.choice(string.ascii_letters + string.digits + "+/") for _ in range(40))
+            token = secrets.token_urlsafe(96)
+            document.update(
+                AccessKeyId="ASIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
+                SecretAccessKey=secret,
+                Token=token,
+                LastUpdated=_iso(now),
+                Expiration=_iso(now + expires_in),
+            )
+            with self._lock:
+                self._issued_credentials.extend([secret, token])
+            self.tree.set(path, as_leaf(document, path))
+            rotated.append(path)
+        return rotated
+
+    def rotate_credentials_every(self, lifetime: Optional[float]) -> None:
+        """Rotate credentials by themselves, as EC2 does: each set lives `lifetime` seconds,
+        and a new one is served once the old has less than a quarter of that (at most five
+        minutes) left. None stops it."""
+        with self._lock:
+            self._credential_lifetime = lifetime
+        if lifetime:
+            self._rotate_if_due()
+
+    def _rotate_if_due(self) -> None:
+        with self._lock:
+            lifetime = self._credential_lifetime
+        if not lifetime:
+            return
+        lead = min(300.0, lifetime / 4)
+        for path, body in self.tree.leaves().items():
+            if path.startswith(CREDENTIAL_DIRS):
+                expiration = _expiration(body)
+                if expiration is not None and expiration - time.time() < lead:
+                    self.rotate_credentials(lifetime)
+                    return
+
+    def issued_credentials(self) -> List[str]:
+        """Every secret key and session token rotated in: tests grep output for them."""
+        with self._lock:
+            return list(self._issued_credentials)
+
+    def spot_interruption(self, action: str = "terminate", in_seconds: float = 120.0) -> Dict[str, str]:
+        """Announce a spot interruption: `action` (terminate, stop or hibernate) in `in_seconds`."""
+        notice = {"action": action, "time": _iso(time.time() + in_seconds)}
+        self.set_value(SPOT_ACTION, notice)
+        self.set_value(SPOT_TERMINATION_TIME, notice["time"])
+        return notice
+
+    def rebalance_recommendation(self) -> Dict[str, str]:
+        notice = {"noticeTime": _iso(time.time())}
+        self.set_value(REBALANCE, notice)
+        return notice
+
+    def schedule_maintenance(
+        self, code: str = "system-reboot", in_seconds: float = 7 * 86400.0, duration: float = 7200.0
+    ) -> Dict[str, str]:
+        """Add a scheduled event (as `aws ec2 describe-instance-status` would list it)."""
+        start = time.time() + in_seconds
+        event = {
+            "NotBefore": _maintenance_time(start),
+            "Code": code,
+            "Description": f"scheduled {code}",
+            "EventId": "instance-event-" + secrets.token_hex(9)[:17],
+            "NotAfter": _maintenance_time(start + duration),
+            "State": "active",
+        }
+        body = self.tree.lookup(MAINTENANCE)
+        events = json.loads(body) if body else []
+        events.append(event)
+        self.set_value(MAINTENANCE, events)
+        return event
+
+    def clear_events(self) -> None:
+        for path in (SPOT_ACTION, SPOT_TERMINATION_TIME, REBALANCE, MAINTENANCE):
+            self.tree.delete(path)
+
     # -- what happened -----------------------------------------------------
     @property
     def requests(self) -> List[RecordedRequest]:
@@ -185,6 +311,10 @@ class Emulator:
                 self._truncate_next -= 1
                 return True
             return False
+
+    def _down(self) -> bool:
+        with self._lock:
+            return self._outage_until is not None and time.monotonic() < self._outage_until
 
     def _next_injected(self) -> Optional[Tuple[int, Optional[str]]]:
         with self._lock:
@@ -251,6 +381,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         token = self.headers.get(TOKEN_HEADER)
         token_state = emu._token_state(token)
+        if emu._down():
+            emu._record(RecordedRequest(method, self.path, 0, token_state))
+            self.close_connection = True  # no answer at all, as when IMDS is unreachable
+            return
+        emu._rotate_if_due()
         if emu.latency:
             time.sleep(emu.latency)
 
@@ -349,6 +484,24 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(emu.slow_body)
         else:
             self.wfile.write(body)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _maintenance_time(epoch: float) -> str:
+    """Scheduled events use another format: `21 Jan 2019 09:00:43 GMT`."""
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%d %b %Y %H:%M:%S GMT")
+
+
+def _expiration(body: bytes) -> Optional[float]:
+    try:
+        document = json.loads(body)
+        when = datetime.datetime.strptime(document["Expiration"], "%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, KeyError, TypeError):
+        return None
+    return when.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _is_api_version(segment: str) -> bool:

@@ -21,15 +21,15 @@ the list form.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from .config import Origin
-from .errors import ProblemsError
+from .errors import ProblemsError, WriteError
+from .inputs import InputError, load_yaml, read_text
 from .render import Output
 from .write import write_outputs
 
@@ -63,28 +63,50 @@ def _is_imds(entry: Any) -> bool:
     return isinstance(name, str) and name.replace("-", "_") in ("imds", "cc_imds")
 
 
+def _read_config(path: Union[str, Path]) -> Dict[str, Any]:
+    """One cloud-init config file, read and parsed within the bounds of every input.
+
+    cloud-init itself reads a malformed file as empty, with a warning. Here it is an
+    error naming the file: a module list generated from it would override the one the
+    administrator meant, for as long as the drop-in stays.
+    """
+    data = load_yaml(str(path), read_text(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    for stage in (STAGE, *OTHER_STAGES):
+        modules = data.get(stage)
+        if modules is not None and not isinstance(modules, list):
+            raise InputError(f"{path}: {stage}: expected a list, got {type(modules).__name__}")
+        for index, entry in enumerate(modules or []):
+            try:
+                valid = isinstance(entry, str) or (isinstance(entry, list) and bool(json.dumps(entry)))
+            except (TypeError, ValueError):
+                valid = False
+            if not valid:
+                raise InputError(f"{path}: {stage}[{index}]: expected a module name or a [name, frequency] list")
+    return data
+
+
 def effective_config(cloud_cfg: Path, exclude: Optional[Path] = None) -> Dict[str, Any]:
     """cloud.cfg merged with its drop-ins (lexical order, later wins), leaving `exclude` out.
 
-    Uses cloud-init's own reader and merger when cloud-init is importable, so the
-    result is what cloud-init itself will see; else plain YAML with the same rule.
+    Uses cloud-init's own merger when cloud-init is importable, so the result is what
+    cloud-init itself will see; else plain YAML with the same rule.
     """
     left_out = os.path.abspath(exclude) if exclude else None
     confd = [f for f in _dropins(cloud_cfg) if os.path.abspath(f) != left_out]
-    files = [str(cloud_cfg), *confd]
+    parts = [_read_config(name) for name in [str(cloud_cfg), *confd]]
     try:
         from cloudinit import util  # type: ignore[import-not-found]
     except ImportError:
-        import yaml
-
         merged: Dict[str, Any] = {}
-        for name in files:
-            with open(name, encoding="utf-8") as handle:
-                merged.update(yaml.safe_load(handle) or {})
+        for part in parts:
+            merged.update(part)
         return merged
     # mergemanydict gives the first dict precedence: newest drop-in first.
-    parts = [util.read_conf(name) for name in reversed(files)]
-    return dict(util.mergemanydict(parts))
+    return dict(util.mergemanydict(list(reversed(parts))))
 
 
 def module_list(config: Dict[str, Any]) -> List[Any]:
@@ -117,22 +139,28 @@ def disable(root: str = "/", dropin: str = DROPIN) -> Optional[str]:
         path.unlink()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise WriteError(str(path), f"cannot remove: {exc.strerror}") from None
     return str(path)
 
 
 def _dropins(cloud_cfg: Path) -> List[str]:
-    return sorted(glob.glob(f"{cloud_cfg}.d/*.cfg"))
+    """cloud.cfg's drop-ins as cloud-init reads them: regular `*.cfg` files, in lexical order."""
+    directory = f"{cloud_cfg}.d"
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".cfg"))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise InputError(f"{directory}: cannot list: {exc.strerror}") from None
+    return [path for path in (os.path.join(directory, n) for n in names) if os.path.isfile(path)]
 
 
 def _last_to_set(files: List[str], key: str) -> Optional[str]:
     """The file that sets `key` last, and so decides it (cloud-init replaces module lists)."""
-    import yaml
-
     last = None
     for name in files:
-        with open(name, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle)
-        if isinstance(loaded, dict) and key in loaded:
+        if key in _read_config(name):
             last = name
     return last
 

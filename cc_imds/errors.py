@@ -8,13 +8,30 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's, which `cc-imds get` would import for nothing
 if TYPE_CHECKING:
-    from typing import Iterable, List
+    from typing import Any, Callable, Iterable, List
 
 
 class CcImdsError(Exception):
     """Base class: an expected failure, reported without a traceback."""
 
     exit_code = 1
+
+    def scrubbed(self, scrub: Callable[[str], str]) -> CcImdsError:
+        """A copy of this error, of the same type, with every text passed through `scrub`:
+        its message and each text attribute (path, problems). The copy has no traceback and
+        no chained exception, which could still hold what was scrubbed."""
+        copy = type(self).__new__(type(self))
+        copy.args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in self.args)
+        copy.__dict__.update({name: _scrubbed(value, scrub) for name, value in self.__dict__.items()})
+        return copy
+
+
+def _scrubbed(value: Any, scrub: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [_scrubbed(item, scrub) for item in value]
+    return value
 
 
 class ProblemsError(CcImdsError):

@@ -9,24 +9,30 @@ which no shell expands.
 from __future__ import annotations
 
 import json
-import re
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 FORMATS = ("shell", "systemd", "dotenv", "json")
 HEADER = "# Written by cc-imds from instance metadata. Local changes are overwritten.\n"
 
-
-# Names no output may set, whoever chose them (a tag key through `expand`, a script through
-# `cc-imds get`): they change how a shell, the dynamic loader or a runtime behaves.
-_REFUSED_NAMES = re.compile(
-    r"^(PATH|IFS|ENV|BASH_ENV|CDPATH|HOME|SHELL|SHELLOPTS|BASHOPTS|PS[0-4]|PROMPT_COMMAND|"
-    r"LD_[A-Z_]*|PYTHON[A-Z_]*|PERL5?LIB|PERL5OPT|RUBYOPT|NODE_OPTIONS|GCONV_PATH|HOSTALIASES)$"
-)
+# The formats whose variables end up in a process environment: sourced and exported by a
+# shell, read by systemd's EnvironmentFile=, loaded by a dotenv loader. Linux refuses to
+# start a program (E2BIG, "Argument list too long") when one environment string, NAME=value
+# and its terminating NUL, is longer than 32 pages (MAX_ARG_STRLEN: 128 KiB with 4 KiB
+# pages, the smallest), or when arguments and environment together pass ARG_MAX (a quarter
+# of the stack limit: 2 MiB by default). One file may use half of that, leaving room for the
+# rest of the environment and the command line.
+PROCESS_ENV_FORMATS = ("shell", "systemd", "dotenv")
+ENV_STRING_MAX = 128 * 1024
+ENV_FILE_MAX = 1024 * 1024
 
 
 def refused_variable(name: str) -> bool:
-    """True for a variable name that an environment file or `cc-imds get` must never set."""
-    return _REFUSED_NAMES.match(name) is not None
+    """True for a name a script's author may not set with `cc-imds get --shell` either: one
+    that changes which code a shell, the dynamic loader or a runtime runs. Names a tag
+    assembles through `expand` are refused more widely (envnames.refused)."""
+    from .envnames import changes_what_runs
+
+    return changes_what_runs(name)
 
 
 class FormatProblem(ValueError):
@@ -103,6 +109,29 @@ QUOTERS: Dict[str, Callable[[str], str]] = {
     "dotenv": quote_dotenv,
     "json": lambda value: json.dumps(value, ensure_ascii=False),
 }
+
+
+def environment_problems(fmt: str, pairs: Sequence[Tuple[str, str]]) -> List[str]:
+    """Why these variables could not all be in one process environment; empty if they can.
+    Sizes are bytes of NAME=value plus its NUL, as the kernel counts them."""
+    if fmt not in PROCESS_ENV_FORMATS:
+        return []
+    problems = []
+    total = 0
+    for name, value in pairs:
+        size = len(name.encode("utf-8")) + 1 + len(value.encode("utf-8", "surrogatepass")) + 1
+        total += size
+        if size > ENV_STRING_MAX:
+            problems.append(
+                f"variable {name} would be a {size}-byte environment string (NAME=value); Linux allows at most "
+                f"{ENV_STRING_MAX} bytes, beyond which no program can be started with it"
+            )
+    if total > ENV_FILE_MAX:
+        problems.append(
+            f"its variables would take {total} bytes of a process environment; at most {ENV_FILE_MAX} are allowed "
+            f"per file (by default Linux allows {2 * ENV_FILE_MAX} for environment and arguments together)"
+        )
+    return problems
 
 
 def render_env(fmt: str, pairs: Sequence[Tuple[str, str]]) -> str:

@@ -2,26 +2,32 @@
 
 `cc_imds.handle` (cloud-init) and `cc-imds apply` both call `apply`; `cc-imds plan`
 calls `preview`, which stops before writing and redacts secrets.
+
+This is also the one boundary for messages: every error raised while resolving,
+rendering or writing leaves through `scrubbed`, which removes every sensitive value,
+sensitive default and token from it, in every form it can take (scrub.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
 from .client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
 from .config import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
 from .deadline import Deadline
-from .errors import DeclarationError
+from .errors import CcImdsError, DeclarationError
 from .render import Output, render
 from .resolve import TreeSource, Values, resolve
+from .scrub import Scrubber
 from .tree import MetadataTree
 from .write import Change, default_lock_path, write_outputs
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,16 +60,45 @@ def client_settings(declaration: Declaration, options: RunOptions) -> ClientSett
     return ClientSettings(endpoint=endpoint, **settings)
 
 
+def scrubber_for(declaration: Declaration) -> Scrubber:
+    """A scrubber knowing the declaration's sensitive defaults; values and tokens are added
+    as they become known."""
+    return Scrubber(spec.default for spec in declaration.values.values() if spec.sensitive and spec.default)
+
+
+def scrubbed(scrub: Scrubber, step: Callable[[], T]) -> T:
+    """Run `step`. An error it raises leaves scrubbed: a CcImdsError as a scrubbed copy (no
+    traceback, no chained exception); anything else, a defect, keeps its type and traceback
+    but not the text it may quote."""
+    try:
+        return step()
+    except CcImdsError as exc:
+        failure = exc.scrubbed(scrub)
+    except Exception as exc:
+        exc.args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in exc.args)
+        exc.__cause__ = exc.__context__ = None
+        raise
+    raise failure  # outside the handler, so nothing chains the original
+
+
 def resolve_values(
     declaration: Declaration,
     options: RunOptions,
     tree: Optional[MetadataTree] = None,
+    scrub: Optional[Scrubber] = None,
     deadline: Optional[Deadline] = None,
 ) -> Values:
+    scrub = scrub if scrub is not None else Scrubber()
     if tree is not None:
-        return resolve(declaration, TreeSource(tree))
-    with ImdsClient(client_settings(declaration, options)) as client:
-        return resolve(declaration, client, deadline=deadline)
+        values = resolve(declaration, TreeSource(tree))
+    else:
+        with ImdsClient(client_settings(declaration, options)) as client:
+            try:
+                values = resolve(declaration, client, deadline=deadline)
+            finally:
+                scrub.add(client.issued_tokens())
+    scrub.add(values.data[name] for name in values.sensitive)
+    return values
 
 
 def run_deadline(declaration: Declaration) -> Deadline:
@@ -75,11 +110,19 @@ def run_deadline(declaration: Declaration) -> Deadline:
 
 
 def apply(docs: Sequence[SourceDocument], options: RunOptions) -> List[Change]:
-    declaration = build_declaration(docs, remember=True)
-    deadline = run_deadline(declaration)  # one deadline: resolving, then waiting for the lock
-    values = resolve_values(declaration, options, deadline=deadline)
-    outputs = render(declaration, values)
-    changes = write_outputs(outputs, options.root, options.lock_path, deadline=deadline)
+    return apply_declaration(build_declaration(docs, remember=True), options)
+
+
+def apply_declaration(declaration: Declaration, options: RunOptions) -> List[Change]:
+    deadline = run_deadline(declaration)  # one deadline: resolving, rendering, then waiting for the lock
+    scrub = scrubber_for(declaration)
+
+    def run() -> List[Change]:
+        values = resolve_values(declaration, options, scrub=scrub, deadline=deadline)
+        outputs = render(declaration, values, deadline=deadline)
+        return write_outputs(outputs, options.root, options.lock_path, deadline=deadline)
+
+    changes = scrubbed(scrub, run)
     for change in changes:
         really = f" -> {change.real_path}" if change.real_path else ""
         LOG.info("%s %s%s (mode %04o)", change.action, change.path, really, change.mode)
@@ -90,6 +133,15 @@ def preview(
     docs: Sequence[SourceDocument], options: RunOptions, tree: Optional[MetadataTree] = None
 ) -> List[Output]:
     declaration = build_declaration(docs)
-    values = resolve_values(declaration, options, tree)
-    render(declaration, values)  # the real rendering must succeed too (formats, sandbox)
-    return render(declaration, values, redact=True)
+    deadline = run_deadline(declaration)
+    scrub = scrubber_for(declaration)
+
+    def run() -> List[Output]:
+        values = resolve_values(declaration, options, tree, scrub, deadline)
+        render(declaration, values, deadline=deadline)  # the real rendering must succeed too (formats, sandbox)
+        shown = render(declaration, values, redact=True, deadline=deadline)
+        # Redaction hides what is known to be sensitive; scrubbing also hides a secret that
+        # some other value happens to hold.
+        return [replace(o, content=scrub(o.content.decode("utf-8")).encode("utf-8")) for o in shown]
+
+    return scrubbed(scrub, run)

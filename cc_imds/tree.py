@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import CcImdsError
+from .inputs import InputError, read_text
 
 TAGS_PREFIX = "meta-data/tags/instance/"
+MAX_TREE_BYTES = 64 * 1024 * 1024  # IMDS bodies are at most 4 MiB each (the client's limit)
 
 _AEMM_SECTIONS = ("metadata", "dynamic", "userdata")
 
@@ -25,12 +28,35 @@ class TreeError(CcImdsError):
 
 
 class MetadataTree:
+    """Leaves by path. Safe to change while the emulator serves it (tags edited, credentials
+    rotated, a spot notice appearing): every read and change holds one lock."""
+
     def __init__(self, leaves: Mapping[str, bytes], *, tags_enabled: bool = True) -> None:
         self._leaves: Dict[str, bytes] = dict(leaves)
+        self._lock = threading.Lock()
         self.tags_enabled = tags_enabled
 
     def leaves(self) -> Dict[str, bytes]:
-        return dict(self._leaves)
+        with self._lock:
+            return dict(self._leaves)
+
+    def set(self, path: str, body: bytes) -> None:
+        """Add or replace the leaf at `path` (relative to the API version, like lookup)."""
+        leaf = path.strip("/")
+        if not leaf:
+            raise TreeError("an empty path is not a leaf")
+        with self._lock:
+            self._leaves[leaf] = body
+
+    def delete(self, path: str) -> int:
+        """Remove the leaf at `path`, or every leaf under it when it is a directory.
+        Returns how many leaves went."""
+        prefix = path.strip("/")
+        with self._lock:
+            gone = [p for p in self._leaves if p == prefix or p.startswith(prefix + "/")]
+            for leaf in gone:
+                del self._leaves[leaf]
+        return len(gone)
 
     def _visible(self, path: str) -> bool:
         # With InstanceMetadataTags off, the whole tags/instance subtree is a 404.
@@ -45,8 +71,10 @@ class MetadataTree:
         if not self._visible(path):
             return None
         leaf = path[:-1] if path.endswith("/") else path
-        if leaf in self._leaves:
-            return self._leaves[leaf]
+        with self._lock:
+            body = self._leaves.get(leaf)
+        if body is not None:
+            return body
         entries = self.listing(path)
         if entries is None:
             return None
@@ -58,12 +86,19 @@ class MetadataTree:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         entries: Dict[str, None] = {}
-        for leaf in sorted(self._leaves):
+        with self._lock:
+            leaves = sorted(self._leaves)
+        for leaf in leaves:
             if leaf.startswith(prefix) and self._visible(leaf):
                 rest = leaf[len(prefix):]
                 head, sep, _ = rest.partition("/")
                 entries[head + sep] = None
         return list(entries) or None
+
+
+def as_leaf(value: Any, where: str) -> bytes:
+    """A tree document's value as the bytes IMDS would serve (see `tree_from_document`)."""
+    return _as_bytes(value, where)
 
 
 def _as_bytes(value: Any, where: str) -> bytes:
@@ -72,7 +107,7 @@ def _as_bytes(value: Any, where: str) -> bytes:
     if isinstance(value, dict) and set(value) == {"$base64"}:
         try:
             return base64.b64decode(value["$base64"], validate=True)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise TreeError(f"{where}: invalid $base64 value: {exc}") from None
     if isinstance(value, (dict, list)):
         # IMDS serves JSON documents pretty-printed, as text/plain.
@@ -82,22 +117,39 @@ def _as_bytes(value: Any, where: str) -> bytes:
     raise TreeError(f"{where}: unsupported value of type {type(value).__name__}")
 
 
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TreeError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _from_aemm(document: Mapping[str, Any]) -> Dict[str, bytes]:
     leaves: Dict[str, bytes] = {}
     for section in _AEMM_SECTIONS:
-        part = document.get(section) or {}
-        paths: Mapping[str, str] = part.get("paths", {})
-        values: Mapping[str, Any] = part.get("values", {})
+        part = _mapping(document.get(section), section)
+        paths = _mapping(part.get("paths"), f"{section}.paths")
+        values = _mapping(part.get("values"), f"{section}.values")
         for key, url_path in paths.items():
+            if not isinstance(url_path, str):
+                raise TreeError(f"{section}.paths.{key}: expected a URL path string, got {type(url_path).__name__}")
             value = values.get(key)
             if value is None:
                 continue  # absent in IMDS: a 404
             rel = url_path.split("/latest/", 1)[-1].strip("/")
             if section == "userdata" and isinstance(value, str):
-                leaves[rel] = base64.b64decode(value)
+                leaves[rel] = _base64(value, f"{section}.values.{key}")
             else:
                 leaves[rel] = _as_bytes(value, f"{section}.values.{key}")
     return leaves
+
+
+def _base64(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise TreeError(f"{where}: invalid base64: {exc}") from None
 
 
 def _from_flat(document: Mapping[str, Any]) -> Dict[str, bytes]:
@@ -117,21 +169,32 @@ def tree_from_document(document: Any, *, tags_enabled: bool = True) -> MetadataT
     if not isinstance(document, dict):
         raise TreeError("a metadata tree must be a JSON object")
     metadata = document.get("metadata")
-    if isinstance(metadata, dict) and "paths" in metadata:
-        return MetadataTree(_from_aemm(document), tags_enabled=tags_enabled)
-    return MetadataTree(_from_flat(document), tags_enabled=tags_enabled)
+    try:
+        if isinstance(metadata, dict) and "paths" in metadata:
+            return MetadataTree(_from_aemm(document), tags_enabled=tags_enabled)
+        return MetadataTree(_from_flat(document), tags_enabled=tags_enabled)
+    except RecursionError:  # json.dumps of a deeply nested value
+        raise TreeError("a value is nested too deeply") from None
 
 
 def load_tree(path: Optional[str] = None, *, tags_enabled: bool = True) -> MetadataTree:
-    """Load a tree from a JSON file, or the bundled default tree when `path` is None."""
+    """Load a tree from a JSON file, or the bundled default tree when `path` is None.
+
+    Bounded like every input: a regular file (never a FIFO or a device) of at most
+    MAX_TREE_BYTES, nested at most as deep as the JSON parser allows."""
     source = Path(path) if path else default_tree_path()
     try:
-        document = json.loads(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TreeError(f"{source}: cannot read metadata tree: {exc.strerror}") from None
+        document = json.loads(read_text(source, MAX_TREE_BYTES))
+    except InputError as exc:
+        raise TreeError(str(exc)) from None
     except ValueError as exc:
         raise TreeError(f"{source}: not valid JSON: {exc}") from None
-    return tree_from_document(document, tags_enabled=tags_enabled)
+    except RecursionError:
+        raise TreeError(f"{source}: not usable JSON: nested too deeply") from None
+    try:
+        return tree_from_document(document, tags_enabled=tags_enabled)
+    except TreeError as exc:
+        raise TreeError(f"{source}: {exc}") from None
 
 
 def default_tree_path() -> Path:

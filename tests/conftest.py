@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -55,6 +55,29 @@ def _private_lock(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 def _private_validation_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the host's record of validated declarations (cc_imds.validated)."""
     monkeypatch.setenv("CC_IMDS_CACHE_DIR", str(tmp_path_factory.mktemp("validated")))
+
+
+@pytest.fixture(autouse=True)
+def _private_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the host's /run/cc-imds (the watcher's marker, status and state)."""
+    monkeypatch.setenv("CC_IMDS_RUN_DIR", str(tmp_path_factory.mktemp("run") / "cc-imds"))
+
+
+@pytest.fixture
+def watches() -> Iterator[Callable[..., Any]]:
+    """Make `cc-imds watch` processes (tests/watch_harness.py); each is killed after the test."""
+    from tests.watch_harness import Watch
+
+    started: List[Watch] = []
+
+    def make(tmp: Path, emulator: Emulator, declaration: Dict[str, Any]) -> Watch:
+        watch = Watch(tmp, emulator, declaration)
+        started.append(watch)
+        return watch
+
+    yield make
+    for watch in started:
+        watch.kill()
 
 
 @pytest.fixture

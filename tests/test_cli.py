@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from cc_imds.cli import normalise_get_path
+from cc_imds.cli import main, normalise_get_path
 from cc_imds.emulator import Emulator
 from cc_imds.tree import MetadataTree
 from tests.conftest import CLI, EXAMPLES, REPO, cli_env
@@ -47,7 +48,7 @@ def test_validate_reports_every_problem_precisely(cli: Callable, tmp_path: Path)
         f"{broken}: imds.files[0].permissions: expected string, got int: must be a quoted octal mode such as "
         '"0640" (setuid, setgid and sticky bits are refused; an unquoted 0640 is read by YAML as the number 416)',
         f"{broken}: imds.values.region: unknown key(s) 'keys' (did you mean 'key'?); allowed: default, key, "
-        "path, sensitive",
+        "path, refresh, sensitive",
     ]
 
 
@@ -148,10 +149,51 @@ def test_demo_writes_real_files(cli: Callable, tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2(cli: Callable) -> None:
-    assert cli("frobnicate").returncode == 2
-    assert cli("validate", "/nonexistent.yaml").stderr.decode() == (
-        "/nonexistent.yaml: cannot read: No such file or directory\n"
-    )
+    result = cli("frobnicate")
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines()[-1].startswith("cc-imds: error: argument COMMAND: invalid choice: "
+                                                              "'frobnicate'")
+
+
+def test_missing_file_exits_1_naming_it(cli: Callable) -> None:
+    result = cli("validate", "/nonexistent.yaml")
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == "/nonexistent.yaml: cannot read: No such file or directory\n"
+
+
+def test_an_unexpected_exception_is_one_line_without_its_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import cc_imds.cli
+
+    def broken(args: object) -> int:
+        raise ValueError("Invalid header value b'AQAEAsecret-token\\r\\n'")
+
+    monkeypatch.setattr(cc_imds.cli, "cmd_validate", broken)
+    assert main(["validate", "x.yaml"]) == 70
+    [line] = capsys.readouterr().err.splitlines()
+    # The innermost frame in cc_imds: here the caller of the patched command.
+    assert re.fullmatch(r"cc-imds: internal error: ValueError at cc_imds/cli\.py:\d+ in main; this is a bug, please "
+                        r"report it with --debug output", line), line
+    assert main(["--debug", "validate", "x.yaml"]) == 70
+    err = capsys.readouterr().err
+    assert "secret-token" not in err and "Traceback" not in err
+    assert err.splitlines()[1].startswith("cc-imds: debug:   at ") and err.splitlines()[-1].endswith(" in broken")
+
+
+def test_enable_module_refuses_a_config_it_cannot_read_and_writes_nothing(cli: Callable, tmp_path: Path) -> None:
+    cloud = tmp_path / "etc/cloud"
+    (cloud / "cloud.cfg.d").mkdir(parents=True)
+    (cloud / "cloud.cfg").write_text("cloud_config_modules: [runcmd]\n")
+    (cloud / "cloud.cfg.d/50-broken.cfg").write_text("cloud_config_modules: [\n")
+    result = cli("enable-module", "--root", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (f"cc-imds: {cloud}/cloud.cfg.d/50-broken.cfg: invalid YAML: line 2, column 1: "
+                                      "did not find expected node content\n")
+    assert sorted(p.name for p in (cloud / "cloud.cfg.d").iterdir()) == ["50-broken.cfg"]
+    (cloud / "cloud.cfg.d/50-broken.cfg").write_text("cloud_config_modules: [ntp, runcmd]\n")
+    assert cli("enable-module", "--root", str(tmp_path)).returncode == 0
+    assert (cloud / "cloud.cfg.d/zz-cc-imds.cfg").read_text().endswith(" - [\"imds\", \"always\"]\n - ntp\n - runcmd\n")
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_every_schema_problem_is_reported_with_its_location() -> None:
         "user-data: imds.env[0].path: 'relative.env' must be an absolute path",
         "user-data: imds.env[0].vars: invalid name(s) '1BAD': variable names must be letters, digits and _, "
         "not starting with a digit",
-        "user-data: imds.files[1]: unknown key(s) 'colour'; allowed: content, owner, path, permissions",
+        "user-data: imds.files[1]: unknown key(s) 'colour'; allowed: content, on_change, owner, path, permissions",
         "user-data: imds.files[1].permissions: expected string, got int: must be a quoted octal mode such as "
         '"0640" (setuid, setgid and sticky bits are refused; an unquoted 0640 is read by YAML as the number 416)',
         "user-data: imds.imdsv1: 'sometimes' is not one of 'never', 'fallback'",
@@ -81,7 +81,7 @@ def test_every_schema_problem_is_reported_with_its_location() -> None:
 def test_unknown_top_level_key_suggests_the_right_one() -> None:
     assert problems_of(doc({"valeus": {}})) == [
         "user-data: imds: unknown key(s) 'valeus' (did you mean 'values'?); allowed: concurrency, deadline, "
-        "endpoint, env, files, imdsv1, timeout, token_ttl, values"
+        "endpoint, env, events, files, imdsv1, timeout, token_ttl, values"
     ]
 
 
@@ -187,6 +187,112 @@ def test_cloud_config_without_imds_is_reported(tmp_path: Path) -> None:
     path.write_text("#cloud-config\nruncmd: [true]\n")
     with pytest.raises(DeclarationError, match=r"ud.yaml: cloud-config without an `imds:` key"):
         documents_from_file(path)
+
+
+# -- bounds -------------------------------------------------------------------------------
+MINIMAL: Dict[str, Any] = {
+    "values": {"iid": "meta-data/instance-id"},
+    "env": [{"path": "/etc/a.env", "format": "shell", "vars": {"A": "iid"}}],
+}
+
+
+@pytest.mark.parametrize("key", ["token_ttl", "timeout", "deadline", "concurrency"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), -1, 0, 1e9])
+def test_numeric_settings_must_be_finite_and_in_range(key: str, value: float) -> None:
+    rule = load_schema()["properties"][key]
+    problems = problems_of(doc({**MINIMAL, key: value}))
+    assert problems and all(p.startswith(f"user-data: imds.{key}: ") for p in problems), problems
+    if value != value and rule["type"] == "number":  # NaN passes every JSON Schema comparison
+        assert problems == [f"user-data: imds.{key}: nan is not a finite number from {rule['minimum']} to "
+                            f"{rule['maximum']}"]
+
+
+def test_integral_floats_become_integers() -> None:
+    declaration = build_declaration([doc({**MINIMAL, "concurrency": 4.0, "token_ttl": 60.0, "timeout": 1.5})])
+    assert dict(declaration.settings) == {"concurrency": 4, "token_ttl": 60, "timeout": 1.5}
+    assert isinstance(declaration.settings["concurrency"], int)
+
+
+def numeric_rules(schema: Any, where: str = "#") -> List[Any]:
+    found = []
+    if isinstance(schema, dict):
+        if schema.get("type") in ("number", "integer"):
+            found.append((where, schema))
+        for key, sub in schema.items():
+            found.extend(numeric_rules(sub, f"{where}/{key}"))
+    return found
+
+
+def test_every_number_in_the_schema_has_positive_finite_bounds() -> None:
+    rules = numeric_rules(load_schema())
+    assert len(rules) >= 4
+    for where, rule in rules:
+        assert rule.get("minimum", 0) > 0 and isinstance(rule.get("maximum"), (int, float)), where
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("ON: x\n", "mapping key True is a boolean, not a string: quote it (YAML 1.1 reads unquoted yes, no, on, "
+                "off, true and false as booleans)"),
+    ("NO: x\n", "mapping key False is a boolean"),
+    ("1: x\n", "mapping key 1 is an integer, not a string: quote it"),
+    ("~: x\n", "mapping key None is null, not a string: quote it"),
+    ("2024-01-01: x\n", "mapping key datetime.date(2024, 1, 1) is a date, not a string: quote it"),
+])
+def test_non_string_keys_are_located(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text("values: {iid: meta-data/instance-id}\nenv:\n  - path: /etc/a\n    format: shell\n"
+                    "    vars:\n      A: iid\n" + "".join("      " + line + "\n" for line in text.splitlines()))
+    with pytest.raises(DeclarationError) as caught:
+        build_declaration(documents_from_file(path))
+    [found] = caught.value.problems
+    assert found.startswith(f"{path}: env[0].vars: {problem}")
+
+
+def test_non_string_keys_from_cloud_init_are_located() -> None:
+    # cloud-init hands the module an already parsed `imds:` mapping.
+    problems = problems_of(doc({"values": {True: "meta-data/x", "ok": "meta-data/y"}, 7: "x"}))
+    assert problems == [
+        "user-data: imds: mapping key 7 is an integer, not a string: quote it",
+        "user-data: imds.values: mapping key True is a boolean, not a string: quote it (YAML 1.1 reads unquoted "
+        "yes, no, on, off, true and false as booleans)",
+    ]
+
+
+def test_shared_references_are_bounded_as_expanded() -> None:
+    # What an alias bomb in user-data becomes once cloud-init has loaded it: shared lists.
+    bomb: Any = ["lol"] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    assert problems_of(doc({**MINIMAL, "files": bomb})) == [
+        "user-data: imds: more than 20000 nodes once aliases are expanded"]
+
+
+def test_cycles_and_deep_documents_are_refused() -> None:
+    cycle: List[Any] = []
+    cycle.append(cycle)
+    assert problems_of(doc({"env": cycle}))[0].startswith("user-data: imds.env[0][0]")
+    deep: Any = "x"
+    for _ in range(10_000):
+        deep = [deep]
+    assert problems_of(doc({"files": deep})) == [
+        "user-data: imds.files" + "[0]" * 63 + ": nested deeper than 64 levels"]
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    [problem] = problems_of(doc({**MINIMAL, "imdsv1": ["x" * 1000]}))
+    assert problem.startswith("user-data: imds.imdsv1: ['xxxx") and len(problem) < 200
+
+
+def test_declaration_files_are_bounded(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as handle:
+        handle.truncate(2 * 1024 * 1024)
+    with pytest.raises(DeclarationError, match=r"huge.yaml: 2097152 bytes exceeds the 1048576-byte limit"):
+        documents_from_file(huge)
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d/10-bomb.yaml").write_text("values: &a [*a]\n")
+    with pytest.raises(DeclarationError, match=r"10-bomb.yaml: line 1, column 13: alias \*a is inside"):
+        documents_from_dir(tmp_path / "conf.d")
 
 
 # -- the schema itself --------------------------------------------------------------------

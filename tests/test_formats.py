@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cc_imds.formats import FormatProblem, quote_dotenv, quote_shell, quote_systemd, render_env
+from cc_imds.formats import (
+    ENV_FILE_MAX,
+    ENV_STRING_MAX,
+    FormatProblem,
+    environment_problems,
+    quote_dotenv,
+    quote_shell,
+    quote_systemd,
+    render_env,
+)
 
 # Values an attacker who may tag the instance could choose.
 HOSTILE = [
@@ -44,8 +53,16 @@ HOSTILE = [
     "aws:cloudformation:stack-name",
     "carriage\rreturn",
 ]
-SHELLS = [s for s in ("bash", "dash") if shutil.which(s)]
+SHELLS = ["bash", "dash"]
 GENERATOR = Path("/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator")
+# `make test` (CI) sets this: a reader that is not installed is then a failure, not a skip
+# (tests/install-system-deps installs them).
+REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
+
+
+def need(present: bool, what: str) -> None:
+    if not present:
+        (pytest.fail if REQUIRED else pytest.skip)(f"{what} is not installed")
 
 # Any text a tag value or metadata leaf can hold: UTF-8, so no lone surrogates; no NUL.
 text_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=200)
@@ -53,6 +70,7 @@ text_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_char
 
 def source_in_shell(shell: str, env_file: Path, names: List[str]) -> List[str]:
     """Source the file in a clean shell and print each variable NUL-terminated."""
+    need(shutil.which(shell) is not None, shell)
     script = f". {env_file}\n" + "".join(f'printf "%s\\0" "${name}"\n' for name in names)
     result = subprocess.run(
         [shell, "-c", script], capture_output=True, env={"PATH": "/usr/bin:/bin"}, cwd=env_file.parent, check=True
@@ -96,6 +114,7 @@ def test_shell_quoting_is_a_single_quoted_word(value: str) -> None:
 
 def systemd_reads(tmp_path: Path, pairs: List[Tuple[str, str]]) -> dict:
     """What systemd's environment file parser makes of a file (environment.d uses the same parser)."""
+    need(GENERATOR.exists(), "systemd's environment generator")
     conf = tmp_path / "environment.d"
     conf.mkdir(exist_ok=True)
     (conf / "60-test.conf").write_text(render_env("systemd", pairs), encoding="utf-8")
@@ -129,7 +148,6 @@ systemd_values = st.text(
 )
 
 
-@pytest.mark.skipif(not GENERATOR.exists(), reason="systemd's environment generator is not installed")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(systemd_values, min_size=1, max_size=6))
 def test_systemd_format_read_back_by_systemd(tmp_path: Path, values: List[str]) -> None:
@@ -138,7 +156,6 @@ def test_systemd_format_read_back_by_systemd(tmp_path: Path, values: List[str]) 
     assert [found.get(n) for n, _ in pairs] == values
 
 
-@pytest.mark.skipif(not GENERATOR.exists(), reason="systemd's environment generator is not installed")
 def test_systemd_hostile_values_without_dollar(tmp_path: Path) -> None:
     values = [v for v in HOSTILE if v and "$" not in v and "\n" not in v and "\r" not in v and "\x1b" not in v]
     pairs = [(f"CC_IMDS_H{i}", v) for i, v in enumerate(values) if len(v) < 4096]
@@ -172,3 +189,52 @@ def test_dotenv_plain_values() -> None:
 def test_json_round_trips_everything(pairs: List[Tuple[str, str]]) -> None:
     pairs = [(n, v) for n, v in pairs if not any(0xD800 <= ord(c) <= 0xDFFF for c in v)]
     assert json.loads(render_env("json", pairs)) == dict(pairs)
+
+
+# -- what a process environment can hold ------------------------------------------------------
+def start_a_program(shell: str, env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    """Source the file, then start a program: what every script that sources it does next."""
+    return subprocess.run([shell, "-c", f'. {env_file} && exec /bin/true "$@"', shell, *args],
+                          capture_output=True, env={"PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_longest_value_allowed_still_lets_programs_start(tmp_path: Path, shell: str) -> None:
+    longest = "v" * (ENV_STRING_MAX - len("BIG=") - 1)  # NAME=value and its NUL: exactly the limit
+    assert environment_problems("shell", [("BIG", longest)]) == []
+    env_file = tmp_path / "fits.sh"
+    env_file.write_text(render_env("shell", [("BIG", longest)]), encoding="utf-8")
+    assert start_a_program(shell, env_file).returncode == 0
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_one_byte_more_and_no_program_can_start(tmp_path: Path, shell: str) -> None:
+    too_long = "v" * (ENV_STRING_MAX - len("BIG=") - 2) + "é"  # counted in bytes, not characters
+    assert environment_problems("shell", [("BIG", too_long)]) == [
+        f"variable BIG would be a {ENV_STRING_MAX + 1}-byte environment string (NAME=value); Linux allows at most "
+        f"{ENV_STRING_MAX} bytes, beyond which no program can be started with it"
+    ]
+    env_file = tmp_path / "refused.sh"  # what cc-imds refuses to write: Linux refuses it too
+    env_file.write_text(render_env("shell", [("BIG", too_long)]), encoding="utf-8")
+    result = start_a_program(shell, env_file)
+    assert result.returncode != 0 and b"Argument list too long" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_full_env_file_leaves_room_for_arguments(tmp_path: Path, shell: str) -> None:
+    size = ENV_STRING_MAX - 16
+    pairs = [(f"V{i:02}", "v" * (size - len("V00=") - 1)) for i in range(ENV_FILE_MAX // size)]
+    assert environment_problems("shell", pairs) == []
+    env_file = tmp_path / "full.sh"
+    env_file.write_text(render_env("shell", pairs), encoding="utf-8")
+    arguments = ["a" * 100_000] * 5  # half a megabyte of command line on top
+    assert start_a_program(shell, env_file, *arguments).returncode == 0
+    doubled = tmp_path / "doubled.sh"  # without the budget: twice as much, and the same command line fails
+    doubled.write_text(render_env("shell", pairs + [(f"W{n}", v) for n, v in pairs]), encoding="utf-8")
+    assert b"Argument list too long" in start_a_program(shell, doubled, *arguments).stderr
+
+
+def test_json_is_not_a_process_environment() -> None:
+    assert environment_problems("json", [("BIG", "v" * (2 * ENV_FILE_MAX))]) == []
+    for fmt in ("systemd", "dotenv"):
+        assert environment_problems(fmt, [("BIG", "v" * ENV_STRING_MAX)]) != []

@@ -71,7 +71,7 @@ def test_get_many_values_adds_only_the_shell_quoting_and_a_thread_pool(emulator:
                      "--endpoint", emulator.url)
     assert found["code"] == 0
     assert found["third_party"] == []
-    assert found["cc_imds"] == sorted([*GET_MODULES, "cc_imds.formats"])
+    assert found["cc_imds"] == sorted([*GET_MODULES, "cc_imds.envnames", "cc_imds.formats"])  # names, quoting
 
 
 def test_get_failures_import_nothing_more(tmp_path: Path) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import pytest
 
 import cc_imds
 from cc_imds.emulator import Emulator
-from cc_imds.errors import DeclarationError, ImdsError
+from cc_imds.errors import CcImdsError, DeclarationError, ImdsError, RenderError
 from tests.conftest import PACKAGE
 
 
@@ -71,7 +73,7 @@ def test_handle_raises_a_clear_error_and_logs_each_problem(caplog: pytest.LogCap
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [
         "imds: cloud-config: imds: unknown key(s) 'tokn_ttl' (did you mean 'token_ttl'?); allowed: concurrency, "
-        "deadline, endpoint, env, files, imdsv1, timeout, token_ttl, values",
+        "deadline, endpoint, env, events, files, imdsv1, timeout, token_ttl, values",
         "imds: cloud-config: imds.values.x: '/latest/meta-data/x' must be an IMDS path such as "
         "meta-data/instance-id, dynamic/instance-identity/document or user-data, without a leading / or latest/",
     ]
@@ -104,3 +106,68 @@ def test_import_uses_only_the_standard_library() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+# -- no sensitive value in what handle logs or raises -------------------------------------------
+CREDENTIALS_PATH = "meta-data/iam/security-credentials/app-server"
+
+
+def forms(secret: str) -> List[str]:
+    """How a value shows in a message: as is, repr-escaped, ASCII-escaped, JSON-escaped."""
+    return [secret, repr(secret)[1:-1], ascii(secret)[1:-1], json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1]]
+
+
+def leaks(text: str, secrets: List[str], window: int = 0) -> List[str]:
+    """Secrets shown in `text` in any form, or (with `window`) any stretch of that many characters."""
+    pieces = text.replace("<computed>", "<redacted>").split("<redacted>")
+    parts = [secret[i : i + window] for secret in secrets for i in range(len(secret) - window + 1)] if window else []
+    return [s[:8] for s in secrets + parts for form in forms(s) for piece in pieces if form and form in piece]
+
+
+def what_cloud_init_logs(caplog: pytest.LogCaptureFixture, caught: BaseException) -> str:
+    """Every record, and the failure as cloud-init logs it: message and traceback."""
+    failure = "".join(traceback.format_exception(type(caught), caught, caught.__traceback__))
+    return caplog.text + "\n".join(r.getMessage() for r in caplog.records) + failure
+
+
+@pytest.mark.parametrize("source", [
+    "{{ {}[creds] }}",  # the whole credentials JSON as a key
+    "{{ tags[creds] }}",
+    "{{ tags|attr(key) }}",  # the secret key as an attribute name
+    "{{ {}[key[2:30]] }}",  # a slice of it
+    "{{ ('{' ~ token ~ '}').format() }}",  # a Python exception quoting it
+    "{{ {}[pw] }}",  # a sensitive default
+])
+def test_handle_never_logs_a_sensitive_value(emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                             source: str) -> None:
+    doc = {"endpoint": emulator.url,
+           "values": {"creds": CREDENTIALS_PATH, "tags": "meta-data/tags/instance/",
+                      "key": {"path": CREDENTIALS_PATH, "key": "SecretAccessKey"},
+                      "token": {"path": CREDENTIALS_PATH, "key": "Token"},
+                      "pw": {"path": "meta-data/tags/instance/Password", "default": "correct horse",
+                             "sensitive": True}},
+           "files": [{"path": f"{tmp_path}/out", "content": source}]}
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(RenderError) as caught:
+        cc_imds.handle(name="imds", cfg={"imds": doc}, cloud=FakeCloud(), args=[])
+    credentials = json.loads(emulator.tree.lookup(CREDENTIALS_PATH) or b"")
+    secrets = [json.dumps(credentials, indent=2), *credentials.values(), "correct horse", *emulator.issued_tokens()]
+    logged = what_cloud_init_logs(caplog, caught.value)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("imds: cloud-config: imds.files[0].content: template ")
+    assert leaks(logged, secrets[:1]) == []
+    assert leaks(logged, [s for s in secrets[1:] if s not in ("Success", "AWS-HMAC")], window=12) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_scrubbed_error_keeps_its_type_and_exit_code(emulator: Emulator, tmp_path: Path) -> None:
+    doc = {"endpoint": emulator.url, "values": {"key": {"path": CREDENTIALS_PATH, "key": "SecretAccessKey"}},
+           "files": [{"path": f"{tmp_path}/out", "content": "{{ {}[key] }}"}]}
+    with pytest.raises(CcImdsError) as caught:
+        cc_imds.handle(name="imds", cfg={"imds": doc}, cloud=FakeCloud(), args=[])
+    assert type(caught.value) is RenderError and caught.value.exit_code == 1
+    assert caught.value.problems == [
+        "cloud-config: imds.files[0].content: template error at line 1: 'dict object' has no attribute <computed>"
+    ]
+    assert caught.value.__context__ is None and caught.value.__cause__ is None

@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from cc_imds.client import ClientSettings
-from cc_imds.config import SourceDocument, build_declaration, load_schema
+from cc_imds.config import (
+    EVENT_POLL,
+    EVENT_TIMEOUT,
+    ON_CHANGE_TIMEOUT,
+    SourceDocument,
+    build_declaration,
+    load_schema,
+)
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -28,6 +35,7 @@ def schema_keys() -> Set[str]:
     keys |= {f"values.NAME.{k}" for k in defs["value"]["else"]["properties"]}
     keys |= {f"env[].{k}" for k in defs["env_file"]["properties"]}
     keys |= {f"files[].{k}" for k in defs["template_file"]["properties"]}
+    keys |= {f"events[].{k}" for k in defs["event_action"]["properties"]}
     return keys
 
 
@@ -39,6 +47,19 @@ def test_reference_table_matches_the_schema() -> None:
 def test_documented_defaults_match_the_code(key: str) -> None:
     default = getattr(ClientSettings(), key)
     assert f"Default `{default:g}`" in reference_rows()[key]
+
+
+def test_on_change_row_names_every_key_of_its_long_form() -> None:
+    long_form = load_schema()["definitions"]["on_change"]["else"]["properties"]
+    row = reference_rows()["env[].on_change"]
+    assert all(f"{key}:" in row for key in long_form)
+
+
+def test_documented_command_defaults_match_the_code() -> None:
+    rows = reference_rows()
+    assert f"Timeout default `{ON_CHANGE_TIMEOUT:g}`" in rows["env[].on_change"]
+    assert f"Default `{EVENT_TIMEOUT:g}`" in rows["events[].timeout"]
+    assert f"Default `{EVENT_POLL:g}`" in rows["events[].poll"]
 
 
 def test_documented_endpoint_and_imdsv1_defaults() -> None:

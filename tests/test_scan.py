@@ -6,18 +6,29 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
 import subprocess
+from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import yaml
 
 from cc_imds.emulator import Emulator
-from cc_imds.scan import scan_bytes, scan_paths
+from cc_imds.scan import (
+    MAX_DECODED_BYTES,
+    MAX_FINDINGS,
+    MAX_NESTING,
+    ScanError,
+    scan_bytes,
+    scan_files,
+    scan_paths,
+)
 from tests.conftest import REPO
+from tests.hostile import gzip_bomb
 
 FIXTURES = REPO / "tests/fixtures/scan"
 V1, V2, UNKNOWN = "IMDSv1", "IMDSv2", "unknown"
@@ -158,3 +169,166 @@ def test_suggestion_reproduces_what_the_script_got_from_imdsv1(
     assert applied.returncode == 0, applied.stderr
     rendered = root / "etc/cc-imds" / f"{Path(fixture).stem}.sh"
     assert variables_of(rendered, names) == expected
+
+
+# -- suggestions for any path ----------------------------------------------------------------------
+UNNAMED = """#!/bin/sh
+curl -s http://169.254.169.254/latest/meta-data/public-keys/0 > /etc/key-name
+curl -s http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key >> /etc/ssh/authorized_keys
+curl -s http://169.254.169.254/latest/meta-data/network/interfaces/macs/02:4f:1a:9c:33:e1/vpc-id > /etc/vpc
+curl -s http://169.254.169.254/latest/meta-data/network/interfaces/macs/0a:00:00:00:00:02/vpc-id > /etc/vpc2
+IID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)
+ALSO_IID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)
+IID=$(curl -s http://169.254.169.254/latest/meta-data/ami-id)
+curl -s "http://169.254.169.254/latest/meta-data/odd?query" > /dev/null
+"""
+
+
+def test_suggestion_names_every_path_uniquely(cli: Callable, tmp_path: Path) -> None:
+    script = tmp_path / "unnamed.sh"
+    script.write_text(UNNAMED)
+    result = cli("scan", str(script), "--suggest")
+    assert result.returncode == 1, result.stderr
+    text = result.stdout.decode()
+    assert yaml.safe_load(text[text.index("#cloud-config"):])["imds"] == {
+        "values": {
+            "public_keys_0": "meta-data/public-keys/0",
+            "openssh_key": "meta-data/public-keys/0/openssh-key",
+            "vpc_id": "meta-data/network/interfaces/macs/02:4f:1a:9c:33:e1/vpc-id",
+            "macs_0a_00_00_00_00_02_vpc_id": "meta-data/network/interfaces/macs/0a:00:00:00:00:02/vpc-id",
+            "iid": "meta-data/instance-id",
+            "ami_id": "meta-data/ami-id",  # `odd?query` is no declarable path: left out, still reported
+        },
+        "env": [{"path": "/etc/cc-imds/unnamed.sh", "format": "shell", "vars": {
+            "PUBLIC_KEYS_0": "public_keys_0", "OPENSSH_KEY": "openssh_key", "VPC_ID": "vpc_id",
+            "MACS_0A_00_00_00_00_02_VPC_ID": "macs_0a_00_00_00_00_02_vpc_id", "IID": "iid",
+            "ALSO_IID": "iid", "AMI_ID": "ami_id"}}],
+    }
+    assert "meta-data/odd?query" in text
+
+
+def test_suggestion_for_unnamed_paths_applies(
+    cli: Callable, make_emulator: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    tree = make_emulator().tree
+    leaves = tree.leaves()
+    leaves["meta-data/network/interfaces/macs/0a:00:00:00:00:02/vpc-id"] = b"vpc-second"
+    from cc_imds.tree import MetadataTree
+
+    emulator = make_emulator(MetadataTree(leaves))
+    script = tmp_path / "unnamed.sh"
+    script.write_text("".join(line for line in UNNAMED.splitlines(keepends=True) if "odd?query" not in line))
+    text = cli("scan", str(script), "--suggest").stdout.decode()
+    declaration = tmp_path / "suggested.yaml"
+    declaration.write_text(text[text.index("#cloud-config"):])
+    root = tmp_path / "root"
+    applied = cli("apply", str(declaration), "--endpoint", emulator.url, "--root", str(root), "--no-conf-dir")
+    assert applied.returncode == 0, applied.stderr
+    got = variables_of(root / "etc/cc-imds/unnamed.sh", ["PUBLIC_KEYS_0", "VPC_ID", "MACS_0A_00_00_00_00_02_VPC_ID",
+                                                         "IID", "ALSO_IID"])
+    assert got == {"PUBLIC_KEYS_0": "openssh-key", "VPC_ID": leaves[
+        "meta-data/network/interfaces/macs/02:4f:1a:9c:33:e1/vpc-id"].decode(),
+        "MACS_0A_00_00_00_00_02_VPC_ID": "vpc-second", "IID": "i-0a1b2c3d4e5f60789", "ALSO_IID": "i-0a1b2c3d4e5f60789"}
+
+
+# -- hostile input: bounded, and every problem named ---------------------------------------------
+V1_SCRIPT = b"#!/bin/sh\nID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)\n"
+
+
+def test_gzip_bomb_is_refused_at_the_budget() -> None:
+    bomb = gzip_bomb(1024)  # 1 GiB of zeros in about 1 MB
+    assert len(bomb) < 1_100_000
+    with pytest.raises(ScanError) as caught:
+        scan_bytes("ud.gz", bomb)
+    assert caught.value.problems == [f"ud.gz: decodes to more than {MAX_DECODED_BYTES} bytes (a decompression bomb?)"]
+
+
+def test_concatenated_gzip_members_are_all_read() -> None:
+    two = gzip.compress(b"#!/bin/sh\n") + gzip.compress(V1_SCRIPT[10:])
+    assert [(f.line, f.kind) for f in scan_bytes("ud.gz", two)] == [(2, V1)]
+
+
+def test_problems_are_named_and_the_rest_is_still_scanned(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.gz"
+    packed = gzip.compress(V1_SCRIPT)
+    corrupt.write_bytes(packed[:-8] + bytes(b ^ 0xFF for b in packed[-8:-4]) + packed[-4:])  # a wrong CRC
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(gzip.compress(V1_SCRIPT)[:20])
+    good = tmp_path / "good.sh"
+    good.write_bytes(V1_SCRIPT)
+    os.mkfifo(tmp_path / "fifo")
+    result = scan_files([str(corrupt), str(truncated), str(tmp_path / "fifo"), "/dev/zero", str(good)])
+    assert [(f.file, f.line) for found in result.findings.values() for f in found] == [(str(good), 2)]
+    assert result.problems == [
+        f"{corrupt}: corrupt gzip data (Error -3 while decompressing data: incorrect data check)",
+        f"{truncated}: truncated or corrupt gzip data",
+        f"{tmp_path}/fifo: cannot read: a FIFO, not a regular file",
+        "/dev/zero: cannot read: a character device, not a regular file",
+    ]
+
+
+@pytest.mark.parametrize("write_files", ["5", "[5, x, [a]]", "[{content: 5, encoding: b64}]", "{a: b}",
+                                         "[{encoding: gz, content: !!binary aGVsbG8=}]"])
+def test_odd_write_files_shapes_are_skipped(write_files: str) -> None:
+    text = f"#cloud-config\nwrite_files: {write_files}\nruncmd:\n  - curl http://169.254.169.254/latest/meta-data/mac\n"
+    assert [(f.line, f.path) for f in scan_bytes("ud", text.encode())] == [(4, "meta-data/mac")]
+
+
+def test_undecodable_write_files_content_is_a_problem() -> None:
+    text = "#cloud-config\nwrite_files:\n  - {path: /x, encoding: b64, content: 'abc'}\n"
+    with pytest.raises(ScanError, match=r"ud: write_files\[0\] \(/x\): invalid base64 content \(Incorrect padding\)"):
+        scan_bytes("ud", text.encode())
+
+
+def test_yaml_beyond_the_bounds_is_a_problem_but_its_text_is_scanned() -> None:
+    text = "#cloud-config\nruncmd: [curl http://169.254.169.254/latest/meta-data/mac]\nx: &a [*a]\n"
+    result = scan_files_of(text.encode())
+    assert [f.path for f in result.findings["ud"]] == ["meta-data/mac"]
+    assert result.problems == ["ud: line 3, column 8: alias *a is inside the node it names"]
+
+
+def scan_files_of(data: bytes) -> Any:
+    from cc_imds.scan import _FileScan
+
+    scan = _FileScan("ud").content("ud", data, 0)
+    return type("Result", (), {"findings": {"ud": scan.findings}, "problems": scan.problems})
+
+
+def test_nesting_of_containers_is_bounded() -> None:
+    data = V1_SCRIPT
+    for _ in range(MAX_NESTING + 2):
+        message = MIMEMultipart()
+        message.attach(MIMEApplication(gzip.compress(data), "gzip"))
+        data = message.as_bytes()
+    with pytest.raises(ScanError, match=rf"containers nested deeper than {MAX_NESTING} levels"):
+        scan_bytes("ud", data)
+
+
+def test_variables_cannot_expand_without_bound() -> None:
+    lines = ["A=" + "x" * 4000] + [f"{b}={('$' + a) * 16}" for a, b in zip("ABCDEFGHI", "BCDEFGHIJ")]
+    script = "\n".join([*lines, "curl $J http://169.254.169.254/latest/meta-data/mac", ""])
+    # Unbounded, $J is 16**9 copies of 4000 bytes: a MemoryError.
+    assert [f.path for f in scan_bytes("v.sh", script.encode())] == ["meta-data/mac"]
+
+
+def test_findings_per_file_are_bounded() -> None:
+    line = b"curl http://169.254.169.254/latest/meta-data/mac; "
+    with pytest.raises(ScanError, match=rf"v.sh: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned"):
+        scan_bytes("v.sh", line * (MAX_FINDINGS + 1))
+
+
+def test_python_too_deep_for_the_parser_is_scanned_as_text() -> None:
+    # Only the shell scan finds a curl inside os.system: finding it shows the fallback ran.
+    source = "import os\nos.system('curl http://169.254.169.254/latest/meta-data/mac')\nx = " + "(" * 5000 + \
+        ")" * 5000 + "\n"
+    assert [(f.line, f.path) for f in scan_bytes("deep.py", source.encode())] == [(2, "meta-data/mac")]
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
+def test_cli_never_blocks_on_special_files(cli: Callable, tmp_path: Path, target: str) -> None:
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        target = str(tmp_path / "fifo")
+    result = cli("scan", target)  # run_cli's timeout fails the test if this blocks
+    assert result.returncode == 1
+    assert result.stderr.decode().endswith(", not a regular file\n") and b"Traceback" not in result.stderr

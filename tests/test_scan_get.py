@@ -19,8 +19,9 @@ from tests.test_scan import FIXTURES, variables_of
 
 def eval_command(cli: Callable, fixture: str) -> str:
     text = cli("scan", str(FIXTURES / fixture), "--suggest").stdout.decode()
-    start = text.index('eval "$(cc-imds get --shell')
-    return text[start:text.index(')"', start) + 2]
+    start = text.index("values=$(cc-imds get --shell")
+    end = text.index('eval "$values"', start) + len('eval "$values"')
+    return text[start:end]
 
 
 @pytest.mark.parametrize(("fixture", "names"), [
@@ -50,5 +51,6 @@ def test_one_value_needs_no_multi_value_form() -> None:
     assert suggest_get(declaration) is None
     declaration["values"]["region"] = {"path": "dynamic/instance-identity/document", "key": "region"}
     declaration["env"][0]["vars"]["REGION"] = "region"
-    assert suggest_get(declaration) == ('eval "$(cc-imds get --shell \\\n    ID=meta-data/instance-id \\\n'
-                                        '    REGION=dynamic/instance-identity/document --key region)"')
+    assert suggest_get(declaration) == ('values=$(cc-imds get --shell \\\n    ID=meta-data/instance-id \\\n'
+                                        '    REGION=dynamic/instance-identity/document --key region)\n'
+                                        'eval "$values"')

@@ -1,5 +1,6 @@
 """Templates of plain text and `{{ name }}` are rendered without Jinja2: exactly as Jinja2
-renders them, which hypothesis checks on generated templates full of near-misses."""
+renders them, which hypothesis checks on generated templates full of near-misses, and with
+their size known before they are built."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Dict, List
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds.templates import environment, plain_names, referenced_names, render_template
+from cc_imds.templates import environment, plain_names, plain_size, referenced_names, render_plain
 
 NAMES = st.sampled_from(["region", "instance_id", "x", "_y2", "true", "None", "range", "loop", "if", "not"])
 PIECES = st.one_of(
@@ -32,7 +33,9 @@ def test_plain_templates_render_exactly_as_jinja2_does(pieces: List[str], value:
 
     assert names == meta.find_undeclared_variables(environment().parse(source))
     context: Dict[str, str] = {name: f"{value}<{name}>" for name in names}
-    assert render_template(source, context) == environment().from_string(source).render(**context)
+    expected = environment().from_string(source).render(**context)
+    assert render_plain(source, context) == expected
+    assert plain_size(source, context) == len(expected.encode("utf-8", "surrogatepass"))
     assert referenced_names(source) == names
 
 
@@ -44,4 +47,5 @@ def test_what_is_plain() -> None:
 
 
 def test_a_mapping_value_goes_through_jinja2() -> None:
-    assert render_template("{{ tags }}", {"tags": {"Name": "web"}}) == "{'Name': 'web'}"
+    assert plain_size("{{ tags }}", {"tags": {"Name": "web"}}) is None
+    assert plain_size("{{ tags }}", {"tags": "text"}) == 4

@@ -115,6 +115,7 @@ class CloudInit:
         self.log = tmp / "cloud-init.log"
         self.out = tmp / "out"
         self.conf_d = tmp / "conf.d"
+        self.run_dir = tmp / "cc-imds-run"  # what the module leaves for cc-imds watch
         self._strace_logs: List[Path] = []
 
     def configure(self, config: Dict[str, Any], userdata: str = "") -> None:
@@ -168,6 +169,7 @@ class CloudInit:
             "PYTHONDONTWRITEBYTECODE": "1",
             "CC_IMDS_CONF_DIR": str(self.conf_d),
             "CC_IMDS_LOCK": str(self.tmp / "cc-imds.lock"),
+            "CC_IMDS_RUN_DIR": str(self.run_dir),
             "LANG": "C.UTF-8",
         }
         command = [

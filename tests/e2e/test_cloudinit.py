@@ -6,6 +6,7 @@ Every run is isolated (see harness.py) and checked to write nothing outside its 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -75,6 +76,19 @@ def test_single_renders_outputs(cloud_init: CloudInit, emulator: Emulator) -> No
     assert "export TAG_Name='web-1'" in (cloud_init.out / "instance.sh").read_text()
     assert (cloud_init.out / "instance.env").read_text().endswith("AWS_REGION='eu-west-1'\n")
     assert emulator.count("PUT") == 1
+    assert cc_imds_warnings(cloud_init) == []
+
+
+def test_a_refresh_hands_this_boots_declaration_to_the_watcher(cloud_init: CloudInit, emulator: Emulator) -> None:
+    doc = declaration(emulator, cloud_init.out)
+    doc["values"]["tags"] = {"path": "meta-data/tags/instance/", "refresh": 300}
+    cloud_init.configure({"imds": doc})
+    result = cloud_init.run("single", "--name", "imds", "--frequency", "always")
+    assert result.returncode == 0, cloud_init.log.read_text()[-3000:]
+    assert json.loads((cloud_init.run_dir / "cloud-config.json").read_text()) == doc  # as cloud-init gave it
+    assert (cloud_init.run_dir / "watch").read_text() == (
+        f"refresh meta-data/tags/instance/\nrewrite {cloud_init.out}/instance.sh\n")
+    assert "imds: cc-imds watch will keep 1 output(s) current" in cloud_init.log.read_text()
     assert cc_imds_warnings(cloud_init) == []
 
 

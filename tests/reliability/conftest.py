@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +139,9 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
     def write(scenario_id: str, result: str, **figures: Any) -> None:
         assert scenario_id in SCENARIOS, scenario_id
         if REPORT:
+            record = {"id": scenario_id, "result": result, "figures": figures, "python": platform.python_version()}
             with open(REPORT, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"id": scenario_id, "result": result, "figures": figures}) + "\n")
+                handle.write(json.dumps(record) + "\n")
 
     return write
 

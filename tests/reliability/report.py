@@ -1,48 +1,78 @@
-"""Render docs/RELIABILITY.md from the figures a reliability run recorded.
+"""docs/RELIABILITY.md, generated from what a run of the reliability suite recorded, and
+checked against such a run.
 
-    CC_IMDS_RELIABILITY_REPORT=/tmp/rel.jsonl python -m pytest tests/reliability
-    python -m tests.reliability.report /tmp/rel.jsonl > docs/RELIABILITY.md
+Every scenario test records one JSON line (id, result, figures) when
+CC_IMDS_RELIABILITY_REPORT names a file. `make test` records its own runs and then checks
+that the committed document lists exactly the scenarios the run ran, with the same
+results (figures such as seconds may differ). `make reliability-doc` runs the suite and
+rewrites the document:
+
+    python -m tests.reliability.report render RUN.jsonl > docs/RELIABILITY.md
+    python -m tests.reliability.report check RUN.jsonl docs/RELIABILITY.md
 """
 
 from __future__ import annotations
 
 import json
-import platform
+import re
 import sys
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from tests.reliability.scenarios import SCENARIOS
 
 COLUMNS = ("exit", "seconds", "PUT", "GET", "retries")
+ROW = re.compile(r"^\| `([a-z0-9-]+)` \| (.*?) \| (.*?) \|", flags=re.M)
+Record = Dict[str, object]
 
 
-def render(rows: List[Dict[str, object]]) -> str:
-    by_id = {str(row["id"]): row for row in rows}
+def load(lines: Sequence[str]) -> Dict[str, Record]:
+    """The run's record for each scenario: the last one, if a test recorded several."""
+    records: Dict[str, Record] = {}
+    for line in lines:
+        if line.strip():
+            record = json.loads(line)
+            records[str(record["id"])] = record
+    return records
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _other_figures(figures: Dict[str, object]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in figures.items() if key not in COLUMNS)
+
+
+def render(records: Dict[str, Record]) -> str:
+    pythons = sorted({str(r.get("python", "")) for r in records.values()} - {""})
     lines = [
         "# Reliability and security",
         "",
-        "Every scenario runs `cc-imds apply --debug` (or `get`) in a separate process against the bundled emulator",
-        "on loopback, over outputs that already exist, and checks that it ends in exactly the right outputs or in a",
-        "clear error with every existing file byte-identical (content and mode) and no temp file left. After every",
-        "run, stdout and stderr are searched for every token the emulator issued and for the IAM `SecretAccessKey`",
-        "and `Token`: zero hits in every scenario. The same search runs over cloud-init's own log in the",
-        "real-cloud-init tests (tests/e2e).",
+        "Every scenario runs cc-imds in a separate process, as a user would: most run `cc-imds apply --debug` against",
+        "the bundled emulator on loopback with a fault injected, over outputs that already exist, and check that it",
+        "ends in exactly the right outputs or in a clear error with every existing file byte-identical (content and",
+        "mode) and no temp file left; the hostile-input scenarios feed the CLI files built to exhaust or hang it.",
+        "After every run, stdout and stderr are searched for every token the emulator issued and for the IAM",
+        "`SecretAccessKey` and `Token`: zero hits in every scenario. The same search runs over cloud-init's own log",
+        "in the real-cloud-init tests (tests/e2e). The `watch-` scenarios run `cc-imds watch` instead, and also search",
+        "its status file.",
         "",
-        "Regenerate: `CC_IMDS_RELIABILITY_REPORT=/tmp/rel.jsonl .venv/py313/bin/python -m pytest tests/reliability`,",
-        "then `.venv/py313/bin/python -m tests.reliability.report /tmp/rel.jsonl > docs/RELIABILITY.md`.",
-        f"Figures: Python {platform.python_version()} on {platform.machine()}, 2 cores; seconds include interpreter",
-        "start-up (about 0.15 s). `retries` counts retried attempts in the debug log.",
+        "This document is generated from a run: `make reliability-doc`. `make test` records its own runs and fails",
+        "if the scenarios or their results differ from the ones below (figures such as seconds may differ).",
+        f"Figures: Python {', '.join(pythons) or '?'} on the 2-core CI machine; seconds include interpreter start-up",
+        "(about 0.15 s). `retries` counts retried attempts in the debug log; `peak MiB` is the process's maximum",
+        "resident memory.",
         "",
-        "| scenario | what it checks | result | exit | seconds | PUT | GET | retries |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | what it checks | result | exit | seconds | PUT | GET | retries | other figures |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario_id, checks in SCENARIOS.items():
-        row = by_id.get(scenario_id)
-        figures = row["figures"] if row else {}
+        record = records.get(scenario_id)
+        figures = record.get("figures", {}) if record else {}
         assert isinstance(figures, dict)
-        cells = [str(figures.get(c, "")) for c in COLUMNS]
-        result = str(row["result"]) if row else "not run"
-        lines.append(f"| `{scenario_id}` | {checks} | {result} | " + " | ".join(cells) + " |")
+        cells = [_cell(figures.get(c, "")) for c in COLUMNS] + [_cell(_other_figures(figures))]
+        result = _cell(record["result"]) if record else "not run"
+        lines.append(f"| `{scenario_id}` | {_cell(checks)} | {result} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Secrets are also checked where they are written: files holding a sensitive value are created with their final",
@@ -52,6 +82,51 @@ def render(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def document_rows(text: str) -> Dict[str, List[str]]:
+    """Scenario id -> [what it checks, result], as the document shows them."""
+    return {m.group(1): [m.group(2), m.group(3)] for m in ROW.finditer(text)}
+
+
+def check(records: Dict[str, Record], document: str) -> List[str]:
+    """Every difference between the document and the run, one line each; empty when they agree."""
+    rows = document_rows(document)
+    problems = []
+    for scenario_id, checks in SCENARIOS.items():
+        record = records.get(scenario_id)
+        row = rows.get(scenario_id)
+        if record is None:
+            problems.append(f"{scenario_id}: the run recorded no result (did its test run, or skip?)")
+        if row is None:
+            problems.append(f"{scenario_id}: no row in the document")
+            continue
+        if row[0] != _cell(checks):
+            problems.append(f"{scenario_id}: the document says it checks {row[0]!r}, scenarios.py {checks!r}")
+        if record is not None and row[1] != _cell(record["result"]):
+            problems.append(f"{scenario_id}: the document says {row[1]!r}, the run {record['result']!r}")
+    for extra in sorted(set(rows) - set(SCENARIOS)):
+        problems.append(f"{extra}: a row in the document, but no such scenario")
+    return problems
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "render":
+        with open(argv[1], encoding="utf-8") as handle:
+            sys.stdout.write(render(load(handle.readlines())))
+        return 0
+    if len(argv) == 3 and argv[0] == "check":
+        with open(argv[1], encoding="utf-8") as handle:
+            records = load(handle.readlines())
+        with open(argv[2], encoding="utf-8") as handle:
+            problems = check(records, handle.read())
+        for problem in problems:
+            print(f"{argv[2]}: {problem}", file=sys.stderr)
+        if problems:
+            print(f"{argv[2]} does not match this run: if the differences are meant, regenerate it with "
+                  "`make reliability-doc`", file=sys.stderr)
+        return 1 if problems else 0
+    print("usage: python -m tests.reliability.report render RUN.jsonl | check RUN.jsonl DOCUMENT", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1], encoding="utf-8") as handle:
-        sys.stdout.write(render([json.loads(line) for line in handle if line.strip()]))
+    sys.exit(main(sys.argv[1:]))

@@ -41,6 +41,18 @@ SCENARIOS = {
     "hostile-values": "Hostile tag values: exact through shell (bash, dash) and json; systemd and dotenv refuse",
     "generated-declarations": "Generated invalid declarations: located errors, no traceback, nothing written",
     "sandbox-escape": "A template reaching for Python internals: refused, nothing written",
+    "template-time": "Nested loops over range(100000), 3 s deadline: stopped at the deadline plus slack, files "
+                     "untouched",
+    "template-memory": "A 3 GB format width and a doubling string: stopped at the memory limit, files untouched",
+    "template-output-size": "A template writing 100 MB: stopped at the output limit, files untouched",
+    "template-constant-folding": "`10 ** (10 ** 10)` and a 3 GB center width: validation evaluates nothing",
+    "secret-in-template-error": "Credentials used as a key, an attribute, sliced, reversed, quoted by Python, a "
+                                "sensitive default: no form of any secret in apply or plan output",
+    "secret-in-generated-templates": "Generated sensitive values in generated templates through plan, apply and "
+                                     "handle: no form of any secret in any message",
+    "env-string-too-long": "A 200 KB tag value for a shell file: refused naming the variable and Linux's limit",
+    "assembled-refused-name": "Tags assembling GLIBC_TUNABLES, JAVA_TOOL_OPTIONS, http_proxy with a short prefix: "
+                              "refused, files untouched",
     # hostile servers (tests/reliability/test_hostile_server.py): every byte bounded by the deadline
     "slow-token-put": "Token PUT answered with a status line and headers one byte per 250 ms: `get` and `apply` "
                       "end within the 2 s deadline plus slack, files untouched",
@@ -65,4 +77,31 @@ SCENARIOS = {
     "get-all-or-nothing": "get --shell with three of four values failing: all three named, no value printed",
     "get-one-token": "get --json of six values: one process, 1 PUT and one GET per value",
     "get-url-forms": "get with dated-version, :80 and IPv6 URLs, and foreign hosts: the right path, or exit 2 at once",
+    "watch-imds-outage": "cc-imds watch, IMDS down for several polls: files byte-identical (no `default` used), "
+    "status exits 3, recovers by itself",
+    "watch-credentials-expire-while-down": "cc-imds watch, IMDS down until credentials expire: status exits 6, "
+    "then 0 once fresh ones are written",
+    "watch-sigterm-mid-write": "cc-imds watch, SIGTERM while 30 outputs are staged: no temp file, all old or all new",
+    "watch-invalid-reload": "cc-imds watch, SIGHUP with an invalid declaration: every problem logged, the running one "
+    "kept, status exits 1",
+    "watch-unrepresentable-value": "cc-imds watch, a new tag value the systemd format cannot carry: that file kept, "
+    "the others written, status exits 4, recovers",
+    "watch-notice-flood": "cc-imds watch, 25 maintenance notices at once: 10 per poll, each command run once",
 }
+SCENARIOS.update({
+    "yaml-alias-bomb": "A 342-byte YAML alias bomb (9**9 nodes) as a drop-in: refused at once, naming file, line and "
+                       "the node budget; files untouched",
+    "yaml-deep-nesting": "A declaration nested 20,000 levels deep: refused naming the 64-level limit, no recursion "
+                         "error; files untouched",
+    "yaml-boolean-keys": "Unquoted `ON:` and `NO:` keys (YAML 1.1 booleans): each reported with its location",
+    "non-finite-settings": "`deadline: .nan`, `timeout: .inf`, `concurrency: -1`, `token_ttl: 0`: each refused, "
+                           "naming the key; files untouched",
+    "oversized-declaration": "A 1 GiB declaration file (sparse) for validate and apply: refused by its size before a "
+                             "byte is read",
+    "special-files": "A FIFO and /dev/zero as declaration, drop-in, metadata tree, cloud.cfg and scanned file: "
+                     "refused at once, never blocks",
+    "scan-gzip-bomb": "`scan` of 1 MB of gzip that inflates to 1 GiB: refused at the 16 MiB budget, memory bounded",
+    "corrupt-inputs": "Corrupt gzip, `write_files: 5`, malformed metadata trees and cloud.cfg: one line each, "
+                      "documented exit codes, nothing written",
+    "stdout-full": "Standard output on a full device (/dev/full) for every command that prints: exit 4, one line",
+})

@@ -45,10 +45,10 @@ def build_root(root: Path, python_home: Path, library_sites: List[Path], cloudin
     (root / "usr/bin").mkdir(parents=True)
     for name in ("bin", "lib", "lib64", "sbin"):
         (root / name).symlink_to(f"usr/{name}")
-    # The directories AL2023's `filesystem` package owns, which rpm would otherwise create
-    # unowned and leave behind.
+    # The directories AL2023's `filesystem` and `systemd` packages own, which rpm would
+    # otherwise create unowned and leave behind.
     for name in ("etc", "tmp", "var/tmp", "run", "usr/lib64", "usr/sbin", "usr/share/doc", "usr/share/licenses",
-                 "usr/share/man/man1"):
+                 "usr/share/man/man1", "usr/lib/systemd/system", "usr/lib/systemd/system-preset"):
         (root / name).mkdir(parents=True, exist_ok=True)
     (root / "dev").mkdir()
     os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))

@@ -163,6 +163,9 @@ def expected_files() -> Set[str]:
         files |= {f"{SITE}/cc_imds/__pycache__/{module.stem}.cpython-39{opt}.pyc" for opt in ("", ".opt-1")}
     files |= {f"{SITE}/cc_imds/schemas/{p.name}" for p in (REPO / "schemas").glob("*.json")}
     files |= {f"{SITE}/cc_imds/examples/{p.name}" for p in (REPO / "examples").glob("*.yaml")}
+    for unit in (REPO / "systemd").iterdir():  # cc-imds watch's units, and the preset that enables them
+        directory = "system-preset" if unit.suffix == ".preset" else "system"
+        files.add(f"/usr/lib/systemd/{directory}/{unit.name}")
     return files
 
 

@@ -1,0 +1,279 @@
+"""Run the commands of `on_change` and `events`: an argv list, no shell, a timeout, and the
+command's output in our log, line by line.
+
+Each command runs in a thread of its own, so a slow one never delays a poll: a spot
+notice must not wait for an application's reload. A command runs in a new session, so a
+timeout (or the watcher stopping) kills its whole process group, `sh -c` children
+included. Runs under one key (an output's path) never overlap: a change that comes while
+the previous command still runs starts it once more when that one ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional
+
+from .config import Command
+
+LOG = logging.getLogger(__name__)
+
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command's process group
+MAX_LOGGED_LINES = 200  # per run; what is beyond is counted, not logged
+MAX_LINE = 1000  # characters of one logged line
+AFTER_EXIT = 0.5  # keep reading output this long after the command exited (a child may still write)
+
+
+@dataclass(frozen=True)
+class Result:
+    key: str
+    label: str  # "on_change /etc/app.conf", "spot-interruption notice 1a2b3c4d5e6f7a8b"
+    started: float  # wall clock
+    seconds: float
+    exit_code: Optional[int]  # None when it could not start, or was killed
+    error: Optional[str]  # None on exit 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class _Request:
+    key: str
+    label: str
+    command: Command
+    env: Mapping[str, str]
+    stdin: Optional[bytes]
+
+
+class Runner:
+    """Starts commands in the background and reports each end to `on_done` (from its thread)."""
+
+    def __init__(self, on_done: Callable[[Result], None], environ: Optional[Mapping[str, str]] = None) -> None:
+        self._on_done = on_done
+        self._environ = dict(os.environ if environ is None else environ)
+        self._lock = threading.Lock()
+        self._running: Dict[str, Optional[subprocess.Popen[bytes]]] = {}
+        self._pending: Dict[str, _Request] = {}
+        self._threads: List[threading.Thread] = []
+        self._stopping = False
+
+    def start(
+        self,
+        key: str,
+        label: str,
+        command: Command,
+        env: Optional[Mapping[str, str]] = None,
+        stdin: Optional[bytes] = None,
+    ) -> None:
+        request = _Request(key, label, command, dict(env or {}), stdin)
+        with self._lock:
+            if self._stopping:
+                return
+            if key in self._running:
+                self._pending[key] = request  # the latest change wins; one more run after this one
+                LOG.info("%s: still running; it runs again when it ends", label)
+                return
+            self._running[key] = None
+            thread = threading.Thread(target=self._run, args=(request,), name=f"command {key}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def stop(self, grace: float = KILL_GRACE) -> None:
+        """Start nothing more; end running commands (SIGTERM to each process group, SIGKILL
+        after `grace`), and wait for their threads."""
+        with self._lock:
+            self._stopping = True
+            self._pending.clear()
+            procs = [p for p in self._running.values() if p is not None]
+            threads = list(self._threads)
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        give_up = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, give_up - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+        for thread in threads:
+            thread.join(grace + AFTER_EXIT + 1.0)
+
+    # -- one run --------------------------------------------------------------------------
+    def _run(self, request: _Request) -> None:
+        while True:
+            result = self._execute(request)
+            try:
+                self._on_done(result)
+            except Exception:  # a reporting bug must not kill the runner thread
+                LOG.exception("reporting the result of %s failed", request.label)
+            with self._lock:
+                following = self._pending.pop(request.key, None)
+                if following is None or self._stopping:
+                    del self._running[request.key]
+                    return
+                self._running[request.key] = None
+            request = following
+
+    def _execute(self, request: _Request) -> Result:
+        command = request.command
+        started, clock = time.time(), time.monotonic()
+        LOG.info("%s: running %s", request.label, shlex.join(command.argv))
+        env = dict(self._environ)
+        env.update(request.env)
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - an argv list from a root-owned declaration, no shell
+                list(command.argv),
+                stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            problem = f"cannot run {command.argv[0]}: {exc.strerror or exc}"
+            LOG.error("%s: %s", request.label, problem)
+            return Result(request.key, request.label, started, 0.0, None, problem)
+        with self._lock:
+            self._running[request.key] = proc
+            stopping = self._stopping
+        if stopping:
+            _signal_group(proc, signal.SIGTERM)
+        if request.stdin is not None:
+            threading.Thread(target=_feed, args=(proc, request.stdin), name=f"stdin {request.key}",
+                             daemon=True).start()
+        timed_out = _pump(proc, request.label, clock + command.timeout)
+        seconds = time.monotonic() - clock
+        code: Optional[int] = proc.returncode
+        error: Optional[str]
+        if timed_out:
+            error = f"timed out after {command.timeout:g}s; its process group was killed"
+            code = None
+        elif code:
+            error = f"killed by signal {-code}" if code < 0 else f"exited {code}"
+            code = code if code > 0 else None
+        else:
+            error = None
+        if error:
+            LOG.error("%s: failed: %s (%.1fs)", request.label, error, seconds)
+        else:
+            LOG.info("%s: done in %.1fs", request.label, seconds)
+        return Result(request.key, request.label, started, seconds, code, error)
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write the notice to stdin, then close it, in a thread of its own: a command that
+    does not read it blocks only this thread, until it exits or is killed."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+    except OSError:
+        pass  # it exited without reading: its business
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+
+class _OutputLog:
+    """A command's output, logged line by line, bounded."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.logged = 0
+        self.dropped = 0
+        self.partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > MAX_LINE * 4:
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            self._emit(line)
+
+    def finish(self) -> None:
+        if self.partial:
+            self._emit(self.partial)
+        if self.dropped:
+            LOG.info("%s: (%d more line(s) of output not logged)", self.label, self.dropped)
+
+    def _emit(self, line: bytes) -> None:
+        if self.logged >= MAX_LOGGED_LINES:
+            self.dropped += 1
+            return
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        LOG.info("%s: %s", self.label, text[:MAX_LINE] + ("..." if len(text) > MAX_LINE else ""))
+        self.logged += 1
+
+
+def _read_some(fd: int, wait: float, output: _OutputLog) -> Optional[bool]:
+    """Read what is there within `wait` seconds: True if something came, False at end of
+    output, None if nothing came."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, wait))
+    if not ready:
+        return None
+    chunk = os.read(fd, 65536)
+    if not chunk:
+        return False
+    output.feed(chunk)
+    return True
+
+
+def _pump(proc: subprocess.Popen[bytes], label: str, give_up_at: float) -> bool:
+    """Log the command's output until it exits; at `give_up_at`, kill its process group.
+    Returns True if it timed out."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    output = _OutputLog(label)
+    timed_out = False
+    output_open = True
+    while output_open and proc.poll() is None:
+        remaining = give_up_at - time.monotonic()
+        if remaining <= 0:
+            break
+        output_open = _read_some(fd, min(remaining, 1.0), output) is not False
+    try:
+        proc.wait(max(0.0, give_up_at - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _terminate(proc)
+    # What is still in the pipe; a child left running may hold it open, so not for long.
+    drain_until = time.monotonic() + AFTER_EXIT
+    while output_open and time.monotonic() < drain_until:
+        output_open = _read_some(fd, drain_until - time.monotonic(), output) is True
+    proc.stdout.close()
+    output.finish()
+    return timed_out
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,268 @@
+"""The box's disk images: Debian's packages, cc-imds from the checkout's wheel, the box's units.
+
+Two layers, each cached under .cache/box/ and keyed by everything that goes into it:
+
+- the base: `mmdebstrap` of a Debian release with systemd, cloud-init and the kernel, from
+  the mirror the host's own apt sources name. Slow (about a minute), rebuilt only when the
+  release, mirror or package list changes.
+- the image: a copy of the base with cc-imds installed from a wheel built from the checkout
+  (then `cc-imds enable-module`, as the RPM's %post runs it), the box's units and scripts
+  (guest/), made into an ext4 disk with `mkfs.ext4 -d`. A few seconds; rebuilt when the
+  wheel's contents or guest/ change.
+
+The kernel is Debian's cloud kernel. Its NVMe driver and ext4 are built in, so the box boots
+it directly from an NVMe disk (as EC2's Nitro instances do), with no initramfs and without
+the kernel's modules, which nothing here needs and which are slow to load under emulation.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "box"
+GUEST = Path(__file__).resolve().parent / "guest"
+DISK_SIZE = "2G"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str  # "debian-12"
+    suite: str  # "bookworm"
+    cloud_init: str  # the version the tests expect the suite to have
+
+
+RELEASES = {r.name: r for r in (Release("debian-12", "bookworm", "22.4.2"), Release("debian-13", "trixie", "25.1.4"))}
+
+# What an EC2 image of the release needs to boot cloud-init and run cc-imds: systemd,
+# cloud-init and cc-imds's three libraries, `ip` (the emulator's addresses), ifupdown
+# (cloud-init's network renderer on Debian), e2fsprogs and openssh-client (cloud-init's
+# resizefs and host keys), the kernel, and python3-installer to install the wheel.
+PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "cloud-init", "python3-yaml", "python3-jsonschema", "python3-jinja2",
+    "python3-installer", "iproute2", "ifupdown", "e2fsprogs", "openssh-client", "linux-image-cloud-amd64",
+)
+# Documentation, translations and kernel modules are left out: smaller, faster to build.
+DPKG_EXCLUDES = (
+    "/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
+    "/lib/modules/*/kernel/*", "/usr/lib/modules/*/kernel/*",
+)
+QUIET_UNITS = ("getty@.service", "serial-getty@.service", "getty-static.service", "e2scrub_reap.service")
+# Bump when the base's build steps change in a way their inputs do not show. (The image's
+# key includes this file, so any change here rebuilds the image.)
+BASE_RECIPE = "1"
+
+
+@dataclass(frozen=True)
+class Image:
+    release: Release
+    disk: Path  # raw ext4 image; copy it before booting
+    kernel: Path
+    key: str
+    built: bool  # False when it came from the cache
+    seconds: float
+
+
+class BuildError(Exception):
+    pass
+
+
+def run(command: List[str], *, log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> str:
+    """Run a build step; on failure, raise with the command and the end of its output."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    output = done.stdout + done.stderr
+    if log is not None:
+        with log.open("a") as handle:
+            handle.write(f"$ {' '.join(command)}\n{output}\n")
+    if done.returncode != 0:
+        raise BuildError(f"{' '.join(command[:3])}... exited {done.returncode}:\n{output[-3000:]}")
+    return done.stdout
+
+
+def debian_mirror() -> str:
+    """The Debian mirror of the host's apt sources (the rule tests/e2e/fetch-cloud-init uses)."""
+    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in sources.read_text().splitlines():
+            if line.startswith("URIs:"):
+                return line.split()[1]
+    listing = Path("/etc/apt/sources.list")
+    if listing.exists():
+        for line in listing.read_text().splitlines():
+            words = line.split()
+            if words[:1] == ["deb"] and "security" not in line:
+                for word in words[1:]:
+                    if "://" in word:
+                        return word
+    raise BuildError("cannot find a Debian mirror in the host's apt sources")
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Builds of one release never overlap, even across concurrent test runs."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f".lock-{name}").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_others(directory: Path, prefix: str, keep: Path) -> None:
+    for stale in directory.glob(prefix + "*"):
+        if stale != keep and not stale.name.endswith(".tmp"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+# -- the base ------------------------------------------------------------------------------
+def base_root(release: Release, mirror: str) -> Path:
+    """A Debian root with everything from PACKAGES installed, cached."""
+    key = digest(BASE_RECIPE, release.suite, mirror, PACKAGES, DPKG_EXCLUDES)
+    bases = CACHE / "base"
+    final = bases / f"{release.name}-{key}"
+    if (final / ".complete").exists():
+        return final / "root"
+    work = bases / f"{release.name}-{key}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    command = [
+        "mmdebstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+        *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
+        release.suite, str(work / "root"), f"deb {mirror} {release.suite} main",
+    ]
+    # INITRD=No: the kernel's postinst makes no initramfs (the box boots without one).
+    run(command, log=work / "build.log", env={**os.environ, "INITRD": "No"})
+    version = run(["dpkg-query", f"--admindir={work}/root/var/lib/dpkg", "-W", "-f=${Version}", "cloud-init"])
+    if not version.startswith(release.cloud_init + "-"):
+        raise BuildError(f"{release.suite} has cloud-init {version}, expected {release.cloud_init}")
+    kernel(work / "root")  # fails now, not at boot, if there is none
+    (work / ".complete").touch()
+    work.rename(final)
+    _remove_others(bases, release.name + "-", final)
+    return final / "root"
+
+
+def kernel(root: Path) -> Path:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise BuildError(f"no kernel in {root}/boot")
+    return kernels[-1]
+
+
+# -- the wheel -----------------------------------------------------------------------------
+WHEEL_SOURCES = ("cc_imds", "schemas", "examples", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
+
+
+def build_wheel(out: Path) -> Path:
+    """cc-imds's wheel, from the checkout as it is (uncommitted changes included).
+
+    Built with Amazon Linux 2023's toolchain (setuptools 59.6, the venv `make rpm` sets up)
+    when it is there, as the RPM is; otherwise with pip's isolated build."""
+    shutil.rmtree(out, ignore_errors=True)
+    source = out / "source"
+    source.mkdir(parents=True)
+    for name in WHEEL_SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(path, source / name)
+    al2023 = REPO / ".venv" / "al2023-build" / "bin" / "python"
+    python, isolation = (str(al2023), ["--no-build-isolation"]) if al2023.exists() else (sys.executable, [])
+    run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check", *isolation,
+         "--wheel-dir", str(out), str(source)])
+    wheels = sorted(out.glob("cc_imds-*.whl"))
+    if len(wheels) != 1:
+        raise BuildError(f"expected one cc_imds wheel in {out}, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def wheel_digest(wheel: Path) -> str:
+    """What the wheel holds, not its zip timestamps: an unchanged checkout reuses the image."""
+    with zipfile.ZipFile(wheel) as archive:
+        members = sorted((info.filename, hashlib.sha256(archive.read(info)).hexdigest()) for info in archive.infolist())
+    return digest(members)
+
+
+def guest_digest() -> str:
+    files = sorted(p for p in GUEST.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return digest([(str(p.relative_to(GUEST)), p.stat().st_mode & 0o777, p.read_bytes().hex()) for p in files])
+
+
+# -- the image -----------------------------------------------------------------------------
+def build_image(release: Release, wheel: Path, mirror: str) -> Image:
+    started = time.monotonic()
+    with locked(release.name):
+        base = base_root(release, mirror)
+        recipe = Path(__file__).read_bytes().hex()  # how the image is made (QUIET_UNITS, _install...)
+        key = digest(base.parent.name, wheel_digest(wheel), guest_digest(), recipe)
+        images = CACHE / "images"
+        disk, vmlinuz = images / f"{release.name}-{key}.raw", images / f"{release.name}-{key}.vmlinuz"
+        built = not (disk.exists() and vmlinuz.exists())
+        if built:
+            images.mkdir(parents=True, exist_ok=True)
+            work = CACHE / "work" / release.name
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                root = work / "root"
+                run(["cp", "-a", "--reflink=auto", str(base), str(root)])
+                _install(root, wheel, work / "build.log")
+                run(["mkfs.ext4", "-q", "-d", str(root), "-L", "root", str(work / "disk.raw"), DISK_SIZE])
+                shutil.copyfile(kernel(root), work / "vmlinuz")
+                (work / "disk.raw").rename(disk)
+                (work / "vmlinuz").rename(vmlinuz)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            for stale in images.glob(release.name + "-*"):
+                if stale not in (disk, vmlinuz):
+                    stale.unlink()
+    return Image(release, disk, vmlinuz, key, built, time.monotonic() - started)
+
+
+def _install(root: Path, wheel: Path, log: Path) -> None:
+    """What an image build does on top of the distribution: the AMI's own cloud-init
+    settings, the box's units, then cc-imds from its wheel and the RPM's %post."""
+    cfg = root / "etc/cloud/cloud.cfg.d/01-box.cfg"
+    shutil.copyfile(GUEST / "01-box.cfg", cfg)
+    scripts = root / "usr/local/lib/box"
+    scripts.mkdir(parents=True)
+    for script in ("imds_box.py", "collect.py"):
+        shutil.copyfile(GUEST / script, scripts / script)
+        (scripts / script).chmod(0o755)
+    units = sorted((GUEST / "units").glob("*.service"))
+    for unit in units:
+        shutil.copyfile(unit, root / "etc/systemd/system" / unit.name)
+    (root / "etc/box").mkdir()
+    (root / "var/lib/box/results").mkdir(parents=True)
+    run(["systemctl", f"--root={root}", "enable", "--quiet", *(u.name for u in units)], log=log)
+    # Nobody logs in to the box and it has no ext4 snapshots: what these do at boot costs
+    # seconds under emulation and tests nothing.
+    run(["systemctl", f"--root={root}", "mask", "--quiet", *QUIET_UNITS], log=log)
+
+    staged = root / "tmp" / wheel.name
+    shutil.copyfile(wheel, staged)
+    run(["chroot", str(root), "python3", "-m", "installer", f"/tmp/{wheel.name}"], log=log)
+    staged.unlink()
+    # The RPM's %post.
+    run(["chroot", str(root), "cc-imds", "enable-module"], log=log)
+    # Last: record that /etc and /var match /usr, as systemd-update-done does at a first
+    # boot (systemd's ConditionNeedsUpdate would otherwise rerun ldconfig at every boot).
+    usr = (root / "usr").stat().st_mtime_ns
+    for directory in ("etc", "var"):
+        stamp = root / directory / ".updated"
+        stamp.write_text("# /etc and /var are up to date with /usr (see systemd-update-done.service(8)).\n")
+        os.utime(stamp, ns=(usr, usr))

@@ -1,0 +1,196 @@
+"""What the box boots: instances (chains of boots on one disk) and what IMDS serves each boot.
+
+A chain is one instance: one disk, one instance id, booted one or more times in order
+(a stop/start is the next boot of the chain). Each boot says what the emulator in the
+guest serves and how (addresses, an outage), which files the guest reports on, and which
+commands run once cloud-init is done (`after_boot`: the place for scenarios that act on
+the running system, such as a tag edited while the instance runs).
+
+To add a scenario, add a chain or a boot here and tests that ask for it with
+`@pytest.mark.boots("chain/boot")`; the harness boots only what the selected tests need.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from cc_imds.tree import default_tree_path
+
+IPV4 = "169.254.169.254"
+IPV6 = "fd00:ec2::254"
+
+# Tag values are written by whoever may tag the instance: this one must reach the shell,
+# systemd and the template exactly as it is, and run nothing.
+TEAM = """Platform & SRE's "core" $HOME `id` \\ 100%"""
+
+# User-data as a user would give it at launch: an `imds:` declaration, a drop-in that
+# `write_files` delivers, and runcmd using the outputs. No endpoint anywhere.
+USER_DATA = """\
+#cloud-config
+imds:
+  values:
+    instance_id: meta-data/instance-id
+    region: {path: dynamic/instance-identity/document, key: region}
+    team: meta-data/tags/instance/Team
+    tags: meta-data/tags/instance/
+  env:
+    - path: /etc/cc-imds/instance.env
+      format: systemd
+      vars: {INSTANCE_ID: instance_id, AWS_REGION: region, TEAM: team}
+    - path: /etc/cc-imds/tags.sh
+      format: shell
+      vars: {INSTANCE_ID: instance_id}
+      expand: {tags: TAG_}
+  files:
+    - path: /etc/box-app/app.conf
+      permissions: "0640"
+      content: |
+        name = {{ tags.Name }}
+        region = {{ region }}
+write_files:
+  - path: /etc/cc-imds/conf.d/60-app.yaml
+    permissions: "0644"
+    content: |
+      values:
+        az: meta-data/placement/availability-zone
+        access_key: {path: meta-data/iam/security-credentials/app-server, key: AccessKeyId}
+      env:
+        - path: /etc/box-app/placement.env
+          format: dotenv
+          vars: {AZ: az}
+        - path: /etc/box-app/credentials.json
+          format: json
+          vars: {AWS_ACCESS_KEY_ID: access_key}
+runcmd:
+  - [sh, -c, '. /etc/cc-imds/tags.sh && env | grep -E "^(INSTANCE_ID|TAG_)" | sort > /var/lib/box/runcmd.env']
+"""
+
+# Outputs, by whom they are written, and their modes.
+INSTANCE_ENV = "/etc/cc-imds/instance.env"
+TAGS_SH = "/etc/cc-imds/tags.sh"
+APP_CONF = "/etc/box-app/app.conf"
+PLACEMENT_ENV = "/etc/box-app/placement.env"
+CREDENTIALS = "/etc/box-app/credentials.json"
+OUTPUTS = {INSTANCE_ENV: "0o644", TAGS_SH: "0o644", APP_CONF: "0o640", PLACEMENT_ENV: "0o644", CREDENTIALS: "0o600"}
+DROPIN = "/etc/cc-imds/conf.d/60-app.yaml"
+RUNCMD_ENV = "/var/lib/box/runcmd.env"
+MODULE_DROPIN = "/etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
+INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN)
+
+
+@dataclass(frozen=True)
+class Boot:
+    name: str
+    listen: Tuple[str, ...] = (IPV4,)
+    tags: Dict[str, Optional[str]] = field(default_factory=dict)  # changes from the chain's tags (None: removed)
+    outage: Optional[float] = None  # seconds IMDS stays down once cc-imds first tries (see imds_box.py)
+    after_boot: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    instance_id: str
+    uuid: str  # the VM's DMI uuid and serial; `ec2` first, as on EC2
+    boots: Tuple[Boot, ...]
+
+    def boot(self, name: str) -> Boot:
+        for boot in self.boots:
+            if boot.name == name:
+                return boot
+        raise KeyError(f"chain {self.name} has no boot {name!r}")
+
+    def tags(self, upto: str) -> Dict[str, str]:
+        """The instance's tags as of boot `upto`: each boot's changes, applied in order."""
+        tags = base_tags()
+        for boot in self.boots:
+            for key, value in boot.tags.items():
+                if value is None:
+                    tags.pop(key, None)
+                else:
+                    tags[key] = value
+            if boot.name == upto:
+                return tags
+        raise KeyError(upto)
+
+    def tree(self, upto: str) -> Dict[str, Any]:
+        tree = {k: v for k, v in _default_tree().items() if not k.startswith("meta-data/tags/instance/")}
+        tree["meta-data/instance-id"] = self.instance_id
+        document = dict(tree["dynamic/instance-identity/document"])
+        document["instanceId"] = self.instance_id
+        tree["dynamic/instance-identity/document"] = document
+        tree["user-data"] = USER_DATA
+        for key, value in self.tags(upto).items():
+            tree[f"meta-data/tags/instance/{key}"] = value
+        return tree
+
+    def boot_config(self, name: str) -> Dict[str, Any]:
+        """/etc/box/boot.json for a boot: read by the guest's emulator and collector."""
+        boot = self.boot(name)
+        return {
+            "name": boot.name,
+            "tree": self.tree(name),
+            "listen": list(boot.listen),
+            "outage": boot.outage,
+            "after_boot": list(boot.after_boot),
+            "inspect": list(INSPECT),
+        }
+
+
+def _default_tree() -> Dict[str, Any]:
+    return dict(json.loads(default_tree_path().read_text()))
+
+
+def base_tags() -> Dict[str, str]:
+    tags = {k.rsplit("/", 1)[1]: v for k, v in _default_tree().items() if k.startswith("meta-data/tags/instance/")}
+    tags["Team"] = TEAM
+    return tags
+
+
+# Every boot of the box costs about 100 s of CPU under emulation, and CI has two cores: the
+# scenarios share boots where they can. The first boot is the plain one (and gives the
+# README's figures); the second combines three changes, each checked by its own tests.
+CHAINS = {
+    chain.name: chain
+    for chain in (
+        Chain(
+            "stop-start",
+            instance_id="i-0b0c5e1f7a2d3e4f5",
+            uuid="ec2b0c5e-1f7a-2d3e-4f50-0123456789ab",
+            boots=(
+                # Launch: IMDS on IPv4, as EC2 serves it by default.
+                Boot("first"),
+                # Stopped, the Name tag edited, started again: IMDS now answers on IPv6
+                # alone (as in an IPv6-only subnet), and only some seconds after cc-imds
+                # first tries, as if the network came up late.
+                # Once up, a script reads a tag with `cc-imds get`; the tag is edited while
+                # the instance runs, and read again.
+                Boot(
+                    "second",
+                    listen=(IPV6,),
+                    tags={"Name": "web-2"},
+                    outage=8.0,
+                    after_boot=(
+                        "cc-imds get meta-data/tags/instance/Name",
+                        "/usr/local/lib/box/imds_box.py set meta-data/tags/instance/Name web-3",
+                        "cc-imds get meta-data/tags/instance/Name",
+                    ),
+                ),
+            ),
+        ),
+    )
+}
+
+
+def boots_needed(wanted: List[Tuple[str, str]]) -> Dict[str, List[str]]:
+    """For each chain with a wanted boot, its boots up to the last one wanted."""
+    needed: Dict[str, List[str]] = {}
+    for chain_name, boot_name in wanted:
+        chain = CHAINS[chain_name]
+        names = [b.name for b in chain.boots]
+        upto = names.index(chain.boot(boot_name).name) + 1
+        if len(needed.get(chain_name, [])) < upto:
+            needed[chain_name] = names[:upto]
+    return needed

@@ -1,0 +1,263 @@
+"""cc-imds on a booting machine: systemd, cloud-init's Ec2 datasource, IMDS on the link-local
+addresses (the emulator, inside the VM), user-data from IMDS, and no endpoint set anywhere.
+
+Each test reads one boot's results (see scenarios.py); boots run once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import pytest
+import yaml
+
+from tests.box.image import RELEASES
+from tests.box.runner import ENABLED, BootResult, cloud_init_schema
+from tests.box.scenarios import (
+    APP_CONF,
+    CREDENTIALS,
+    INSTANCE_ENV,
+    IPV6,
+    MODULE_DROPIN,
+    OUTPUTS,
+    PLACEMENT_ENV,
+    RUNCMD_ENV,
+    TAGS_SH,
+    TEAM,
+    USER_DATA,
+)
+
+if not ENABLED:
+    pytest.skip("boots VMs for minutes: run with CC_IMDS_BOX=1 (make test-box)", allow_module_level=True)
+
+# cloud-init's datasource says who it is, or lets `requests` say it; so does cc-imds.
+CLOUD_INIT_AGENTS = ("Cloud-Init/", "python-requests/")
+CC_IMDS_AGENT = "cc-imds/"
+DEADLINE = 60.0  # cc-imds's default, which the user-data does not change
+# cloud-init's WARNINGs, in its log and (23.4+) as recoverable errors in `cloud-init status`.
+# These are expected, each for a stated reason; any other fails the tests.
+EXPECTED_WARNINGS = (
+    # The README's Troubleshooting: cloud-init 23.4+ cannot know the out-of-tree `imds` key
+    # (test_the_only_schema_complaint_is_the_imds_key checks that it is the only cause).
+    re.compile(r"^cloud-config failed schema validation!"),
+    # The box has no network device at all (qemu -nic none), where an instance always has
+    # one: cloud-init's local stage cannot bring up a network to look for IMDS with, so on
+    # 25.1.4 the network stage's Ec2 datasource finds it instead.
+    re.compile(r"^Did not find a fallback interface on (aws|distro: debian)\.$"),
+    re.compile(r"^Getting data from <class 'cloudinit\.sources\.DataSourceEc2\.DataSourceEc2Local'> failed$"),
+    # The box has no SSH server.
+    re.compile(r"^Ignoring config 'ssh_pwauth: None'\. SSH service 'ssh' is not installed\.$"),
+)
+
+
+def by_client(boot: BootResult, *, after_boot: bool = False) -> Dict[str, List[Dict[str, Any]]]:
+    """The boot's IMDS requests, told apart by their User-Agent: those made while it booted,
+    or those of its `after_boot` commands. Nobody else may call IMDS."""
+    clients: Dict[str, List[Dict[str, Any]]] = {"cloud-init": [], "cc-imds": []}
+    started = boot.after_boot["started"]
+    for request in boot.requests:
+        if (request["t"] >= started) != after_boot:
+            continue
+        if request["ua"].startswith(CLOUD_INIT_AGENTS):
+            clients["cloud-init"].append(request)
+        elif request["ua"].startswith(CC_IMDS_AGENT):
+            clients["cc-imds"].append(request)
+        else:
+            raise AssertionError(f"an unexpected client called IMDS: {request}")
+    return clients
+
+
+def cc_imds_requests(boot: BootResult) -> List[Dict[str, Any]]:
+    return by_client(boot)["cc-imds"]
+
+
+def cloud_init_requests(boot: BootResult) -> List[Dict[str, Any]]:
+    return by_client(boot)["cloud-init"]
+
+
+def unexpected(warnings: List[str]) -> List[str]:
+    return [message for message in warnings if not any(pattern.search(message) for pattern in EXPECTED_WARNINGS)]
+
+
+def assert_done_without_errors(boot: BootResult) -> None:
+    status = boot.status
+    assert status.get("status") == "done", (status, boot.failure_context())
+    assert status.get("errors") == [], status
+    recoverable = [message for messages in (status.get("recoverable_errors") or {}).values() for message in messages]
+    assert unexpected(recoverable) == [], status
+    assert unexpected(re.findall(r"\[WARNING\]: (.*)", boot.log)) == []
+    assert "Running module imds" in boot.log
+    assert not re.search(r"Running module imds .* failed", boot.log), boot.log[-3000:]
+    assert not re.search(r"\[(ERROR|CRITICAL)\]", boot.log), [
+        line for line in boot.log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line
+    ]
+
+
+def env_file(text: str) -> Dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_the_only_schema_complaint_is_the_imds_key(release: str) -> None:
+    """What the first EXPECTED_WARNINGS entry takes for granted, asked of the same cloud-init
+    version on the host: the user-data is valid but for `imds:`, which 23.4+ reject."""
+    with tempfile.TemporaryDirectory() as tmp:
+        user_data = Path(tmp) / "user-data"
+        user_data.write_text(USER_DATA)
+        problems = cloud_init_schema(RELEASES[release].cloud_init, user_data)
+    version = tuple(int(part) for part in RELEASES[release].cloud_init.split("."))
+    if version < (23, 4):
+        assert problems == []
+    else:
+        assert problems == ["imds: Additional properties are not allowed ('imds' was unexpected)"]
+
+
+# -- first boot ----------------------------------------------------------------------------
+@pytest.mark.boots("stop-start/first")
+def test_the_ec2_datasource_finds_the_user_data_through_the_emulator(boot: BootResult) -> None:
+    status = boot.status
+    assert status.get("datasource") in ("ec2", "ec2local"), status
+    assert "cloud_name=aws" in boot.log  # from the VM's DMI: the datasource knows it is on EC2
+    requests = cloud_init_requests(boot)
+    crawled = {r["path"] for r in requests if r["status"] == 200 and r["method"] == "GET"}
+    versions = {p.split("/")[1] for p in crawled}
+    assert any(re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) for v in versions), sorted(crawled)
+    assert any(p.endswith("/user-data") for p in crawled), sorted(crawled)
+    assert boot.user_data == USER_DATA
+
+
+@pytest.mark.boots("stop-start/first")
+def test_first_boot_is_done_without_errors(boot: BootResult) -> None:
+    assert_done_without_errors(boot)
+
+
+@pytest.mark.boots("stop-start/first")
+def test_imds_runs_first_in_the_config_stage(boot: BootResult) -> None:
+    config_stage = boot.log.split("running 'modules:config'", 1)[1].split("running 'modules:final'", 1)[0]
+    modules = re.findall(r"Running module (\S+) ", config_stage)
+    assert modules[:1] == ["imds"], modules
+    assert re.search(r"Running module imds .* with frequency always", config_stage)
+    # ... because the RPM's %post (`cc-imds enable-module`) put it there, in a drop-in.
+    dropin = yaml.safe_load(boot.outputs[MODULE_DROPIN]["content"])
+    assert dropin["cloud_config_modules"][0] == ["imds", "always"]
+
+
+@pytest.mark.boots("stop-start/first")
+def test_first_boot_writes_every_output_with_its_mode(boot: BootResult) -> None:
+    outputs = boot.outputs
+    for path, mode in OUTPUTS.items():
+        assert outputs[path] is not None, f"{path} was not written"
+        assert (outputs[path]["mode"], outputs[path]["owner"], outputs[path]["group"]) == (mode, "root", "root"), path
+    instance = env_file(outputs[INSTANCE_ENV]["content"])
+    assert set(instance) == {"INSTANCE_ID", "AWS_REGION", "TEAM"}
+    assert "name = web-1\nregion = eu-west-1\n" == outputs[APP_CONF]["content"]
+    assert env_file(outputs[PLACEMENT_ENV]["content"]) == {"AZ": "'eu-west-1b'"}
+    assert json.loads(outputs[CREDENTIALS]["content"]) == {"AWS_ACCESS_KEY_ID": "ASIAEXAMPLEACCESSKEY"}
+
+
+@pytest.mark.boots("stop-start/first")
+def test_runcmd_sees_the_values(boot: BootResult) -> None:
+    seen = env_file(boot.outputs[RUNCMD_ENV]["content"])
+    assert seen["INSTANCE_ID"] == boot.chain.instance_id
+    assert seen["TAG_Name"] == "web-1"
+    assert seen["TAG_Team"] == TEAM
+    assert seen["TAG_aws_cloudformation_stack_name"] == "web-stack"
+
+
+@pytest.mark.boots("stop-start/first")
+def test_a_consumer_unit_ordered_after_cloud_config_sees_the_values(boot: BootResult) -> None:
+    consumer = boot.consumer
+    assert consumer["unit"] == {"ActiveState": "active", "Result": "success", "ExecMainStatus": "0"}
+    environment = consumer["environment"]
+    assert environment["INSTANCE_ID"] == boot.chain.instance_id
+    assert environment["AWS_REGION"] == "eu-west-1"
+    assert environment["TEAM"] == TEAM
+
+
+@pytest.mark.boots("stop-start/first")
+def test_every_cc_imds_request_carries_a_token(boot: BootResult) -> None:
+    requests = cc_imds_requests(boot)
+    assert requests, "cc-imds made no request"
+    assert [(r["method"], r["path"], r["status"]) for r in requests if r["method"] != "GET"] == [
+        ("PUT", "/latest/api/token", 200)
+    ]
+    assert requests[0]["method"] == "PUT"
+    unauthenticated = [r for r in requests if r["method"] == "GET" and (r["token"] != "valid" or r["status"] != 200)]
+    assert unauthenticated == []
+
+
+# -- second boot: a tag edited while stopped; IMDS on IPv6 alone, and slow to come up -------
+@pytest.mark.boots("stop-start/second")
+def test_second_boot_is_done_without_errors(boot: BootResult) -> None:
+    assert_done_without_errors(boot)
+
+
+@pytest.mark.boots("stop-start/second", "stop-start/first")
+def test_second_boot_rerenders_what_the_tag_change_affects(
+    boot: BootResult, boots: Callable[[str], BootResult]
+) -> None:
+    first, second = boots("stop-start/first").outputs, boot.outputs
+    assert "export TAG_Name='web-2'" in second[TAGS_SH]["content"]
+    assert "export TAG_Name='web-1'" in first[TAGS_SH]["content"]
+    assert second[APP_CONF]["content"] == "name = web-2\nregion = eu-west-1\n"
+    for path in (TAGS_SH, APP_CONF):
+        assert second[path]["inode"] != first[path]["inode"], f"{path} was not replaced"
+        assert second[path]["mode"] == first[path]["mode"] == OUTPUTS[path]
+
+
+@pytest.mark.boots("stop-start/second", "stop-start/first")
+def test_second_boot_leaves_unchanged_files_untouched(boot: BootResult, boots: Callable[[str], BootResult]) -> None:
+    first, second = boots("stop-start/first").outputs, boot.outputs
+    for path in (INSTANCE_ENV, PLACEMENT_ENV, CREDENTIALS):
+        before, after = first[path], second[path]
+        assert (after["inode"], after["mtime_ns"]) == (before["inode"], before["mtime_ns"]), path
+        assert after["content"] == before["content"]
+    assert re.search(r"imds: 2 file\(s\) written, 3 unchanged", boot.log)
+    assert boot.consumer["environment"]["INSTANCE_ID"] == boot.chain.instance_id
+
+
+@pytest.mark.boots("stop-start/second")
+def test_imds_slow_to_come_up_is_covered_by_the_deadline(boot: BootResult) -> None:
+    events = {e["event"]: e for e in boot.events}
+    assert {"outage-start", "first-attempt", "outage-end"} <= set(events), boot.events
+    outage_end = events["outage-end"]["at"]
+    # cc-imds was refused, retried, and was served only once IMDS was up.
+    assert events["outage-end"]["refused"] >= 2, events["outage-end"]
+    requests = cc_imds_requests(boot)
+    assert requests and requests[0]["t"] >= outage_end
+    assert [r["method"] for r in requests].count("PUT") == 1
+    assert all(r["status"] == 200 for r in requests)
+    # The imds module waited out the outage and still ended within its deadline.
+    figures = boot.figures()
+    outage = boot.chain.boot("second").outage
+    assert outage is not None
+    assert outage <= figures["imds_module"] < DEADLINE + 5, figures
+    assert all(boot.outputs[path] is not None for path in OUTPUTS)
+
+
+@pytest.mark.boots("stop-start/second")
+def test_ipv6_only_auto_finds_imds_within_its_race(boot: BootResult) -> None:
+    assert {r["listener"] for r in boot.requests} == {IPV6}
+    # `auto` raced IPv4 and IPv6; only IPv6 could answer, and it served the whole run with
+    # one token.
+    requests = cc_imds_requests(boot)
+    assert [r["method"] for r in requests].count("PUT") == 1
+    assert all(r["status"] == 200 and (r["method"] == "PUT" or r["token"] == "valid") for r in requests)
+    assert all(boot.outputs[path] is not None for path in OUTPUTS)
+    assert boot.consumer["environment"]["INSTANCE_ID"] == boot.chain.instance_id
+
+
+@pytest.mark.boots("stop-start/second")
+def test_after_boot_cc_imds_get_reads_a_tag_edited_while_running(boot: BootResult) -> None:
+    """`cc-imds get` in a script on the running instance, with no endpoint given; and the
+    box's emulator changing a value at run time, as the watcher's scenario needs."""
+    ran = [(c["rc"], c["stdout"], c["stderr"]) for c in boot.after_boot["commands"]]
+    assert ran == [(0, "web-2", ""), (0, "", ""), (0, "web-3", "")]
+    requests = by_client(boot, after_boot=True)["cc-imds"]
+    assert [(r["method"], r["path"]) for r in requests] == [
+        ("PUT", "/latest/api/token"), ("GET", "/latest/meta-data/tags/instance/Name")
+    ] * 2
+    assert all(r["listener"] == IPV6 and r["status"] == 200 for r in requests)

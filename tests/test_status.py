@@ -1,0 +1,224 @@
+"""`cc-imds status`: the watcher's status file judged at a given time, and the exit codes a
+monitoring check relies on."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+
+from cc_imds import rundir
+from cc_imds.status import (
+    EXPIRED,
+    IMDS_FAILING,
+    NOT_RUNNING,
+    OK,
+    OUTPUT_FAILING,
+    RELOAD_REFUSED,
+    assess,
+    iso,
+    render_text,
+)
+from tests.conftest import CLI, REPO, cli_env
+
+NOW = 1_800_000_000.0
+CREDS = "meta-data/iam/security-credentials/app-server"
+
+
+def alive(pid: int) -> bool:
+    return pid == 4242
+
+
+HEALTHY: Dict[str, Any] = {
+    "format": 1,
+    "watcher": {"pid": 4242, "started": iso(NOW - 3600), "updated": iso(NOW - 60), "stopped": None,
+                "sources": ["/etc/cc-imds/conf.d/50-app.yaml", "cloud-config"], "reload_problems": []},
+    "values": {
+        "key": {"path": CREDS, "refresh": "before Expiration", "last_refresh": iso(NOW - 60),
+                "next_due": iso(NOW + 5 * 3600), "failures": 0, "last_error": None, "expires": iso(NOW + 6 * 3600)},
+        "tags": {"path": "meta-data/tags/instance/", "refresh": "every 300s", "last_refresh": iso(NOW - 60),
+                 "next_due": iso(NOW + 240), "failures": 0, "last_error": None, "expires": None},
+    },
+    "outputs": {
+        "/etc/agent/credentials": {"uses": ["key"], "last_change": iso(NOW - 60), "last_action": "updated",
+                                   "last_error": None, "expires": iso(NOW + 6 * 3600),
+                                   "on_change": {"label": "on_change /etc/agent/credentials",
+                                                 "started": iso(NOW - 59), "seconds": 0.2, "exit": 0,
+                                                 "error": None}},
+    },
+    "events": {
+        "spot-interruption": {"path": "meta-data/spot/instance-action", "poll": 5, "commands": 1, "failures": 0,
+                              "last_error": None, "notices": []},
+    },
+}
+
+
+def changed(edit: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    doc = copy.deepcopy(HEALTHY)
+    edit(doc)
+    return doc
+
+
+def test_a_healthy_watcher_is_0() -> None:
+    health = assess(HEALTHY, True, NOW, alive)
+    assert (health.code, health.problems, health.state) == (OK, (), "running")
+
+
+def test_no_status_and_no_need_is_0_and_says_why() -> None:
+    health = assess(None, False, NOW, alive)
+    assert (health.code, health.state) == (OK, "not needed")
+    assert render_text(None, health, NOW).endswith(
+        "healthy: no declaration asks for a refresh or an event, so no watcher runs\n")
+
+
+def test_needed_but_never_started_is_5() -> None:
+    health = assess(None, True, NOW, alive)
+    assert health.code == NOT_RUNNING and health.state == "not running"
+
+
+def test_a_dead_watcher_is_5() -> None:
+    health = assess(changed(lambda d: d["watcher"].update(pid=999)), True, NOW, alive)
+    assert health.code == NOT_RUNNING
+    assert health.problems[0][1] == "the watcher is needed but not running: it stopped (pid 999 is gone)"
+
+
+def test_a_stopped_watcher_that_is_not_needed_any_more_is_0() -> None:
+    doc = changed(lambda d: d["watcher"].update(stopped=iso(NOW - 10)))
+    assert assess(doc, False, NOW, alive).code == OK
+    assert assess(doc, True, NOW, alive).code == NOT_RUNNING
+
+
+def test_a_stuck_watcher_is_5() -> None:
+    doc = changed(lambda d: d["values"]["tags"].update(next_due=iso(NOW - 600)))
+    health = assess(doc, True, NOW, alive)
+    assert health.code == NOT_RUNNING
+    assert health.problems[0][1].startswith("the watcher seems stuck: value tags was due at ")
+
+
+def test_imds_failing_is_3() -> None:
+    def fail(doc: Dict[str, Any]) -> None:
+        doc["values"]["tags"].update(failures=4, last_error="/latest/meta-data/tags/instance/: no usable answer")
+    health = assess(changed(fail), True, NOW, alive)
+    assert health.code == IMDS_FAILING
+    assert health.problems[0][1] == (
+        f"value tags (meta-data/tags/instance/): 4 failed poll(s), last good {iso(NOW - 60)}: "
+        "/latest/meta-data/tags/instance/: no usable answer")
+
+
+def test_an_event_poll_failing_is_3() -> None:
+    doc = changed(lambda d: d["events"]["spot-interruption"].update(failures=2, last_error="HTTP 503"))
+    assert assess(doc, True, NOW, alive).code == IMDS_FAILING
+
+
+def test_an_output_that_cannot_be_written_or_a_failed_on_change_is_4() -> None:
+    doc = changed(lambda d: d["outputs"]["/etc/agent/credentials"].update(last_error="Operation not permitted"))
+    assert assess(doc, True, NOW, alive).code == OUTPUT_FAILING
+    doc = changed(lambda d: d["outputs"]["/etc/agent/credentials"]["on_change"].update(exit=1, error="exited 1"))
+    health = assess(doc, True, NOW, alive)
+    assert health.code == OUTPUT_FAILING
+    assert health.problems[0][1] == f"/etc/agent/credentials: on_change failed at {iso(NOW - 59)}: exited 1"
+
+
+def test_a_failed_event_command_is_4() -> None:
+    notice = {"id": "ab", "seen": iso(NOW), "fields": {"action": "stop"},
+              "commands": [{"label": "spot-interruption notice ab", "started": iso(NOW), "seconds": 1.0,
+                            "exit": None, "error": "timed out after 120s; its process group was killed"}]}
+    doc = changed(lambda d: d["events"]["spot-interruption"]["notices"].append(notice))
+    assert assess(doc, True, NOW, alive).code == OUTPUT_FAILING
+
+
+def test_a_refused_reload_is_1() -> None:
+    doc = changed(lambda d: d["watcher"].update(reload_problems=["x.yaml: values.a.refresh: 0 is less than 1"]))
+    health = assess(doc, True, NOW, alive)
+    assert health.code == RELOAD_REFUSED
+    assert health.problems[0][1] == ("reload refused, the previous declaration still runs: "
+                                     "x.yaml: values.a.refresh: 0 is less than 1")
+
+
+def test_expired_credentials_in_an_output_are_6_and_outrank_everything() -> None:
+    def expire(doc: Dict[str, Any]) -> None:
+        doc["outputs"]["/etc/agent/credentials"]["expires"] = iso(NOW - 1)
+        doc["values"]["key"].update(failures=9, last_error="no usable answer")
+        doc["watcher"]["pid"] = 999
+    health = assess(changed(expire), True, NOW, alive)
+    assert health.code == EXPIRED
+    assert [code for code, _ in health.problems] == [EXPIRED, NOT_RUNNING, IMDS_FAILING]
+    assert health.problems[0][1] == f"/etc/agent/credentials holds credentials that expired at {iso(NOW - 1)}"
+
+
+def test_the_text_names_every_value_output_and_event() -> None:
+    text = render_text(HEALTHY, assess(HEALTHY, True, NOW, alive), NOW)
+    assert text.splitlines()[0] == f"watcher: running (pid 4242), started {iso(NOW - 3600)} (1h00m ago)"
+    assert f"  last refresh {iso(NOW - 60)} (1m00s ago); next {iso(NOW + 5 * 3600)} (in 5h00m); " \
+           f"credentials expire {iso(NOW + 6 * 3600)} (in 6h00m)" in text
+    assert "output /etc/agent/credentials: uses key" in text
+    assert f"  on_change: exit 0 at {iso(NOW - 59)} (59s ago), 0.2s" in text
+    assert "event spot-interruption: meta-data/spot/instance-action, polled every 5s\n  no notice" in text
+    assert text.endswith("healthy\n")
+
+
+# -- the command ------------------------------------------------------------------------------
+def test_status_reads_the_run_directory_and_exits_with_the_judgement(cli: Callable[..., Any]) -> None:
+    directory = Path(os.environ["CC_IMDS_RUN_DIR"])
+    result = cli("status")
+    assert (result.returncode, result.stdout.decode().splitlines()[-1]) == (
+        0, "healthy: no declaration asks for a refresh or an event, so no watcher runs")
+    directory.mkdir(parents=True)
+    (directory / rundir.MARKER).write_text("refresh x\n")
+    result = cli("status", "--json")
+    assert result.returncode == NOT_RUNNING
+    assert json.loads(result.stdout)["problems"][0]["exit"] == NOT_RUNNING
+    stale = changed(lambda d: d["outputs"]["/etc/agent/credentials"].update(expires="2020-01-01T00:00:00Z"))
+    (directory / rundir.STATUS).write_text(json.dumps(stale))
+    result = cli("status")
+    assert result.returncode == EXPIRED
+    assert "problem: /etc/agent/credentials holds credentials that expired at 2020-01-01T00:00:00Z" in (
+        result.stdout.decode())
+
+
+NOT_STATUS = [b"{not json", b"[1, 2]", b"\xff\xfe", b'{"format": 1}',
+              b'{"format": 2, "watcher": {"pid": 1}, "values": {}, "outputs": {}, "events": {}}',
+              b'{"format": 1, "watcher": {"pid": 1}, "values": [], "outputs": {}, "events": {}}']
+
+
+@pytest.mark.parametrize("content", NOT_STATUS)
+def test_a_broken_status_file_is_a_clear_error(cli: Callable[..., Any], content: bytes) -> None:
+    directory = Path(os.environ["CC_IMDS_RUN_DIR"])
+    directory.mkdir(parents=True)
+    (directory / rundir.STATUS).write_bytes(content)
+    result = cli("status")
+    assert result.returncode == NOT_RUNNING
+    assert result.stderr.decode().startswith(f"cc-imds: {directory / rundir.STATUS}: ")
+    assert b"Traceback" not in result.stderr
+
+
+def test_the_readme_documents_every_exit_code() -> None:
+    section = (REPO / "README.md").read_text().split("### `cc-imds status`", 1)[1].split("\n### ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| `(\d)` \|", section, flags=re.M)}
+    assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    directory = Path(os.environ["CC_IMDS_RUN_DIR"])
+    directory.mkdir(parents=True)
+    big = changed(lambda d: d["outputs"].update({f"/etc/out-{i:04d}": d["outputs"]["/etc/agent/credentials"]
+                                                 for i in range(2000)}))
+    (directory / rundir.STATUS).write_text(json.dumps(big))
+    # The reader goes away without reading, as `head` does once it has its lines.
+    result = subprocess.run(f"{shlex.join(CLI)} status | (sleep 0.5; true)", shell=True, env=cli_env(),
+                            capture_output=True, timeout=60)
+    assert result.stderr == b""
+
+
+def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([*CLI, "status"], stdout=full, stderr=subprocess.PIPE, env=cli_env(), timeout=60)
+    assert result.returncode == 4
+    assert result.stderr == b"cc-imds: cannot write to standard output: No space left on device\n"

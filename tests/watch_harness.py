@@ -1,0 +1,144 @@
+"""A `cc-imds watch` process for tests: its own run directory, lock and log, against an
+emulator, with the helpers the after-boot tests share (tests/test_watch.py, and the watcher's
+scenarios in tests/reliability)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+from cc_imds.emulator import Emulator
+from tests.conftest import CLI, cli_env, run_cli
+
+CREDS = "meta-data/iam/security-credentials/app-server"
+TAG = "meta-data/tags/instance/Environment"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Watch:
+    """One `cc-imds watch` process with its own run directory, lock and log."""
+
+    def __init__(self, tmp: Path, emulator: Emulator, declaration: Dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.emulator = emulator
+        self.run_dir = tmp / "run"
+        self.file = tmp / "declaration.yaml"
+        self.log_path = tmp / "watch.log"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.env = cli_env({"CC_IMDS_RUN_DIR": str(self.run_dir), "CC_IMDS_LOCK": str(tmp / "lock"),
+                            "CC_IMDS_CONF_DIR": str(tmp / "no-conf.d")})
+        self.declare(declaration)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def declare(self, declaration: Dict[str, Any]) -> None:
+        self.file.write_text(yaml.safe_dump(declaration))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return run_cli(*args, env={k: self.env[k] for k in ("CC_IMDS_RUN_DIR", "CC_IMDS_LOCK", "CC_IMDS_CONF_DIR")})
+
+    def apply(self) -> None:
+        """What the boot run would have written before the watcher starts."""
+        result = self.cli("apply", str(self.file), "--no-conf-dir", "--endpoint", self.emulator.url)
+        assert result.returncode == 0, result.stderr
+
+    def start(self, *extra: str) -> Watch:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*CLI, "watch", str(self.file), "--no-conf-dir",
+                 "--endpoint", self.emulator.url, *extra],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> Tuple[int, Dict[str, Any]]:
+        result = self.cli("status", "--json")
+        return result.returncode, json.loads(result.stdout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.check_no_leaks()
+        return code
+
+    def check_no_leaks(self) -> None:
+        secrets = [*self.emulator.issued_tokens(), *self.emulator.issued_credentials(),
+                   "demoSecretAccessKey/NotARealSecret+0123456789", "demoSessionToken//NotARealToken/ZXhhbXBsZQ=="]
+        text = self.log() + "".join(p.read_text() for p in self.run_dir.glob("*.json"))
+        assert [s for s in secrets if s in text] == []
+
+    def polls_of(self, path: str) -> int:
+        return self.emulator.count("GET", path=f"/latest/{path}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def digest(directory: Path) -> Dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mode:o}"
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def temp_files(directory: Path) -> List[str]:
+    return [p.name for p in directory.iterdir() if ".cc-imds-" in p.name]
+
+
+# -- declarations and readers the tests share --------------------------------------------
+def credentials_declaration(out: Path) -> Dict[str, Any]:
+    return {
+        "deadline": 2,  # each poll's deadline: a failed poll ends sooner
+        "values": {
+            "key": {"path": CREDS, "key": "AccessKeyId"},
+            "secret": {"path": CREDS, "key": "SecretAccessKey"},
+            "token": {"path": CREDS, "key": "Token"},
+        },
+        "files": [{"path": f"{out}/credentials",
+                   "content": "[default]\naws_access_key_id = {{ key }}\naws_secret_access_key = {{ secret }}\n"
+                              "aws_session_token = {{ token }}\n"}],
+    }
+
+
+def access_key(path: Path) -> Optional[str]:
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("aws_access_key_id = "):
+            return line.split(" = ", 1)[1]
+    return None
+
+
+def current_key(emulator: Emulator) -> str:
+    return str(json.loads(emulator.tree.lookup(CREDS) or b"{}")["AccessKeyId"])
+
+
+def tag_declaration(out: Path, **extra: Any) -> Dict[str, Any]:
+    log = out.parent / "on_change.log"
+    return {
+        "deadline": 2,
+        "values": {"iid": "meta-data/instance-id",
+                   "environment": {"path": TAG, "default": "dev", "refresh": 1}},
+        "env": [{"path": f"{out}/app.env", "format": "systemd", "vars": {"IID": "iid", "APP_ENV": "environment"},
+                 "on_change": ["sh", "-c", f"echo \"$CC_IMDS_CHANGE $CC_IMDS_OUTPUT\" >> {log}"],
+                 **extra}],
+    }
