@@ -24,13 +24,15 @@ retry. Standard library only.
 
 from __future__ import annotations
 
-import ipaddress
+# `_socket` is what `socket` wraps. This module needs none of the wrapper (makefile, the
+# IntEnum families, selectors), and importing it with its dependencies costs a cold
+# `cc-imds get` several milliseconds. Its classes and constants are the same objects:
+# `_socket.timeout` is `socket.timeout`.
+import _socket as socket
 import math
 import re
-import socket
 import threading
 import time
-from urllib.parse import quote, urlsplit
 
 from . import __version__
 
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 USER_AGENT = f"cc-imds/{__version__}"
-# Characters IMDS uses literally in paths (tag keys may hold `:@+=,.`); anything else is escaped.
-_SAFE_PATH_CHARS = "/:@+=,.-_~"
 # An idle keep-alive connection older than this is closed rather than reused: by then the
 # server may have dropped it without a word, and a new connection costs one round trip.
 IDLE_LIMIT = 20.0
@@ -59,6 +59,9 @@ _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 _DIGITS = re.compile(r"[0-9]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UNSENDABLE = re.compile(r"[\r\n\x00]")
+# What a path may hold as it is (RFC 3986 unreserved, plus what IMDS paths hold literally):
+# tag keys may hold `:@+=,.`; every other byte is percent-encoded, as urllib.parse.quote would.
+_PATH_KEEPS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/:@+=,.-_~")
 
 
 class Transient(Exception):
@@ -243,12 +246,11 @@ def _connect(host: str, port: int, give_up_at: float) -> _Connection:
 def _addresses(host: str, port: int, give_up_at: float) -> List[Tuple[Any, ...]]:
     """getaddrinfo, bounded: an IP literal (the normal case) needs no lookup at all; a
     name is looked up in a helper thread, since getaddrinfo cannot be interrupted."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    if host.isascii():  # as bytes: a str would be encoded by the `idna` codec, another import
+        try:
+            return socket.getaddrinfo(host.encode("ascii"), port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            pass  # not an IP literal
     found: Dict[str, Any] = {}
     done = threading.Event()
 
@@ -268,22 +270,37 @@ def _addresses(host: str, port: int, give_up_at: float) -> List[Tuple[Any, ...]]
 
 
 class _Endpoint:
-    """Where a base URL points, and the Host header that names it."""
+    """Where a base URL points, and the Host header that names it. Base URLs come checked
+    from `settings.candidate_urls`: `http://host[:port]`, an IPv6 host in brackets."""
 
     __slots__ = ("host", "host_header", "port")
 
     def __init__(self, base_url: str) -> None:
-        parts = urlsplit(base_url)
-        self.host = parts.hostname or ""
-        self.port = parts.port or 80
-        name = f"[{self.host}]" if ":" in self.host else self.host
+        authority = base_url.partition("://")[2].partition("/")[0]
+        if authority.startswith("["):
+            host, _, after = authority[1:].partition("]")
+            port = after[1:] if after.startswith(":") else ""
+        else:
+            host, _, port = authority.partition(":")
+        self.host = host
+        self.port = int(port) if port else 80
+        name = f"[{host}]" if ":" in host else host
         self.host_header = name if self.port == 80 else f"{name}:{self.port}"
+
+
+def quote_path(path: str) -> str:
+    """The path as sent: UTF-8, every byte but the few IMDS paths hold literally percent-encoded."""
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Fatal("the request cannot be sent: the path is not valid text") from None
+    return "".join(chr(byte) if byte in _PATH_KEEPS else f"%{byte:02X}" for byte in raw)
 
 
 def request_bytes(method: str, path: str, host_header: str, headers: Mapping[str, str]) -> bytes:
     """The request as sent: what `http.client` sent for the same call, no body. Raises Fatal,
     without repeating the value (it may be a token), for a header that cannot be sent."""
-    lines = [f"{method} {quote(path, safe=_SAFE_PATH_CHARS)} HTTP/1.1", f"Host: {host_header}",
+    lines = [f"{method} {quote_path(path)} HTTP/1.1", f"Host: {host_header}",
              "Accept-Encoding: identity"]
     if method == "PUT":
         lines.append("Content-Length: 0")
