@@ -9,6 +9,8 @@ PY39  ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.9*/bin/python3.9) $(she
 PY313 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13) $(shell command -v python3.13))
 PYTHON ?= python3
 VENV := .venv
+# The RPM built from the tree as it is (see the RPM section).
+RPM_BUILT := rpm/build/.built
 PIP_FLAGS := --quiet --disable-pip-version-check
 # Runtime libraries, test tools, and what real cloud-init needs to run in the end-to-end tests.
 TEST_DEPS := PyYAML jsonschema Jinja2 pytest hypothesis requests configobj jsonpatch
@@ -65,18 +67,18 @@ define recorded-pytest
 	CC_IMDS_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_RUNS)/$(1).jsonl $(VENV)/$(1)/bin/python -m pytest -q -p no:cacheprovider $(2)
 endef
 
-test-py39: $(VENV)/py39/.ready cloud-init rpm
+test-py39: $(VENV)/py39/.ready cloud-init $(RPM_BUILT)
 	$(call recorded-pytest,py39,-m "not clone")
 	$(VENV)/py39/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py39.jsonl docs/RELIABILITY.md
 
 # The RPM tests run once, in the 3.9 run: they build and install with AL2023's Python 3.9
 # whichever Python runs pytest.
-test-py313: $(VENV)/py313/.ready cloud-init rpm
+test-py313: $(VENV)/py313/.ready cloud-init $(RPM_BUILT)
 	$(call recorded-pytest,py313,-m "not clone and not rpm")
 	$(VENV)/py313/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py313.jsonl docs/RELIABILITY.md
 
 # Once, not per Python: a fresh clone in an empty folder builds and passes the fast suite.
-test-clone: $(VENV)/py39/.ready rpm
+test-clone: $(VENV)/py39/.ready $(RPM_BUILT)
 	$(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m clone
 
 # Rewrite docs/RELIABILITY.md from a fresh run of the reliability suite (as root, like make test);
@@ -86,9 +88,14 @@ reliability-doc: $(VENV)/py313/.ready system-deps
 	$(VENV)/py313/bin/python -m tests.reliability.report render $(RELIABILITY_RUNS)/py313.jsonl > $(RELIABILITY_RUNS)/RELIABILITY.md
 	mv $(RELIABILITY_RUNS)/RELIABILITY.md docs/RELIABILITY.md
 
-test: lint test-py39 test-py313 test-clone test-box
+# Everything the later parts need, built first so that each part's time is its own.
+test-setup: system-deps cloud-init $(RPM_BUILT) $(VENV)/py39/.ready $(VENV)/py313/.ready $(VENV)/al2023-build/.ready
 
-.PHONY: help demo lint system-deps cloud-init test test-py39 test-py313 test-clone reliability-doc
+# The parts run in order; each one's time is printed, and a failure fails the whole.
+test:
+	tests/run-parts test-setup lint test-py39+test-py313 test-clone+test-box
+
+.PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc
 
 # -- the box: real boots under qemu (tests/box) ------------------------------------------
 # Images are built from Debian's packages and cached under .cache/box/; the wheel is built
@@ -121,6 +128,14 @@ $(VENV)/al2023-build-notests/.ready: constraints/al2023.txt constraints/al2023-b
 
 rpm: $(VENV)/al2023-build/.ready $(VENV)/al2023-build-notests/.ready system-deps
 	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
+	touch $(RPM_BUILT)
+
+# The test parts need the RPM built once from the tree as it is, not once each: they run at
+# the same time, and a build starts by emptying rpm/build/.
+$(RPM_BUILT): $(VENV)/al2023-build/.ready $(VENV)/al2023-build-notests/.ready $(shell git ls-files 2>/dev/null) \
+              | system-deps
+	AL2023_PYTHON=$(CURDIR)/$(VENV)/al2023-build/bin/python rpm/build-rpm --ci
+	touch $@
 
 .PHONY: rpm
 

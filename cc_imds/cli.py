@@ -221,14 +221,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     health = assess(document, watcher_needed(directory), now)
     text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
         render_text(document, health, now))
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OSError as exc:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        if not isinstance(exc, BrokenPipeError):  # `cc-imds status | head`: the reader has what it wanted
-            print(f"cc-imds: cannot write to standard output: {exc.strerror}", file=sys.stderr)
-            return 4
+    sys.stdout.write(text)  # a failed write is exit 4, as for every subcommand (see main)
+    sys.stdout.flush()
     return health.code
 
 

@@ -311,7 +311,7 @@ def _describe(error: Any) -> Tuple[List[Any], str]:
     if kind == "pattern":
         return path, f"{_short(error.instance)} {hint or 'does not match ' + repr(error.validator_value)}"
     if kind in ("minimum", "maximum"):
-        return path, f"{_short(error.instance)} is {'less' if kind == 'minimum' else 'more'} than the {kind} of " \
+        return path, f"{_short(error.instance)} is {'less' if kind == 'minimum' else 'greater'} than the {kind} of " \
                      f"{error.validator_value}"
     message = str(error.message)
     return path, message if len(message) <= 200 else f"{_short(error.instance)} fails `{kind}`"

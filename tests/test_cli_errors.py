@@ -115,6 +115,7 @@ class Command:
     slots: Tuple[Slot, ...] = ()
     extra: Tuple[Case, ...] = ()
     required: bool = False  # has required arguments: calling it bare is wrong usage
+    prints: bool = True  # `ok` writes to standard output (watch only logs, to standard error)
 
 
 FULL = "cc-imds: standard output: cannot write: No space left on device\n"
@@ -185,6 +186,19 @@ COMMANDS: Dict[str, Command] = {
                     {"directory": 0, "binary": 0, "not-utf8": 0, "empty": 0, "malformed-yaml": 0,
                      "boolean-keys": 0, "nan-setting": 0}),),
     ),
+    "watch": Command(
+        # A declaration that needs no watcher: watch says so and ends, as at a boot without one.
+        ok=("watch", "{decl}", "--no-conf-dir", "--endpoint", "{endpoint}", "--lock", "{tmp}/lock"), prints=False,
+        slots=(
+            Slot(("watch", "{bad}", "--no-conf-dir", "--endpoint", "{endpoint}", "--lock", "{tmp}/lock"),
+                 COMMON + YAML, 1),
+            Slot(("watch", "{decl}", "--conf-dir", "{bad}", "--endpoint", "{endpoint}", "--lock", "{tmp}/lock"),
+                 COMMON, 1, DIR_OK, directory=True),
+        ),
+        extra=tuple(Case(("watch", "{decl}", "--no-conf-dir", "--endpoint", e), 2, "argument --endpoint")
+                    for e in ("http://[::1", "https://x", "http://h:99999", "ftp://h", "")),
+    ),
+    "status": Command(ok=("status",)),
     "demo": Command(
         ok=("demo", "--root", "{tmp}/demo"),
         slots=(Slot(("demo", "--root", "{bad}"), COMMON, 4, {"missing": 0, "directory": 0}, directory=True),),
@@ -206,7 +220,8 @@ def cases() -> Iterator[object]:
         yield pytest.param(Case((*command.ok, "--no-such-option"), 2, "--no-such-option"), None,
                            id=f"{name}-unknown-flag")
         yield pytest.param(Case((name, "--help"), 4, FULL, "/dev/full"), None, id=f"{name}-help-to-full-device")
-        yield pytest.param(Case(command.ok, 4, FULL, "/dev/full"), None, id=f"{name}-output-to-full-device")
+        if command.prints:
+            yield pytest.param(Case(command.ok, 4, FULL, "/dev/full"), None, id=f"{name}-output-to-full-device")
         if command.required:
             yield pytest.param(Case((name,), 2), None, id=f"{name}-bare")
         for index, slot in enumerate(command.slots):
@@ -243,9 +258,11 @@ class Workspace:
         return [a.format(**values) for a in args]
 
 
-def run(args: List[str], stdout: str) -> subprocess.CompletedProcess:
+def run(args: List[str], stdout: str, run_dir: Path) -> subprocess.CompletedProcess:
     # As users run it: standard output block-buffered, so a failed write shows at the last flush.
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO)}
+    # Each case has its own run-time directory: watchers running at once would share its lock.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO),
+           "CC_IMDS_RUN_DIR": str(run_dir)}
     # As root, only dropping these capabilities makes a mode-000 file unreadable.
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
     command = [*prefix, *cc_imds_limited(*args)]
@@ -278,7 +295,7 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         made.append(workspace.tmp)
         bad_path = make_bad(bad[0], workspace.tmp, bad[1]) if bad else None
         args = workspace.fill(case.args, bad_path)
-        return args, bad_path, run(args, case.stdout)
+        return args, bad_path, run(args, case.stdout, workspace.tmp / "run")
 
     try:
         with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:

@@ -300,8 +300,10 @@ def validate_in_a_child(source: str) -> Tuple[int, int]:
 def test_validating_a_template_evaluates_nothing(source: str) -> None:
     # Jinja2 folds constant expressions while compiling, and listing a template's names
     # compiles it: these took a gigabyte or never ended inside `validate`.
+    # Evaluating any of them needs 800 MiB or more; validating needs about 30. The bound sits
+    # between, away from both: one loaded run peaked at 161 MiB without evaluating anything.
     status, peak = validate_in_a_child(source)
-    assert status == 0 and peak < 150, (status, peak)
+    assert status == 0 and peak < 500, (status, peak)
 
 
 # -- sensitive values in template errors ---------------------------------------------------

@@ -205,20 +205,21 @@ def test_the_readme_documents_every_exit_code() -> None:
     assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
 
 
-def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+def test_status_into_a_closed_pipe_is_one_line_and_exit_4(tmp_path: Path) -> None:
     directory = Path(os.environ["CC_IMDS_RUN_DIR"])
     directory.mkdir(parents=True)
     big = changed(lambda d: d["outputs"].update({f"/etc/out-{i:04d}": d["outputs"]["/etc/agent/credentials"]
                                                  for i in range(2000)}))
     (directory / rundir.STATUS).write_text(json.dumps(big))
-    # The reader goes away without reading, as `head` does once it has its lines.
-    result = subprocess.run(f"{shlex.join(CLI)} status | (sleep 0.5; true)", shell=True, env=cli_env(),
-                            capture_output=True, timeout=60)
-    assert result.stderr == b""
+    # The reader goes away without reading: as for every subcommand, standard output that
+    # cannot be written is exit 4 with one line (README, "Exit status"), never a traceback.
+    result = subprocess.run(f"set -o pipefail; {shlex.join(CLI)} status | (sleep 0.5; true)", shell=True,
+                            executable="/bin/bash", env=cli_env(), capture_output=True, timeout=60)
+    assert (result.returncode, result.stderr) == (4, b"cc-imds: standard output: cannot write: Broken pipe\n")
 
 
 def test_status_into_a_full_device_is_a_clear_error(cli: Callable[..., Any]) -> None:
     with open("/dev/full", "wb") as full:
         result = subprocess.run([*CLI, "status"], stdout=full, stderr=subprocess.PIPE, env=cli_env(), timeout=60)
     assert result.returncode == 4
-    assert result.stderr == b"cc-imds: cannot write to standard output: No space left on device\n"
+    assert result.stderr == b"cc-imds: standard output: cannot write: No space left on device\n"
