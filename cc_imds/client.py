@@ -1,11 +1,11 @@
 """The IMDSv2 client: one shared token, retries and deadlines.
 
 This module holds the protocol; settings and endpoints are checked in `settings`, bytes
-move through `transport`, waits are paced by `retry`. Standard library only. `http.client`
-is used directly, so environment proxies (`HTTP_PROXY`, `http_proxy`) are never consulted
-and redirects are never followed: a 3xx is reported as an error. The token is sent only to
-the chosen endpoint, is checked to be a plain header value when it arrives, and is never
-logged.
+move through `transport` (our own small HTTP/1.1 client over sockets), waits are paced by
+`retry`. Standard library only. Environment proxies (`HTTP_PROXY`, `http_proxy`) are never
+consulted and redirects are never followed: a 3xx is reported as an error. The token is
+sent only to the chosen endpoint, is checked to be a plain header value when it arrives,
+and is never logged.
 
 Every request, and every wait between requests, ends by min(attempt timeout, deadline).
 The deadline is the operation's (`fetch(..., deadline=...)`), or the run deadline the

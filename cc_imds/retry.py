@@ -7,7 +7,6 @@ exponent stops growing after a few attempts, and a Retry-After is read as at mos
 
 from __future__ import annotations
 
-import random
 import re
 import time
 
@@ -22,9 +21,13 @@ _MAX_EXPONENT = 5  # 0.1 * 2**5 = 3.2 s, already past the cap
 _SECONDS = re.compile(r"[0-9]+")
 
 
-def backoff(attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
+def backoff(attempt: int, uniform: Optional[Callable[[float, float], float]] = None) -> float:
     """The wait after failed attempt number `attempt` (0 for the first): 0.1, 0.2, 0.4 ... s,
     capped at 2 s, each drawn from its upper half (jitter) so retries from many instances spread."""
+    if uniform is None:
+        import random  # only once a retry is due: a `cc-imds get` that succeeds never needs it
+
+        uniform = random.uniform
     ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** min(max(attempt, 0), _MAX_EXPONENT))
     return ceiling / 2 + uniform(0.0, ceiling / 2)
 

@@ -7,10 +7,8 @@ so that a bad value is a one-line error, never a traceback or a hang. Standard l
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
-from urllib.parse import urlsplit
 
 from .errors import ProblemsError
 
@@ -149,6 +147,10 @@ def candidate_urls(endpoint: str) -> List[str]:
     expected = f"endpoint {endpoint!r}: expected auto, ipv4, ipv6 or http://host[:port]"
     if not isinstance(endpoint, str) or not endpoint.isprintable() or " " in endpoint:
         raise EndpointError(expected)
+    # Only an explicit URL needs these: the default endpoints start without paying for them.
+    import ipaddress
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(endpoint)
         port = parts.port

@@ -47,7 +47,10 @@ with open(os.environ["PROBE_OUT"], "w") as out:
 GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.deadline", "cc_imds.errors", "cc_imds.get",
                "cc_imds.logs", "cc_imds.retry", "cc_imds.settings", "cc_imds.transport"]
 # Standard-library modules a single `get` has no use for (each costs milliseconds at start-up).
-NOT_FOR_GET = ["logging", "typing", "dataclasses", "inspect", "tempfile", "pathlib", "concurrent.futures", "json"]
+# HTTP is spoken by cc_imds.transport over `_socket`: http.client (with the email package and
+# ssl it loads) costs more than the interpreter's own start, and socket's wrapper is not needed.
+NOT_FOR_GET = ["logging", "typing", "dataclasses", "inspect", "tempfile", "pathlib", "concurrent.futures", "json",
+               "http", "http.client", "email", "ssl", "urllib.request", "socket", "selectors", "random"]
 
 
 def imported(tmp_path: Path, *args: str) -> Dict[str, object]:

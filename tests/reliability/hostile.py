@@ -117,6 +117,24 @@ def endless_continue(request: Request, conn: Connection) -> None:
         conn.stopping.wait(TRICKLE)
 
 
+# Answers that break HTTP/1.1's framing: read one way by a lenient client and another by a
+# proxy or cache, they are how responses are smuggled. A strict client refuses them.
+MALFORMED = {
+    "length-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5\r\nhello\r\n0\r\n\r\n",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "folded-header": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Folded: a\r\n b\r\n\r\nhello",
+    "bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+}
+
+
+def malformed(kind: str) -> Behaviour:
+    def behave(request: Request, conn: Connection) -> None:
+        conn.send(MALFORMED[kind])
+
+    return behave
+
+
 def silent(request: Request, conn: Connection) -> None:
     conn.hold()
 

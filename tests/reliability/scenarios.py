@@ -63,6 +63,9 @@ SCENARIOS = {
     "endless-100-continue": "`100 Continue` answers forever: ends within the deadline plus slack",
     "trickled-hop-limit-probe": "Token PUT unanswered and the probing GET trickles its headers: ends within the "
                                 "deadline plus slack",
+    "malformed-response": "GET answered with broken framing (Content-Length and chunked, two lengths, a folded "
+                          "header, a signed chunk size): a one-line protocol error naming the path, not retried, "
+                          "files untouched",
     # retry and token discipline (tests/reliability/test_hostile_server.py)
     "retry-after-zero": "503 forever with Retry-After: 0, 2 s deadline: retries paced by the backoff (at most 6 "
                         "attempts), error, files untouched",

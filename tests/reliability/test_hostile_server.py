@@ -14,6 +14,7 @@ from cc_imds.errors import ImdsError
 from tests.conftest import needs_ipv6_loopback, run_cli
 from tests.reliability.conftest import PROCESS_SLACK, Run, Scenario, declaration, digest
 from tests.reliability.hostile import (
+    MALFORMED,
     TOKEN,
     Behaviour,
     Connection,
@@ -24,6 +25,7 @@ from tests.reliability.hostile import (
     echo_ttl,
     endless_continue,
     issue_token,
+    malformed,
     silent,
     token_then,
     trickled_body,
@@ -141,6 +143,29 @@ def test_trickling_server_through_get_and_apply(scenario: Scenario, record: Reco
     assert run.seconds < DEADLINE + PROCESS_SLACK
     assert digest(scenario.out) == good
     record(scenario_id, "error within the deadline, files untouched", **figures)
+
+
+def test_malformed_answers_are_protocol_errors_not_retried(scenario: Scenario, record: Record) -> None:
+    scenario.extra_secrets.append(TOKEN)
+    figures: Dict[str, Any] = {}
+    for kind in MALFORMED:
+        with HostileServer(token_then(malformed(kind))) as server:
+            run = scenario.cli("get", "meta-data/instance-id", "--endpoint", server.url, "--deadline", str(DEADLINE))
+            gets = server.count("GET")
+        assert run.code == 3, run.stderr
+        assert run.stderr.startswith("cc-imds: /latest/meta-data/instance-id: malformed response: "), run.stderr
+        assert len(run.stderr.splitlines()) == 1 and run.stdout == ""
+        assert gets == 1, kind  # a broken IMDS does not mend in a second: no retry
+
+        good = scenario.good_outputs()
+        with HostileServer(token_then(malformed(kind))) as server:
+            run = scenario.apply(server.url, declaration(scenario.out, deadline=DEADLINE))
+            figures = figures or figures_from(run, server)
+        assert run.code == 3, run.stderr
+        assert "malformed response" in run.stderr
+        assert run.retries == 0
+        assert digest(scenario.out) == good
+    record("malformed-response", "one-line protocol error, not retried, files untouched", **figures)
 
 
 # -- retry and token discipline, through `cc-imds apply` ----------------------------------------------
