@@ -59,7 +59,7 @@ def render(records: Dict[str, Record]) -> str:
         "",
         "This document is generated from a run: `make reliability-doc`. `make test` records its own runs and fails",
         "if the scenarios or their results differ from the ones below (figures such as seconds may differ).",
-        f"Figures: Python {', '.join(pythons) or '?'} on the 2-core CI machine; seconds include interpreter start-up",
+        f"Figures: Python {', '.join(pythons) or '?'} on 2 cores, from the run that wrote this; seconds include start-up",
         "(about 0.15 s). `retries` counts retried attempts in the debug log; `peak MiB` is the process's maximum",
         "resident memory.",
         "",
