@@ -5,10 +5,11 @@ Two layers, each cached under .cache/box/ and keyed by everything that goes into
 - the base: `mmdebstrap` of a Debian release with systemd, cloud-init and the kernel, from
   the mirror the host's own apt sources name. Slow (about a minute), rebuilt only when the
   release, mirror or package list changes.
-- the image: a copy of the base with cc-imds installed from a wheel built from the checkout
-  (then `cc-imds enable-module`, as the RPM's %post runs it), the box's units and scripts
-  (guest/), made into an ext4 disk with `mkfs.ext4 -d`. A few seconds; rebuilt when the
-  wheel's contents or guest/ change.
+- the image: a copy of the base with cc-imds installed as the RPM installs it: from a wheel
+  built from the checkout into /usr, the watcher's units and preset from systemd/, then
+  what the RPM's %post runs (`cc-imds enable-module`, and `systemctl preset` of the path
+  unit); plus the box's units and scripts (guest/), made into an ext4 disk with `mkfs.ext4
+  -d`. A few seconds; rebuilt when the wheel's contents, systemd/ or guest/ change.
 
 The kernel is Debian's cloud kernel. Its NVMe driver and ext4 are built in, so the box boots
 it directly from an NVMe disk (as EC2's Nitro instances do), with no initramfs and without
@@ -34,6 +35,7 @@ from typing import Dict, Iterator, List, Optional
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "box"
 GUEST = Path(__file__).resolve().parent / "guest"
+UNITS = REPO / "systemd"  # the RPM's units and preset
 DISK_SIZE = "2G"
 
 
@@ -197,9 +199,9 @@ def wheel_digest(wheel: Path) -> str:
     return digest(members)
 
 
-def guest_digest() -> str:
-    files = sorted(p for p in GUEST.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    return digest([(str(p.relative_to(GUEST)), p.stat().st_mode & 0o777, p.read_bytes().hex()) for p in files])
+def tree_digest(top: Path) -> str:
+    files = sorted(p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return digest([(str(p.relative_to(top)), p.stat().st_mode & 0o777, p.read_bytes().hex()) for p in files])
 
 
 # -- the image -----------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def build_image(release: Release, wheel: Path, mirror: str) -> Image:
     with locked(release.name):
         base = base_root(release, mirror)
         recipe = Path(__file__).read_bytes().hex()  # how the image is made (QUIET_UNITS, _install...)
-        key = digest(base.parent.name, wheel_digest(wheel), guest_digest(), recipe)
+        key = digest(base.parent.name, wheel_digest(wheel), tree_digest(GUEST), tree_digest(UNITS), recipe)
         images = CACHE / "images"
         disk, vmlinuz = images / f"{release.name}-{key}.raw", images / f"{release.name}-{key}.vmlinuz"
         built = not (disk.exists() and vmlinuz.exists())
@@ -235,12 +237,12 @@ def build_image(release: Release, wheel: Path, mirror: str) -> Image:
 
 def _install(root: Path, wheel: Path, log: Path) -> None:
     """What an image build does on top of the distribution: the AMI's own cloud-init
-    settings, the box's units, then cc-imds from its wheel and the RPM's %post."""
+    settings, the box's units, then cc-imds as its RPM installs it, and the RPM's %post."""
     cfg = root / "etc/cloud/cloud.cfg.d/01-box.cfg"
     shutil.copyfile(GUEST / "01-box.cfg", cfg)
     scripts = root / "usr/local/lib/box"
     scripts.mkdir(parents=True)
-    for script in ("imds_box.py", "collect.py"):
+    for script in ("imds_box.py", "collect.py", "record.py"):
         shutil.copyfile(GUEST / script, scripts / script)
         (scripts / script).chmod(0o755)
     units = sorted((GUEST / "units").glob("*.service"))
@@ -253,12 +255,23 @@ def _install(root: Path, wheel: Path, log: Path) -> None:
     # seconds under emulation and tests nothing.
     run(["systemctl", f"--root={root}", "mask", "--quiet", *QUIET_UNITS], log=log)
 
+    # The RPM's files: the package in the system's site-packages and the script in /usr/bin
+    # (Debian's layout for its own packages), the units and preset where the unit files say.
     staged = root / "tmp" / wheel.name
     shutil.copyfile(wheel, staged)
-    run(["chroot", str(root), "python3", "-m", "installer", f"/tmp/{wheel.name}"], log=log)
+    system_layout = {**os.environ, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"}
+    run(["chroot", str(root), "python3", "-m", "installer", f"/tmp/{wheel.name}"], log=log, env=system_layout)
     staged.unlink()
-    # The RPM's %post.
-    run(["chroot", str(root), "cc-imds", "enable-module"], log=log)
+    for name, directory in (("cc-imds-watch.service", "usr/lib/systemd/system"),
+                            ("cc-imds-watch.path", "usr/lib/systemd/system"),
+                            ("80-cc-imds.preset", "usr/lib/systemd/system-preset")):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(UNITS / name, root / directory / name)
+    (root / "etc/cc-imds/conf.d").mkdir(parents=True)
+    # The RPM's %post: the module drop-in, and the path unit enabled by the preset
+    # (%systemd_post on a first install runs `systemctl preset`).
+    run(["chroot", str(root), "/usr/bin/cc-imds", "enable-module"], log=log)
+    run(["systemctl", f"--root={root}", "preset", "cc-imds-watch.path"], log=log)
     # Last: record that /etc and /var match /usr, as systemd-update-done does at a first
     # boot (systemd's ConditionNeedsUpdate would otherwise rerun ldconfig at every boot).
     usr = (root / "usr").stat().st_mtime_ns

@@ -108,6 +108,20 @@ class BootResult:
         """When the boot's `after_boot` commands started, and what each did."""
         return dict(self.json("after-boot.json"))
 
+    def ran(self, command: str) -> List[Dict[str, Any]]:
+        """What each run of an `after_boot` command did (exit status as `rc`, its output)."""
+        return [c for c in self.after_boot["commands"] if c["command"] == ["/bin/sh", "-c", command]]
+
+    @property
+    def watcher(self) -> Dict[str, Any]:
+        """The watcher's units as systemd saw them, before and after the after-boot commands."""
+        return dict(self.json("watcher.json"))
+
+    @property
+    def watch_commands(self) -> List[Dict[str, Any]]:
+        """Each run of the declaration's on_change and event commands (guest/record.py)."""
+        return self.lines("watch-commands.jsonl")
+
     @property
     def user_data(self) -> str:
         path = self.results / "user-data.txt"
@@ -146,6 +160,15 @@ class BootResult:
             figures["config_stage"] = float(config.group(1))
         if imds:
             figures["imds_module"] = float(imds.group(1))
+        commands = self.after_boot["commands"] if (self.results / "after-boot.json").exists() else []
+        if commands:
+            figures["after_boot"] = round(sum(c.get("seconds", 0.0) for c in commands), 1)
+        # After boot: from the moment a spot notice was asked of the emulator to the start of
+        # the command the watcher ran for it.
+        issued = [e["before"] for e in self.events if e["event"] == "spot-notice"]
+        ran = [r["t"] for r in self.watch_commands if r["name"] == "spot-interruption"]
+        if issued and ran:
+            figures["spot_notice_to_command"] = round(min(ran) - issued[0], 2)
         return figures
 
     def failure_context(self) -> str:
@@ -249,6 +272,10 @@ class Box:
             if "config_stage" in f and "imds_module" in f:
                 share = 100 * f["imds_module"] / f["config_stage"] if f["config_stage"] else 0.0
                 parts.append(f"config stage {f['config_stage']:.2f} s, imds {f['imds_module']:.2f} s ({share:.0f}%)")
+            if "after_boot" in f:
+                parts.append(f"after-boot commands {f['after_boot']:.0f} s")
+            if "spot_notice_to_command" in f:
+                parts.append(f"spot notice to its command {f['spot_notice_to_command']:.1f} s")
             shown[name] = "; ".join(p for p in parts if p)
         return shown
 

@@ -13,6 +13,7 @@ To add a scenario, add a chain or a boot here and tests that ask for it with
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,7 +27,9 @@ IPV6 = "fd00:ec2::254"
 TEAM = """Platform & SRE's "core" $HOME `id` \\ 100%"""
 
 # User-data as a user would give it at launch: an `imds:` declaration, a drop-in that
-# `write_files` delivers, and runcmd using the outputs. No endpoint anywhere.
+# `write_files` delivers, and runcmd using the outputs. No endpoint anywhere. The Name tag is
+# refreshed after boot into a file of its own, with an on_change, and a spot interruption
+# runs a command: so the boot run leaves the marker that starts `cc-imds watch`.
 USER_DATA = """\
 #cloud-config
 imds:
@@ -35,7 +38,12 @@ imds:
     region: {path: dynamic/instance-identity/document, key: region}
     team: meta-data/tags/instance/Team
     tags: meta-data/tags/instance/
+    name: {path: meta-data/tags/instance/Name, refresh: 3}
   env:
+    - path: /etc/box-app/name.env
+      format: systemd
+      vars: {NAME: name}
+      on_change: [/usr/local/lib/box/record.py, on-change]
     - path: /etc/cc-imds/instance.env
       format: systemd
       vars: {INSTANCE_ID: instance_id, AWS_REGION: region, TEAM: team}
@@ -49,6 +57,9 @@ imds:
       content: |
         name = {{ tags.Name }}
         region = {{ region }}
+  events:
+    - event: spot-interruption
+      run: [/usr/local/lib/box/record.py, spot-interruption]
 write_files:
   - path: /etc/cc-imds/conf.d/60-app.yaml
     permissions: "0644"
@@ -67,17 +78,38 @@ runcmd:
   - [sh, -c, '. /etc/cc-imds/tags.sh && env | grep -E "^(INSTANCE_ID|TAG_)" | sort > /var/lib/box/runcmd.env']
 """
 
+# The role's credentials, as EC2 serves them: issued for six hours. (The emulator's bundled
+# tree has fixed dates, long past when the box runs; the watcher would rightly call a file
+# holding them expired.) Issued when the session starts, so every boot serves the same.
+ROLE_CREDENTIALS = "meta-data/iam/security-credentials/app-server"
+ISSUED = int(time.time()) // 3600 * 3600
+LIFETIME = 6 * 3600
+
 # Outputs, by whom they are written, and their modes.
 INSTANCE_ENV = "/etc/cc-imds/instance.env"
 TAGS_SH = "/etc/cc-imds/tags.sh"
 APP_CONF = "/etc/box-app/app.conf"
 PLACEMENT_ENV = "/etc/box-app/placement.env"
 CREDENTIALS = "/etc/box-app/credentials.json"
-OUTPUTS = {INSTANCE_ENV: "0o644", TAGS_SH: "0o644", APP_CONF: "0o640", PLACEMENT_ENV: "0o644", CREDENTIALS: "0o600"}
+NAME_ENV = "/etc/box-app/name.env"  # the one the watcher keeps current
+OUTPUTS = {
+    INSTANCE_ENV: "0o644", TAGS_SH: "0o644", APP_CONF: "0o640", PLACEMENT_ENV: "0o644", CREDENTIALS: "0o600",
+    NAME_ENV: "0o644",
+}
 DROPIN = "/etc/cc-imds/conf.d/60-app.yaml"
 RUNCMD_ENV = "/var/lib/box/runcmd.env"
 MODULE_DROPIN = "/etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
-INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN)
+WATCH_MARKER = "/run/cc-imds/watch"  # left by the boot run when a watcher is needed
+INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN, WATCH_MARKER)
+
+
+# The after-boot commands the tests look for by name.
+GET_NAME = "cc-imds get meta-data/tags/instance/Name"
+STATUS = "cc-imds status"
+STATUS_JSON = "cc-imds status --json"
+STOP_WATCHER = "systemctl stop cc-imds-watch.path cc-imds-watch.service"
+# Hidden files where the watcher writes: its temp files (outputs, status) are named so.
+LEFTOVERS = "find /etc/box-app /etc/cc-imds /run/cc-imds -name '.*'"
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,8 @@ class Chain:
         document["instanceId"] = self.instance_id
         tree["dynamic/instance-identity/document"] = document
         tree["user-data"] = USER_DATA
+        tree[ROLE_CREDENTIALS] = {**tree[ROLE_CREDENTIALS], "LastUpdated": _iso(ISSUED),
+                                  "Expiration": _iso(ISSUED + LIFETIME)}
         for key, value in self.tags(upto).items():
             tree[f"meta-data/tags/instance/{key}"] = value
         return tree
@@ -137,6 +171,10 @@ class Chain:
             "after_boot": list(boot.after_boot),
             "inspect": list(INSPECT),
         }
+
+
+def _iso(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _default_tree() -> Dict[str, Any]:
@@ -166,16 +204,26 @@ CHAINS = {
                 # alone (as in an IPv6-only subnet), and only some seconds after cc-imds
                 # first tries, as if the network came up late.
                 # Once up, a script reads a tag with `cc-imds get`; the tag is edited while
-                # the instance runs, and read again.
+                # the instance runs, and read again. The watcher rewrites the file the tag
+                # feeds and runs its on_change once (two more polls show it is not run
+                # again); then a spot notice runs its command once. `cc-imds status`, then
+                # the watcher is stopped and nothing it wrote is left half-done.
                 Boot(
                     "second",
                     listen=(IPV6,),
                     tags={"Name": "web-2"},
                     outage=8.0,
                     after_boot=(
-                        "cc-imds get meta-data/tags/instance/Name",
+                        GET_NAME,
                         "/usr/local/lib/box/imds_box.py set meta-data/tags/instance/Name web-3",
-                        "cc-imds get meta-data/tags/instance/Name",
+                        GET_NAME,
+                        "/usr/local/lib/box/record.py wait on-change 1 meta-data/tags/instance/Name 2",
+                        "/usr/local/lib/box/imds_box.py spot terminate 120",
+                        "/usr/local/lib/box/record.py wait spot-interruption 1 meta-data/spot/instance-action 2",
+                        STATUS,
+                        STATUS_JSON,
+                        STOP_WATCHER,
+                        LEFTOVERS,
                     ),
                 ),
             ),

@@ -20,15 +20,22 @@ from tests.box.runner import ENABLED, BootResult, cloud_init_schema
 from tests.box.scenarios import (
     APP_CONF,
     CREDENTIALS,
+    GET_NAME,
     INSTANCE_ENV,
     IPV6,
+    LEFTOVERS,
     MODULE_DROPIN,
+    NAME_ENV,
     OUTPUTS,
     PLACEMENT_ENV,
     RUNCMD_ENV,
+    STATUS,
+    STATUS_JSON,
+    STOP_WATCHER,
     TAGS_SH,
     TEAM,
     USER_DATA,
+    WATCH_MARKER,
 )
 
 if not ENABLED:
@@ -54,24 +61,35 @@ EXPECTED_WARNINGS = (
 )
 
 
-def by_client(boot: BootResult, *, after_boot: bool = False) -> Dict[str, List[Dict[str, Any]]]:
-    """The boot's IMDS requests, told apart by their User-Agent: those made while it booted,
-    or those of its `after_boot` commands. Nobody else may call IMDS."""
-    clients: Dict[str, List[Dict[str, Any]]] = {"cloud-init": [], "cc-imds": []}
-    started = boot.after_boot["started"]
+# The systemd unit of each cc-imds process the box's emulator saw (imds_box.py tells them
+# apart): the boot run (cloud-config.service; cloud-init-main.service from 24.3), the watcher,
+# and the after-boot scripts (run by box-collect.service).
+BOOT_RUN_UNITS = ("cloud-config.service", "cloud-init-main.service")
+WATCHER_UNIT = "cc-imds-watch.service"
+SCRIPTS_UNIT = "box-collect.service"
+
+
+def by_client(boot: BootResult) -> Dict[str, List[Dict[str, Any]]]:
+    """The boot's IMDS requests, told apart by their User-Agent (cloud-init or cc-imds) and
+    by the unit of cc-imds's process: the boot run, the watcher, or the after-boot scripts.
+    Nobody else may call IMDS."""
+    clients: Dict[str, List[Dict[str, Any]]] = {"cloud-init": [], "cc-imds": [], "watcher": [], "scripts": []}
     for request in boot.requests:
-        if (request["t"] >= started) != after_boot:
-            continue
         if request["ua"].startswith(CLOUD_INIT_AGENTS):
             clients["cloud-init"].append(request)
-        elif request["ua"].startswith(CC_IMDS_AGENT):
+        elif request["ua"].startswith(CC_IMDS_AGENT) and request["unit"] in BOOT_RUN_UNITS:
             clients["cc-imds"].append(request)
+        elif request["ua"].startswith(CC_IMDS_AGENT) and request["unit"] == WATCHER_UNIT:
+            clients["watcher"].append(request)
+        elif request["ua"].startswith(CC_IMDS_AGENT) and request["unit"] == SCRIPTS_UNIT:
+            clients["scripts"].append(request)
         else:
             raise AssertionError(f"an unexpected client called IMDS: {request}")
     return clients
 
 
 def cc_imds_requests(boot: BootResult) -> List[Dict[str, Any]]:
+    """The boot run's requests."""
     return by_client(boot)["cc-imds"]
 
 
@@ -203,6 +221,7 @@ def test_second_boot_rerenders_what_the_tag_change_affects(
     assert "export TAG_Name='web-2'" in second[TAGS_SH]["content"]
     assert "export TAG_Name='web-1'" in first[TAGS_SH]["content"]
     assert second[APP_CONF]["content"] == "name = web-2\nregion = eu-west-1\n"
+    assert env_file(first[NAME_ENV]["content"]) == {"NAME": "'web-1'"}
     for path in (TAGS_SH, APP_CONF):
         assert second[path]["inode"] != first[path]["inode"], f"{path} was not replaced"
         assert second[path]["mode"] == first[path]["mode"] == OUTPUTS[path]
@@ -215,7 +234,7 @@ def test_second_boot_leaves_unchanged_files_untouched(boot: BootResult, boots: C
         before, after = first[path], second[path]
         assert (after["inode"], after["mtime_ns"]) == (before["inode"], before["mtime_ns"]), path
         assert after["content"] == before["content"]
-    assert re.search(r"imds: 2 file\(s\) written, 3 unchanged", boot.log)
+    assert re.search(r"imds: 3 file\(s\) written, 3 unchanged", boot.log)
     assert boot.consumer["environment"]["INSTANCE_ID"] == boot.chain.instance_id
 
 
@@ -252,12 +271,104 @@ def test_ipv6_only_auto_finds_imds_within_its_race(boot: BootResult) -> None:
 
 @pytest.mark.boots("stop-start/second")
 def test_after_boot_cc_imds_get_reads_a_tag_edited_while_running(boot: BootResult) -> None:
-    """`cc-imds get` in a script on the running instance, with no endpoint given; and the
-    box's emulator changing a value at run time, as the watcher's scenario needs."""
-    ran = [(c["rc"], c["stdout"], c["stderr"]) for c in boot.after_boot["commands"]]
-    assert ran == [(0, "web-2", ""), (0, "", ""), (0, "web-3", "")]
-    requests = by_client(boot, after_boot=True)["cc-imds"]
+    """`cc-imds get` in a script on the running instance, with no endpoint given, before and
+    after the tag is edited through the emulator's control endpoint."""
+    ran = [(c["rc"], c["stdout"], c["stderr"]) for c in boot.ran(GET_NAME)]
+    assert ran == [(0, "web-2", ""), (0, "web-3", "")]
+    requests = by_client(boot)["scripts"]
     assert [(r["method"], r["path"]) for r in requests] == [
         ("PUT", "/latest/api/token"), ("GET", "/latest/meta-data/tags/instance/Name")
     ] * 2
     assert all(r["listener"] == IPV6 and r["status"] == 200 for r in requests)
+
+
+# -- after boot: cc-imds watch under systemd (both boots start it; the second acts on it) ----
+@pytest.mark.boots("stop-start/first")
+def test_the_path_unit_starts_the_watcher_in_the_boot_that_asks_for_it(boot: BootResult) -> None:
+    """Installed as the RPM installs it (units, preset, %post), nobody runs systemctl: the boot
+    run's marker in /run makes the path unit start the watcher, after the config stage."""
+    watcher = boot.watcher["before"]
+    path_unit, service = watcher["cc-imds-watch.path"], watcher["cc-imds-watch.service"]
+    assert (path_unit["UnitFileState"], path_unit["UnitFilePreset"], path_unit["ActiveState"]) == (
+        "enabled", "enabled", "active"), path_unit
+    assert (service["ActiveState"], service["SubState"], service["NRestarts"]) == ("active", "running", "0"), service
+    assert service["trigger"] == {"TRIGGER_UNIT": "cc-imds-watch.path", "TRIGGER_PATH": "/run/cc-imds/watch"}
+    # Started in this boot (before any after-boot command could have), by the marker the
+    # boot run left; the boot run made no request after it started.
+    assert service["started"] < boot.after_boot["started"]
+    marker = boot.outputs[WATCH_MARKER]
+    assert marker is not None and "meta-data/tags/instance/Name" in marker["content"], marker
+    assert max(r["t"] for r in cc_imds_requests(boot)) < service["started"]
+    # Nothing changed in this boot: polls that find nothing new run nothing.
+    assert by_client(boot)["watcher"], "the watcher made no request"
+    assert boot.watch_commands == []
+
+
+@pytest.mark.boots("stop-start/second")
+def test_a_tag_edited_while_running_reaches_the_file_and_runs_on_change_once(boot: BootResult) -> None:
+    assert boot.watcher["before"]["cc-imds-watch.service"]["trigger"]["TRIGGER_UNIT"] == "cc-imds-watch.path"
+    waited = boot.ran("/usr/local/lib/box/record.py wait on-change 1 meta-data/tags/instance/Name 2")
+    assert [(c["rc"], c["stderr"]) for c in waited] == [(0, "")], waited
+    assert env_file(boot.outputs[NAME_ENV]["content"]) == {"NAME": "'web-3'"}
+    assert boot.outputs[NAME_ENV]["mode"] == OUTPUTS[NAME_ENV]
+    runs = [r for r in boot.watch_commands if r["name"] == "on-change"]
+    assert [r["env"] for r in runs] == [{"CC_IMDS_OUTPUT": NAME_ENV, "CC_IMDS_CHANGE": "updated"}]
+    # Run after the poll that saw web-3, and never again on the two polls after it.
+    polls = [r for r in by_client(boot)["watcher"] if r["path"].endswith("/meta-data/tags/instance/Name")]
+    assert len([p for p in polls if p["t"] > runs[0]["t"]]) >= 2
+    # The watcher's whole life on one token, every request carrying it.
+    watcher = by_client(boot)["watcher"]
+    assert [r["method"] for r in watcher].count("PUT") == 1
+    assert all(r["status"] == 200 or (r["status"] == 404 and r["path"].endswith("/spot/instance-action"))
+               for r in watcher), [r for r in watcher if r["status"] != 200]
+    assert all(r["token"] == "valid" for r in watcher if r["method"] == "GET")
+
+
+@pytest.mark.boots("stop-start/second")
+def test_a_spot_notice_runs_its_command_once_within_ten_seconds(boot: BootResult) -> None:
+    issued = [e for e in boot.events if e["event"] == "spot-notice"]
+    assert len(issued) == 1, boot.events
+    runs = [r for r in boot.watch_commands if r["name"] == "spot-interruption"]
+    assert len(runs) == 1, runs
+    notice = json.loads(runs[0]["stdin"])
+    assert notice == issued[0]["notice"]
+    env = runs[0]["env"]
+    assert (env["CC_IMDS_EVENT"], env["CC_IMDS_NOTICE_ACTION"], env["CC_IMDS_NOTICE_TIME"]) == (
+        "spot-interruption", "terminate", notice["time"])
+    # From the moment the notice was asked for (it appears a little later) to the command's start.
+    delay = boot.figures()["spot_notice_to_command"]
+    assert 0 < delay < 10, delay
+    waited = boot.ran("/usr/local/lib/box/record.py wait spot-interruption 1 meta-data/spot/instance-action 2")
+    assert [c["rc"] for c in waited] == [0], waited
+
+
+@pytest.mark.boots("stop-start/second")
+def test_cc_imds_status_is_healthy_and_shows_the_values(boot: BootResult) -> None:
+    [text] = boot.ran(STATUS)
+    assert (text["rc"], text["stderr"]) == (0, ""), text
+    assert re.search(r"^watcher: running \(pid \d+\)", text["stdout"], re.M), text["stdout"]
+    assert "value name: meta-data/tags/instance/Name (refresh every 3s)" in text["stdout"]
+    assert f"output {NAME_ENV}: uses name" in text["stdout"]
+    assert "event spot-interruption: meta-data/spot/instance-action, polled every 5s" in text["stdout"]
+    assert text["stdout"].rstrip().endswith("healthy")
+    [ran] = boot.ran(STATUS_JSON)
+    assert ran["rc"] == 0, ran
+    status = json.loads(ran["stdout"])
+    assert (status["exit"], status["problems"]) == (0, [])
+    assert status["status"]["values"]["name"]["failures"] == 0
+    assert status["status"]["outputs"][NAME_ENV]["last_action"] == "updated"
+    assert status["status"]["outputs"][NAME_ENV]["on_change"]["exit"] == 0
+    [notice] = status["status"]["events"]["spot-interruption"]["notices"]
+    assert [c["exit"] for c in notice["commands"]] == [0], notice
+    # Values are named, never shown.
+    assert "web-3" not in ran["stdout"] and "web-3" not in text["stdout"]
+
+
+@pytest.mark.boots("stop-start/second")
+def test_systemctl_stop_leaves_no_temp_files(boot: BootResult) -> None:
+    [stop] = boot.ran(STOP_WATCHER)
+    assert stop["rc"] == 0, stop
+    after = boot.watcher["after"]["cc-imds-watch.service"]
+    assert (after["ActiveState"], after["Result"]) == ("inactive", "success"), after
+    [leftovers] = boot.ran(LEFTOVERS)
+    assert (leftovers["rc"], leftovers["stdout"]) == (0, ""), leftovers

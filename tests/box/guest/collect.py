@@ -6,6 +6,8 @@ boot's `after_boot` commands (scenarios that act on the running system), then it
 into /var/lib/box/results/NAME/, which the host reads from the disk once the VM is off:
 
   after-boot.json   when the commands started, and each one's exit status and output
+  watcher.json      cc-imds-watch.path and .service as systemd sees them, and the
+                    watcher's TRIGGER_* environment: before and after the commands
   status.json       `cloud-init status --long --format json`, and its exit status
   outputs.json      for each path the scenario inspects: inode, mtime, mode, owner, content
   consumer.json     the consumer unit's state and the environment it ran with
@@ -34,11 +36,14 @@ AFTER_BOOT_TIMEOUT = 300
 
 
 def run(command: List[str], timeout: float = 300) -> Dict[str, Any]:
+    started = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        return {"command": command, "rc": None, "stdout": str(exc.stdout or ""), "stderr": "timed out"}
-    return {"command": command, "rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+        return {"command": command, "rc": None, "stdout": str(exc.stdout or ""), "stderr": "timed out",
+                "seconds": time.monotonic() - started}
+    return {"command": command, "rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+            "seconds": time.monotonic() - started}
 
 
 def describe(path: str) -> Optional[Dict[str, Any]]:
@@ -64,10 +69,42 @@ def environment(path: Path) -> Dict[str, str]:
     return dict(pairs)
 
 
+WATCH_PROPERTIES = {
+    "cc-imds-watch.path": "ActiveState,UnitFileState,UnitFilePreset,Triggers",
+    "cc-imds-watch.service": (
+        "ActiveState,SubState,Result,MainPID,NRestarts,TriggeredBy,ExecMainStartTimestampMonotonic"
+    ),
+}
+
+
+def watcher() -> Dict[str, Any]:
+    """The watcher's units, their start as a wall-clock time, and how the service was started
+    (systemd gives a unit that a path unit starts TRIGGER_UNIT and TRIGGER_PATH)."""
+    state: Dict[str, Any] = {}
+    for unit, properties in WATCH_PROPERTIES.items():
+        shown = run(["systemctl", "show", unit, f"--property={properties}"])
+        state[unit] = dict(line.split("=", 1) for line in shown["stdout"].splitlines() if "=" in line)
+    service = state["cc-imds-watch.service"]
+    started = int(service.get("ExecMainStartTimestampMonotonic") or 0)
+    service["started"] = time.time() - (time.monotonic() - started / 1e6) if started else None
+    trigger: Dict[str, str] = {}
+    if service.get("MainPID", "0") != "0":
+        try:
+            environ = Path(f"/proc/{service['MainPID']}/environ").read_bytes().split(b"\0")
+        except OSError:
+            environ = []
+        pairs = (entry.decode(errors="replace").split("=", 1) for entry in environ if b"=" in entry)
+        trigger = {k: v for k, v in pairs if k.startswith("TRIGGER_")}
+    service["trigger"] = trigger
+    return state
+
+
 def collect(config: Dict[str, Any], out: Path) -> None:
+    before = watcher()
     started = time.time()
     after_boot = [run(["/bin/sh", "-c", command], AFTER_BOOT_TIMEOUT) for command in config.get("after_boot", [])]
     (out / "after-boot.json").write_text(json.dumps({"started": started, "commands": after_boot}, indent=1))
+    (out / "watcher.json").write_text(json.dumps({"before": before, "after": watcher()}, indent=1))
 
     status = run(["cloud-init", "status", "--long", "--format", "json"])
     (out / "status.json").write_text(json.dumps(status, indent=1))

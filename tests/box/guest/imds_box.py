@@ -13,15 +13,22 @@ which the host writes onto the disk before each boot:
            seconds after the first refused connection attempt, whatever the machine's speed.
 
 Every request is appended to imds-requests.jsonl with its time, listener and User-Agent
-(which tells cloud-init's datasource from cc-imds); outage events go to imds-events.jsonl.
+(which tells cloud-init's datasource from cc-imds) and, for cc-imds's requests, the systemd
+unit of the process that made it (the boot run, the watcher, a script); outage events go
+to imds-events.jsonl.
 
-`imds_box.py set PATH VALUE` (VALUE `-` deletes) changes the running tree, as EC2 does when
-a tag is edited or a spot notice is issued: it records the change under /run/box-imds,
-sends SIGHUP, and returns once the change is served.
+The emulator's control endpoint (`cc-imds emulate --control-port`, cc_imds.control) listens
+on 127.0.0.1:1339 and changes the running tree, as EC2 does when a tag is edited or a spot
+notice is issued. Its clients in the box:
+
+  imds_box.py set PATH VALUE       serve VALUE at PATH (VALUE `-` deletes it)
+  imds_box.py spot ACTION SECONDS  issue a spot interruption notice; its time goes to
+                                   imds-events.jsonl (`spot-notice`)
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -31,17 +38,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from cc_imds import emulator as emulator_module
+from cc_imds.control import ControlServer
 from cc_imds.emulator import Emulator, RecordedRequest
 from cc_imds.tree import tree_from_document
 
 CONFIG = Path("/etc/box/boot.json")
 RESULTS = Path("/var/lib/box/results")
 RUN = Path("/run/box-imds")  # RuntimeDirectory= of box-imds.service
-OVERRIDES = RUN / "overrides.json"
-RELOADS = RUN / "reloads"  # how many reloads are done: `set` waits for its own
 PORT = 80
+CONTROL = ("127.0.0.1", 1339)
 NO_FIRST_ATTEMPT_AFTER = 600.0  # seconds: end an outage nobody noticed, so the boot goes on
 
 
@@ -56,22 +64,82 @@ class JsonLines:
             self._file.flush()
 
 
+_client = threading.local()  # the connection a handler thread serves
+
+
+class _Handler(emulator_module._Handler):
+    def setup(self) -> None:
+        super().setup()
+        _client.address = self.client_address
+
+
 class LoggedEmulator(Emulator):
     def __init__(self, config_tree: Any, host: str, log: JsonLines) -> None:
         super().__init__(config_tree, host=host, port=PORT)
+        self._server.RequestHandlerClass = _Handler
         self._listener = host
         self._log = log
 
     def _record(self, request: RecordedRequest) -> None:
         super()._record(request)
+        agent = request.user_agent or ""
+        # Only cc-imds's requests are attributed: cloud-init's crawl is told by its agent,
+        # and the lookup is cheap but not free under emulation.
+        unit = client_unit(getattr(_client, "address", None)) if agent.startswith("cc-imds/") else ""
         self._log.write(
             listener=self._listener,
             method=request.method,
             path=request.path,
             status=request.status,
             token=request.token,
-            ua=request.user_agent or "",
+            ua=agent,
+            unit=unit,
         )
+
+
+def _proc_address(address: Tuple[Any, ...]) -> str:
+    """A socket address as /proc/net/tcp{,6} writes it: the address in host byte order, in
+    32-bit words, then the port, in upper-case hex."""
+    host, port = address[0], address[1]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    packed = socket.inet_pton(family, host)
+    words = (packed[i : i + 4] for i in range(0, len(packed), 4))
+    return "".join(int.from_bytes(w, sys.byteorder).to_bytes(4, "big").hex() for w in words).upper() + f":{port:04X}"
+
+
+def client_pid(address: Optional[Tuple[Any, ...]]) -> Optional[int]:
+    """The process that holds the client end of a loopback connection: the socket's inode
+    from /proc/net, then the process with it open (newest first: the client is a recent
+    process). None when it cannot be told."""
+    if address is None:
+        return None
+    wanted = _proc_address(address)
+    inode = ""
+    for table in ("/proc/net/tcp6", "/proc/net/tcp"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted:
+                inode = fields[9]
+    if not inode:
+        return None
+    link = f"socket:[{inode}]"
+    for pid in sorted((int(p) for p in os.listdir("/proc") if p.isdigit()), reverse=True):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == link for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+    return None
+
+
+def client_unit(address: Optional[Tuple[Any, ...]]) -> str:
+    """The systemd unit (the cgroup's last part) of the process on the other end; "?" when
+    it cannot be told."""
+    pid = client_pid(address)
+    try:
+        return "?" if pid is None else Path(f"/proc/{pid}/cgroup").read_text().strip().rsplit("/", 1)[-1]
+    except OSError:
+        return "?"
 
 
 class ImdsBox:
@@ -81,13 +149,10 @@ class ImdsBox:
         self.events = JsonLines(results / "imds-events.jsonl")
         self.emulators: List[LoggedEmulator] = []
         self._lock = threading.Lock()
-        self.tree = self._load_tree()
-
-    def _load_tree(self) -> Any:
-        document = dict(self.config["tree"])
-        if OVERRIDES.exists():
-            document.update(json.loads(OVERRIDES.read_text()))
-        return tree_from_document(document)
+        # One tree for every listener, through outages too. The control endpoint changes it
+        # through an emulator of its own that never listens: the listeners come and go.
+        self.tree = tree_from_document(dict(config["tree"]))
+        self.control = ControlServer(Emulator(self.tree, host=CONTROL[0]), host=CONTROL[0], port=CONTROL[1])
 
     def open(self) -> None:
         with self._lock:
@@ -100,15 +165,6 @@ class ImdsBox:
             for emulator in self.emulators:
                 emulator.stop()
             self.emulators = []
-
-    def reload(self) -> None:
-        with self._lock:
-            self.tree = self._load_tree()
-            for emulator in self.emulators:
-                emulator.tree = self.tree
-        self.events.write(event="reload")
-        done = int(RELOADS.read_text()) if RELOADS.exists() else 0
-        RELOADS.write_text(str(done + 1))
 
     def outage(self, seconds: float) -> None:
         sniffer = SynSniffer(PORT)  # before closing, so that no attempt goes unseen
@@ -199,52 +255,72 @@ def serve() -> int:
     results = RESULTS / config["name"]
     results.mkdir(parents=True, exist_ok=True)
     # Signals are taken synchronously in the main thread; the server threads never see them.
-    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     for address in config["listen"]:
         add_address(address)
     box = ImdsBox(config, results)
     box.open()
+    box.control.start()
     box.events.write(event="listening", listen=config["listen"])
     if config.get("outage"):
         (RUN / "outage-wanted").touch()
-    (RUN / "pid").write_text(str(os.getpid()))
     notify("READY=1")
     outage: Optional[threading.Thread] = None
     while True:
         received = signal.sigwait(signals)
-        if received == signal.SIGHUP:
-            box.reload()
-        elif received == signal.SIGUSR1 and config.get("outage") and outage is None:
+        if received == signal.SIGUSR1 and config.get("outage") and outage is None:
             outage = threading.Thread(target=box.outage, args=(float(config["outage"]),), daemon=True)
             outage.start()
         elif received in (signal.SIGTERM, signal.SIGINT):
+            box.control.stop()
             box.close()
             return 0
 
 
+def control(method: str, target: str, body: bytes = b"") -> Any:
+    """One call to the control endpoint; its JSON answer, or SystemExit with its error."""
+    connection = http.client.HTTPConnection(*CONTROL, timeout=30)
+    try:
+        connection.request(method, target, body=body)
+        response = connection.getresponse()
+        answer = json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise SystemExit(f"imds_box.py: {method} {target}: {response.status} {answer}")
+    return answer
+
+
 def set_value(path: str, value: str) -> int:
-    """Change the running tree; return once the server serves the change."""
-    overrides = json.loads(OVERRIDES.read_text()) if OVERRIDES.exists() else {}
-    overrides[path] = None if value == "-" else value
-    OVERRIDES.write_text(json.dumps(overrides))
-    before = int(RELOADS.read_text()) if RELOADS.exists() else 0
-    os.kill(int((RUN / "pid").read_text()), signal.SIGHUP)
-    give_up = time.monotonic() + 60
-    while time.monotonic() < give_up:
-        if RELOADS.exists() and int(RELOADS.read_text() or 0) > before:
-            return 0
-        time.sleep(0.1)
-    print("imds_box.py: the server did not reload within 60 s", file=sys.stderr)
-    return 1
+    if value == "-":
+        control("DELETE", f"/tree/{path}")
+    else:
+        control("PUT", f"/tree/{path}", value.encode())
+    return 0
+
+
+def spot(action: str, seconds: str) -> int:
+    """A spot interruption notice, and when it appeared: the control endpoint answers once
+    the emulator serves it."""
+    before = time.time()
+    notice = control("POST", f"/events/spot-interruption?action={action}&in={seconds}")
+    config = json.loads(CONFIG.read_text())
+    JsonLines(RESULTS / config["name"] / "imds-events.jsonl").write(
+        event="spot-notice", before=before, at=time.time(), notice=notice
+    )
+    print(json.dumps(notice))
+    return 0
 
 
 def main(argv: List[str]) -> int:
     if argv[:1] == ["set"] and len(argv) == 3:
         return set_value(argv[1], argv[2])
+    if argv[:1] == ["spot"] and len(argv) == 3:
+        return spot(argv[1], argv[2])
     if not argv:
         return serve()
-    print("usage: imds_box.py [set PATH VALUE]", file=sys.stderr)
+    print("usage: imds_box.py [set PATH VALUE | spot ACTION SECONDS]", file=sys.stderr)
     return 2
 
 
