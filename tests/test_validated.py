@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, List
 
@@ -178,8 +180,16 @@ def test_a_user_without_a_configured_place_remembers_nothing(tmp_path: Path) -> 
     """Not root, no CC_IMDS_CACHE_DIR: no record at all (the system's python3, as nobody)."""
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from cc_imds import validated; "
             "os.environ.pop(validated.CACHE_ENV, None); print(validated._directory(create=True))")
-    result = subprocess.run(["/usr/bin/python3", "-c", code, str(REPO)], env={"PATH": "/usr/bin:/bin"},
-                            user=NOBODY, group=NOBODY, extra_groups=[], cwd=tmp_path, capture_output=True)
+    # A copy of the package that nobody can read: the checkout may lie under a directory only
+    # root can enter (a fresh clone inside pytest's own temp dir does).
+    readable = Path(tempfile.mkdtemp(prefix="cc-imds-package-"))
+    try:
+        readable.chmod(0o755)
+        shutil.copytree(REPO / "cc_imds", readable / "cc_imds", ignore=shutil.ignore_patterns("__pycache__"))
+        result = subprocess.run(["/usr/bin/python3", "-c", code, str(readable)], env={"PATH": "/usr/bin:/bin"},
+                                user=NOBODY, group=NOBODY, extra_groups=[], cwd="/", capture_output=True)
+    finally:
+        shutil.rmtree(readable)
     assert (result.returncode, result.stdout) == (0, b"None\n"), result.stderr
 
 

@@ -82,7 +82,7 @@ def test_credentials_cannot_be_pinned_to_boot() -> None:
 @pytest.mark.parametrize(("refresh", "problem"), [
     (0.5, "0.5 is less than the minimum of 1"),
     (0, "0 is less than the minimum of 1"),
-    (86401, "86401 is more than the maximum of 86400"),
+    (86401, "86401 is greater than the maximum of 86400"),
     ("5m", "'5m' must be boot or a period in seconds (a number from 1 to 86400)"),
     ("never", "'never' must be boot or a period in seconds (a number from 1 to 86400)"),
     (True, "expected string or number, got a boolean: must be boot or a period in seconds (a number from 1 to 86400)"),

@@ -149,3 +149,12 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
 @pytest.fixture
 def tree() -> MetadataTree:
     return load_tree()
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Every scenario here is a process run against a fault, often waiting out a deadline:
+    the fast suites (the fresh clone's, the RPM's %check) leave them to the full runs."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
