@@ -91,9 +91,11 @@ reliability-doc: $(VENV)/py313/.ready system-deps
 # Everything the later parts need, built first so that each part's time is its own.
 test-setup: system-deps cloud-init $(RPM_BUILT) $(VENV)/py39/.ready $(VENV)/py313/.ready $(VENV)/al2023-build/.ready
 
-# The parts run in order; each one's time is printed, and a failure fails the whole.
+# After setup and lint, the suites run at the same time: each mostly waits on the processes,
+# servers and VMs it starts, so two cores finish them all well before one after another.
+# Each part's time is printed, and a failure fails the whole.
 test:
-	tests/run-parts test-setup lint test-py39+test-py313 test-clone+test-box
+	tests/run-parts test-setup lint test-py39+test-py313+test-clone+test-box
 
 .PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc
 
