@@ -77,6 +77,8 @@ def scripts(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env: Dic
     for label, python in pythons.items():
         contenders[f"python {label} -c pass"] = ([str(python), "-c", "pass"], "")
         contenders[f"python {label}: import http.client"] = ([str(python), "-c", "import http.client"], "")
+        # pip's console-script launcher imports `re` before cc_imds: the floor under any installed command.
+        contenders[f"python {label}: import re"] = ([str(python), "-c", "import re"], "")
         contenders[f"get {label}"] = ([str(tools[label]), "get", "meta-data/instance-id", "--endpoint", url], "one")
         contenders[f"get --shell {label}, 10 values"] = (
             [str(tools[label]), "get", "--shell", *TEN, "--endpoint", url], "ten")

@@ -57,10 +57,13 @@ def targets(results: Dict[str, Any]) -> List[str]:
         times = results["scripts"]["times"]
         for python in (n.split()[1] for n in times if n.endswith("-c pass")):
             ratio = paired(times, f"get {python}", f"python {python} -c pass")
+            floor, bare = f"python {python}: import re", f"python {python} -c pass"
+            launcher = (f"; pip's launcher importing `re` alone: {paired(times, floor, bare):.2f}x"
+                        if floor in times else "")
             lines.append(f"- **A single `get` within 1.5x of a bare interpreter, Python {python}**: {ratio:.2f}x "
                          f"(importing http.client alone: "
-                         f"{paired(times, f'python {python}: import http.client', f'python {python} -c pass'):.2f}x). "
-                         + ("Met." if ratio <= 1.5 else "Missed."))
+                         f"{paired(times, f'python {python}: import http.client', f'python {python} -c pass'):.2f}x"
+                         f"{launcher}). " + ("Met." if ratio <= 1.5 else "Missed."))
             ratio = paired(times, "bash + curl, 10 values", f"get --shell {python}, 10 values")
             lines.append(f"- **Ten values in one `get` at least 3x faster than bash + curl, Python {python}**: "
                          f"{ratio:.2f}x. " + ("Met." if ratio >= 3 else "Missed."))
@@ -99,24 +102,30 @@ def script_section(results: Dict[str, Any]) -> List[str]:
            "contenders printed (checked on every run). Ratios are medians of per-run ratios (lower is faster).", "",
            "| contender | " + " | ".join(f"Python {p}" for p in pythons) + " |", "|---|" + "---|" * len(pythons)]
     rows = [("bare interpreter (`python -c pass`)", "python {p} -c pass"),
+            ("`python -c 'import re'` (what pip's launcher imports)", "python {p}: import re"),
             ("`python -c 'import http.client'`", "python {p}: import http.client"),
             ("`cc-imds get meta-data/instance-id`", "get {p}"),
             ("`cc-imds get --shell` with 10 values", "get --shell {p}, 10 values")]
     for label, key in rows:
-        out.append(f"| {label} | " + " | ".join(spread(times[key.format(p=p)]) for p in pythons) + " |")
+        if key.format(p=pythons[0]) in times:  # earlier runs had no `import re` row
+            out.append(f"| {label} | " + " | ".join(spread(times[key.format(p=p)]) for p in pythons) + " |")
     out.append("| curl pair (token PUT + GET), sh | " + " | ".join(spread(times["curl pair"]) for _ in pythons) + " |")
     out.append("| bash + curl, 10 values, one token | "
                + " | ".join(spread(times["bash + curl, 10 values"]) for _ in pythons) + " |")
     out += ["", "| ratio | " + " | ".join(f"Python {p}" for p in pythons) + " |", "|---|" + "---|" * len(pythons)]
     for label, x, y in (("get / bare interpreter (budget: at most 1.5)", "get {p}", "python {p} -c pass"),
+                        ("`import re` / bare interpreter (pip's launcher, before cc_imds runs)",
+                         "python {p}: import re", "python {p} -c pass"),
+                        ("get / `import re` (what cc-imds adds to pip's launcher)", "get {p}", "python {p}: import re"),
                         ("`import http.client` / bare interpreter", "python {p}: import http.client",
                          "python {p} -c pass"),
                         ("get / `import http.client`", "get {p}", "python {p}: import http.client"),
                         ("get / curl pair", "get {p}", "curl pair"),
                         ("bash + curl, 10 values / get --shell, 10 values (budget: at least 3)",
                          "bash + curl, 10 values", "get --shell {p}, 10 values")):
-        out.append(f"| {label} | " + " | ".join(f"{paired(times, x.format(p=p), y.format(p=p)):.2f}"
-                                                for p in pythons) + " |")
+        if all(k.format(p=pythons[0]) in times for k in (x, y)):
+            out.append(f"| {label} | " + " | ".join(f"{paired(times, x.format(p=p), y.format(p=p)):.2f}"
+                                                    for p in pythons) + " |")
     return [*out, ""]
 
 
@@ -236,11 +245,11 @@ NOTES = [
     "- The floor assumes every request costs exactly the added latency and nothing else; A's distance to it is",
     "  the client's own overhead (thread hand-off, parsing, rendering, atomic writes with fsync).",
     "- E is sequential by design of its API, so it scales with the number of values times the latency.",
-    "- `cc-imds get` imports the standard library alone (a test keeps it so), but HTTP goes through `http.client`",
-    "  by the project's rules, and importing `http.client` (with the `email` package and `ssl` it loads) costs",
-    "  several bare interpreter starts on its own: see the `import http.client` rows. The 1.5x budget is below that",
-    "  floor; `get / import http.client` is what cc-imds adds on top of it (argument parsing, the client, the",
-    "  exchange).",
+    "- `cc-imds get` imports the standard library alone, and of it only `_socket` and `math` for one value (a test",
+    "  keeps it so): HTTP/1.1 is spoken over sockets (importing `http.client`, with the `email` package and `ssl`,",
+    "  costs several bare interpreter starts: see its rows), a plain command line is read without argparse, and",
+    "  paths, headers and names are checked without `re`. But pip's console-script launcher imports `re` before",
+    "  cc_imds runs; see the `import re` rows for that floor, and `get / import re` for what cc-imds adds to it.",
     "- `apply, new declaration` imports PyYAML and jsonschema to validate; `apply, validated declaration` reads the",
     "  same file's remembered documents (cc_imds/validated.py) and skips both. The template is plain `{{ name }}`",
     "  substitution, which needs no Jinja2; a template with filters or blocks adds Jinja2's import.",

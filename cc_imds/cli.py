@@ -9,7 +9,6 @@ or failing; 4 an output, or standard output, could not be written; 70 an interna
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,9 +19,12 @@ INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a use
 
 # Every command imports what it uses when it runs: `cc-imds get` stands in for curl in
 # scripts, so its start-up is the standard library it needs and nothing else (not even
-# `typing`: mypy treats a TYPE_CHECKING of our own like typing's).
+# `typing` or `argparse`: a plain `get` command line is read by get.command_line, and only
+# help and wrong usage build argparse's parsers; mypy treats a TYPE_CHECKING of our own
+# like typing's).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from pathlib import Path
     from typing import IO, Any, Callable, List, Optional, Sequence, Union
 
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 def _lifetime(text: str) -> float:
     """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
+    import argparse
+
     try:
         seconds = float(text)
     except ValueError:
@@ -134,11 +138,10 @@ def _endpoint_hosts(endpoint: str) -> List[str]:
 
     if endpoint in ("auto", "ipv4", "ipv6"):
         return []
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(candidate_urls(endpoint)[0])  # validated there, with a clear message
-    host = parts.hostname or ""
-    return [f"[{host}]:{parts.port or 80}" if ":" in host else f"{host}:{parts.port or 80}"]
+    # Validated there, with a clear message, and written back as http://HOST[:PORT], an IPv6
+    # HOST in brackets.
+    netloc = candidate_urls(endpoint)[0][len("http://"):]
+    return [netloc if ":" in netloc.rpartition("]")[2] else f"{netloc}:80"]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -236,6 +239,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -381,6 +386,7 @@ def number(low: float, high: float, *, integer: bool = False) -> Callable[[str],
     values are wrong usage, exit 2)."""
 
     def parse(text: str) -> Union[int, float]:
+        import argparse
         import math
 
         try:
@@ -396,6 +402,8 @@ def number(low: float, high: float, *, integer: bool = False) -> Callable[[str],
 
 def endpoint(text: str) -> str:
     """An argparse type: an endpoint setting that can be used (else wrong usage, exit 2)."""
+    import argparse
+
     from .client import EndpointError, candidate_urls
 
     try:
@@ -421,23 +429,23 @@ def _columns() -> int:
     return columns - 2  # as argparse does
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: Optional[int] = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position, width or _columns())
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser, with a help formatter that finds the terminal's width itself: argparse's
-    own imports shutil (and the compression modules shutil imports) for every parser it builds,
-    which every start of `cc-imds get` would pay for. Subcommands' parsers are of this class too."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _HelpFormatter(argparse.HelpFormatter):
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: Optional[int] = None) -> None:
+            super().__init__(prog, indent_increment, max_help_position, width or _columns())
+
+    class _Parser(argparse.ArgumentParser):
+        """argparse's parser, with a help formatter that finds the terminal's width itself:
+        argparse's own imports shutil (and the compression modules shutil imports) for every
+        parser it builds. Subcommands' parsers are of this class too."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", _HelpFormatter)
+            super().__init__(*args, **kwargs)
+
     parser = _Parser(prog="cc-imds", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cc-imds {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every request to stderr (never tokens or values)")
@@ -624,16 +632,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout = _GuardedStream(original)  # type: ignore[assignment]
     debug = "--debug" in argv  # until the arguments are parsed
     try:
-        parser = build_parser()
-        try:
-            args, rest = parser.parse_known_args(argv)
-            if getattr(args, "takes_values", False):
-                args.values = rest
-            elif rest:
-                parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
-            sys.stdout.flush()
-            raise
+        args = _plain_get(argv)
+        if args is None:
+            args = _parse(argv)
         debug = args.debug
         if args.debug:
             import logging
@@ -660,6 +661,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return INTERNAL_ERROR
     finally:
         sys.stdout = original
+
+
+def _plain_get(argv: Sequence[str]) -> Optional[argparse.Namespace]:
+    """A `get` command line read without argparse (scripts call `get` where they called curl,
+    and argparse with its parsers is most of a cold start), or None when it is not plainly
+    right: then argparse reads it, with its help and its messages."""
+    from .get import command_line
+
+    found = command_line(argv)
+    if found is None:
+        return None
+    return _Arguments(**found, debug=False, func=cmd_get)  # type: ignore[return-value]
+
+
+class _Arguments:
+    """What argparse's Namespace would hold, for a command line read by hand."""
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if getattr(args, "takes_values", False):
+            args.values = rest
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
+        sys.stdout.flush()
+        raise
+    return args
 
 
 def _warnings_to_stderr() -> None:

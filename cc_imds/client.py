@@ -16,9 +16,8 @@ reused across them and renewed before it expires.
 from __future__ import annotations
 
 import os
-import re
-import threading
 import time
+from _thread import allocate_lock, start_new_thread
 
 from . import retry
 from .deadline import Deadline
@@ -42,6 +41,8 @@ from .transport import Fatal, Response, Transient, Transport
 # used). mypy treats a TYPE_CHECKING of our own like typing's.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
+    from _thread import LockType
     from concurrent.futures import Future
     from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -74,8 +75,6 @@ ENV_DISABLED = "AWS_EC2_METADATA_DISABLED"
 
 # A token is a header value: printable ASCII without spaces. Real ones are about 56 characters.
 TOKEN_MAX_LENGTH = 4096
-_TOKEN = re.compile(rb"[\x21-\x7e]{1,%d}" % TOKEN_MAX_LENGTH)
-_TTL = re.compile(r"[0-9]{1,5}")
 # After a 401, a request retries with a newer token while its deadline allows; renewals
 # after a renewed token was refused unused are paced by the backoff. But a client that has
 # never had a token accepted stops when this many renewed tokens in a row are refused:
@@ -134,7 +133,7 @@ class ImdsClient:
         environ = os.environ if environ is None else environ
         self._disabled = environ.get(ENV_DISABLED, "").strip().lower() == "true"
         self._transport = Transport(max_idle=settings.concurrency + 1)
-        self._token_lock = threading.Lock()
+        self._token_lock = allocate_lock()  # threading's Lock, without importing threading
         self._token: Optional[_Token] = None
         self._issued: List[str] = []  # every token value, for scrubbing messages (issued_tokens)
         self._generation = 0
@@ -160,8 +159,8 @@ class ImdsClient:
         if not wanted:
             return results
         self._token_for(deadline)  # one PUT before the fan-out; raises if IMDS is unusable
-        if len(wanted) == 1 and expand is _no_children:  # no thread pool for one value
-            return {wanted[0]: self._outcome(wanted[0], deadline)}
+        if expand is _no_children:
+            return self._fetch_each(wanted, deadline)
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="imds") as pool:
@@ -185,6 +184,48 @@ class ImdsClient:
                                 seen.add(child)
                                 submit(child)
         return results
+
+    def _fetch_each(self, paths: List[str], deadline: Deadline) -> Dict[str, Outcome]:
+        """Paths known in advance, fetched by up to `concurrency` threads (this one among them)
+        that each take the next path. Threads are started with _thread: a thread pool would
+        import concurrent.futures and logging, and threading alone is milliseconds of a cold
+        `cc-imds get`. No thread at all for one path."""
+        if len(paths) == 1:
+            return {paths[0]: self._outcome(paths[0], deadline)}
+        results: Dict[str, Outcome] = {}
+        failures: List[BaseException] = []
+        todo = iter(paths)
+        take = allocate_lock()
+
+        def work() -> None:
+            try:
+                while not failures:
+                    with take:
+                        path = next(todo, None)
+                    if path is None:
+                        return
+                    results[path] = self._outcome(path, deadline)
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+                failures.append(exc)
+
+        def helper(finished: LockType) -> None:
+            try:
+                work()
+            finally:
+                finished.release()
+
+        helpers = []
+        for _ in range(min(self.settings.concurrency, len(paths)) - 1):
+            finished = allocate_lock()
+            finished.acquire()
+            start_new_thread(helper, (finished,))
+            helpers.append(finished)
+        work()
+        for finished in helpers:
+            finished.acquire()  # that helper is done: every request ends by the deadline
+        if failures:
+            raise failures[0]
+        return {path: results[path] for path in paths}
 
     def issued_tokens(self) -> List[str]:
         """Every token this client obtained: for scrubbing messages, never for showing."""
@@ -347,6 +388,8 @@ class ImdsClient:
     def _race(self, deadline: Deadline) -> Tuple[str, Granted]:
         """Ask every candidate endpoint for a token at once. The first that answers
         (with a token, or with a definite refusal) decides; silence never does."""
+        import threading  # only here and for many values: one value from one endpoint needs no thread
+
         results: Dict[str, Union[Granted, ImdsError]] = {}
         winner: List[str] = []
         done = threading.Event()
@@ -424,7 +467,7 @@ class ImdsClient:
         A server may grant a shorter lifetime than asked (never under 1 s); an echo of 0,
         of more than was asked, or of nothing readable leaves the lifetime asked for."""
         body = response.body.strip()
-        if not _TOKEN.fullmatch(body):
+        if not (0 < len(body) <= TOKEN_MAX_LENGTH and all(0x21 <= b <= 0x7E for b in body)):
             raise ImdsError(
                 TOKEN_PATH,
                 f"IMDS answered the token request with {len(response.body)} bytes that are not a usable "
@@ -432,7 +475,7 @@ class ImdsClient:
             )
         ttl = self.settings.token_ttl
         echoed = (response.headers.get(TTL_HEADER) or "").strip()
-        if _TTL.fullmatch(echoed) and 1 <= int(echoed) < ttl:
+        if echoed.isascii() and echoed.isdigit() and len(echoed) <= 5 and 1 <= int(echoed) < ttl:
             ttl = int(echoed)
         return body.decode("ascii"), float(ttl)
 

@@ -8,8 +8,9 @@ which no shell expands.
 
 from __future__ import annotations
 
-import json
-from typing import Callable, Dict, List, Sequence, Tuple
+TYPE_CHECKING = False  # not typing's: `cc-imds get --shell` quotes with this module, cold
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Sequence, Tuple
 
 FORMATS = ("shell", "systemd", "dotenv", "json")
 HEADER = "# Written by cc-imds from instance metadata. Local changes are overwritten.\n"
@@ -93,7 +94,15 @@ def _lines(quote: Callable[[str], str], prefix: str) -> Callable[[Sequence[Tuple
 
 
 def _json(pairs: Sequence[Tuple[str, str]]) -> str:
+    import json
+
     return json.dumps(dict(pairs), ensure_ascii=False, indent=2) + "\n"
+
+
+def _json_value(value: str) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
 
 
 RENDERERS: Dict[str, Callable[[Sequence[Tuple[str, str]]], str]] = {
@@ -107,7 +116,7 @@ QUOTERS: Dict[str, Callable[[str], str]] = {
     "shell": quote_shell,
     "systemd": quote_systemd,
     "dotenv": quote_dotenv,
-    "json": lambda value: json.dumps(value, ensure_ascii=False),
+    "json": _json_value,
 }
 
 

@@ -16,13 +16,11 @@ imports only the standard library, and only what a run needs.
 
 from __future__ import annotations
 
-import re
-
 from .errors import ImdsError, ImdsNotFound, ProblemsError, WriteError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is a cost every call would pay
 if TYPE_CHECKING:
-    from typing import Dict, List, Optional, Sequence, Union
+    from typing import Any, Dict, List, Optional, Sequence, Union
 
     from .client import ImdsClient
 
@@ -32,11 +30,32 @@ if TYPE_CHECKING:
 RAW, SHELL, JSON, LINES = "raw", "shell", "json", "lines"
 
 IMDS_HOSTS = ("169.254.169.254", "fd00:ec2::254")
+# Checked by hand, not with `re`: importing it is a large part of a cold start.
+_DIGITS = frozenset("0123456789")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") | _DIGITS
 # What IMDS serves, as the declaration's schema allows it (tag keys are [0-9a-zA-Z-_+=,.@:]).
-_PATH = re.compile(r"(meta-data|dynamic)(/[A-Za-z0-9@:+=,._/-]*)?|user-data")
-# API versions old scripts name instead of `latest`: they are read from `latest`, as `scan` suggests.
-_VERSION = re.compile(r"latest|1\.0|\d{4}-\d{2}-\d{2}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PATH_CHARS = _ALNUM | frozenset("@:+=,._/-")
+
+
+def _served(path: str) -> bool:
+    """meta-data, dynamic (each optionally followed by /...) or user-data."""
+    if path == "user-data":
+        return True
+    top, _, rest = path.partition("/")
+    return top in ("meta-data", "dynamic") and all(c in _PATH_CHARS for c in rest)
+
+
+def _api_version(part: str) -> bool:
+    """`latest`, `1.0` or a dated version (YYYY-MM-DD): old scripts name these, and all are
+    read from `latest`, as `scan` suggests."""
+    if part in ("latest", "1.0"):
+        return True
+    return len(part) == 10 and part[4] == part[7] == "-" and all(c in _DIGITS for c in part[:4] + part[5:7] + part[8:])
+
+
+def _variable_name(name: str) -> bool:
+    """[A-Za-z_][A-Za-z0-9_]*"""
+    return name.isidentifier() and name.isascii()
 
 
 class UsageError(ProblemsError):
@@ -105,7 +124,7 @@ def imds_path(raw: str, endpoint_hosts: Sequence[str] = ()) -> str:
         raise ValueError("not a path under /latest/ (a URL needs http://)")
     path = path.lstrip("/")
     version, _, rest = path.partition("/")
-    if _VERSION.fullmatch(version):
+    if _api_version(version):
         path = rest
     elif raw.startswith("/") or "://" in raw:
         raise ValueError("expected /latest/ (or a dated API version) before the path")
@@ -113,9 +132,74 @@ def imds_path(raw: str, endpoint_hosts: Sequence[str] = ()) -> str:
         raise ValueError("no path after the API version")
     if any(part in (".", "..") for part in path.split("/")) or "//" in path:
         raise ValueError("an IMDS path has no empty, . or .. parts")
-    if not _PATH.fullmatch(path):
+    if not _served(path):
         raise ValueError("expected meta-data/..., dynamic/... or user-data")
     return path
+
+
+_FORMS = ("--shell", "--json", "--lines")
+_SETTINGS = ("--endpoint", "--imdsv1", "--timeout", "--deadline")
+
+
+def command_line(argv: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """`get`'s arguments as the CLI's argparse parser reads them, when they are plainly right:
+    the options (`--shell`, `--json`, `--lines`, `--endpoint`, `--imdsv1`, `--timeout`,
+    `--deadline`, as `--opt VALUE` or `--opt=VALUE`) and, in order, the value tokens with the
+    `--key`/`--default` after each (checked by parse_requests).
+
+    None for anything else: help, `--`, an unknown option, an option value that is missing,
+    starts with `-` or is refused, or two output forms. argparse reads those command lines,
+    so help and wrong usage read exactly as for every other command.
+    """
+    if not argv or argv[0] != "get":
+        return None
+    found: Dict[str, Any] = {"output": None, "endpoint": None, "imdsv1": "never", "timeout": 2.0, "deadline": 60.0}
+    values: List[str] = []
+    tokens = argv[1:]
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if not token.startswith("-") or token == "-":
+            values.append(token)
+            continue
+        option, has_value, value = token.partition("=")
+        if option in _FORMS and not has_value:
+            if found["output"] not in (None, option[2:]):
+                return None
+            found["output"] = option[2:]
+            continue
+        if option not in _SETTINGS and option not in ("--key", "--default"):
+            return None
+        if not has_value:
+            if index == len(tokens) or tokens[index].startswith("-"):
+                return None
+            value = tokens[index]
+            index += 1
+        if option in ("--key", "--default"):
+            values += [token] if has_value else [token, value]
+        elif option in ("--timeout", "--deadline"):
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            if not 0 < seconds < float("inf"):
+                return None
+            found[option[2:]] = seconds
+        elif option == "--imdsv1":
+            if value not in ("never", "fallback"):
+                return None
+            found["imdsv1"] = value
+        else:
+            from .settings import EndpointError, candidate_urls
+
+            try:
+                candidate_urls(value)
+            except (EndpointError, ValueError):
+                return None
+            found["endpoint"] = value
+    found["values"] = values
+    return found
 
 
 def parse_requests(tokens: Sequence[str], output: str, endpoint_hosts: Sequence[str] = ()) -> List[Request]:
@@ -156,7 +240,7 @@ def parse_requests(tokens: Sequence[str], output: str, endpoint_hosts: Sequence[
         before, equals, after = token.partition("=")
         if equals and "/" not in before:  # paths hold `/` before any `=` (tags/instance/a=b)
             name, source = before, after
-            if not _NAME.fullmatch(name):
+            if not _variable_name(name):
                 problems.append(f"{token}: {name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
                 continue
             from .formats import refused_variable

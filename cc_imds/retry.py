@@ -7,7 +7,6 @@ exponent stops growing after a few attempts, and a Retry-After is read as at mos
 
 from __future__ import annotations
 
-import re
 import time
 
 TYPE_CHECKING = False  # typing costs every cold `cc-imds get`; mypy reads this like typing's
@@ -18,7 +17,6 @@ BACKOFF_FIRST = 0.1  # seconds: the first retry waits 0.05 to 0.1 s
 BACKOFF_CAP = 2.0  # seconds: later retries wait 1 to 2 s each
 RETRY_AFTER_CAP = 86400.0  # a Retry-After longer than this is read as this (any deadline is shorter)
 _MAX_EXPONENT = 5  # 0.1 * 2**5 = 3.2 s, already past the cap
-_SECONDS = re.compile(r"[0-9]+")
 
 
 def backoff(attempt: int, uniform: Optional[Callable[[float, float], float]] = None) -> float:
@@ -38,7 +36,7 @@ def retry_after(value: Optional[str], now: Callable[[], float] = time.time) -> O
     if not value:
         return None
     value = value.strip()
-    if _SECONDS.fullmatch(value):
+    if value.isascii() and value.isdigit():  # delay-seconds
         return min(float(value), RETRY_AFTER_CAP) if len(value) <= 10 else RETRY_AFTER_CAP
     import email.utils  # only for the rare HTTP-date form
 

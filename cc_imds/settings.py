@@ -8,7 +8,6 @@ so that a bad value is a one-line error, never a traceback or a hang. Standard l
 from __future__ import annotations
 
 import math
-import re
 
 from .errors import ProblemsError
 
@@ -136,7 +135,22 @@ def choose_endpoint(
     return chosen
 
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+def _plain_ipv4_url(endpoint: str) -> bool:
+    """http://A.B.C.D or http://A.B.C.D:PORT, written exactly as candidate_urls writes it back
+    (no leading zeros, port 1-65535)."""
+    if not endpoint.startswith("http://"):
+        return False
+    host, colon, port = endpoint[len("http://"):].partition(":")
+    octets = host.split(".")
+    return len(octets) == 4 and all(_canonical_number(o, 255) for o in octets) and (
+        not colon or (_canonical_number(port, 65535) and port != "0"))
+
+
+def _canonical_number(text: str, high: int) -> bool:
+    return text.isascii() and text.isdigit() and str(int(text)) == text and int(text) <= high
+
+
+_HOSTNAME = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
 
 
 def candidate_urls(endpoint: str) -> List[str]:
@@ -147,8 +161,12 @@ def candidate_urls(endpoint: str) -> List[str]:
     expected = f"endpoint {endpoint!r}: expected auto, ipv4, ipv6 or http://host[:port]"
     if not isinstance(endpoint, str) or not endpoint.isprintable() or " " in endpoint:
         raise EndpointError(expected)
-    # Only an explicit URL needs these: the default endpoints start without paying for them.
+    if _plain_ipv4_url(endpoint):
+        return [endpoint]
+    # Only other URLs need these: the default endpoints, and a plain one such as the
+    # emulator's, start without paying for them.
     import ipaddress
+    import re
     from urllib.parse import urlsplit
 
     try:
@@ -165,7 +183,7 @@ def candidate_urls(endpoint: str) -> List[str]:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        if not _HOSTNAME.fullmatch(host):
+        if not re.fullmatch(_HOSTNAME, host):
             raise EndpointError(f"{expected} (invalid host name)") from None
         netloc = host
     else:

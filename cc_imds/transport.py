@@ -30,9 +30,8 @@ from __future__ import annotations
 # `_socket.timeout` is `socket.timeout`.
 import _socket as socket
 import math
-import re
-import threading
 import time
+from _thread import allocate_lock
 
 from . import __version__
 
@@ -53,12 +52,13 @@ MAX_HEAD = 64 * 1024  # one head in all: status line and header lines (and the t
 MAX_INTERIM = 16  # `1xx` answers before the final one
 _RECV = 64 * 1024
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
-_FIELD_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
-_DIGITS = re.compile(r"[0-9]+")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_UNSENDABLE = re.compile(r"[\r\n\x00]")
+# The grammar (RFC 9112), checked byte by byte rather than with `re`, whose import is a large
+# part of a cold `cc-imds get`. A field name is a token; a field value is visible ASCII,
+# space, tab and obs-text; a status code is [1-5][0-9][0-9].
+_TCHAR = frozenset(b"!#$%&'*+.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-")
+_FIELD_CHAR = frozenset(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)))
+_DIGIT = frozenset(b"0123456789")
+_HEXDIG = frozenset(b"0123456789ABCDEFabcdef")
 # What a path may hold as it is (RFC 3986 unreserved, plus what IMDS paths hold literally):
 # tag keys may hold `:@+=,.`; every other byte is percent-encoded, as urllib.parse.quote would.
 _PATH_KEEPS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/:@+=,.-_~")
@@ -251,6 +251,8 @@ def _addresses(host: str, port: int, give_up_at: float) -> List[Tuple[Any, ...]]
             return socket.getaddrinfo(host.encode("ascii"), port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
         except socket.gaierror:
             pass  # not an IP literal
+    import threading
+
     found: Dict[str, Any] = {}
     done = threading.Event()
 
@@ -305,9 +307,9 @@ def request_bytes(method: str, path: str, host_header: str, headers: Mapping[str
     if method == "PUT":
         lines.append("Content-Length: 0")
     for name, value in (("User-Agent", USER_AGENT), *headers.items()):
-        if not _TOKEN.fullmatch(name):
+        if not _is_token(name):
             raise Fatal("the request cannot be sent: invalid header name")
-        if _UNSENDABLE.search(value):
+        if "\r" in value or "\n" in value or "\0" in value:
             raise Fatal(f"the request cannot be sent: the {name} header value holds CR, LF or NUL")
         lines.append(f"{name}: {value}")
     try:
@@ -323,7 +325,7 @@ class Transport:
         self._max_idle = max_idle
         self._idle: Dict[str, List[_Connection]] = {}
         self._endpoints: Dict[str, _Endpoint] = {}
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()  # threading's Lock, without importing threading
         self._closed = False
 
     def request(
@@ -443,16 +445,51 @@ def _read_head(conn: _Connection) -> Tuple[int, Headers, int]:
     """The final answer's status, headers and minor HTTP version, `1xx` answers skipped."""
     for _ in range(MAX_INTERIM + 1):
         line = conn.line("status line")
-        match = _STATUS_LINE.fullmatch(line)
-        if match is None:
+        parsed = _status_line(line)
+        if parsed is None:
             raise Fatal("malformed response: not an HTTP/1.x status line")
-        version, status = int(match.group(1)), int(match.group(2))
+        version, status = parsed
         headers = Headers(_read_fields(conn, "header", MAX_HEAD - len(line) - 2))
         if status == 101:
             raise Fatal("malformed response: 101 Switching Protocols, to a request that asked for no upgrade")
         if status >= 200:
             return status, headers, version
     raise Fatal(f"malformed response: more than {MAX_INTERIM} interim (1xx) answers")
+
+
+def _is_token(name: str) -> bool:
+    return bool(name) and name.isascii() and all(c in _TCHAR for c in name.encode("ascii"))
+
+
+def _status_line(line: bytes) -> Optional[Tuple[int, int]]:
+    """(minor version, status) of `HTTP/1.x NNN[ reason]`, or None."""
+    if len(line) < 12 or line[:7] != b"HTTP/1." or line[7] not in b"01" or line[8:9] != b" ":
+        return None
+    if line[9] not in b"12345" or line[10] not in _DIGIT or line[11] not in _DIGIT:
+        return None
+    reason = line[12:]
+    if reason and (reason[:1] != b" " or not all(b in _FIELD_CHAR for b in reason)):
+        return None
+    return line[7] - 0x30, int(line[9:12])
+
+
+def _field_line(line: bytes) -> Optional[Tuple[str, str]]:
+    """(name, value) of `name: value`, the value without the spaces and tabs around it, or None."""
+    name, colon, value = line.partition(b":")
+    if not (colon and name and all(b in _TCHAR for b in name) and all(b in _FIELD_CHAR for b in value)):
+        return None
+    return name.decode("ascii"), value.strip(b" \t").decode("latin-1")
+
+
+def _chunk_size(line: bytes) -> Optional[bytes]:
+    """The hex digits of `HEX[ ][;extensions]`, or None."""
+    size, semicolon, extensions = line.partition(b";")
+    digits = size.rstrip(b" \t")
+    if not digits or not all(b in _HEXDIG for b in digits):
+        return None
+    if semicolon and not all(b in _FIELD_CHAR for b in extensions):
+        return None
+    return digits
 
 
 def _read_fields(conn: _Connection, what: str, budget: int) -> List[Tuple[str, str]]:
@@ -469,10 +506,10 @@ def _read_fields(conn: _Connection, what: str, budget: int) -> List[Tuple[str, s
             raise Fatal(f"malformed response: more than {MAX_FIELDS} {what} lines")
         if line[:1] in (b" ", b"\t"):
             raise Fatal(f"malformed response: obsolete line folding in a {what}")
-        match = _FIELD_LINE.fullmatch(line)
-        if match is None:
+        field = _field_line(line)
+        if field is None:
             raise Fatal(f"malformed response: invalid {what} line")
-        fields.append((match.group(1).decode("ascii"), match.group(2).decode("latin-1")))
+        fields.append(field)
 
 
 def _read_body(conn: _Connection, status: int, headers: Headers, version: int, max_body: int) -> Tuple[bytes, bool]:
@@ -490,7 +527,7 @@ def _read_body(conn: _Connection, status: int, headers: Headers, version: int, m
         # Digits only; repeated, only with the same value (RFC 9110, 8.6). Compared as text
         # without leading zeros: int() of thousands of digits is slow, or refused (3.11+).
         values = {value.lstrip("0") or "0" for value in lengths}
-        if not all(_DIGITS.fullmatch(value) for value in lengths) or len(values) > 1:
+        if not all(value.isascii() and value.isdigit() for value in lengths) or len(values) > 1:
             raise Fatal("malformed response: invalid Content-Length")
         digits = values.pop()
         if len(digits) > 18:
@@ -513,10 +550,10 @@ def _read_chunked(conn: _Connection, max_body: int) -> bytes:
     chunks: List[bytes] = []
     total = 0
     while True:
-        match = _CHUNK_LINE.fullmatch(conn.line("chunk-size line"))
-        if match is None:
+        hexdigits = _chunk_size(conn.line("chunk-size line"))
+        if hexdigits is None:
             raise Fatal("malformed response: invalid chunk-size line")
-        digits = match.group(1).lstrip(b"0")
+        digits = hexdigits.lstrip(b"0")
         size = int(digits, 16) if digits else 0
         if len(digits) > 16 or total + size > max_body:
             raise Fatal(f"response exceeds the {max_body}-byte limit")

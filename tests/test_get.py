@@ -370,3 +370,57 @@ def test_a_failing_value_is_named_when_alone_too(cli: Callable, make_emulator: C
     result = cli("get", "--shell", "BIG=meta-data/big", "--endpoint", emulator.url)
     assert (result.returncode, result.stdout) == (3, b"")
     assert result.stderr.startswith(b"cc-imds: BIG: /latest/meta-data/big: ") and len(result.stderr.splitlines()) == 1
+
+
+# -- the command line, read without argparse -------------------------------------------------------
+# Pieces of `get` command lines: every option, its values (good and bad), value tokens, and what
+# argparse treats specially (help, `--`, abbreviations, a negative number, a lone `-`).
+ARGUMENT_PIECES = [
+    "--shell", "--json", "--lines", "--endpoint", "--endpoint=http://127.0.0.1:1338", "http://127.0.0.1:1338",
+    "http://[::1]:80", "auto", "ipv6", "http://x y", "--imdsv1", "--imdsv1=fallback", "fallback", "never", "always",
+    "--timeout", "--deadline=5", "1", "0.5", "0", "-1", "nan", "inf", "1e3", " 2 ", "--key", "--key=a", "k",
+    "--default", "--default=", "", "-", "--", "-h", "--help", "--sh", "--debug", "--version", "-x", "--shell=yes",
+    "meta-data/instance-id", "ID=meta-data/instance-id", "R=/latest/meta-data/placement/region",
+    "tags/instance/a=b", "PATH=meta-data/x", "1X=meta-data/x", "user-data",
+]
+
+
+def argparse_reading(argv: List[str]) -> object:
+    """What main() makes of a `get` command line through argparse: the fields cmd_get reads,
+    or "usage" when argparse refuses it (exit 2) or prints help."""
+    import contextlib
+    import io
+
+    from cc_imds.cli import build_parser
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            args, rest = build_parser().parse_known_args(argv)
+        except SystemExit:
+            return "usage"
+    return {"output": args.output, "endpoint": args.endpoint, "imdsv1": args.imdsv1, "timeout": args.timeout,
+            "deadline": args.deadline, "values": rest}
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(ARGUMENT_PIECES), max_size=7))
+def test_a_command_line_read_by_hand_reads_as_argparse_reads_it(tokens: List[str]) -> None:
+    """Either command_line declines (argparse then reads the command line, with its messages),
+    or it reads exactly what argparse reads."""
+    from cc_imds.get import command_line
+
+    argv = ["get", *tokens]
+    found = command_line(argv)
+    if found is not None:
+        assert found == argparse_reading(argv)
+
+
+def test_plain_command_lines_are_read_by_hand() -> None:
+    """What scripts write does not need argparse (the cold-start cost it avoids)."""
+    from cc_imds.get import command_line
+
+    for argv in (["get", "meta-data/instance-id"],
+                 ["get", "--shell", "ID=meta-data/instance-id", "ENV=meta-data/tags/instance/Env", "--default", "dev",
+                  "--endpoint", "http://127.0.0.1:1338", "--timeout", "1", "--deadline=10"],
+                 ["get", "--json", "DOC=dynamic/instance-identity/document", "--key", "region"]):
+        assert command_line(argv) == argparse_reading(argv)

@@ -46,11 +46,18 @@ with open(os.environ["PROBE_OUT"], "w") as out:
 
 GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.deadline", "cc_imds.errors", "cc_imds.get",
                "cc_imds.logs", "cc_imds.retry", "cc_imds.settings", "cc_imds.transport"]
-# Standard-library modules a single `get` has no use for (each costs milliseconds at start-up).
-# HTTP is spoken by cc_imds.transport over `_socket`: http.client (with the email package and
-# ssl it loads) costs more than the interpreter's own start, and socket's wrapper is not needed.
+# Standard-library modules `get` has no use for (each costs milliseconds at start-up). HTTP is
+# spoken by cc_imds.transport over `_socket`: http.client (with the email package and ssl it
+# loads) costs more than the interpreter's own start, and socket's wrapper is not needed. A plain
+# command line is read without argparse (and the gettext and locale it loads); paths, headers and
+# variable names are checked without `re`; a plain http://A.B.C.D:PORT endpoint without
+# urllib.parse or ipaddress; several values are fetched by threads without a thread pool.
 NOT_FOR_GET = ["logging", "typing", "dataclasses", "inspect", "tempfile", "pathlib", "concurrent.futures", "json",
-               "http", "http.client", "email", "ssl", "urllib.request", "socket", "selectors", "random"]
+               "http", "http.client", "email", "ssl", "urllib.request", "socket", "selectors", "random", "re",
+               "argparse", "gettext", "locale", "urllib.parse", "ipaddress", "enum", "shutil"]
+# All a single value from an explicit endpoint needs of the standard library, beyond a bare start
+# (`__future__` is imported by `from __future__ import annotations` itself).
+FOR_ONE_VALUE = ["__future__", "_socket", "math"]
 
 
 def imported(tmp_path: Path, *args: str) -> Dict[str, object]:
@@ -67,14 +74,26 @@ def test_get_runs_on_the_standard_library_and_the_client_alone(emulator: Emulato
     assert found["third_party"] == []
     assert found["cc_imds"] == GET_MODULES
     assert [m for m in NOT_FOR_GET if m in found["stdlib"]] == []  # type: ignore[operator]
+    assert found["stdlib"] == FOR_ONE_VALUE
 
 
-def test_get_many_values_adds_only_the_shell_quoting_and_a_thread_pool(emulator: Emulator, tmp_path: Path) -> None:
+def test_get_many_values_adds_only_the_shell_quoting(emulator: Emulator, tmp_path: Path) -> None:
     found = imported(tmp_path, "get", "--shell", "A=meta-data/instance-id", "B=meta-data/placement/region",
                      "--endpoint", emulator.url)
     assert found["code"] == 0
     assert found["third_party"] == []
     assert found["cc_imds"] == sorted([*GET_MODULES, "cc_imds.envnames", "cc_imds.formats"])  # names, quoting
+    # Values are fetched by threads started with _thread, without importing threading.
+    assert [m for m in [*NOT_FOR_GET, "threading"] if m in found["stdlib"]] == []  # type: ignore[operator]
+
+
+def test_get_json_adds_only_json(emulator: Emulator, tmp_path: Path) -> None:
+    found = imported(tmp_path, "get", "--json", "A=meta-data/instance-id", "--endpoint", emulator.url)
+    assert found["code"] == 0
+    brought = subprocess.run([sys.executable, "-c", "import sys; before = set(sys.modules); import json; "
+                              "print(' '.join(set(sys.modules) - before))"], capture_output=True, text=True, check=True)
+    json_and_its_own = set(brought.stdout.split())  # json's decoder uses `re`
+    assert [m for m in NOT_FOR_GET if m in found["stdlib"] and m not in json_and_its_own] == []  # type: ignore[operator]
 
 
 def test_get_failures_import_nothing_more(tmp_path: Path) -> None:

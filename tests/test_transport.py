@@ -5,6 +5,7 @@ tests/test_client.py and tests/reliability/."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -249,3 +250,56 @@ def test_a_malformed_answer_is_not_retried() -> None:
     server = OneShotServer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
     with pytest.raises(Fatal, match="Content-Length"):
         exchange(f"http://127.0.0.1:{server.port}", server)
+
+
+# -- the grammar, checked by hand: the same as RFC 9112's, written as regular expressions ----------
+STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
+FIELD_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
+CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Lines built from the grammar's pieces and near misses, and arbitrary bytes.
+PIECES = [b"HTTP/1.", b"HTTP/2", b"0", b"1", b"2", b"5", b"6", b"9", b"a", b"F", b"g", b" ", b"\t", b":", b";", b"=",
+          b"OK", b"Content-Length", b"\x7f", b"\x80", b"\xff", b"\x00", b"\r", b"\n", b"\x1f", b"(", b"-"]
+DIGITS = st.binary(min_size=0, max_size=4).map(lambda b: bytes(c for c in b if c < 0x80)).map(
+    lambda b: bytes(b"0123456789aFg"[c % 13] for c in b))
+VERSIONS = [b"HTTP/1.1 ", b"HTTP/1.0 ", b"HTTP/1.2 ", b"HTTP/1.1\t", b"HTTP/2.0 ", b"HTTP/1.1"]
+NEAR_STATUS = st.tuples(st.sampled_from(VERSIONS),
+                        st.one_of(st.integers(0, 1000).map(b"%d".__mod__), st.integers(0, 99).map(b"%03d".__mod__),
+                                  DIGITS),
+                        st.sampled_from([b"", b" ", b" OK", b"OK", b" \x80\xff", b" \x7f", b"\t"])).map(b"".join)
+NEAR_FIELD = st.tuples(st.sampled_from([b"", b"Name", b"Na me", b"X-\x80"]), st.sampled_from([b":", b"", b";"]),
+                       st.lists(st.sampled_from([b" ", b"\t", b"v", b"\x80", b"\x7f", b"\x00", b":"]), max_size=5)
+                       .map(b"".join)).map(b"".join)
+NEAR_CHUNK = st.tuples(DIGITS, st.sampled_from([b"", b" ", b"\t ", b" x"]),
+                       st.sampled_from([b"", b";", b";a=b", b"; \x80", b";\x7f", b";;"])).map(b"".join)
+LINES = st.one_of(NEAR_STATUS, NEAR_FIELD, NEAR_CHUNK, st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join),
+                  st.binary(max_size=16))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(LINES)
+def test_status_lines_read_as_the_grammar_says(line: bytes) -> None:
+    match = STATUS_LINE.fullmatch(line)
+    assert transport._status_line(line) == (None if match is None else (int(match[1]), int(match[2])))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(LINES)
+def test_field_lines_read_as_the_grammar_says(line: bytes) -> None:
+    match = FIELD_LINE.fullmatch(line)
+    expected = None if match is None else (match[1].decode("ascii"), match[2].decode("latin-1"))
+    assert transport._field_line(line) == expected
+
+
+@settings(max_examples=3000, deadline=None)
+@given(LINES)
+def test_chunk_size_lines_read_as_the_grammar_says(line: bytes) -> None:
+    match = CHUNK_LINE.fullmatch(line)
+    assert transport._chunk_size(line) == (None if match is None else match[1])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.lists(st.sampled_from(["X-aws", "-", ":", " ", "é", "\x00", "(", "~", "9"]), max_size=5)
+                 .map("".join), st.text(max_size=8)))
+def test_header_names_sent_are_tokens(name: str) -> None:
+    assert transport._is_token(name) == bool(HEADER_NAME.fullmatch(name))
