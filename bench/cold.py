@@ -53,6 +53,11 @@ def install(work: Path, pythons: Dict[str, Path]) -> Tuple[Path, Dict[str, Path]
         )
         script.chmod(0o755)
         scripts[label] = script
+        # The RPM installs its own launcher instead (rpm/cc-imds.launcher), without `re`.
+        launcher = work / f"cc-imds-rpm-{label}"
+        launcher.write_text(f"#!{python}\n" + (REPO / "rpm/cc-imds.launcher").read_text().split("\n", 1)[1])
+        launcher.chmod(0o755)
+        scripts[f"rpm {label}"] = launcher
     return site, scripts
 
 
@@ -80,6 +85,8 @@ def scripts(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env: Dic
         # pip's console-script launcher imports `re` before cc_imds: the floor under any installed command.
         contenders[f"python {label}: import re"] = ([str(python), "-c", "import re"], "")
         contenders[f"get {label}"] = ([str(tools[label]), "get", "meta-data/instance-id", "--endpoint", url], "one")
+        contenders[f"get {label}, RPM launcher"] = (
+            [str(tools[f"rpm {label}"]), "get", "meta-data/instance-id", "--endpoint", url], "one")
         contenders[f"get --shell {label}, 10 values"] = (
             [str(tools[label]), "get", "--shell", *TEN, "--endpoint", url], "ten")
     times: Dict[str, List[float]] = {name: [] for name in contenders}
