@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "box"
 GUEST = Path(__file__).resolve().parent / "guest"
 UNITS = REPO / "systemd"  # the RPM's units and preset
+LAUNCHER = REPO / "rpm/cc-imds.launcher"  # the RPM's /usr/bin/cc-imds
 DISK_SIZE = "2G"
 
 
@@ -210,7 +211,8 @@ def build_image(release: Release, wheel: Path, mirror: str) -> Image:
     with locked(release.name):
         base = base_root(release, mirror)
         recipe = Path(__file__).read_bytes().hex()  # how the image is made (QUIET_UNITS, _install...)
-        key = digest(base.parent.name, wheel_digest(wheel), tree_digest(GUEST), tree_digest(UNITS), recipe)
+        key = digest(base.parent.name, wheel_digest(wheel), tree_digest(GUEST), tree_digest(UNITS),
+                     LAUNCHER.read_bytes().hex(), recipe)
         images = CACHE / "images"
         disk, vmlinuz = images / f"{release.name}-{key}.raw", images / f"{release.name}-{key}.vmlinuz"
         built = not (disk.exists() and vmlinuz.exists())
@@ -262,6 +264,9 @@ def _install(root: Path, wheel: Path, log: Path) -> None:
     system_layout = {**os.environ, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"}
     run(["chroot", str(root), "python3", "-m", "installer", f"/tmp/{wheel.name}"], log=log, env=system_layout)
     staged.unlink()
+    command = root / "usr/bin/cc-imds"  # the RPM's own launcher replaces the wheel's console script
+    command.write_text("#!/usr/bin/python3 -s\n" + LAUNCHER.read_text().split("\n", 1)[1])
+    command.chmod(0o755)
     for name, directory in (("cc-imds-watch.service", "usr/lib/systemd/system"),
                             ("cc-imds-watch.path", "usr/lib/systemd/system"),
                             ("80-cc-imds.preset", "usr/lib/systemd/system-preset")):
