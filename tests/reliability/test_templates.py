@@ -89,7 +89,7 @@ def test_runaway_template_time(scenario: Scenario, record: Record) -> None:
     # fetching), with a margin for a loaded machine.
     healthy = scenario.runs[0].seconds
     assert run.seconds < healthy + 3 + RENDER_SLACK + 0.5, (run.seconds, healthy)
-    record("template-time", f"stopped at the deadline, files untouched; peak {peak} MiB", **figures(run))
+    record("template-time", "stopped at the deadline, files untouched", peak_MiB=peak, **figures(run))
 
 
 def test_runaway_template_memory(scenario: Scenario, record: Record) -> None:
@@ -102,7 +102,7 @@ def test_runaway_template_memory(scenario: Scenario, record: Record) -> None:
     expect_untouched(scenario, good, run, 1, f"imds.files[1].content: {limit}")
     assert f"imds.files[2].content: {limit}" in run.stderr
     assert peak < 100 + bounded.MEMORY_ALLOWANCE // MiB  # the process itself is about 40-60 MiB
-    record("template-memory", f"stopped at the memory limit, files untouched; peak {peak} MiB", **figures(run))
+    record("template-memory", "stopped at the memory limit, files untouched", peak_MiB=peak, **figures(run))
 
 
 def test_runaway_template_output(scenario: Scenario, record: Record) -> None:
@@ -111,7 +111,7 @@ def test_runaway_template_output(scenario: Scenario, record: Record) -> None:
     run, peak = apply_measured(scenario, scenario.emulator(), with_template(scenario, flood))
     expect_untouched(scenario, good, run, 1, f"imds.files[1].content: stopped: the output passed "
                                              f"{bounded.OUTPUT_MAX // MiB} MiB")
-    record("template-output-size", f"stopped at the size limit, files untouched; peak {peak} MiB", **figures(run))
+    record("template-output-size", "stopped at the size limit, files untouched", peak_MiB=peak, **figures(run))
 
 
 def test_constant_folding_at_validation(scenario: Scenario, record: Record) -> None:
@@ -124,8 +124,8 @@ def test_constant_folding_at_validation(scenario: Scenario, record: Record) -> N
     refused, _ = apply_measured(scenario, scenario.emulator(), doc)
     expect_untouched(scenario, good, refused, 1, "imds.files[1].content: refused by the template sandbox at line 1: "
                                                  "`**` would build a value over the size limit")
-    record("template-constant-folding", f"validation evaluates nothing ({run.seconds:.2f} s, peak {peak} MiB); "
-           "rendering refused, files untouched", **figures(refused))
+    record("template-constant-folding", "validation evaluates nothing; rendering refused, files untouched",
+           validate_seconds=round(run.seconds, 2), validate_peak_MiB=peak, **figures(refused))
 
 
 # -- secrets in template errors ---------------------------------------------------------------------
@@ -233,8 +233,8 @@ def test_secret_in_generated_templates(make_emulator: Callable[..., Emulator], t
     secrets = [secret, credentials["SecretAccessKey"], credentials["Token"], *emulator.issued_tokens()]
     assert leaks(said, secrets) == []
     _generated["runs"] += 1
-    record("secret-in-generated-templates", f"{_generated['runs']} generated values and templates through plan, "
-           "apply and handle: 0 secrets in any message")
+    record("secret-in-generated-templates", "generated values and templates through plan, apply and handle: "
+           "0 secrets in any message", generated=_generated["runs"])
 
 
 # -- env files and names ----------------------------------------------------------------------

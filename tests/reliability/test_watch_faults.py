@@ -134,8 +134,8 @@ def test_sigterm_in_the_middle_of_a_write_leaves_no_partial_file(
         if caught >= 2:
             break
     assert caught >= 1, "never caught the watcher while it staged its files"
-    record("watch-sigterm-mid-write", f"caught mid-write {caught} time(s) in {attempt + 1}: no temp file, "
-           "all or nothing", exit=code)
+    record("watch-sigterm-mid-write", "caught mid-write: no temp file, all or nothing", exit=code,
+           caught_mid_write=caught, attempts=attempt + 1)
 
 
 def test_sighup_reloads_and_an_invalid_declaration_keeps_the_running_one(
