@@ -89,6 +89,8 @@ def scripts(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env: Dic
             [str(tools[f"rpm {label}"]), "get", "meta-data/instance-id", "--endpoint", url], "one")
         contenders[f"get --shell {label}, 10 values"] = (
             [str(tools[label]), "get", "--shell", *TEN, "--endpoint", url], "ten")
+        contenders[f"get --shell {label}, 10 values, RPM launcher"] = (
+            [str(tools[f"rpm {label}"]), "get", "--shell", *TEN, "--endpoint", url], "ten")
     times: Dict[str, List[float]] = {name: [] for name in contenders}
     expected: Dict[str, bytes] = {}
     for _ in range(runs):
