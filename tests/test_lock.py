@@ -105,7 +105,7 @@ def test_symlinked_lock_is_never_followed(tmp_path: Path) -> None:
 
 def test_lock_squatted_by_another_user_is_refused_at_once(tmp_path: Path) -> None:
     needs_root()
-    shared = tmp_path / "shared"
+    shared = tmp_path / "common"
     shared.mkdir(mode=0o1777)
     shared.chmod(0o1777)  # like /run/lock or /tmp
     squatted = shared / "cc-imds.lock"
@@ -121,15 +121,15 @@ def test_lock_squatted_by_another_user_is_refused_at_once(tmp_path: Path) -> Non
 
 def test_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     needs_root()
-    shared = tmp_path / "shared"
+    shared = tmp_path / "common"
     shared.mkdir()
     shared.chmod(0o777)  # not sticky: anyone could swap the lock file
-    with pytest.raises(WriteError, match=r"shared is writable by others \(mode 0777\)"):
+    with pytest.raises(WriteError, match=r"common is writable by others \(mode 0777\)"):
         with locked(str(shared / "lock"), Deadline(5)):
             pass
     os.chown(shared, 65534, 65534)
     shared.chmod(0o755)
-    with pytest.raises(WriteError, match=r"shared is owned by uid 65534: another user could replace the lock"):
+    with pytest.raises(WriteError, match=r"common is owned by uid 65534: another user could replace the lock"):
         with locked(str(shared / "lock"), Deadline(5)):
             pass
 

@@ -176,7 +176,7 @@ def test_no_file_refers_to_a_path_outside_the_repository() -> None:
         ("Makefile", "cp $(TOP)/../other/x .", True),
         ("tests/x.py", 'CFG = "/home/dev/cc-imds/fixtures/cloud.cfg"', True),
         ("README.md", "see /Users/me/src/notes.md", True),
-        ("tests/x.py", 'DATA = "/home/runner/work/cc-imds/trees"', True),
+        ("tests/x.py", 'DATA = "/home/runner/src/cc-imds/trees"', True),
         ("tests/x.py", 'DATA = "/mnt/c/Users/me/trees"', True),
         ("tests/x.py", 'DATA = "/workspace/fixtures/trees"', True),
         ("cc_imds/rootfs.py", "`--root /mnt/image` must never reach outside the image", False),
