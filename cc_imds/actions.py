@@ -65,6 +65,7 @@ class Runner:
         self._pending: Dict[str, _Request] = {}
         self._threads: List[threading.Thread] = []
         self._stopping = False
+        self._stop_grace = KILL_GRACE
 
     def start(
         self,
@@ -97,6 +98,7 @@ class Runner:
         after `grace`), and wait for their threads."""
         with self._lock:
             self._stopping = True
+            self._stop_grace = grace
             self._pending.clear()
             procs = [p for p in self._running.values() if p is not None]
             threads = list(self._threads)
@@ -143,9 +145,9 @@ class Runner:
             return Result(request.key, request.label, started, 0.0, None, problem)
         with self._lock:
             self._running[request.key] = proc
-            stopping = self._stopping
-        if stopping:
-            _signal_group(proc, signal.SIGTERM)
+            stopping, grace = self._stopping, self._stop_grace
+        if stopping:  # stop() ran while this command was starting, so it could not end it
+            _end_groups([proc], grace)
         if request.stdin is not None:
             threading.Thread(target=_feed, args=(proc, request.stdin), name=f"stdin {request.key}",
                              daemon=True).start()
