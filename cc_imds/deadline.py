@@ -7,7 +7,7 @@ is left of it. The watcher makes a new one for each poll. Standard library only.
 
 from __future__ import annotations
 
-import math
+import sys
 import time
 
 TYPE_CHECKING = False  # not typing's, which `cc-imds get` would import for nothing
@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     from typing import Callable
 
     Clock = Callable[[], float]
+
+
+def positive_finite(seconds: float) -> bool:
+    """0 < seconds <= the largest float, for ints and floats alike (NaN fails every comparison).
+    Not math.isfinite: `math` is a shared library that a cold `cc-imds get` would load for this
+    alone, and it raises for an int too large to be a float instead of answering."""
+    return 0 < seconds <= sys.float_info.max
 
 
 class DeadlineExceeded(Exception):
@@ -27,7 +34,7 @@ class Deadline:
     __slots__ = ("_clock", "at", "seconds")
 
     def __init__(self, seconds: float, clock: Clock = time.monotonic) -> None:
-        if not math.isfinite(seconds) or seconds <= 0:
+        if not positive_finite(seconds):
             raise ValueError(f"a deadline must be a positive, finite number of seconds, not {seconds!r}")
         self._clock = clock
         self.seconds = float(seconds)

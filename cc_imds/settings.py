@@ -7,8 +7,7 @@ so that a bad value is a one-line error, never a traceback or a hang. Standard l
 
 from __future__ import annotations
 
-import math
-
+from .deadline import positive_finite
 from .errors import ProblemsError
 
 # `cc-imds get` imports this cold in every script that calls it: no typing, no dataclasses
@@ -95,7 +94,7 @@ class ClientSettings:
 
 
 def _seconds_problem(name: str, value: object) -> List[str]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and positive_finite(value)
     return [] if ok else [f"{name}: must be a positive, finite number of seconds, not {value!r}"]
 
 

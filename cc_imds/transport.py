@@ -29,7 +29,6 @@ from __future__ import annotations
 # `cc-imds get` several milliseconds. Its classes and constants are the same objects:
 # `_socket.timeout` is `socket.timeout`.
 import _socket as socket
-import math
 import time
 from _thread import allocate_lock
 
@@ -142,7 +141,7 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
-        self.give_up_at = math.inf
+        self.give_up_at = float("inf")
         self.received = 0  # bytes received since the current request was armed
         self.idle_since = time.monotonic()
 

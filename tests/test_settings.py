@@ -22,6 +22,7 @@ from cc_imds.settings import ENV_ENDPOINT, ClientSettings, EndpointError, Settin
     ({"timeout": math.inf}, "timeout: must be a positive, finite number of seconds, not inf"),
     ({"deadline": math.nan}, "deadline: must be a positive, finite number of seconds, not nan"),
     ({"deadline": -math.inf}, "deadline: must be a positive, finite number of seconds, not -inf"),
+    ({"deadline": 2**1024}, f"deadline: must be a positive, finite number of seconds, not {2**1024}"),  # no float
     ({"timeout": "2"}, "timeout: must be a positive, finite number of seconds, not '2'"),
     ({"token_ttl": 0}, "token_ttl: must be a whole number from 1 to 21600, not 0"),
     ({"token_ttl": 21601}, "token_ttl: must be a whole number from 1 to 21600, not 21601"),
