@@ -46,16 +46,17 @@ def install(work: Path, pythons: Dict[str, Path]) -> Tuple[Path, Dict[str, Path]
         subprocess.run([str(python), "-m", "compileall", "-q", str(site)], check=True)
         script = work / f"cc-imds-{label}"
         script.write_text(
-            f"#!{python}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom cc_imds.cli import main\n"
+            f"#!{python}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom cc_imds.cli import run\n"
             "if __name__ == '__main__':\n"
             "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
-            "    sys.exit(main())\n"
+            "    sys.exit(run())\n"
         )
         script.chmod(0o755)
         scripts[label] = script
-        # The RPM installs its own launcher instead (rpm/cc-imds.launcher), without `re`.
+        # The RPM installs its own launcher instead (rpm/cc-imds.launcher), without `re`, and
+        # %py3_shebang_fix gives it `-s` (no user site-packages), as every system Python script.
         launcher = work / f"cc-imds-rpm-{label}"
-        launcher.write_text(f"#!{python}\n" + (REPO / "rpm/cc-imds.launcher").read_text().split("\n", 1)[1])
+        launcher.write_text(f"#!{python} -s\n" + (REPO / "rpm/cc-imds.launcher").read_text().split("\n", 1)[1])
         launcher.chmod(0o755)
         scripts[f"rpm {label}"] = launcher
     return site, scripts

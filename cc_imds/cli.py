@@ -9,6 +9,7 @@ or failing; 4 an output, or standard output, could not be written; 70 an interna
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -26,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
-    from typing import IO, Any, Callable, List, Optional, Sequence, Union
+    from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Union
 
     from .config import SourceDocument
     from .pipeline import RunOptions
@@ -661,6 +662,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return INTERNAL_ERROR
     finally:
         sys.stdout = original
+
+
+def run() -> NoReturn:
+    """The installed `cc-imds` command: pip's console script and the RPM's launcher call this.
+
+    `get` is what scripts call where they called curl, often once per value, so its process
+    skips two costs that a run of a few milliseconds gets nothing for: the cyclic garbage
+    collector (its passes over the objects every import creates, while a `get` makes few
+    cycles and exits at once) and the interpreter's teardown of every module at exit. Its
+    output is flushed first, so nothing is lost. Every other command (the watcher runs for
+    months) keeps the collector and exits as usual."""
+    argv = sys.argv[1:]
+    short_lived = argv[:1] == ["get"]
+    if short_lived:
+        gc.disable()
+    code = main(argv)
+    if not short_lived:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # main already reported a failed stdout
+            pass
+    os._exit(code)
 
 
 def _plain_get(argv: Sequence[str]) -> Optional[argparse.Namespace]:

@@ -365,6 +365,21 @@ def test_unwritable_stdout_is_exit_4_without_a_traceback(emulator: Emulator) -> 
                                                      b"closed\n")
 
 
+def test_output_larger_than_a_pipe_arrives_whole_before_the_quick_exit(
+        cli: Callable, make_emulator: Callable[..., Emulator]) -> None:
+    """`get` ends with os._exit (cli.run skips the interpreter's teardown): what it printed must
+    all be flushed first, here several times what a pipe holds, written while the reader reads."""
+    values = {f"T{i}": chr(ord("a") + i) * 150_000 for i in range(6)}
+    emulator = make_emulator(MetadataTree({f"meta-data/tags/instance/{k}": v.encode() for k, v in values.items()}))
+    names = [f"{k}=meta-data/tags/instance/{k}" for k in values]
+    result = cli("get", "--json", *names, "--endpoint", emulator.url)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert json.loads(result.stdout) == values
+    for shell in SHELLS:
+        result = cli("get", "--shell", *names, "--endpoint", emulator.url)
+        assert eval_in(shell, result.stdout, list(values)) == list(values.values())
+
+
 def test_a_failing_value_is_named_when_alone_too(cli: Callable, make_emulator: Callable[..., Emulator]) -> None:
     emulator = make_emulator(MetadataTree({"meta-data/big": b"x" * (5 << 20)}))
     result = cli("get", "--shell", "BIG=meta-data/big", "--endpoint", emulator.url)

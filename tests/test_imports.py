@@ -50,14 +50,16 @@ GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.deadline", "
 # spoken by cc_imds.transport over `_socket`: http.client (with the email package and ssl it
 # loads) costs more than the interpreter's own start, and socket's wrapper is not needed. A plain
 # command line is read without argparse (and the gettext and locale it loads); paths, headers and
-# variable names are checked without `re`; a plain http://A.B.C.D:PORT endpoint without
-# urllib.parse or ipaddress; several values are fetched by threads without a thread pool.
+# variable names are checked without `re`, finite numbers without `math` (a shared library); a
+# plain http://A.B.C.D:PORT endpoint without urllib.parse or ipaddress; several values are
+# fetched by threads without a thread pool.
 NOT_FOR_GET = ["logging", "typing", "dataclasses", "inspect", "tempfile", "pathlib", "concurrent.futures", "json",
                "http", "http.client", "email", "ssl", "urllib.request", "socket", "selectors", "random", "re",
-               "argparse", "gettext", "locale", "urllib.parse", "ipaddress", "enum", "shutil"]
+               "argparse", "gettext", "locale", "urllib.parse", "ipaddress", "enum", "shutil", "math"]
 # All a single value from an explicit endpoint needs of the standard library, beyond a bare start
-# (`__future__` is imported by `from __future__ import annotations` itself).
-FOR_ONE_VALUE = ["__future__", "_socket", "math"]
+# (`__future__` is imported by `from __future__ import annotations` itself; `gc`, built into the
+# interpreter, by cli.run, which turns the collector off for `get`).
+FOR_ONE_VALUE = ["__future__", "_socket", "gc"]
 
 
 def imported(tmp_path: Path, *args: str) -> Dict[str, object]:
