@@ -340,6 +340,10 @@ class Emulator:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a queue of 5: a connection beyond it has its SYN dropped and
+    # the client retries a second later, so a `get` of several values (a connection per
+    # thread) stalled for 1 s every few dozen runs.
+    request_queue_size = 128
 
     def __init__(self, address: Tuple[str, int], handler: type, *, bind_and_activate: bool, emulator: Emulator):
         if ":" in address[0]:

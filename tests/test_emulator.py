@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import time
 from typing import Dict, Optional, Tuple
 
@@ -112,6 +113,24 @@ def test_serves_on_ipv6_loopback(make_emulator) -> None:
     emulator = make_emulator(host="::1")
     assert emulator.url.startswith("http://[::1]:")
     assert len(token(emulator)) > 20
+
+
+def test_connections_arriving_together_wait_in_the_queue_instead_of_being_dropped() -> None:
+    """A full listen queue drops a connection's SYN and the client retries a second later.
+    Nothing accepts here, so every connection must fit in the queue (socketserver's default of
+    5 fits six, and the seventh connect times out)."""
+    emulator = Emulator(load_tree())
+    emulator._server.server_activate()  # listening, not serving
+    host, port = emulator._server.server_address[:2]
+    connections = []
+    try:
+        for _ in range(32):
+            connections.append(socket.create_connection((host, port), timeout=0.5))
+    finally:
+        for connection in connections:
+            connection.close()
+        emulator.stop()
+    assert len(connections) == 32
 
 
 def test_aemm_fixture_format_loads() -> None:
