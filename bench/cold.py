@@ -6,8 +6,8 @@
   clients fetching the same values (ec2-metadata on 3.13 only: it needs 3.10+; botocore);
 - imports: what each command imports (`-X importtime`), beyond a bare interpreter.
 
-cc-imds runs as installed: a byte-compiled copy of the package, started by a console script
-like the one pip writes. Every contender's output is compared with cc-imds's on every run.
+cc-imds runs as installed: a byte-compiled copy of the package, started by its own script
+(bin/cc-imds) as pip and as the RPM install it. Every contender's output is compared with cc-imds's on every run.
 """
 
 from __future__ import annotations
@@ -35,30 +35,23 @@ COMMANDS = {
 
 
 def install(work: Path, pythons: Dict[str, Path]) -> Tuple[Path, Dict[str, Path]]:
-    """A byte-compiled copy of cc_imds (schemas inside, as in the wheel) and a console script per
-    Python, written as pip writes them. Returns the copy's directory (for PYTHONPATH) and the scripts."""
+    """A byte-compiled copy of cc_imds (schemas inside, as in the wheel) and, per Python, the
+    `cc-imds` script (bin/cc-imds) as pip installs it (its first line pointed at the interpreter)
+    and as the RPM does (`-s` added by %py3_shebang_fix). Returns the copy's directory (for
+    PYTHONPATH) and the scripts."""
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     shutil.copytree(REPO / "cc_imds", site / "cc_imds", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "schemas", site / "cc_imds/schemas")
+    body = (REPO / "bin/cc-imds").read_text().split("\n", 1)[1]
     scripts = {}
     for label, python in pythons.items():
         subprocess.run([str(python), "-m", "compileall", "-q", str(site)], check=True)
-        script = work / f"cc-imds-{label}"
-        script.write_text(
-            f"#!{python}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom cc_imds.cli import run\n"
-            "if __name__ == '__main__':\n"
-            "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
-            "    sys.exit(run())\n"
-        )
-        script.chmod(0o755)
-        scripts[label] = script
-        # The RPM installs its own launcher instead (rpm/cc-imds.launcher), without `re`, and
-        # %py3_shebang_fix gives it `-s` (no user site-packages), as every system Python script.
-        launcher = work / f"cc-imds-rpm-{label}"
-        launcher.write_text(f"#!{python} -s\n" + (REPO / "rpm/cc-imds.launcher").read_text().split("\n", 1)[1])
-        launcher.chmod(0o755)
-        scripts[f"rpm {label}"] = launcher
+        for key, shebang in ((label, f"#!{python}"), (f"rpm {label}", f"#!{python} -s")):
+            script = work / f"cc-imds-{key.replace(' ', '-')}"
+            script.write_text(f"{shebang}\n{body}")
+            script.chmod(0o755)
+            scripts[key] = script
     return site, scripts
 
 
@@ -83,14 +76,15 @@ def scripts(url: str, pythons: Dict[str, Path], tools: Dict[str, Path], env: Dic
     for label, python in pythons.items():
         contenders[f"python {label} -c pass"] = ([str(python), "-c", "pass"], "")
         contenders[f"python {label}: import http.client"] = ([str(python), "-c", "import http.client"], "")
-        # pip's console-script launcher imports `re` before cc_imds: the floor under any installed command.
+        # The script pip writes for a console_scripts entry point imports `re` first (why cc-imds
+        # installs its own): what that would put under every command.
         contenders[f"python {label}: import re"] = ([str(python), "-c", "import re"], "")
         contenders[f"get {label}"] = ([str(tools[label]), "get", "meta-data/instance-id", "--endpoint", url], "one")
-        contenders[f"get {label}, RPM launcher"] = (
+        contenders[f"get {label}, RPM"] = (
             [str(tools[f"rpm {label}"]), "get", "meta-data/instance-id", "--endpoint", url], "one")
         contenders[f"get --shell {label}, 10 values"] = (
             [str(tools[label]), "get", "--shell", *TEN, "--endpoint", url], "ten")
-        contenders[f"get --shell {label}, 10 values, RPM launcher"] = (
+        contenders[f"get --shell {label}, 10 values, RPM"] = (
             [str(tools[f"rpm {label}"]), "get", "--shell", *TEN, "--endpoint", url], "ten")
     times: Dict[str, List[float]] = {name: [] for name in contenders}
     expected: Dict[str, bytes] = {}

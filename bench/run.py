@@ -13,8 +13,8 @@ Runs are interleaved (A, B, C, D, E, then again), so ratios against C are paired
 
 Then, on Python 3.9 (AL2023 pins) and 3.13 side by side: `cc-imds get` for scripts against a
 bare interpreter and curl; cold `apply` against the peer Python clients (ec2-metadata, botocore);
-and what each command imports. cc-imds runs from a byte-compiled copy through a console script,
-as installed.
+and what each command imports. cc-imds runs from a byte-compiled copy through its own script
+(bin/cc-imds), as pip and the RPM install it.
 """
 
 from __future__ import annotations

@@ -665,7 +665,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run() -> NoReturn:
-    """The installed `cc-imds` command: pip's console script and the RPM's launcher call this.
+    """The installed `cc-imds` command (bin/cc-imds, as pip and the RPM install it) calls this.
 
     `get` is what scripts call where they called curl, often once per value, so its process
     skips two costs that a run of a few milliseconds gets nothing for: the cyclic garbage

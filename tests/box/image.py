@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "box"
 GUEST = Path(__file__).resolve().parent / "guest"
 UNITS = REPO / "systemd"  # the RPM's units and preset
-LAUNCHER = REPO / "rpm/cc-imds.launcher"  # the RPM's /usr/bin/cc-imds
+LAUNCHER = REPO / "bin/cc-imds"  # /usr/bin/cc-imds, as the RPM installs it
 DISK_SIZE = "2G"
 
 
@@ -264,7 +264,7 @@ def _install(root: Path, wheel: Path, log: Path) -> None:
     system_layout = {**os.environ, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"}
     run(["chroot", str(root), "python3", "-m", "installer", f"/tmp/{wheel.name}"], log=log, env=system_layout)
     staged.unlink()
-    command = root / "usr/bin/cc-imds"  # the RPM's own launcher replaces the wheel's console script
+    command = root / "usr/bin/cc-imds"  # with `-s`, as the RPM's %py3_shebang_fix leaves it
     command.write_text("#!/usr/bin/python3 -s\n" + LAUNCHER.read_text().split("\n", 1)[1])
     command.chmod(0o755)
     for name, directory in (("cc-imds-watch.service", "usr/lib/systemd/system"),

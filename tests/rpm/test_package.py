@@ -295,8 +295,8 @@ def test_install_upgrade_trigger_check_and_erase(
     assert imported.stdout.strip() == f"{SITE}/cc_imds/schemas/cc-imds.schema.json"
     validated = chroot(root, "/usr/bin/cc-imds", "validate", f"{SITE}/cc_imds/examples/instance-env.yaml")
     assert validated.stdout == "1 declaration(s) valid\n"
-    # The command is the project's launcher, not pip's console script (which imports `re` first).
-    launcher = (REPO / "rpm/cc-imds.launcher").read_text()
+    # The command is the project's script, not a console script pip writes (which imports `re` first).
+    launcher = (REPO / "bin/cc-imds").read_text()
     assert (root / "usr/bin/cc-imds").read_text() == "#!/usr/bin/python3 -s\n" + launcher.split("\n", 1)[1]
     # The pytest plugin is opt-in: installing the package registers no pytest entry point.
     groups = chroot(root, "/usr/bin/python3.9", "-c",
