@@ -39,7 +39,8 @@ Record = Callable[..., None]
 
 DEADLINE = 2.0
 # The documented slack: how far past its deadline a client call may end (README; measured
-# by bench/deadline_overrun.py: 46 ms at most with a load average of 13 on 2 cores).
+# by bench/deadline_overrun.py: 9 ms at most on an idle 2-core machine, 46 ms with a load
+# average of 13).
 SLACK = 0.5
 # PROCESS_SLACK (conftest): without the absolute deadline these runs lasted as long as the
 # server kept trickling (HOLD, 30 s).
