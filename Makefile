@@ -65,7 +65,7 @@ RELIABILITY_RUNS := .cache/reliability
 # $(1): the virtualenv; $(2): what to run. Records the run in $(RELIABILITY_RUNS)/$(1).jsonl.
 define recorded-pytest
 	@mkdir -p $(RELIABILITY_RUNS) && rm -f $(RELIABILITY_RUNS)/$(1).jsonl
-	CC_IMDS_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_RUNS)/$(1).jsonl $(VENV)/$(1)/bin/python -m pytest -q -p no:cacheprovider $(2)
+	CC_IMDS_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_RUNS)/$(1).jsonl $(VENV)/$(1)/bin/python -m pytest -q -p no:cacheprovider --durations=20 $(2)
 endef
 
 test-py39: $(VENV)/py39/.ready cloud-init $(RPM_BUILT)

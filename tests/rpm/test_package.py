@@ -251,8 +251,10 @@ def test_builds_without_tests_from_its_build_requires_alone(notests_build: subpr
     build_requires = query.stdout.split()
     assert {"python3-pyyaml", "python3-jsonschema", "python3-jinja2"} <= set(build_requires)
     assert "python3-pytest" not in build_requires
+    # From /, not the checkout: `python -c` puts the working directory on sys.path, where a
+    # `pip install .` (make demo) leaves cc_imds.egg-info, which would read as installed.
     dists = json.loads(subprocess.run([str(NOTESTS_PYTHON), "-c", DISTRIBUTIONS], capture_output=True, text=True,
-                                      check=True).stdout)
+                                      check=True, cwd="/").stdout)
     closure: Set[str] = set()
     todo = [PIP_NAMES[b] for b in build_requires if b in PIP_NAMES]
     while todo:
