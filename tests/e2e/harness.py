@@ -32,9 +32,11 @@ CACHE = REPO / ".cache" / "cloud-init"
 # two. CC_IMDS_CLOUDINIT_VERSIONS runs others by hand, laid out the same way under
 # .cache/cloud-init/VERSION.
 VERSIONS = tuple(os.environ.get("CC_IMDS_CLOUDINIT_VERSIONS", "22.2.2,22.4.2,25.1.4").split(","))
-# The one Python a version is ever run with, where it has only one: AL2023 runs 22.2.2 on its
-# Python 3.9 (with its library versions, as in the py39 environment).
-ONLY_ON_PYTHON = {"22.2.2": (3, 9)}
+# The Pythons each version is run with, as where it is packaged: Amazon Linux 2023 runs 22.2.2
+# on its Python 3.9 alone (with its library versions, as in the py39 environment); Debian 12 and
+# 13 run theirs on 3.11 and 3.13, so they run on a current Python (the py313 environment), and
+# the 3.9 run is AL2023's. (lowest, highest or None); a version run by hand runs anywhere.
+PYTHONS = {"22.2.2": ((3, 9), (3, 9)), "22.4.2": ((3, 10), None), "25.1.4": ((3, 10), None)}
 
 LOGGING = """[loggers]
 keys=root,cloudinit
@@ -73,10 +75,14 @@ def unpacked(version: str) -> Optional[Path]:
 
 def wrong_python(version: str) -> Optional[str]:
     """Why this interpreter does not run `version`, if it does not."""
-    only = ONLY_ON_PYTHON.get(version)
-    if only is None or sys.version_info[:2] == only:
+    if version not in PYTHONS:
         return None
-    return f"cloud-init {version} runs only on Python {only[0]}.{only[1]}, as on Amazon Linux 2023"
+    (low, high), here = PYTHONS[version], sys.version_info[:2]
+    if high == low and here != low:
+        return f"cloud-init {version} runs only on Python {low[0]}.{low[1]}, as on Amazon Linux 2023"
+    if here < low:
+        return f"cloud-init {version} runs on Python {low[0]}.{low[1]} and later, as in Debian (3.9 is AL2023's)"
+    return None
 
 
 def shipped_config(version: str, dest: Path) -> Path:
