@@ -166,7 +166,7 @@ def kernel(root: Path) -> Path:
 
 
 # -- the wheel -----------------------------------------------------------------------------
-WHEEL_SOURCES = ("cc_imds", "schemas", "examples", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
+WHEEL_SOURCES = ("cc_imds", "bin", "schemas", "examples", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 
 
 def build_wheel(out: Path) -> Path:
