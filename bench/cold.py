@@ -7,7 +7,8 @@
 - imports: what each command imports (`-X importtime`), beyond a bare interpreter.
 
 cc-imds runs as installed: a byte-compiled copy of the package, started by its own script
-(bin/cc-imds) as pip and as the RPM install it. Every contender's output is compared with cc-imds's on every run.
+(bin/cc-imds) as pip and as the RPM install it. Every contender's output is compared with
+cc-imds's on every run.
 """
 
 from __future__ import annotations
