@@ -345,7 +345,7 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
-    from .scan import IMDSV1, as_dicts, scan_files
+    from .scan import as_dicts, failing, scan_files
 
     result = scan_files(args.path)
     findings = [finding for found in result.findings.values() for finding in found]
@@ -368,18 +368,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         for name, found in result.findings.items():
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
-            declaration = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
+            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
+            declaration = suggestion.declaration
             if not declaration["values"]:
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            notes = "".join(f"# {comment}\n" for comment in suggestion.comments)
             command = suggest_get(declaration)
             if command:
                 print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
-                print(command)
+                print(notes + command)
             print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
-            print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
+            print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     _say("\n".join(result.problems))
-    return 1 if result.problems or any(f.kind == IMDSV1 for f in findings) else 0
+    return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
 
 
 def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:
@@ -537,9 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit 1, saying why, unless imds runs first in the config stage (an image build gate)")
     p.set_defaults(func=cmd_enable_module)
 
-    p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1")
+    p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1 or unknown")
     p.add_argument("path", nargs="+", help="scripts, cloud-config, raw user-data (gzip, MIME), or directories")
     p.add_argument("--json", action="store_true", help="findings as JSON")
+    p.add_argument("--accept-unknown", action="store_true",
+                   help="pass the gate despite `unknown` findings (IMDS named in a way the scanner cannot classify)")
     p.add_argument("--suggest", action="store_true", help="print an imds: declaration covering the IMDSv1 values")
     p.set_defaults(func=cmd_scan)
 
