@@ -145,7 +145,8 @@ _TRIM_LAST = re.compile(
     r"|rev\b.*cut\s+-c\s*['\"]?2-.*\brev\b|substr\(\s*\$0\s*,\s*(?:0|1)\s*,\s*length\(\s*\$?0?\s*\)\s*-\s*1\s*\)"
     r"|head\s+-c\s*-1\b|%\?|%\[a-z\]|%\[\[:alpha:\]\]|::-1\}|:0:-1\}|:0:\$\{#\w+\}-1|\[\s*0?\s*:\s*-1\s*\]"
     r"|rstrip\(\s*(?:string\.(?:ascii_)?(?:lowercase|letters)|['\"]abcdefghijklmnopqrstuvwxyz['\"])"
-    r"|\[a-z\]\$['\"]\s*,\s*['\"]['\"]|chop\b")
+    r"|\[a-z\]\$['\"]\s*,\s*['\"]['\"]|chop\b|-replace\s+['\"](?:\.|\[a-z\])\$['\"]"
+    r"|\.Substring\(\s*0\s*,[^)]*Length\s*-\s*1\s*\)|\.TrimEnd\(")
 _HARMLESS = re.compile(r"^\s*(?:tr\s+-d\s+\S+|xargs(?:\s+echo)?|cat|tee\s+(?:-a\s+)?[^\s|;&]+"
                        r"|head\s+-(?:n\s*)?1|tail\s+-(?:n\s*)?1"
                        r"|sed\s+-e\s+['\"]?\$a\\?['\"]?|echo)\s*$")
@@ -965,7 +966,10 @@ class PythonReader:
                 note = "the headers come from a name the scanner cannot see into" if local is None else \
                     "passed to a function that fetches nothing the scanner can see"
             self.read.covered |= lines
-            self.read.add(Access(statement.start, kind, name, path, note=note))
+            key, region = _reading(path, text[url.end():], r"^[^\[]*\)\s*\[\s*\"(\w+)\"\s*\]" if "json" in text
+                                   else r"(?!)")
+            self.read.add(Access(statement.start, kind, name, path, key=key if kind == IMDSV1 else None,
+                                 region_from_az=region and kind == IMDSV1, note=note))
 
     def local_function(self, text: str, statements: List[_Statement]) -> Optional[str]:
         """The body of a function defined in this file that the statement calls, if any."""
@@ -1008,6 +1012,19 @@ class PythonReader:
                     body.append(later.text)
                 return "\n".join(body)
         return "\n".join(s.text for s in statements)
+
+
+def _reading(path: Optional[str], after: str, key_pattern: str) -> Tuple[Optional[str], bool]:
+    """What a Python or PowerShell statement reads of the fetched value: (key, region_from_az)."""
+    if not path:
+        return None, False
+    if path.endswith("placement/availability-zone") and is_az_trim(after[:_WINDOW]):
+        return None, True
+    if _JSON_PATHS.search(path):
+        key = re.search(key_pattern, after[:_WINDOW])
+        if key and key.group(1) in _DOCUMENT_KEYS:
+            return key.group(1), False
+    return None, False
 
 
 def _slice(lines: List[str], start: Tuple[int, int], end: Tuple[int, int]) -> str:
@@ -1227,7 +1244,9 @@ class PowerShellReader:
                     kind = IMDSV1
                 variable = assign.group(1) if assign else None
                 self.read.covered |= lines
-                self.read.add(Access(number, kind, tool.group(0), path, variable,
+                key, region = _reading(path, flat[url.end():], r"^[^)]*\)\.(\w+)")
+                self.read.add(Access(number, kind, tool.group(0), path, variable, key if kind == IMDSV1 else None,
+                                     region and kind == IMDSV1,
                                      note="the headers come from a variable the scanner cannot see into"
                                      if kind == UNKNOWN else ""))
         return self.read
