@@ -23,6 +23,8 @@ MAX_FINDINGS = 10_000  # per file: after that, the rest of the file is not worth
 MAX_VARIABLE = 4096  # a variable's value, once expanded: URLs are short
 MAX_VARIANTS = 32  # a line expanded over loop and array values
 MAX_CALL_DEPTH = 3  # shell functions calling shell functions
+MAX_FUNCTIONS = 256  # shell functions followed into; the bodies of others are read where they stand
+MAX_CALL_LINES = 100_000  # lines read again for function calls, per file
 _WINDOW = 4096  # how far around an IMDS URL its command is looked for
 
 # The addresses: IPv4 (also as one hex or decimal number), IPv6, and the old `instance-data` name.
@@ -157,7 +159,8 @@ _JQ = re.compile(r"\bjq\s+(?:--?[a-zA-Z-]+\s+)*['\"]?\.(?:\[\s*['\"](\w+)['\"]\s
 def transform(path: Optional[str], stages: List[str]) -> Tuple[Optional[str], Optional[str], bool, str]:
     """What the script reads, given what its pipeline does to the fetched value:
     (path, key, region_from_az, note). The note says when the suggestion cannot be sure."""
-    stages = [s.strip() for s in stages if s.strip() and not _HARMLESS.match(s)]
+    listing = bool(path and path.endswith("/"))  # head -1 or tr -d / of a listing changes what it reads
+    stages = [s.strip() for s in stages if s.strip() and not (_HARMLESS.match(s) and not listing)]
     if not stages or not path:
         return path, None, False, ""
     text = " | ".join(stages)
@@ -247,6 +250,15 @@ class _Env:
         for other in used:
             lines |= self.lines.get(other, set())
         self.lines[name] = lines
+
+
+def _runs_command(value: str) -> bool:
+    """`VAR=value cmd args` (or `ExecStart=/usr/bin/curl ...` in a unit a heredoc writes):
+    an unquoted space after the value means a command follows."""
+    if value[:1] == "(":
+        return False
+    return bool(re.search(r"\s\S", _without_quoted(value).strip() if value[:1] not in "'\"" else
+                          _without_quoted(value)))
 
 
 def _strip_comment(line: str) -> str:
@@ -433,6 +445,7 @@ class ShellReader:
         self.first_line = first_line
         self.read = Read()
         self.spans: Dict[int, int] = {}  # a logical line's first physical line -> its last
+        self.call_lines = 0
 
     def run(self) -> Read:
         units, embedded = _shell_units(self.text, self.first_line, self.spans)
@@ -460,7 +473,10 @@ class ShellReader:
             if function and not code.lstrip().startswith(("if ", "while ", "for ")):
                 name = function.group(1) or function.group(2)
                 body, index = _function_body(units, index - 1, function.end())
-                env.functions[name] = body
+                if len(env.functions) < MAX_FUNCTIONS or name in env.functions:
+                    env.functions[name] = body
+                else:
+                    produced.extend(self._lines(body, env, depth, call))  # not followed: read as it stands
                 continue
             loop = _FOR.match(code)
             if loop:
@@ -494,7 +510,8 @@ class ShellReader:
         at = call[0] if call else number
         assign = _ASSIGN.match(code)
         span = set(range(number, self.spans.get(number, number) + 1))
-        if assign and "$(" not in assign.group(2) and "`" not in assign.group(2):
+        if assign and "$(" not in assign.group(2) and "`" not in assign.group(2) \
+                and not _runs_command(assign.group(2)):
             value = assign.group(2).strip()
             self._derive(assign.group(1), value, env)
             name = assign.group(1)
@@ -572,9 +589,17 @@ class ShellReader:
         produced: List[Access] = []
         if depth >= MAX_CALL_DEPTH:
             return produced
+        if not env.functions or not any(name in code for name in env.functions):
+            return produced
         for name, body in env.functions.items():
+            if name not in code:
+                continue
             pattern = r"(?:^|(?<=[\s;&|(`]))" + re.escape(name) + r"(?=\s|$|[;)|&`])"
             for match in re.finditer(pattern, code):
+                self.call_lines += len(body)
+                if self.call_lines > MAX_CALL_LINES:
+                    raise Refused(f"more than {MAX_CALL_LINES} lines read for shell function calls; "
+                                  "the rest was not scanned")
                 end = re.compile(r"[;|&)`]").search(code, match.end())
                 arg_text = code[match.end(): end.start() if end else len(code)]
                 variants, used, _ = expand(arg_text, env)
@@ -712,7 +737,7 @@ def _without_quoted(text: str) -> str:
 def _pipeline(text: str) -> List[str]:
     """The stages after the first `|` in a command's text (quotes respected)."""
     stages, current, quote, depth = [], "", "", 0
-    for char in text:
+    for at, char in enumerate(text):
         if quote:
             current += char
             if char == quote:
@@ -724,6 +749,10 @@ def _pipeline(text: str) -> List[str]:
             depth += 1
         elif char == ")":
             depth -= 1
+        elif char == "|" and depth <= 0 and text.startswith("||", at):
+            break  # `|| echo unknown`: what runs when the fetch fails
+        elif char == "|" and depth <= 0 and at and text[at - 1] == "|":
+            break
         elif char == "|" and depth <= 0:
             stages.append(current)
             current = ""
@@ -848,10 +877,35 @@ class PythonReader:
             statement = _Statement(self.first_line + start - 1, self.first_line + end - 1, text, indent, used)
             statements.append(statement)
             self.assign(statement, tokens)
+        self.blocks(statements)
         connections: Dict[str, int] = {}
         for index, statement in enumerate(statements):
             self.accesses(statement, statements, index, connections)
         return self.read
+
+    def blocks(self, statements: List[_Statement]) -> None:
+        """In one pass: each statement's enclosing function, each function's text, and the text
+        of each function by name (for calls to it)."""
+        self.enclosing: List[Optional[int]] = []
+        texts: Dict[int, List[str]] = {}
+        self.functions: Dict[str, str] = {}
+        stack: List[Tuple[int, int]] = []  # (indent, index of the def)
+        for index, statement in enumerate(statements):
+            while stack and stack[-1][0] >= statement.indent:
+                stack.pop()
+            self.enclosing.append(stack[-1][1] if stack else None)
+            for _, owner in stack:
+                texts[owner].append(statement.text)
+            define = re.match(r"(?:async\s+)?def\s+(\w+)", statement.text)
+            if define:
+                stack.append((statement.indent, index))
+                texts[index] = [statement.text]
+        self.scope_texts = {index: "\n".join(lines) for index, lines in texts.items()}
+        for index in texts:
+            name = re.match(r"(?:async\s+)?def\s+(\w+)", statements[index].text).group(1)  # type: ignore[union-attr]
+            self.functions.setdefault(name, "\n".join(texts[index][1:]))
+        self.module_text = "\n".join(s.text for s in statements)
+        self.token_in_scope: Dict[int, bool] = {}
 
     def assign(self, statement: _Statement, tokens: List[Tuple[str, str]]) -> None:
         match = re.match(r"^((?:self\.)?[A-Za-z_]\w*)\s*(?::[^=]+)?=(?!=)\s*(.*)$", statement.text, re.S)
@@ -865,8 +919,8 @@ class PythonReader:
         if string and len(string.group(1)) <= MAX_VARIABLE:
             self.strings[name] = string.group(1)
             self.lines[name] = lines
-        elif TOKEN_HEADER.search(value) and len(value) <= MAX_VARIABLE:
-            self.raws[name] = value
+        elif re.match(r"\{|dict\(", value) and TOKEN_HEADER.search(value) and len(value) <= MAX_VARIABLE:
+            self.raws[name] = value  # a headers dict: inlined where it is passed
             self.strings.pop(name, None)
             self.lines[name] = lines
         else:
@@ -954,7 +1008,7 @@ class PythonReader:
             local = self.local_function(text, statements)
             if not tool and local is None:
                 continue
-            if local is not None:
+            if not tool and local is not None:
                 kind = IMDSV2 if TOKEN_HEADER.search(local) else IMDSV1 if _PY_TOOLS.search(local) else UNKNOWN
                 name = "python"
             else:
@@ -974,16 +1028,8 @@ class PythonReader:
     def local_function(self, text: str, statements: List[_Statement]) -> Optional[str]:
         """The body of a function defined in this file that the statement calls, if any."""
         for call in re.finditer(r"(?:self\.)?([A-Za-z_]\w*)\s*\(", text):
-            for i, statement in enumerate(statements):
-                if re.match(r"def\s+" + re.escape(call.group(1)) + r"\s*\(", statement.text):
-                    body = [s.text for s in statements[i + 1:]]
-                    indents = [s.indent for s in statements[i + 1:]]
-                    kept = []
-                    for line, indent in zip(body, indents):
-                        if indent <= statement.indent:
-                            break
-                        kept.append(line)
-                    return "\n".join(kept)
+            if call.group(1) in self.functions:
+                return self.functions[call.group(1)]
         return None
 
     def kind(self, text: str, statements: List[_Statement], index: int, url_path: str, method: str) -> str:
@@ -992,26 +1038,21 @@ class PythonReader:
         if "api/token" in url_path and (re.search(r"\.put\s*\(|\"PUT\"|method\s*=\s*\"PUT\"", text, re.I)
                                         or TTL_HEADER.search(text) or method.upper() == "PUT"):
             return IMDSV2
-        scope = self.scope(statements, index)
-        if TOKEN_HEADER.search(scope) and _PY_HEADER_INDIRECT.search(text):
+        if _PY_HEADER_INDIRECT.search(text) and self.scope_has_token(index):
             return IMDSV2
         if re.search(r"headers\s*=\s*\{?(?:self\.)?[A-Za-z_]", text) and not re.search(r"headers\s*=\s*\{\s*\"",
                                                                                         text):
             return UNKNOWN
         return IMDSV1
 
-    def scope(self, statements: List[_Statement], index: int) -> str:
-        """The enclosing function's statements, or the whole file at module level."""
-        own = statements[index].indent
-        for i in range(index - 1, -1, -1):
-            if statements[i].indent < own and re.match(r"(?:async\s+)?def\s", statements[i].text):
-                body = [statements[i].text]
-                for later in statements[i + 1:]:
-                    if later.indent <= statements[i].indent:
-                        break
-                    body.append(later.text)
-                return "\n".join(body)
-        return "\n".join(s.text for s in statements)
+    def scope_has_token(self, index: int) -> bool:
+        """Whether the enclosing function (or the whole file, at module level) sends the token."""
+        owner = self.enclosing[index]
+        key = -1 if owner is None else owner
+        if key not in self.token_in_scope:
+            text = self.module_text if owner is None else self.scope_texts[owner]
+            self.token_in_scope[key] = bool(TOKEN_HEADER.search(text))
+        return self.token_in_scope[key]
 
 
 def _reading(path: Optional[str], after: str, key_pattern: str) -> Tuple[Optional[str], bool]:
@@ -1169,7 +1210,9 @@ class PowerShellReader:
         self.raws: Dict[str, str] = {}
         self.lines: Dict[str, Set[int]] = {}
 
-    def statements(self) -> Iterator[Tuple[int, str]]:
+    def statements(self) -> Iterator[Tuple[int, int, str]]:
+        """(first line, last line, code) per statement: backtick continuations and open
+        hashtables or parentheses joined, comments removed."""
         physical = self.text.splitlines()
         index, in_block = 0, False
         while index < len(physical):
@@ -1184,7 +1227,7 @@ class PowerShellReader:
             while index + 1 < len(physical) and (code.rstrip().endswith("`") or _open_hash(code)):
                 index += 1
                 code = code.rstrip().rstrip("`") + " " + _ps_code(physical[index]).strip()
-            yield number, code
+            yield number, self.first_line + index, code
             index += 1
 
     def expand(self, text: str) -> Tuple[str, Set[str]]:
@@ -1207,13 +1250,15 @@ class PowerShellReader:
 
     def run(self) -> Read:
         statements = list(self.statements())
-        whole = "\n".join(code for _, code in statements)
-        for number, code in statements:
+        whole = "\n".join(code for _, _, code in statements)
+        token_anywhere = bool(TOKEN_HEADER.search(whole))
+        clients = set(re.findall(r"\$(\w+)\.Headers(?:\.Add\(|\[)\s*['\"]x-aws-ec2-metadata-token['\"]", whole, re.I))
+        for number, last, code in statements:
             if not code.strip():
                 continue
             assign = re.match(r"^\s*\$(?:script:|global:)?(\w+)\s*=\s*(.+)$", code)
             flat, used = self.expand(code)
-            lines = {number}.union(*(self.lines.get(u, set()) for u in used)) if used else {number}
+            lines = set(range(number, last + 1)).union(*(self.lines.get(u, set()) for u in used))
             if assign:
                 value, _ = self.expand(assign.group(2).strip())
                 name = assign.group(1).lower()
@@ -1235,8 +1280,8 @@ class PowerShellReader:
                         re.search(r"-Method\s+['\"]?PUT|Method\s*=\s*['\"]PUT|\bPUT\b", flat, re.I)
                         or TTL_HEADER.search(flat))):
                     kind = IMDSV2
-                elif TOKEN_HEADER.search(whole) and re.search(r"-Headers|Headers\.Add|WebClient|Download", flat,
-                                                                re.I):
+                elif token_anywhere and (re.search(r"-Headers\s+\$", flat, re.I) or any(
+                        re.search(r"\$" + re.escape(client) + r"\.", code, re.I) for client in clients)):
                     kind = IMDSV2
                 elif re.search(r"-Headers\s+\$", flat, re.I):
                     kind = UNKNOWN

@@ -333,3 +333,21 @@ def test_cli_never_blocks_on_special_files(cli: Callable, tmp_path: Path, target
     result = cli("scan", target)  # run_cli's timeout fails the test if this blocks
     assert result.returncode == 1
     assert result.stderr.decode().endswith(", not a regular file\n") and b"Traceback" not in result.stderr
+
+
+def test_shell_function_calls_are_bounded() -> None:
+    from cc_imds.scan_readers import MAX_CALL_LINES
+
+    body = "".join(f"  echo {i}\n" for i in range(1000))
+    script = "f() {\n" + body + "  curl -s http://169.254.169.254/latest/meta-data/$1\n}\n" + "f mac\n" * 200
+    with pytest.raises(ScanError, match=rf"v.sh: more than {MAX_CALL_LINES} lines read for shell function calls"):
+        scan_bytes("v.sh", script.encode())
+
+
+def test_functions_beyond_the_bound_are_read_where_they_stand() -> None:
+    from cc_imds.scan_readers import MAX_FUNCTIONS
+
+    script = "".join(f"f{i}() {{ true; }}\n" for i in range(MAX_FUNCTIONS))
+    script += "g() {\n  curl -s http://169.254.169.254/latest/meta-data/mac\n}\ng\n"
+    assert [(f.line, f.kind, f.path) for f in scan_bytes("v.sh", script.encode())] == [
+        (MAX_FUNCTIONS + 2, V1, "meta-data/mac")]
