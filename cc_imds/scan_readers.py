@@ -403,11 +403,19 @@ def _capture(text: str, position: int) -> Tuple[Optional[str], int]:
     if not stack or stack[-1][0] == "(":
         return None, -1
     opener, at = stack[-1]
-    if text[at + len(opener):position].strip() not in ("", "sudo", "command", "exec"):
+    if not _PREFIX_COMMANDS.fullmatch(text[at + len(opener):position]):
         return None, -1
-    assign = re.search(r"(?:^|[\s;&|\"'(-])([A-Za-z_]\w*)=[\"']?$", text[max(0, at - 256):at])
+    assign = _CAPTURED.search(text[max(0, at - 256):at] if at > 256 else text[:at])
     end = _closing(text, at + len(opener), opener)
     return (assign.group(1) if assign else None), end
+
+
+# `VAR=` where a command starts (not `--filters "Values=$(curl ...)"` inside another command).
+_CAPTURED = re.compile(r"(?:^|[;&|({]|\b(?:then|do|else)\s)\s*(?:-\s+)?[\"']?(?:(?:export|local|readonly|declare|typeset)"
+                       r"(?:\s+-\w+)*\s+)?([A-Za-z_]\w*)=[\"']?$")
+# Commands that run the next one: `$(sudo curl ...)` captures curl's output.
+_PREFIX_COMMANDS = re.compile(r"\s*(?:(?:sudo(?:\s+-\S+)*|command|exec|nice|nohup|timeout(?:\s+-\S+)*\s+\S+"
+                              r"|(?:/usr/bin/)?env(?:\s+\w+=\S*)*|\w+=\S*)\s+)*")
 
 
 def _closing(text: str, start: int, opener: str) -> int:
@@ -906,6 +914,8 @@ class PythonReader:
             self.functions.setdefault(name, "\n".join(texts[index][1:]))
         self.module_text = "\n".join(s.text for s in statements)
         self.token_in_scope: Dict[int, bool] = {}
+        self.clients = set(re.findall(r"((?:self\.)?\w+)\.headers(?:\.update\(|\[)[^\n]*x-aws-ec2-metadata-token(?![\w-])",
+                                      self.module_text, re.I))
 
     def assign(self, statement: _Statement, tokens: List[Tuple[str, str]]) -> None:
         match = re.match(r"^((?:self\.)?[A-Za-z_]\w*)\s*(?::[^=]+)?=(?!=)\s*(.*)$", statement.text, re.S)
@@ -1040,6 +1050,8 @@ class PythonReader:
             return IMDSV2
         if _PY_HEADER_INDIRECT.search(text) and self.scope_has_token(index):
             return IMDSV2
+        if any(re.search(r"(?<![\w.])" + re.escape(client) + r"\.", text) for client in self.clients):
+            return IMDSV2  # a session whose headers carry the token
         if re.search(r"headers\s*=\s*\{?(?:self\.)?[A-Za-z_]", text) and not re.search(r"headers\s*=\s*\{\s*\"",
                                                                                         text):
             return UNKNOWN
