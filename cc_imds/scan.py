@@ -33,6 +33,7 @@ from .scan_readers import (
     REFERENCE,
     UNKNOWN,
     UNREAD,
+    UNSURE,
     Derived,
     Read,
     Refused,
@@ -488,6 +489,10 @@ def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] 
                 if variable:
                     comments.append(f"{variable}: the script reads {raw_path or 'a path'} that cannot be declared "
                                     "(a part only known when it runs); left out")
+                continue
+            if note.startswith(UNSURE):
+                comments.append(f"{variable or path}: {note}: left out; read it with `cc-imds get {path}` and "
+                                "transform it as the script does")
                 continue
             spec: Any = {"path": path, "key": key} if key else path
             name = names.name(path, key, variable)

@@ -38,6 +38,9 @@ TTL_HEADER = re.compile(r"x-aws-ec2-metadata-token-ttl-seconds", re.I)
 _SHELL_PUT = re.compile(r"(?<![\w-])-[A-Za-z]*X[\s,'\"]*PUT\b|--request[\s=,'\"]+PUT\b|--method[\s=,'\"]+PUT\b", re.I)
 
 
+UNSURE = "the script transforms the value with"  # a note saying the suggestion cannot give what the script read
+
+
 class Refused(Exception):
     """One file or part that cannot be scanned; the message names it."""
 
@@ -174,7 +177,7 @@ def transform(path: Optional[str], stages: List[str]) -> Tuple[Optional[str], Op
         if len(keys) == 1:
             key = keys.pop()
             return path, key, False, f"the script extracts `{key}` with `{_short(text)}`: check it reads that key"
-    return path, None, False, f"the script transforms the value with `{_short(text)}`; this is the raw value: check"
+    return path, None, False, f"{UNSURE} `{_short(text)}`"
 
 
 def _short(text: str) -> str:
@@ -411,8 +414,8 @@ def _capture(text: str, position: int) -> Tuple[Optional[str], int]:
 
 
 # `VAR=` where a command starts (not `--filters "Values=$(curl ...)"` inside another command).
-_CAPTURED = re.compile(r"(?:^|[;&|({]|\b(?:then|do|else)\s)\s*(?:-\s+)?[\"']?(?:(?:export|local|readonly|declare|typeset)"
-                       r"(?:\s+-\w+)*\s+)?([A-Za-z_]\w*)=[\"']?$")
+_CAPTURED = re.compile(r"(?:^|[;&|({]|\b(?:then|do|else)\s)\s*(?:-\s+)?[\"']?"
+                       r"(?:(?:export|local|readonly|declare|typeset)(?:\s+-\w+)*\s+)?([A-Za-z_]\w*)=[\"']?$")
 # Commands that run the next one: `$(sudo curl ...)` captures curl's output.
 _PREFIX_COMMANDS = re.compile(r"\s*(?:(?:sudo(?:\s+-\S+)*|command|exec|nice|nohup|timeout(?:\s+-\S+)*\s+\S+"
                               r"|(?:/usr/bin/)?env(?:\s+\w+=\S*)*|\w+=\S*)\s+)*")
@@ -914,8 +917,9 @@ class PythonReader:
             self.functions.setdefault(name, "\n".join(texts[index][1:]))
         self.module_text = "\n".join(s.text for s in statements)
         self.token_in_scope: Dict[int, bool] = {}
-        self.clients = set(re.findall(r"((?:self\.)?\w+)\.headers(?:\.update\(|\[)[^\n]*x-aws-ec2-metadata-token(?![\w-])",
-                                      self.module_text, re.I))
+        self.clients = set(re.findall(
+            r"((?:self\.)?\w+)\.headers(?:\.update\(|\[)[^\n]*x-aws-ec2-metadata-token(?![\w-])",
+            self.module_text, re.I))
 
     def assign(self, statement: _Statement, tokens: List[Tuple[str, str]]) -> None:
         match = re.match(r"^((?:self\.)?[A-Za-z_]\w*)\s*(?::[^=]+)?=(?!=)\s*(.*)$", statement.text, re.S)

@@ -149,6 +149,9 @@ def test_suggestions_read_what_the_script_read(
     refused = [v for v, s in values.items() if s == "none"]
     suggestion = suggest(findings_of(name), f"/etc/cc-imds/{Path(name).stem}.sh", ValueNames())
     declaration = suggestion.declaration
+    if not declaration["values"]:  # nothing the scanner can give exactly: only comments
+        assert wanted == {} and suggestion.comments
+        return
 
     path = tmp_path / "suggested.yaml"
     path.write_text("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False))
