@@ -1,9 +1,11 @@
-"""Find IMDS calls in user-data and scripts, classify them, and suggest cc-imds equivalents.
+"""Find IMDS calls in user-data and scripts, classify them, and suggest cc-imds equivalents:
+the migration gate of `cc-imds scan`.
 
-Reads shell scripts, Python, cloud-config (runcmd, bootcmd, write_files, including
-base64/gzip content), and raw EC2 user-data: gzip and MIME multipart included.
-Static analysis, so it reports what it cannot see through (options held in an
-unknown variable) as `unknown` rather than guessing.
+This module opens containers (gzip, MIME multipart, cloud-config and its write_files,
+base64/gzip content), decides each text's language, and hands it to a reader
+(scan_readers: shell, Python 2/3, PowerShell). Every line naming an IMDS address that no
+classified access accounts for becomes an `unknown` finding, and a file in a language
+the scanner does not read is `unread`: the gate never passes what it could not see.
 
 The files scanned are untrusted (user-data is written by whoever launches the
 instance), so every step is bounded: only regular files are read, each up to

@@ -209,7 +209,9 @@ _VALUE_OPTIONS = {"-m", "--max-time", "--connect-timeout", "--retry", "--retry-d
 _ECHO = re.compile(r"^\s*(?:-\s+)?(?:echo|printf|logger|log\w*|info|warn\w*|error|die|msg|note)\b")
 _NOT_ACCESS = re.compile(
     r"(?<![\w-])(?:iptables|ip6tables|nft|firewall-cmd|ufw|route|ip\s+(?:-\d\s+)?route|ip\s+rule)(?![\w-])"
-    r"|(?<![\w-])(?:no_proxy|NO_PROXY)\s*=|--noproxy\b|NoProxy|NOPROXY", re.I)
+    r"|(?<![\w-])(?:ping6?|arping|traceroute|tracepath|mtr)(?![\w-])"
+    r"|(?<![\w-])(?:no_proxy|NO_PROXY)\s*=|--noproxy\b|NoProxy|NOPROXY|metadata_urls"
+    r"|ec2_metadata_service_endpoint|AWS_EC2_METADATA_SERVICE_ENDPOINT", re.I)
 _HELPER = re.compile(r"(?:^|(?<=[\s;|&(`=/\"']))(?<!which )(?<!-v )(?<!-[xfe] )(ec2metadata|ec2-metadata)"
                      r"(?![\w.-])((?:[ \t]+--?[\w-]+)*)")
 _EC2METADATA_PATHS = {
@@ -540,7 +542,7 @@ class ShellReader:
                 if proxy and not call and ADDRESS.search(variants[0]):
                     self.read.covered |= span
                     self.read.add(Access(number, REFERENCE, proxy.group(0).strip(" =")[:20], None,
-                                         note="the IMDS address in a proxy setting: not an access"))
+                                         note="the IMDS address in a proxy or endpoint setting: not an access"))
             return []
         if assign:
             self._derive(assign.group(1), assign.group(2), env)
@@ -560,7 +562,7 @@ class ShellReader:
             rule = _NOT_ACCESS.search(code)
             if rule or (_ECHO.match(code) and not re.search(r"[|>]", code.replace(">&2", ""))):
                 self.read.covered |= reference_lines
-                what = "a firewall rule or proxy setting" if rule else "text the script prints"
+                what = "a firewall rule, a ping, or a proxy or endpoint setting" if rule else "text the script prints"
                 word = (rule.group(0) if rule else _ECHO.match(code).group(0)).strip(" -=")  # type: ignore[union-attr]
                 self.read.add(Access(at, REFERENCE, word, None, note=f"the IMDS address in {what}: not an access"))
         for access in produced:
