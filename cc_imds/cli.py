@@ -350,7 +350,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     result = scan_files(args.path)
     findings = [finding for found in result.findings.values() for finding in found]
     if args.json:
-        print(json.dumps(as_dicts(findings), indent=2))
+        print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
     elif findings:
         rows = [(f"{f.file}:{f.line}", f.kind, f.tool, f.path or "?", f.replacement) for f in findings]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]

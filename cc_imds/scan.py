@@ -538,6 +538,6 @@ def suggest_get(declaration: Dict[str, Any]) -> Optional[str]:
     return 'values=$(cc-imds get --shell \\\n' + " \\\n".join(f"    {a}" for a in args) + ')\neval "$values"'
 
 
-def as_dicts(findings: List[Finding]) -> List[Dict[str, Any]]:
-    return [{**asdict(f), "replacement": f.replacement if f.kind == IMDSV1 else "", "fails_gate": failing(f)}
-            for f in findings]
+def as_dicts(findings: List[Finding], accept_unknown: bool = False) -> List[Dict[str, Any]]:
+    return [{**asdict(f), "replacement": f.replacement if f.kind == IMDSV1 else "",
+             "fails_gate": failing(f, accept_unknown)} for f in findings]

@@ -107,6 +107,9 @@ def test_gate_exit_status(cli: Callable) -> None:
     assert cli("scan", "--accept-unknown", str(CORPUS / "py-boto-style-unknown.py")).returncode == 0
     unread = cli("scan", "--accept-unknown", str(CORPUS / "ruby-script.rb"))
     assert unread.returncode == 1 and b"does not read this language" in unread.stdout
+    as_json = json.loads(cli("scan", "--json", "--accept-unknown", str(CORPUS / "sh-unknown-host.sh")).stdout)
+    assert [(f["kind"], f["fails_gate"]) for f in as_json] == [
+        ("IMDSv1", True), ("reference", False), ("unknown", False)]
     clean = cli("scan", str(CORPUS / "sh-clean.sh"))
     assert (clean.returncode, clean.stdout) == (0, b"no IMDS access found\n")
     reference = cli("scan", str(CORPUS / "sh-iptables-only.sh"))
