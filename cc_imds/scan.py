@@ -207,8 +207,12 @@ class _FileScan:
             if data[:2] == _GZIP_MAGIC:
                 data = self.gunzip(where, data)
             head = data.lstrip()[:512].lower()
+            decoded = _base64_user_data(data)
             if head.startswith(b"content-type: multipart") or head.startswith(b"mime-version:"):
                 self.multipart(where, data, depth)
+            elif decoded is not None:  # user-data as the API takes it (Terraform's user_data_base64)
+                self._take(len(decoded), where)
+                self.content(f"{where} (base64)", decoded, depth + 1, content_type)
             else:
                 self.script(where, data.decode("utf-8", "replace"), depth, content_type)
         except _Refused as exc:
@@ -234,15 +238,13 @@ class _FileScan:
                 self.cloud_config(where, text, depth)
             elif lang.startswith("unread:"):
                 self.unread(where, text, lang[len("unread:"):])
-            else:
-                if lang == "shell" and text.lstrip().startswith("## template: jinja"):
-                    pass  # cloud-init's jinja header is a comment to the shell reader
+            else:  # cloud-init's `## template: jinja` header is a comment to the shell reader
                 self.add(where, text, read_language(lang, _without_tags(text) if lang == "powershell" else text))
         except _Refused as exc:
             self.problems.append(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc))
         return self
 
-    def add(self, where: str, text: str, read: Read, blanked: Optional[List[int]] = None) -> None:
+    def add(self, where: str, text: str, read: Read) -> None:
         """A reader's findings, then an `unknown` for every line naming IMDS that none accounts for."""
         accesses = read.accesses + sweep(text, 1, read)
         if len(self.findings) + len(accesses) > MAX_FINDINGS:
@@ -335,6 +337,22 @@ def _write_files(where: str, text: str) -> List[Tuple[Mapping[str, Any], Optiona
             starts.append(None)
     starts += [None] * (len(files) - len(starts))
     return [(item, start) for item, start in zip(files, starts) if isinstance(item, dict)]
+
+
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]{16,}")
+
+
+def _base64_user_data(data: bytes) -> Optional[bytes]:
+    """The decoded bytes when the whole file is base64 of gzip, a script, cloud-config or MIME."""
+    if not _BASE64_TEXT.fullmatch(data.strip()):
+        return None
+    try:
+        decoded = base64.b64decode(b"".join(data.split()), validate=True)
+    except ValueError:  # binascii.Error
+        return None
+    head = decoded.lstrip()[:32].lower()
+    return decoded if decoded[:2] == _GZIP_MAGIC or head.startswith((b"#", b"content-type", b"mime-version",
+                                                                      b"<powershell>")) else None
 
 
 def _mapping_item(node: Any, key: str) -> Any:

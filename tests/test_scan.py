@@ -351,3 +351,12 @@ def test_functions_beyond_the_bound_are_read_where_they_stand() -> None:
     script += "g() {\n  curl -s http://169.254.169.254/latest/meta-data/mac\n}\ng\n"
     assert [(f.line, f.kind, f.path) for f in scan_bytes("v.sh", script.encode())] == [
         (MAX_FUNCTIONS + 2, V1, "meta-data/mac")]
+
+
+@pytest.mark.parametrize("wrap", [lambda b: base64.b64encode(gzip.compress(b)), base64.encodebytes])
+def test_base64_user_data_is_opened(wrap: Callable[[bytes], bytes]) -> None:
+    assert [(f.file, f.line, f.kind) for f in scan_bytes("ud.b64", wrap(V1_SCRIPT))] == [("ud.b64 (base64)", 2, V1)]
+
+
+def test_base64_that_is_not_user_data_is_text() -> None:
+    assert scan_bytes("key.txt", base64.b64encode(b"\x00\x01 just bytes, no script here")) == []
