@@ -210,7 +210,7 @@ _ECHO = re.compile(r"^\s*(?:-\s+)?(?:echo|printf|logger|log\w*|info|warn\w*|erro
 _NOT_ACCESS = re.compile(
     r"(?<![\w-])(?:iptables|ip6tables|nft|firewall-cmd|ufw|route|ip\s+(?:-\d\s+)?route|ip\s+rule)(?![\w-])"
     r"|(?<![\w-])(?:ping6?|arping|traceroute|tracepath|mtr)(?![\w-])"
-    r"|(?<![\w-])(?:no_proxy|NO_PROXY)\s*=|--noproxy\b|NoProxy|NOPROXY|metadata_urls"
+    r"|(?<![\w-])no_proxy\W{0,4}[=:,]|--noproxy\b|NoProxy|NOPROXY|metadata_urls"
     r"|ec2_metadata_service_endpoint|AWS_EC2_METADATA_SERVICE_ENDPOINT", re.I)
 _HELPER = re.compile(r"(?:^|(?<=[\s;|&(`=/\"']))(?<!which )(?<!-v )(?<!-[xfe] )(ec2metadata|ec2-metadata)"
                      r"(?![\w.-])((?:[ \t]+--?[\w-]+)*)")
@@ -1023,7 +1023,8 @@ class PythonReader:
             tool = _PY_TOOLS.search(text)
             local = self.local_function(text, statements)
             if not tool and local is None:
-                continue
+                _setting(self.read, statement.start, text, lines)
+                break
             if not tool and local is not None:
                 kind = IMDSV2 if TOKEN_HEADER.search(local) else IMDSV1 if _PY_TOOLS.search(local) else UNKNOWN
                 name = "python"
@@ -1071,6 +1072,15 @@ class PythonReader:
             text = self.module_text if owner is None else self.scope_texts[owner]
             self.token_in_scope[key] = bool(TOKEN_HEADER.search(text))
         return self.token_in_scope[key]
+
+
+def _setting(read: Read, line: int, text: str, lines: Set[int]) -> None:
+    """An address in a proxy or endpoint setting: listed as a reference, not an access."""
+    setting = _NOT_ACCESS.search(text)
+    if setting:
+        read.covered |= lines
+        read.add(Access(line, REFERENCE, setting.group(0).strip(" =\"'[]"), None,
+                        note="the IMDS address in a proxy or endpoint setting: not an access"))
 
 
 def _reading(path: Optional[str], after: str, key_pattern: str) -> Tuple[Optional[str], bool]:
@@ -1289,6 +1299,8 @@ class PowerShellReader:
                     self.raws[name] = value
                     continue
                 self.values.pop(name, None)
+            if ADDRESS.search(flat) and not _PS_TOOLS.search(flat):
+                _setting(self.read, number, flat, lines)
             for url in URL.finditer(flat):
                 tool = _PS_TOOLS.search(flat)
                 if not tool:
