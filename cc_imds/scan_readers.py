@@ -239,11 +239,12 @@ class _Env:
     called: Set[str] = field(default_factory=set)
     fetched: Dict[str, int] = field(default_factory=dict)  # variable -> index of the access it captured
     loops: Set[str] = field(default_factory=set)  # loop variables: a line using one is read once per value
+    from_args: Set[str] = field(default_factory=set)  # variables set from a function's arguments
     args: Optional[List[str]] = None  # a function's positional parameters
 
     def copy_for_call(self, args: List[str]) -> _Env:
         return _Env(dict(self.values), dict(self.lists), dict(self.lines), self.functions, self.called,
-                    dict(self.fetched), set(self.loops), args)
+                    dict(self.fetched), set(self.loops), set(), args)
 
     def set(self, name: str, value: str, span: Set[int], used: Set[str]) -> None:
         if len(value) > MAX_VARIABLE:
@@ -459,6 +460,7 @@ class ShellReader:
         self.read = Read()
         self.spans: Dict[int, int] = {}  # a logical line's first physical line -> its last
         self.call_lines = 0
+        self.seen: Set[Access] = set()
 
     def run(self) -> Read:
         units, embedded = _shell_units(self.text, self.first_line, self.spans)
@@ -520,7 +522,11 @@ class ShellReader:
 
     def _line(self, number: int, code: str, env: _Env, depth: int,
               call: Optional[Tuple[int, Optional[str]]]) -> List[Access]:
-        at = call[0] if call else number
+        names = set(re.findall(r"\$\{?([A-Za-z_]\w*|[0-9@*])", code))
+        from_args = any(n.isdigit() or n in "@*" or n in env.from_args for n in names)
+        # Inside a function: reported where the function is called when the call's arguments make
+        # the URL, else on the function's own line.
+        at = call[0] if call and from_args else number
         assign = _ASSIGN.match(code)
         span = set(range(number, self.spans.get(number, number) + 1))
         if assign and "$(" not in assign.group(2) and "`" not in assign.group(2) \
@@ -529,6 +535,8 @@ class ShellReader:
             self._derive(assign.group(1), value, env)
             name = assign.group(1)
             env.loops.discard(name)
+            if from_args:
+                env.from_args.add(name)
             if value.startswith("(") and value.endswith(")"):
                 variants, used, _ = expand(value[1:-1], env)
                 env.lists[name] = _words(variants[0])
@@ -566,7 +574,10 @@ class ShellReader:
                 word = (rule.group(0) if rule else _ECHO.match(code).group(0)).strip(" -=")  # type: ignore[union-attr]
                 self.read.add(Access(at, REFERENCE, word, None, note=f"the IMDS address in {what}: not an access"))
         for access in produced:
-            if access is not None and not call:
+            if access.variable == "":
+                access = _replace(access, variable=None)
+            if not call and access not in self.seen:  # a function called twice the same way: one access
+                self.seen.add(access)
                 self.read.add(access)
         return produced
 
@@ -621,10 +632,10 @@ class ShellReader:
                     args = _words(variant)
                     env.called.add(name)
                     inner = env.copy_for_call(args)
-                    results = self._lines(body, inner, depth + 1, (call[0] if call else number, capture))
-                    for access in results:
-                        produced.append(_replace(access, variable=capture if capture else access.variable
-                                                 if call else None))
+                    results = self._lines(body, inner, depth + 1, (number, capture))
+                    for access in results:  # "" marks a variable decided by an inner call: none
+                        produced.append(_replace(access, variable=(capture or "") if access.variable is None
+                                                 else access.variable))
                     if results:
                         self.read.covered |= {n for first, _ in body
                                               for n in range(first, self.spans.get(first, first) + 1)}

@@ -313,9 +313,9 @@ def test_variables_cannot_expand_without_bound() -> None:
 
 
 def test_findings_per_file_are_bounded() -> None:
-    line = b"curl http://169.254.169.254/latest/meta-data/mac; "
+    line = "".join(f"curl http://169.254.169.254/latest/meta-data/m{i}; " for i in range(MAX_FINDINGS + 1))
     with pytest.raises(ScanError, match=rf"v.sh: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned"):
-        scan_bytes("v.sh", line * (MAX_FINDINGS + 1))
+        scan_bytes("v.sh", line.encode())
 
 
 def test_python_too_deep_for_the_parser_is_scanned_as_text() -> None:
