@@ -208,3 +208,24 @@ def test_unparseable_python_2_is_read_as_python() -> None:
 
 def test_scan_error_still_reported() -> None:
     assert issubclass(ScanError, Exception)
+
+
+# Fixtures safe to run here (no writes outside the shell, no commands this machine lacks): run against the
+# emulator with IMDSv1 allowed, as on the instances they came from, their variables are what `value:` says.
+RUNNABLE = ["sh-az-param-trim.sh", "sh-az-trims.sh", "sh-continuations.sh", "sh-dash-functions.sh",
+            "sh-function-path-arg.sh", "sh-function-url-arg.sh", "sh-mixed.sh", "sh-pipeline-grep.sh",
+            "sh-pipeline-jq.sh", "sh-variable-chain.sh"]
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_the_annotations_are_what_the_script_itself_reads(
+    make_emulator: Callable[..., Emulator], tmp_path: Path, name: str
+) -> None:
+    emulator = make_emulator(mode="optional")
+    host = emulator.url.split("//", 1)[1]
+    script = tmp_path / name
+    text = (CORPUS / name).read_text().replace("169.254.169.254", host)
+    script.write_text(re.sub(r"^(\s*)(echo|aws) ", r"\1: ", text, flags=re.M))
+    wanted = {v: source_value(emulator.tree, s) for v, s in expected(name)[1].items() if s != "none"}
+    assert wanted
+    assert variables_of(script, list(wanted)) == wanted
