@@ -122,7 +122,10 @@ def sweep(text: str, first_line: int, read: Read, comment: str = "#") -> List[Ac
             continue
         code = _without_comment(line, comment)
         match = ADDRESS.search(code)
-        if match:
+        if match and re.match(r"/\d{1,3}(?![\w/.-])", code[match.end():]):  # 169.254.169.254/32: a network rule
+            found.append(Access(number, REFERENCE, "CIDR", None,
+                                note="the IMDS address as a network range (a firewall or policy rule): not an access"))
+        elif match:
             url = URL.search(code)
             found.append(Access(number, UNKNOWN, "?", latest_path(url.group("path")) if url else None, note=(
                 f"names the IMDS address {match.group(0)} in a way the scanner cannot classify; "
@@ -1322,7 +1325,7 @@ class PowerShellReader:
                         or TTL_HEADER.search(flat))):
                     kind = IMDSV2
                 elif token_anywhere and (re.search(r"-Headers\s+\$", flat, re.I) or any(
-                        re.search(r"\$" + re.escape(client) + r"\.", code, re.I) for client in clients)):
+                        re.search(r"\$" + re.escape(client) + r"\b", code, re.I) for client in clients)):
                     kind = IMDSV2
                 elif re.search(r"-Headers\s+\$", flat, re.I):
                     kind = UNKNOWN
@@ -1331,8 +1334,8 @@ class PowerShellReader:
                 variable = assign.group(1) if assign else None
                 self.read.covered |= lines
                 key, region = _reading(path, flat[url.end():], r"^[^)]*\)\.(\w+)")
-                self.read.add(Access(number, kind, tool.group(0), path, variable, key if kind == IMDSV1 else None,
-                                     region and kind == IMDSV1,
+                self.read.add(Access(number, kind, tool.group(0).replace("]::", "."), path, variable,
+                                     key if kind == IMDSV1 else None, region and kind == IMDSV1,
                                      note="the headers come from a variable the scanner cannot see into"
                                      if kind == UNKNOWN else ""))
         return self.read
