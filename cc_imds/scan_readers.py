@@ -335,6 +335,12 @@ def _shell_units(text: str, first_line: int, spans: Dict[int, int]
     units: List[Tuple[int, str]] = []
     embedded: List[Tuple[str, int, str]] = []
     index = 0
+    if text.lstrip()[:1] in ("{", "["):  # JSON (CloudFormation): script lines are strings ending in \n
+        for number, line in enumerate(physical, first_line):
+            for part in line.replace('\\"', '"').split("\\n"):
+                units.append((number, _strip_comment(part.strip().lstrip('",[ '))))
+            spans[number] = number
+        return units, embedded
     while index < len(physical):
         start = index
         line = _strip_comment(physical[index])

@@ -360,3 +360,17 @@ def test_base64_user_data_is_opened(wrap: Callable[[bytes], bytes]) -> None:
 
 def test_base64_that_is_not_user_data_is_text() -> None:
     assert scan_bytes("key.txt", base64.b64encode(b"\x00\x01 just bytes, no script here")) == []
+
+
+def test_cloudformation_json_reads_each_script_line_of_a_string() -> None:
+    script = ('#!/bin/bash\nID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)\n'
+              'TOKEN=$(curl -s -X PUT http://169.254.169.254/latest/api/token '
+              '-H "X-aws-ec2-metadata-token-ttl-seconds: 60")\nT=$(curl -s -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/ami-id)\n')
+    minified = json.dumps({"Resources": {"Web": {"Properties": {"UserData": {"Fn::Base64": script}}}}})
+    joined = json.dumps({"Fn::Join": ["", [line + "\n" for line in script.splitlines()]]}, indent=2)
+    expected = [(V1, "meta-data/instance-id", "ID"), (V2, "api/token", "TOKEN"), (V2, "meta-data/ami-id", "T")]
+    for template in (minified, joined):
+        found = scan_bytes("web.json", template.encode())
+        assert [(f.kind, f.path, f.variable) for f in found] == expected
+    # After "{", "Fn::Join": [, "", [ and the shebang's line:
+    assert [f.line for f in scan_bytes("web.json", joined.encode())] == [6, 7, 8]
