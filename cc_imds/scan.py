@@ -51,7 +51,6 @@ MAX_SCAN_BYTES = 8 * 1024 * 1024  # EC2 user-data is at most 16 KiB; scripts are
 MAX_DECODED_BYTES = 16 * 1024 * 1024  # all that one file's gzip, base64 and MIME parts decode to
 MAX_NESTING = 8  # gzip in MIME in write_files ...
 _GZIP_MAGIC = b"\x1f\x8b"
-_Refused = Refused
 
 
 class ScanError(ProblemsError):
@@ -181,7 +180,7 @@ class _FileScan:
 
     def _take(self, size: int, where: str) -> None:
         if size > self.budget:
-            raise _Refused(f"{where}: decodes to more than {MAX_DECODED_BYTES} bytes (a decompression bomb?)")
+            raise Refused(f"{where}: decodes to more than {MAX_DECODED_BYTES} bytes (a decompression bomb?)")
         self.budget -= size
 
     def gunzip(self, where: str, data: bytes) -> bytes:
@@ -192,10 +191,10 @@ class _FileScan:
             try:
                 chunk = inflater.decompress(data, self.budget + 1)
             except zlib.error as exc:
-                raise _Refused(f"{where}: corrupt gzip data ({exc})") from None
+                raise Refused(f"{where}: corrupt gzip data ({exc})") from None
             self._take(len(chunk), where)
             if not inflater.eof:
-                raise _Refused(f"{where}: truncated or corrupt gzip data")
+                raise Refused(f"{where}: truncated or corrupt gzip data")
             out.append(chunk)
             data = inflater.unused_data
         return b"".join(out)
@@ -203,7 +202,7 @@ class _FileScan:
     def content(self, where: str, data: bytes, depth: int, content_type: str = "") -> _FileScan:
         try:
             if depth > MAX_NESTING:
-                raise _Refused(f"{where}: containers nested deeper than {MAX_NESTING} levels")
+                raise Refused(f"{where}: containers nested deeper than {MAX_NESTING} levels")
             if data[:2] == _GZIP_MAGIC:
                 data = self.gunzip(where, data)
             head = data.lstrip()[:512].lower()
@@ -215,7 +214,7 @@ class _FileScan:
                 self.content(f"{where} (base64)", decoded, depth + 1, content_type)
             else:
                 self.script(where, data.decode("utf-8", "replace"), depth, content_type)
-        except _Refused as exc:
+        except Refused as exc:
             self.problems.append(str(exc))
         return self
 
@@ -223,7 +222,7 @@ class _FileScan:
         try:
             parts = [p for p in email.message_from_bytes(data).walk() if not p.is_multipart()]
         except RecursionError:
-            raise _Refused(f"{where}: MIME parts nested too deeply") from None
+            raise Refused(f"{where}: MIME parts nested too deeply") from None
         for index, part in enumerate(parts):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
@@ -240,7 +239,7 @@ class _FileScan:
                 self.unread(where, text, lang[len("unread:"):])
             else:  # cloud-init's `## template: jinja` header is a comment to the shell reader
                 self.add(where, text, read_language(lang, _without_tags(text) if lang == "powershell" else text))
-        except _Refused as exc:
+        except Refused as exc:
             self.problems.append(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc))
         return self
 
@@ -248,7 +247,7 @@ class _FileScan:
         """A reader's findings, then an `unknown` for every line naming IMDS that none accounts for."""
         accesses = read.accesses + sweep(text, 1, read)
         if len(self.findings) + len(accesses) > MAX_FINDINGS:
-            raise _Refused(f"{where}: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned")
+            raise Refused(f"{where}: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned")
         self.findings.extend(sorted((Finding(where, a.line, a.kind, a.tool, a.path, a.variable, a.region_from_az,
                                              a.key, a.note, a.derived) for a in accesses), key=lambda f: f.line))
 
@@ -267,7 +266,7 @@ class _FileScan:
         read = Read()
         try:
             entries = _write_files(where, text)
-        except _Refused as exc:
+        except Refused as exc:
             self.problems.append(str(exc))
             entries = []
         for index, (item, first) in enumerate(entries):
@@ -279,7 +278,7 @@ class _FileScan:
             if encoding:
                 try:
                     decoded = self.decode(inner, content, encoding)
-                except _Refused as exc:
+                except Refused as exc:
                     self.problems.append(str(exc))
                     continue
                 self.script(inner, decoded, depth + 1)
@@ -302,7 +301,7 @@ class _FileScan:
             try:
                 data = base64.b64decode(data)
             except ValueError as exc:  # binascii.Error
-                raise _Refused(f"{where}: invalid base64 content ({exc})") from None
+                raise Refused(f"{where}: invalid base64 content ({exc})") from None
             self._take(len(data), where)
         if data[:2] == _GZIP_MAGIC:
             data = self.gunzip(where, data)
@@ -321,7 +320,7 @@ def _write_files(where: str, text: str) -> List[Tuple[Mapping[str, Any], Optiona
         config = yaml.load(text, Loader=default_loader())  # noqa: S506 - a safe loader
         node = yaml.compose(text, Loader=default_loader())
     except InputError as exc:
-        raise _Refused(str(exc)) from None
+        raise Refused(str(exc)) from None
     except yaml.YAMLError:
         return []
     files = config.get("write_files") if isinstance(config, dict) else None

@@ -819,7 +819,6 @@ _PY_HEADER_INDIRECT = re.compile(r"headers|Request\(|add_header|\*\*|session|ope
 _PS_TOOLS = re.compile(r"Invoke-RestMethod|Invoke-WebRequest|\birm\b|\biwr\b|Download(?:String|File|Data)"
                        r"|WebClient|WebRequest\]::Create|HttpClient|Get(?:String)?Async|\bcurl\b|\bwget\b"
                        r"|Start-BitsTransfer", re.I)
-_SHELL_IN_STRING = re.compile(r"(?<![\w.$-])(curl|wget)(?:\.exe)?(?![\w-])")
 
 
 @dataclass
@@ -1031,7 +1030,7 @@ class PythonReader:
             return  # a name given a URL: the access is where it is used
         for url in URL.finditer(text):
             path = latest_path(url.group("path"))
-            shell = _SHELL_IN_STRING.search(text)
+            shell = _TOOL.search(text)
             if shell:
                 command = " ".join(re.findall(r'"([^"]*)"', text))  # the command, or the argument list
                 inner = ShellReader(command).run()
