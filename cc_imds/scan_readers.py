@@ -587,6 +587,8 @@ class ShellReader:
                 access = _replace(access, variable=None)
             if not call and access not in self.seen:  # a function called twice the same way: one access
                 self.seen.add(access)
+                if access.variable:
+                    env.fetched[access.variable] = len(self.read.accesses)  # for REGION=${AZ%?} later
                 self.read.add(access)
         return produced
 
@@ -697,8 +699,6 @@ class ShellReader:
             key, region, change = None, False, ""
         access = Access(at, kind, tool.group(1), path, variable, key, region,
                         "; ".join(n for n in (note, change) if n))
-        if variable and not call:
-            env.fetched[variable] = len(self.read.accesses)
         return access
 
     def _helper(self, at: int, text: str, helper: re.Match[str], env: _Env,
@@ -711,8 +711,6 @@ class ShellReader:
         variable, close = _capture(text, helper.start(1))
         stages = _pipeline(text[helper.end(): close]) if close != -1 else []
         new_path, key, region, change = transform(path, stages)
-        if variable and not call:
-            env.fetched[variable] = len(self.read.accesses)
         return Access(at, IMDSV1, "ec2metadata", path, variable, key, region,
                       "; ".join(n for n in (_UBUNTU_HELPER, change) if n))
 

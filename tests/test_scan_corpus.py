@@ -213,8 +213,8 @@ def test_scan_error_still_reported() -> None:
 # Fixtures safe to run here (no writes outside the shell, no commands this machine lacks): run against the
 # emulator with IMDSv1 allowed, as on the instances they came from, their variables are what `value:` says.
 RUNNABLE = ["sh-az-param-trim.sh", "sh-az-trims.sh", "sh-continuations.sh", "sh-dash-functions.sh",
-            "sh-function-path-arg.sh", "sh-function-url-arg.sh", "sh-mixed.sh", "sh-pipeline-grep.sh",
-            "sh-pipeline-jq.sh", "sh-variable-chain.sh"]
+            "sh-document-once.sh", "sh-function-path-arg.sh", "sh-function-url-arg.sh", "sh-mixed.sh",
+            "sh-pipeline-grep.sh", "sh-pipeline-jq.sh", "sh-variable-chain.sh"]
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
