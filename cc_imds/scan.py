@@ -275,7 +275,7 @@ class _FileScan:
             if not isinstance(content, (str, bytes)):
                 continue
             inner = f"{where}: write_files[{index}] ({item.get('path', '?')})"
-            if encoding:
+            if encoding or isinstance(content, bytes):  # !!binary content is bytes already
                 try:
                     decoded = self.decode(inner, content, encoding)
                 except Refused as exc:

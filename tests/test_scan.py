@@ -374,3 +374,10 @@ def test_cloudformation_json_reads_each_script_line_of_a_string() -> None:
         assert [(f.kind, f.path, f.variable) for f in found] == expected
     # After "{", "Fn::Join": [, "", [ and the shebang's line:
     assert [f.line for f in scan_bytes("web.json", joined.encode())] == [6, 7, 8]
+
+
+def test_binary_write_files_content_is_scanned() -> None:
+    encoded = base64.b64encode(V1_SCRIPT).decode()
+    config = f"#cloud-config\nwrite_files:\n- path: /opt/id.sh\n  content: !!binary |\n    {encoded}\n"
+    assert [(f.file, f.line, f.kind) for f in scan_bytes("ud.yaml", config.encode())] == [
+        ("ud.yaml: write_files[0] (/opt/id.sh)", 2, V1)]
