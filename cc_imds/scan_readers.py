@@ -215,8 +215,9 @@ _NOT_ACCESS = re.compile(
     r"|(?<![\w-])(?:ping6?|arping|traceroute|tracepath|mtr)(?![\w-])"
     r"|(?<![\w-])no_proxy\W{0,4}[=:,]|--noproxy\b|NoProxy|NOPROXY|metadata_urls"
     r"|ec2_metadata_service_endpoint|AWS_EC2_METADATA_SERVICE_ENDPOINT", re.I)
-_HELPER = re.compile(r"(?:^|(?<=[\s;|&(`=/\"']))(?<!which )(?<!-v )(?<!-[xfe] )(ec2metadata|ec2-metadata)"
-                     r"(?![\w.-])((?:[ \t]+--?[\w-]+)*)")
+# The helper commands, where a command starts (not `echo "use ec2metadata"`, not `which ec2metadata`).
+_HELPER = re.compile(r"(?:^|[;|&(`{]\s*|\b(?:then|do|else|sudo|exec|command|timeout\s+\S+)\s+)\s*(?:-\s+)?(?:/\S*/)?"
+                     r"(ec2metadata|ec2-metadata)(?![\w.-])((?:[ \t]+--?[\w-]+)*)")
 _EC2METADATA_PATHS = {
     "--ami-id": "meta-data/ami-id", "--ami-launch-index": "meta-data/ami-launch-index",
     "--ami-manifest-path": "meta-data/ami-manifest-path",
