@@ -431,7 +431,7 @@ _CAPTURED = re.compile(r"(?:^|[;&|({]|\b(?:then|do|else)\s)\s*(?:-\s+)?[\"']?"
                        r"(?:(?:export|local|readonly|declare|typeset)(?:\s+-\w+)*\s+)?([A-Za-z_]\w*)=[\"']?$")
 # Commands that run the next one: `$(sudo curl ...)` captures curl's output.
 _PREFIX_COMMANDS = re.compile(r"\s*(?:(?:sudo(?:\s+-\S+)*|command|exec|nice|nohup|timeout(?:\s+-\S+)*\s+\S+"
-                              r"|(?:/usr/bin/)?env(?:\s+\w+=\S*)*|\w+=\S*)\s+)*")
+                              r"|(?:/usr/bin/)?env(?:\s+\w+=\S*)*|\w+=\S*)\s+)*(?:/[\w.-]+)*/?")  # /usr/bin/curl
 
 
 def _closing(text: str, start: int, opener: str) -> int:
