@@ -1057,8 +1057,37 @@ class PythonReader:
             self.read.covered |= lines
             key, region = _reading(path, text[url.end():], r"^[^\[]*\)\s*\[\s*\"(\w+)\"\s*\]" if "json" in text
                                    else r"(?!)")
-            self.read.add(Access(statement.start, kind, name, path, key=key if kind == IMDSV1 else None,
-                                 region_from_az=region and kind == IMDSV1, note=note))
+            access = Access(statement.start, kind, name, path, key=key if kind == IMDSV1 else None,
+                            region_from_az=region and kind == IMDSV1, note=note)
+            for at_call in self.per_call(access, index, statements) or [access]:
+                self.read.add(at_call)
+
+    def per_call(self, access: Access, index: int, statements: List[_Statement]) -> List[Access]:
+        """An access whose path is a parameter of its function (`BASE + path` in `def md(path)`),
+        once per call of that function with a string there, reported on the calling line."""
+        owner = self.enclosing[index]
+        if owner is None or not access.path:
+            return []
+        define = re.match(r"(?:async\s+)?def\s+(\w+)\s*\(([^)]*)\)", statements[owner].text)
+        if not define:
+            return []
+        params = [re.split(r"[:=]", p)[0].strip(" *") for p in define.group(2).split(",")]
+        params = [p for p in params if p and p not in ("self", "cls")]
+        holes = [p for p in params if "{" + p + "}" in access.path]
+        if len(holes) != 1:
+            return []
+        position = params.index(holes[0])
+        found = []
+        for statement in statements:
+            # name(...), self.name(...) or Obj().name(...), never requests.get(...)
+            for call in re.finditer(r"(?:(?<![\w.])|(?<=self\.)|(?<=\)\.))" + define.group(1) + r"\(([^()]*)\)",
+                                    statement.text):
+                args = [a.strip() for a in call.group(1).split(",")]
+                if position < len(args) and re.fullmatch(r'"[^"{}]*"', args[position]):
+                    path = access.path.replace("{" + holes[0] + "}", args[position][1:-1])
+                    found.append(_replace(access, line=statement.start, path=path))
+                    self.read.covered |= set(range(statement.start, statement.end + 1))
+        return found
 
     def local_function(self, text: str, statements: List[_Statement]) -> Optional[str]:
         """The body of a function defined in this file that the statement calls, if any."""
