@@ -169,7 +169,7 @@ def transform(path: Optional[str], stages: List[str]) -> Tuple[Optional[str], Op
     stages = [s.strip() for s in stages if s.strip() and not (_HARMLESS.match(s) and not listing)]
     if not stages or not path:
         return path, None, False, ""
-    text = " | ".join(stages)
+    text = " | ".join(stages)[:512]  # a pipeline is short; the patterns below stay cheap
     if path.endswith("placement/availability-zone") and _TRIM_LAST.search(text):
         return "meta-data/placement/region", None, True, ""
     if _JSON_PATHS.search(path):
@@ -216,8 +216,8 @@ _NOT_ACCESS = re.compile(
     r"|(?<![\w-])no_proxy\W{0,4}[=:,]|--noproxy\b|NoProxy|NOPROXY|metadata_urls"
     r"|ec2_metadata_service_endpoint|AWS_EC2_METADATA_SERVICE_ENDPOINT", re.I)
 # The helper commands, where a command starts (not `echo "use ec2metadata"`, not `which ec2metadata`).
-_HELPER = re.compile(r"(?:^|[;|&(`{]\s*|\b(?:then|do|else|sudo|exec|command|timeout\s+\S+)\s+)\s*(?:-\s+)?(?:/\S*/)?"
-                     r"(ec2metadata|ec2-metadata)(?![\w.-])((?:[ \t]+--?[\w-]+)*)")
+_HELPER = re.compile(r"(?:^|[;|&(`{]\s*|\b(?:then|do|else|sudo|exec|command|timeout\s+\S+)\s+)\s*(?:-\s+)?"
+                     r"(?:/[\w./-]{0,200}/)?(ec2metadata|ec2-metadata)(?![\w.-])((?:[ \t]+--?[\w-]+)*)")
 _EC2METADATA_PATHS = {
     "--ami-id": "meta-data/ami-id", "--ami-launch-index": "meta-data/ami-launch-index",
     "--ami-manifest-path": "meta-data/ami-manifest-path",
@@ -938,7 +938,7 @@ class PythonReader:
         self.module_text = "\n".join(s.text for s in statements)
         self.token_in_scope: Dict[int, bool] = {}
         self.clients = set(re.findall(
-            r"((?:self\.)?\w+)\.headers(?:\.update\(|\[)[^\n]*x-aws-ec2-metadata-token(?![\w-])",
+            r"(?<![\w.])((?:self\.)?\w+)\.headers(?:\.update\(|\[)[^\n]*x-aws-ec2-metadata-token(?![\w-])",
             self.module_text, re.I))
 
     def assign(self, statement: _Statement, tokens: List[Tuple[str, str]]) -> None:
@@ -1013,7 +1013,7 @@ class PythonReader:
         lines = set(range(statement.start, statement.end + 1))
         for used in statement.used:
             lines |= self.lines.get(used, set())
-        connection = re.search(r"([A-Za-z_][\w.]*)\s*=\s*[\w.]*HTTPS?Connection\s*\(\s*\"(" + _HOSTS + r")",
+        connection = re.search(r"(?<![\w.])([A-Za-z_][\w.]*)\s*=\s*[\w.]*HTTPS?Connection\s*\(\s*\"(" + _HOSTS + r")",
                                 text, re.I)
         if connection:
             connections[connection.group(1)] = statement.start
@@ -1091,7 +1091,7 @@ class PythonReader:
 
     def local_function(self, text: str, statements: List[_Statement]) -> Optional[str]:
         """The body of a function defined in this file that the statement calls, if any."""
-        for call in re.finditer(r"(?:self\.)?([A-Za-z_]\w*)\s*\(", text):
+        for call in re.finditer(r"(?:(?<![\w.])|(?<=self\.))([A-Za-z_]\w*)\s*\(", text):
             if call.group(1) in self.functions:
                 return self.functions[call.group(1)]
         return None
