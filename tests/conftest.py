@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -109,6 +110,21 @@ def emulator(imds_emulator: Emulator) -> Emulator:
 # `cc-imds` script): in the RPM's %check the current directory is the source tree, which
 # must not shadow the package under test.
 CLI = [sys.executable, "-c", "import runpy, sys; del sys.path[0]; runpy.run_module('cc_imds', run_name='__main__')"]
+
+
+# How a child process starts with SIGINT, set explicitly rather than inherited from however pytest
+# was launched: at its default (a foreground command), or ignored (a POSIX shell's background job,
+# `nohup make test &`, where Python never raises KeyboardInterrupt).
+SIGINT_STARTS = {"sigint-default": signal.SIG_DFL, "sigint-ignored": signal.SIG_IGN}
+
+
+def sigint_at(disposition: Any) -> Callable[[], None]:
+    """A preexec_fn that starts the child with SIGINT at `disposition`."""
+
+    def set_it() -> None:
+        signal.signal(signal.SIGINT, disposition)
+
+    return set_it
 
 
 def cli_env(env: Optional[dict] = None) -> dict:
