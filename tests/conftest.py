@@ -16,6 +16,31 @@ import cc_imds
 from cc_imds.emulator import Emulator
 from cc_imds.tree import MetadataTree, load_tree
 
+# Property tests: CI's verdict is reproducible, the same draws every run ("ci", the default);
+# `make explore` draws afresh and many more ("explore", HYPOTHESIS_PROFILE=explore). What
+# exploring finds is pinned in the test as an @example. The RPM's %check has no hypothesis.
+EXPLORE_FACTOR = {"ci": 1, "explore": 20}
+PROPERTY_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROPERTY_PROFILE not in EXPLORE_FACTOR:
+    raise RuntimeError(f"HYPOTHESIS_PROFILE={PROPERTY_PROFILE!r}: expected one of {', '.join(EXPLORE_FACTOR)}")
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:
+    pass
+else:
+    # No deadline: how long an example takes depends on the machine's load, not on the code.
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=100,
+                                          print_blob=True)
+    _hypothesis_settings.register_profile("explore", derandomize=False, database=None, deadline=None,
+                                          max_examples=100 * EXPLORE_FACTOR["explore"], print_blob=True)
+    _hypothesis_settings.load_profile(PROPERTY_PROFILE)
+
+
+def examples(count: int) -> int:
+    """A property test's own number of examples, for CI; many times more when exploring."""
+    return count * EXPLORE_FACTOR[PROPERTY_PROFILE]
+
+
 # The emulator fixture, loaded the way users opt in to it (see cc_imds/pytest_plugin.py).
 pytest_plugins = ["cc_imds.pytest_plugin"]
 

@@ -24,6 +24,7 @@ from cc_imds.formats import (
     quote_systemd,
     render_env,
 )
+from tests.conftest import examples
 
 # Values an attacker who may tag the instance could choose.
 HOSTILE = [
@@ -89,7 +90,7 @@ def test_hostile_values_round_trip_in_shells(tmp_path: Path, shell: str) -> None
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(text_values, min_size=1, max_size=8))
 def test_any_text_round_trips_in_shells(tmp_path: Path, shell: str, values: List[str]) -> None:
     pairs = [(f"V{i}", v) for i, v in enumerate(values)]
@@ -148,7 +149,7 @@ systemd_values = st.text(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(systemd_values, min_size=1, max_size=6))
 def test_systemd_format_read_back_by_systemd(tmp_path: Path, values: List[str]) -> None:
     pairs = [(f"CC_IMDS_V{i}", v) for i, v in enumerate(values)]

@@ -19,7 +19,7 @@ from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound, ImdsUnreachable
 from cc_imds.get import JSON, LINES, RAW, SHELL, GetError, Request, UsageError, imds_path, parse_requests, pick, render
 from cc_imds.tree import MetadataTree, load_tree
-from tests.conftest import REPO
+from tests.conftest import REPO, examples
 from tests.test_formats import HOSTILE
 
 SHELLS = [s for s in ("bash", "dash") if shutil.which(s)]
@@ -64,7 +64,7 @@ def test_shell_lines_are_the_shell_formats_quoting(cli: Callable, emulator: Emul
 
 
 @pytest.mark.skipif(not SHELLS, reason="needs bash or dash")
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=80),
                        min_size=1, max_size=4))
 def test_any_text_round_trips_through_eval(values: List[str]) -> None:
@@ -417,7 +417,7 @@ def argparse_reading(argv: List[str]) -> object:
             "deadline": args.deadline, "values": rest}
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(ARGUMENT_PIECES), max_size=7))
 def test_a_command_line_read_by_hand_reads_as_argparse_reads_it(tokens: List[str]) -> None:
     """Either command_line declines (argparse then reads the command line, with its messages),

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from cc_imds.cli import main
 from cc_imds.tree import MetadataTree, load_tree
+from tests.conftest import examples
 from tests.reliability.conftest import PROCESS_SLACK, Run, Scenario, declaration, digest
 
 Record = Callable[..., None]
@@ -360,7 +361,7 @@ declarations = st.recursive(
 _generated = {"documents": 0, "invalid": 0}
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=declarations)
 def test_generated_declarations(tmp_path: Path, capsys: pytest.CaptureFixture, record: Record, document: Any) -> None:
     decl = tmp_path / "generated.yaml"

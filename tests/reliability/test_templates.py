@@ -24,7 +24,7 @@ from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError
 from cc_imds.formats import ENV_STRING_MAX
 from cc_imds.tree import MetadataTree, load_tree
-from tests.conftest import CLI, REPO, cli_env
+from tests.conftest import CLI, REPO, cli_env, examples
 from tests.reliability.conftest import SECRETS, Run, Scenario, declaration
 from tests.reliability.test_faults import expect_untouched, figures, with_leaf
 
@@ -195,7 +195,7 @@ class FakeCloud:
     datasource = None
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.sampled_from(SHAPES), secret=secret_texts, via=st.sampled_from(["plan", "apply", "handle"]))
 def test_secret_in_generated_templates(make_emulator: Callable[..., Emulator], tmp_path: Path,
                                        capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
