@@ -34,7 +34,8 @@ def parse(raw: bytes, max_body: int = MAX_BODY) -> Tuple[int, Headers, bytes, bo
             status, headers, version = transport._read_head(conn)
             body, reusable = transport._read_body(conn, status, headers, version, max_body)
         finally:
-            writer.join()
+            writer.join(timeout=60)
+            assert not writer.is_alive(), "the writer never finished"
         return status, headers, body, reusable
 
 

@@ -8,27 +8,17 @@ import hashlib
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from cc_imds.emulator import Emulator
 from tests.conftest import CLI, SIGINT_STARTS, cli_env, run_cli, sigint_at
+from tests.conftest import wait_for as wait_for  # the watcher tests import it from here
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 TAG = "meta-data/tags/instance/Environment"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class Watch:

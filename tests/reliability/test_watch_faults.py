@@ -122,7 +122,8 @@ def test_sigterm_in_the_middle_of_a_write_leaves_no_partial_file(
         emulator.set_value(TAG, f"{attempt}b" + "b" * 126)
         seen.wait(20)
         code = watch.stop()
-        spotter.join()
+        spotter.join(timeout=60)  # it gives up after 20 s by itself
+        assert not spotter.is_alive()
         assert code == 0
         assert temp_files(out) == []
         contents = {p.read_bytes() for p in out.glob("part-*")}
