@@ -26,7 +26,7 @@ SHELLS = ["bash", "dash"]  # both required by `make test`; elsewhere a missing o
 
 
 def shells() -> List[str]:
-    for shell in shells():
+    for shell in SHELLS:
         require(shutil.which(shell) is not None, f"{shell} is not installed")
     return SHELLS
 ID = "i-0a1b2c3d4e5f60789"
