@@ -101,10 +101,12 @@ test:
 
 # CI's property tests draw the same examples every run (tests/conftest.py's "ci" profile), so a
 # red run is about the change; exploring draws afresh, many more. Pin what it finds as an @example.
+# The reliability suite's property tests run a process per example: EXPLORE_MARKS="" takes them too.
 PROPERTY_TESTS = $(shell grep -l "^from hypothesis import" tests/*.py tests/*/*.py)
+EXPLORE_MARKS ?= not slow
 explore: $(VENV)/py39/.ready $(VENV)/py313/.ready
-	HYPOTHESIS_PROFILE=explore $(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider $(PROPERTY_TESTS)
-	HYPOTHESIS_PROFILE=explore $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider $(PROPERTY_TESTS)
+	HYPOTHESIS_PROFILE=explore $(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "$(EXPLORE_MARKS)" $(PROPERTY_TESTS)
+	HYPOTHESIS_PROFILE=explore $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "$(EXPLORE_MARKS)" $(PROPERTY_TESTS)
 
 .PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc explore
 
