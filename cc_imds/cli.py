@@ -253,35 +253,39 @@ def _seconds(text: str) -> float:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from .emulator import Emulator
+    from .signals import StopRequest
     from .tree import load_tree
 
     tree = load_tree(args.tree, tags_enabled=not args.no_tags)
-    try:
-        emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
-    except OSError as exc:
-        raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
-    emulator.latency = args.latency
-    if args.credential_lifetime:
-        emulator.rotate_credentials_every(args.credential_lifetime)
-    control = None
-    if args.control_port is not None:
-        from .control import ControlServer
-
+    # SIGTERM and SIGINT stop it cleanly from here on, whatever the process inherited (a
+    # background job starts with SIGINT ignored).
+    with StopRequest() as stop:
         try:
-            control = ControlServer(emulator, host=args.host, port=args.control_port).start()
-        except (ValueError, OSError) as exc:
-            print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
-            return 2
-    print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
-    if control is not None:
-        print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
-    try:
-        emulator.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if control is not None:
-            control.stop()
+            emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
+        except OSError as exc:
+            raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
+        emulator.latency = args.latency
+        if args.credential_lifetime:
+            emulator.rotate_credentials_every(args.credential_lifetime)
+        control = None
+        try:
+            if args.control_port is not None:
+                from .control import ControlServer
+
+                try:
+                    control = ControlServer(emulator, host=args.host, port=args.control_port).start()
+                except (ValueError, OSError) as exc:
+                    print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
+                    return 2
+            emulator.start()  # listening before the banner says so
+            print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
+            if control is not None:
+                print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
+            stop.wait()
+        finally:
+            if control is not None:
+                control.stop()
+            emulator.stop()
     return 0
 
 

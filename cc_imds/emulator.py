@@ -137,14 +137,6 @@ class Emulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread (for `cc-imds emulate`)."""
-        self._server.server_activate()
-        try:
-            self._server.serve_forever(poll_interval=0.2)
-        finally:
-            self._server.server_close()
-
     # -- faults ------------------------------------------------------------
     def fail_next(self, status: int, count: int = 1, retry_after: Optional[str] = None) -> None:
         """Answer the next `count` requests with `status` (429, 503...)."""

@@ -32,10 +32,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from . import rundir
+from . import rundir, signals
 from .actions import Result, Runner
 from .client import ImdsClient
 from .config import Declaration, EnvOutput, FileOutput, Origin, SourceDocument, ValueSpec, build_declaration
@@ -146,22 +145,23 @@ class Watcher:
             self._wake_r, self._wake_w = os.pipe()
             for fd in (self._wake_r, self._wake_w):
                 os.set_blocking(fd, False)
-            previous = self._install_signals()
+            stop_or_reload = {signal.SIGHUP: self._request_reload,
+                              **{s: self._request_stop for s in signals.STOP_SIGNALS}}
             try:
-                LOG.info("watching %s", _summary(self.plan))
-                while not self.stopping:
-                    if self.reload_requested:
-                        self.reload_requested = False
-                        self._reload()
-                        if self.stopping:
-                            break
-                    self._pass()
-                    self._collect_results()
-                    self._save_status()
-                    self._sleep_until(self._next_wake())
-                    self._collect_results()
+                with signals.handled(stop_or_reload, self._wake_w):  # a signal wakes the sleeping loop
+                    LOG.info("watching %s", _summary(self.plan))
+                    while not self.stopping:
+                        if self.reload_requested:
+                            self.reload_requested = False
+                            self._reload()
+                            if self.stopping:
+                                break
+                        self._pass()
+                        self._collect_results()
+                        self._save_status()
+                        self._sleep_until(self._next_wake())
+                        self._collect_results()
             finally:
-                self._restore_signals(previous)
                 self.runner.stop()
                 self._collect_results()
                 self._save_status(stopped=True)
@@ -524,11 +524,7 @@ class Watcher:
         except InterruptedError:
             ready = []
         if ready:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            signals.drain(self._wake_r)
 
     def _wake(self) -> None:
         try:
@@ -536,25 +532,11 @@ class Watcher:
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake anyway
 
-    def _install_signals(self) -> Dict[int, Any]:
-        def stop(signum: int, frame: Optional[FrameType]) -> None:
-            self.stopping = True
+    def _request_stop(self) -> None:
+        self.stopping = True
 
-        def reload(signum: int, frame: Optional[FrameType]) -> None:
-            self.reload_requested = True
-
-        previous: Dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
-        previous[-1] = signal.set_wakeup_fd(self._wake_w)  # a signal wakes the sleeping loop
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: Dict[int, Any]) -> None:
-        signal.set_wakeup_fd(previous.pop(-1))
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def _request_reload(self) -> None:
+        self.reload_requested = True
 
     # -- status --------------------------------------------------------------------------
     def _save_status(self, stopped: bool = False) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cc_imds.errors import CcImdsError
 from cc_imds.settings import ENV_ENDPOINT, ClientSettings, EndpointError, SettingsError, candidate_urls, choose_endpoint
+from tests.conftest import examples
 
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def test_a_bad_endpoint_names_where_it_came_from() -> None:
 
 
 @given(st.text(max_size=40) | st.text(alphabet="http:/[]:.0123456789abcdef@?#% ", max_size=30).map("http://".__add__))
-@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_endpoint_text_is_accepted_or_a_clear_error(endpoint: str) -> None:
     try:
         urls = candidate_urls(endpoint)

@@ -30,7 +30,7 @@ from cc_imds.status import (
     render_text,
     status_problem,
 )
-from tests.conftest import CLI, REPO, cli_env
+from tests.conftest import CLI, REPO, cli_env, examples
 
 NOW = 1_800_000_000.0
 CREDS = "meta-data/iam/security-credentials/app-server"
@@ -252,7 +252,7 @@ def places(doc: Any, at: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
 PLACES = places(WITH_NOTICE)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(place=st.sampled_from(PLACES[1:]), value=json_values)
 def test_any_damage_is_refused_or_shown_never_a_crash(place: Tuple[Any, ...], value: Any) -> None:
     doc = copy.deepcopy(WITH_NOTICE)

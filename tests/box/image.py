@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from tests.conftest import HUNG_AFTER
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "box"
 GUEST = Path(__file__).resolve().parent / "guest"
@@ -84,7 +86,7 @@ class BuildError(Exception):
 
 def run(command: List[str], *, log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> str:
     """Run a build step; on failure, raise with the command and the end of its output."""
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HUNG_AFTER)
     output = done.stdout + done.stderr
     if log is not None:
         with log.open("a") as handle:

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from tests.box import image as images
 from tests.box import vm
 from tests.box.scenarios import CHAINS, Chain
+from tests.conftest import HUNG_AFTER
 
 # The box boots VMs for minutes and needs root: it runs when asked (make test-box).
 ENABLED = os.environ.get("CC_IMDS_BOX") == "1"
@@ -182,8 +183,8 @@ def host_cloud_init(version: str, *args: str) -> subprocess.CompletedProcess[str
         raise RuntimeError(f"cloud-init {version} is not unpacked under {site.parent}: run tests/e2e/fetch-cloud-init")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env, check=False
-    )
+        [sys.executable, "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env, check=False,
+        timeout=HUNG_AFTER)
 
 
 def analyze_show(version: str, log: Path) -> str:
