@@ -433,10 +433,14 @@ class Watcher:
             state.last_poll = now
             state.due = event_due(watch, now, self.options.jitter())
             outcome = outcomes.get(watch.path)
+            if isinstance(outcome, bytes):
+                try:
+                    found = notices(watch.event, watch.path, outcome)
+                except ImdsError as exc:  # a document refused unread (nested too deeply): a failed poll
+                    outcome = exc
             if isinstance(outcome, ImdsNotFound):
-                found: List[Notice] = []
+                found = []
             elif isinstance(outcome, bytes):
-                found = notices(watch.event, watch.path, outcome)
                 if len(found) > NOTICES_CONSIDERED and len(found) != state.listed:
                     LOG.warning("%s: IMDS lists %d notices; acting on the first %d, the others once earlier "
                                 "ones are gone", watch.event, len(found), NOTICES_CONSIDERED)

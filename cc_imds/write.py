@@ -37,6 +37,7 @@ from .errors import WriteError
 from .lock import LOCK_ENV, RUN_DIR, default_lock_path, locked
 from .render import Output
 from .rootfs import Directory, PathRefused, open_parent
+from .streams import write_all
 
 __all__ = ["LOCK_ENV", "RUN_DIR", "Change", "default_lock_path", "locked", "owner_ids", "write_outputs"]
 
@@ -249,9 +250,7 @@ def _write_temp(item: _Staged, uid: int, gid: int) -> str:
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, output.mode)
-        view = memoryview(output.content)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, output.content)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
