@@ -632,9 +632,11 @@ def _discard_stdout(stream: Optional[IO[str]]) -> None:
 
 def _say(lines: str) -> None:
     """Errors to stderr, one line each; a stderr that cannot be written is given up on."""
+    from .logs import shown
+
     try:
         for line in lines.splitlines():
-            print(f"cc-imds: {line}", file=sys.stderr)
+            print(f"cc-imds: {shown(line)}", file=sys.stderr)
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass

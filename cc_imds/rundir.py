@@ -17,7 +17,6 @@ as root): otherwise another user could plant a declaration, or fake a healthy st
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import stat
@@ -27,9 +26,10 @@ from typing import Any, Optional
 from .errors import CcImdsError
 from .jsontext import JsonRefused, parse
 from .lock import RUN_DIR
+from .logs import std_logger
 from .streams import write_all
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 
 RUN_DIR_ENV = "CC_IMDS_RUN_DIR"  # relocates the run-time state (tests, unusual layouts)
 MARKER = "watch"
