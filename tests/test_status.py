@@ -276,5 +276,6 @@ def test_a_damaged_status_file_is_a_one_line_error(cli: Callable[..., Any], text
     for extra in ([], ["--json"]):
         result = subprocess.run([*CLI, "status", *extra], capture_output=True, text=True, env=cli_env(), timeout=60)
         assert result.returncode == NOT_RUNNING
-        assert re.fullmatch(rf"cc-imds: {re.escape(str(directory / rundir.STATUS))}: (refused: a JSON document nested deeper than 64 levels|"
+        assert re.fullmatch(rf"cc-imds: {re.escape(str(directory / rundir.STATUS))}: "
+                            r"(refused: a JSON document nested deeper than 64 levels|"
                             r"not a status document of this version \(.*: unexpected content\))\n", result.stderr)
