@@ -34,6 +34,7 @@ from typing import Callable, Deque, Dict, List, Mapping, Optional
 
 from .config import Command
 from .logs import std_logger
+from .streams import write_all
 
 LOG = std_logger(__name__)
 
@@ -229,7 +230,7 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
     does not read it blocks only this thread, until it exits or is killed."""
     assert proc.stdin is not None
     try:
-        proc.stdin.write(data)
+        write_all(proc.stdin.fileno(), data)  # unbuffered: every byte, or the command left (EPIPE)
     except OSError:
         pass  # it exited without reading: its business
     finally:

@@ -88,6 +88,7 @@ class ControlServer:
             leaf = path[len("/tree/"):].strip("/")
             if not leaf:
                 raise ControlError("give a path: /tree/meta-data/...")
+            _check_path(leaf)
             if method == "PUT":
                 _check_readable(leaf, body)
                 emu.set_value(leaf, body)
@@ -125,6 +126,17 @@ class ControlServer:
             known = sorted({p for _, p in routes} | {"/tree/PATH"})
             return 404, {"error": f"no such call: {method} {path}", "calls": known}
         return 200, route()
+
+
+def _check_path(leaf: str) -> None:
+    """A path IMDS could serve: under meta-data/, dynamic/ or user-data, printable ASCII,
+    no empty, `.` or `..` part. Anything else would sit in the tree where no request reaches it."""
+    top = leaf.split("/", 1)[0]
+    parts = leaf.split("/")
+    if top not in ("meta-data", "dynamic", "user-data") or any(p in ("", ".", "..") for p in parts) or \
+            not all(0x21 <= ord(c) <= 0x7E for c in leaf) or len(leaf) > 1024:
+        raise ControlError(f"{leaf[:100]!r}: not a path IMDS serves (meta-data/..., dynamic/... or user-data; "
+                           "printable ASCII, no empty, . or .. part, at most 1024 characters)")
 
 
 def _check_readable(leaf: str, body: bytes) -> None:

@@ -387,8 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         emu = self.emulator
         length = self.headers.get("Content-Length") or "0"
-        if not (length.isascii() and length.isdigit() and len(length) <= 9):
-            self.send_error(400, "bad Content-Length")  # IMDS requests carry no body worth a traceback
+        if not (length.isascii() and length.isdigit() and int(length[:9] or 0) <= 1024 * 1024 and len(length) <= 9):
+            self.send_error(400, "bad Content-Length")  # IMDS requests carry no body: never a traceback, nor 1 GB
             return
         if int(length):
             self.rfile.read(int(length))

@@ -418,6 +418,10 @@ def test_one_bad_control_call_changes_nothing(emulator: Emulator, capfd: pytest.
             ("POST", "/events/scheduled-maintenance", deep, None),
             ("POST", "/events/spot-interruption?in=1e400", None, None),
             ("POST", "/outage?seconds=nan", None, None),
+            ("PUT", "/tree/meta-data/a//b", b"x", None),
+            ("PUT", "/tree/../../etc/passwd", b"x", None),
+            ("PUT", "/tree/meta-data/x%0a%1b", b"x", None),
+            ("DELETE", "/tree/%00", None, None),
         ]
         for method, target, body, headers in bad:
             status, answer_ = _call(control.url, method, target, body, headers)
