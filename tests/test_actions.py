@@ -11,7 +11,17 @@ from typing import List
 
 import pytest
 
-from cc_imds.actions import MAX_LOGGED_LINES, Result, Runner
+from cc_imds.actions import (
+    MAX_LOGGED_LINES,
+    MAX_QUEUED,
+    MAX_RUNNING,
+    MERGED,
+    QUEUED,
+    REFUSED,
+    STARTED,
+    Result,
+    Runner,
+)
 from cc_imds.config import Command
 from tests.conftest import PROCESS_SLACK, wait_for
 
@@ -193,3 +203,34 @@ def test_stop_ends_running_commands_and_starts_no_more(results: Results, tmp_pat
     runner.start("k2", "label", Command(("true",), 5))
     assert runner.busy() == 0  # start() would have marked it running before returning
     assert len(results.items) == 1
+
+
+def test_at_most_max_running_at_once_and_max_queued_waiting(results: Results, tmp_path: Path) -> None:
+    """Slots are taken when `start` returns, so the limits hold without waiting for a process."""
+    runner = Runner(results)
+    gate = tmp_path / "gate"
+    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nprint(os.getpid())"
+    command = Command((PY, "-c", code), 60)
+    try:
+        answers = [runner.start(f"k{i}", f"run {i}", command) for i in range(MAX_RUNNING + MAX_QUEUED + 3)]
+        assert answers == [STARTED] * MAX_RUNNING + [QUEUED] * MAX_QUEUED + [REFUSED] * 3
+        assert runner.room() == 0
+        assert runner.start(f"k{MAX_RUNNING}", "the first waiting, again", command) == MERGED
+        assert runner.counts() == {"running": MAX_RUNNING, "queued": MAX_QUEUED, "merged": 1, "refused": 3,
+                                   "max_running": MAX_RUNNING, "max_queued": MAX_QUEUED}
+        gate.touch()
+        done = results.wait(MAX_RUNNING + MAX_QUEUED)
+        assert sorted(r.key for r in done) == sorted(f"k{i}" for i in range(MAX_RUNNING + MAX_QUEUED))
+        assert all(r.ok for r in done)
+        assert runner.room() == MAX_RUNNING + MAX_QUEUED
+    finally:
+        runner.stop(grace=0.5)
+
+
+def test_what_a_command_leaves_in_its_group_is_ended_when_it_exits(runner: Runner, results: Results,
+                                                                   tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    runner.start("k", "label", Command(("sh", "-c", f"sleep 300 & echo $! > {pid_file}"), 60))
+    (result,) = results.wait(1)
+    assert result.ok
+    assert ended(int(pid_file.read_text()))

@@ -66,7 +66,7 @@ def brought_by(modules: List[str]) -> Set[str]:
 
 
 GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.deadline", "cc_imds.errors", "cc_imds.get",
-               "cc_imds.logs", "cc_imds.retry", "cc_imds.settings", "cc_imds.transport"]
+               "cc_imds.logs", "cc_imds.retry", "cc_imds.settings", "cc_imds.streams", "cc_imds.transport"]
 # Standard-library modules `get` has no use for (each costs milliseconds at start-up). HTTP is
 # spoken by cc_imds.transport over `_socket`: http.client (with the email package and ssl it
 # loads) costs more than the interpreter's own start, and socket's wrapper is not needed. A plain

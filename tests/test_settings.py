@@ -17,14 +17,17 @@ from tests.conftest import examples
 
 # -- settings ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"timeout": math.nan}, "timeout: must be a positive, finite number of seconds, not nan"),
-    ({"timeout": -1.0}, "timeout: must be a positive, finite number of seconds, not -1.0"),
-    ({"timeout": 0}, "timeout: must be a positive, finite number of seconds, not 0"),
-    ({"timeout": math.inf}, "timeout: must be a positive, finite number of seconds, not inf"),
-    ({"deadline": math.nan}, "deadline: must be a positive, finite number of seconds, not nan"),
-    ({"deadline": -math.inf}, "deadline: must be a positive, finite number of seconds, not -inf"),
-    ({"deadline": 2**1024}, f"deadline: must be a positive, finite number of seconds, not {2**1024}"),  # no float
-    ({"timeout": "2"}, "timeout: must be a positive, finite number of seconds, not '2'"),
+    ({"timeout": math.nan}, "timeout: must be a number of seconds from 0.05 to 60, not nan"),
+    ({"timeout": -1.0}, "timeout: must be a number of seconds from 0.05 to 60, not -1.0"),
+    ({"timeout": 0}, "timeout: must be a number of seconds from 0.05 to 60, not 0"),
+    ({"timeout": math.inf}, "timeout: must be a number of seconds from 0.05 to 60, not inf"),
+    ({"deadline": math.nan}, "deadline: must be a number of seconds from 0.1 to 3600, not nan"),
+    ({"deadline": -math.inf}, "deadline: must be a number of seconds from 0.1 to 3600, not -inf"),
+    ({"deadline": 2**1024}, f"deadline: must be a number of seconds from 0.1 to 3600, not {2**1024}"),  # no float
+    ({"timeout": 60.5}, "timeout: must be a number of seconds from 0.05 to 60, not 60.5"),
+    ({"deadline": 1e10}, "deadline: must be a number of seconds from 0.1 to 3600, not 10000000000.0"),
+    ({"deadline": 0.05}, "deadline: must be a number of seconds from 0.1 to 3600, not 0.05"),
+    ({"timeout": "2"}, "timeout: must be a number of seconds from 0.05 to 60, not '2'"),
     ({"token_ttl": 0}, "token_ttl: must be a whole number from 1 to 21600, not 0"),
     ({"token_ttl": 21601}, "token_ttl: must be a whole number from 1 to 21600, not 21601"),
     ({"token_ttl": True}, "token_ttl: must be a whole number from 1 to 21600, not True"),
