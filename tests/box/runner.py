@@ -24,11 +24,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from tests.box import image as images
 from tests.box import vm
 from tests.box.scenarios import CHAINS, Chain
+from tests.e2e.harness import PYTHONS
 
 # The box boots VMs for minutes and needs root: it runs when asked (make test-box).
 ENABLED = os.environ.get("CC_IMDS_BOX") == "1"
 RUNS = images.CACHE / "runs"
-UNPACKED_CLOUD_INIT = images.REPO / ".cache" / "cloud-init"
+UNPACKED_CLOUD_INIT = images.UNPACKED_CLOUD_INIT
+PY39 = images.REPO / ".venv/py39/bin/python"
 BOOT_TIMEOUT = float(os.environ.get("CC_IMDS_BOX_BOOT_TIMEOUT", "900"))
 # Check the last run's results again without booting (while writing tests).
 REUSE = os.environ.get("CC_IMDS_BOX_REUSE") == "1"
@@ -85,6 +87,8 @@ class BootResult:
     def status(self) -> Dict[str, Any]:
         """`cloud-init status --long --format json`, plus its exit status as `rc`."""
         ran = self.json("status.json")
+        if "status_v1" in ran:  # before 22.3: its text and status.json
+            return {**status_before_22_3(ran["stdout"], ran["status_v1"]), "rc": ran["rc"], "stderr": ran["stderr"]}
         return {**json.loads(ran["stdout"] or "{}"), "rc": ran["rc"], "stderr": ran["stderr"]}
 
     @property
@@ -175,6 +179,26 @@ class BootResult:
         return f"{self!r}: results in {self.dir}\nserial log tail:\n{vm.tail(self.dir / 'serial.log', 25)}"
 
 
+def status_before_22_3(text: str, status_v1: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields of `cloud-init status --format json` the tests read, from what cloud-init
+    before 22.3 shows: the status from `status --long`, and, as 22.3 derives them from the same
+    /run/cloud-init/status.json, the stages' errors and the datasource's short name.
+    (Recoverable errors came in 23.4.)"""
+    shown = re.search(r"^status: (\S+)$", text, re.M)
+    datasource = (status_v1.get("datasource") or "").partition(" ")[0]
+    return {
+        "status": shown.group(1) if shown else None,
+        "errors": [e for stage in status_v1.values() if isinstance(stage, dict) for e in stage.get("errors", [])],
+        "datasource": datasource.lower().replace("datasource", "") or None,
+    }
+
+
+def host_python(version: str) -> Path:
+    """The host's Python for a cloud-init version: AL2023's 22.2.2 runs on 3.9 alone, with
+    AL2023's libraries (the py39 environment, as in tests/e2e); the others on this one."""
+    return PY39 if PYTHONS.get(version) == ((3, 9), (3, 9)) else Path(sys.executable)
+
+
 def host_cloud_init(version: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The cloud-init CLI of the guest's version, run on the host from the unpacked package."""
     site = UNPACKED_CLOUD_INIT / version / "usr/lib/python3/dist-packages"
@@ -182,7 +206,8 @@ def host_cloud_init(version: str, *args: str) -> subprocess.CompletedProcess[str
         raise RuntimeError(f"cloud-init {version} is not unpacked under {site.parent}: run tests/e2e/fetch-cloud-init")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env, check=False
+        [str(host_python(version)), "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env,
+        check=False,
     )
 
 
@@ -215,7 +240,9 @@ class Box:
             (release, chain, boot): Future() for (release, chain), boots in wanted.items() for boot in boots
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="box-chain")
-        self._image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="box-image")
+        # The wheel, then every release's image at the same time (each waits on the wheel).
+        releases = {release for release, _ in wanted}
+        self._image_pool = ThreadPoolExecutor(max_workers=len(releases) + 1, thread_name_prefix="box-image")
         self._started = False
         self._lock = threading.Lock()
         self._accel: Optional[Future[str]] = None
