@@ -24,11 +24,13 @@ help:
 	@echo "             the RPM (built, linted, installed into a scratch root), a fresh clone of the"
 	@echo "             repository in an empty folder (built, fast suite) and the box (test-box), the"
 	@echo "             suites at the same time after setup and lint, with the time each part took"
-	@echo "make test-box  boot Debian 12 and 13 VMs (systemd, cloud-init's Ec2 datasource) against the"
-	@echo "             emulator inside them, with cc-imds installed from the checkout's wheel"
+	@echo "make test-box  boot Debian 11, 12 and 13 VMs (systemd, cloud-init's Ec2 datasource) against the"
+	@echo "             emulator inside them, with cc-imds installed from the checkout's wheel; Debian 11"
+	@echo "             has AL2023's stack: upstream cloud-init 22.2.2, Python 3.9, jsonschema 3.2.0, Jinja2 2.11.3"
 	@echo "make rpm     build the source and binary RPMs under rpm/build/"
 	@echo "make lint    ruff and mypy"
 	@echo "make reliability-doc   rewrite docs/RELIABILITY.md from a fresh run of the reliability suite"
+	@echo "make explore  the property tests with fresh random draws and 20 times the examples (CI's are fixed)"
 
 $(VENV)/demo/.ready: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)/demo
@@ -98,13 +100,22 @@ test-setup: system-deps cloud-init $(RPM_BUILT) $(VENV)/py39/.ready $(VENV)/py31
 test:
 	tests/run-parts test-setup lint test-py39+test-py313+test-clone+test-box
 
-.PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc
+# CI's property tests draw the same examples every run (tests/conftest.py's "ci" profile), so a
+# red run is about the change; exploring draws afresh, many more. Pin what it finds as an @example.
+# The reliability suite's property tests run a process per example: EXPLORE_MARKS="" takes them too.
+PROPERTY_TESTS = $(shell grep -l "^from hypothesis import" tests/*.py tests/*/*.py)
+EXPLORE_MARKS ?= not slow
+explore: $(VENV)/py39/.ready $(VENV)/py313/.ready
+	HYPOTHESIS_PROFILE=explore $(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "$(EXPLORE_MARKS)" $(PROPERTY_TESTS)
+	HYPOTHESIS_PROFILE=explore $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "$(EXPLORE_MARKS)" $(PROPERTY_TESTS)
+
+.PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc explore
 
 # -- the box: real boots under qemu (tests/box) ------------------------------------------
 # Images are built from Debian's packages and cached under .cache/box/; the wheel is built
 # with AL2023's toolchain, as the RPM's is; `cloud-init analyze` runs on the host from the
-# unpacked cloud-init.
-test-box: $(VENV)/py313/.ready $(VENV)/al2023-build/.ready cloud-init
+# unpacked cloud-init (22.2.2 on the py39 environment, as AL2023 runs it).
+test-box: $(VENV)/py39/.ready $(VENV)/py313/.ready $(VENV)/al2023-build/.ready cloud-init
 	CC_IMDS_BOX=1 $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider tests/box
 
 .PHONY: test-box

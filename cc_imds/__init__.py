@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .logs import get_logger
+from .logs import get_logger, shown_lines
 
 TYPE_CHECKING = False  # not typing's: `cc-imds get` imports this package and should not pay for typing
 if TYPE_CHECKING:
@@ -71,15 +71,18 @@ def handle(*args: Any, **kwargs: Any) -> None:
     from .pipeline import RunOptions, apply_declaration, gather
 
     declaration = None
+    failure = None
     try:
         declaration = build_declaration(gather(cfg.get("imds"), conf_dir), remember=True)
         changes = apply_declaration(declaration, RunOptions())
     except CcImdsError as exc:
         for line in str(exc).splitlines():
             LOG.error("%s: %s", name, line)
-        raise
+        failure = exc.scrubbed(shown_lines)  # cloud-init logs it too: no control character from outside
     finally:
         _hand_off(name, cfg.get("imds"), declaration)
+    if failure is not None:
+        raise failure  # outside the handler, so nothing chains the original
     written = sum(1 for c in changes if c.action != "unchanged")
     LOG.info("%s: %d file(s) written, %d unchanged", name, written, len(changes) - written)
 

@@ -1,16 +1,26 @@
 """Run the commands of `on_change` and `events`: an argv list, no shell, a timeout, and the
 command's output in our log, line by line.
 
-Each command runs in a thread of its own, so a slow one never delays a poll: a spot
-notice must not wait for an application's reload. A command runs in a new session, so a
-timeout (or the watcher stopping) kills its whole process group, `sh -c` children
-included. Runs under one key (an output's path) never overlap: a change that comes while
-the previous command still runs starts it once more when that one ends.
+Commands run in threads of their own, so a slow one never delays a poll: a spot notice
+must not wait for an application's reload. Whatever IMDS serves, what runs is bounded:
+
+- at most MAX_RUNNING commands at once (events and on_change together), each in one of
+  MAX_RUNNING runner threads (plus one thread feeding its stdin);
+- at most MAX_QUEUED runs wait for a free slot; a run asked for beyond that is refused,
+  logged and counted (`cc-imds status` shows it). The watcher asks for an event's
+  commands only when there is room for all of them (`room`), so a notice is deferred to a
+  later poll rather than refused;
+- runs under one key (an output's path) never overlap and merge: a change that comes
+  while the previous command still runs or waits makes it run once more, with the latest.
+
+A command runs in a new session, its own process group. The watcher owns that group:
+a timeout, the watcher stopping, and also the command's own end (a normal exit) end
+whatever is still running in it (`sleep 300 &`): SIGTERM, then SIGKILL. A process that
+leaves the group (setsid, `systemd-run`) is on its own.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import shlex
@@ -18,17 +28,23 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Deque, Dict, List, Mapping, Optional
 
 from .config import Command
+from .logs import std_logger
+from .streams import write_all
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command's process group
 MAX_LOGGED_LINES = 200  # per run; what is beyond is counted, not logged
 MAX_LINE = 1000  # characters of one logged line
 AFTER_EXIT = 0.5  # keep reading output this long after the command exited (a child may still write)
+MAX_RUNNING = 4  # commands at once, events and on_change together
+MAX_QUEUED = 16  # runs waiting for a free slot
+STARTED, QUEUED, MERGED, REFUSED = "started", "queued", "merged", "refused"
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,11 @@ class Runner:
         self._environ = dict(os.environ if environ is None else environ)
         self._lock = threading.Lock()
         self._running: Dict[str, Optional[subprocess.Popen[bytes]]] = {}
-        self._pending: Dict[str, _Request] = {}
+        self._pending: Dict[str, _Request] = {}  # the next run of a key that is running
+        self._queue: Deque[_Request] = deque()  # runs waiting for a free slot, oldest first
         self._threads: List[threading.Thread] = []
+        self.merged = 0  # runs folded into a later one of the same key
+        self.refused = 0  # runs not done: every slot busy and the queue full
         self._stopping = False
         self._stop_grace = KILL_GRACE
 
@@ -74,24 +93,54 @@ class Runner:
         command: Command,
         env: Optional[Mapping[str, str]] = None,
         stdin: Optional[bytes] = None,
-    ) -> None:
+    ) -> str:
+        """Run `command` now, or once a slot is free. Returns STARTED, QUEUED, MERGED (into a
+        run of the same key that waits: the latest request wins) or REFUSED (logged)."""
         request = _Request(key, label, command, dict(env or {}), stdin)
         with self._lock:
             if self._stopping:
-                return
+                return REFUSED
             if key in self._running:
+                merged = key in self._pending
                 self._pending[key] = request  # the latest change wins; one more run after this one
+                self.merged += merged
                 LOG.info("%s: still running; it runs again when it ends", label)
-                return
+                return MERGED if merged else QUEUED
+            for index, waiting in enumerate(self._queue):
+                if waiting.key == key:
+                    self._queue[index] = request
+                    self.merged += 1
+                    return MERGED
+            if len(self._running) >= MAX_RUNNING:
+                if len(self._queue) >= MAX_QUEUED:
+                    self.refused += 1
+                    LOG.error("%s: not run: %d commands are running and %d waiting, the most cc-imds watch allows",
+                              label, len(self._running), len(self._queue))
+                    return REFUSED
+                self._queue.append(request)
+                LOG.info("%s: waits for one of the %d commands running to end", label, len(self._running))
+                return QUEUED
             self._running[key] = None
-            thread = threading.Thread(target=self._run, args=(request,), name=f"command {key}", daemon=True)
+            thread = threading.Thread(target=self._run, args=(request,), name="command runner", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
+        return STARTED
 
     def busy(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def room(self) -> int:
+        """How many more runs would be started or queued, not refused."""
+        with self._lock:
+            return MAX_RUNNING + MAX_QUEUED - len(self._running) - len(self._queue)
+
+    def counts(self) -> Dict[str, int]:
+        """For the status file: what runs, waits, was merged or refused, and the limits."""
+        with self._lock:
+            return {"running": len(self._running), "queued": len(self._queue), "merged": self.merged,
+                    "refused": self.refused, "max_running": MAX_RUNNING, "max_queued": MAX_QUEUED}
 
     def stop(self, grace: float = KILL_GRACE) -> None:
         """Start nothing more; end running commands (SIGTERM to each process group, SIGKILL
@@ -100,6 +149,7 @@ class Runner:
             self._stopping = True
             self._stop_grace = grace
             self._pending.clear()
+            self._queue.clear()
             procs = [p for p in self._running.values() if p is not None]
             threads = list(self._threads)
         _end_groups(procs, grace)
@@ -118,8 +168,10 @@ class Runner:
                 following = self._pending.pop(request.key, None)
                 if following is None or self._stopping:
                     del self._running[request.key]
-                    return
-                self._running[request.key] = None
+                    if self._stopping or not self._queue:
+                        return
+                    following = self._queue.popleft()  # this thread's slot goes to the oldest waiting run
+                self._running[following.key] = None
             request = following
 
     def _execute(self, request: _Request) -> Result:
@@ -153,6 +205,9 @@ class Runner:
                              daemon=True).start()
         timed_out = _pump(proc, request.label, clock + command.timeout)
         seconds = time.monotonic() - clock
+        if not timed_out and _group_alive(proc.pid):  # `sleep 300 &`: the watcher owns what its command leaves
+            LOG.info("%s: ending what it left running in its process group", request.label)
+            _end_groups([proc], KILL_GRACE)
         code: Optional[int] = proc.returncode
         error: Optional[str]
         if timed_out:
@@ -175,7 +230,7 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
     does not read it blocks only this thread, until it exits or is killed."""
     assert proc.stdin is not None
     try:
-        proc.stdin.write(data)
+        write_all(proc.stdin.fileno(), data)  # unbuffered: every byte, or the command left (EPIPE)
     except OSError:
         pass  # it exited without reading: its business
     finally:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from .deadline import Deadline
+from .streams import write_all
 
 MiB = 1024 * 1024
 MEMORY_ALLOWANCE = 256 * MiB
@@ -200,17 +201,11 @@ def _send(fd: int, kind: int, index: int, payload: bytes) -> None:
     offset = 0
     while True:  # DATA in chunks, so the parent never buffers more than one chunk
         part = view[offset : offset + _CHUNK]
-        _write_all(fd, _FRAME.pack(kind, index, len(part)))
-        _write_all(fd, part)
+        write_all(fd, _FRAME.pack(kind, index, len(part)))
+        write_all(fd, part)
         offset += len(part)
         if offset >= len(view):
             return
-
-
-def _write_all(fd: int, data: Union[bytes, memoryview]) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # -- the parent -----------------------------------------------------------------------

@@ -238,50 +238,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     return health.code
 
 
-def _seconds(text: str) -> float:
-    """A positive, finite number of seconds (argparse type: anything else is wrong usage)."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):  # also false for nan
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive, finite number of seconds")
-    return value
-
-
 def cmd_emulate(args: argparse.Namespace) -> int:
     from .emulator import Emulator
+    from .signals import StopRequest
     from .tree import load_tree
 
     tree = load_tree(args.tree, tags_enabled=not args.no_tags)
-    try:
-        emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
-    except OSError as exc:
-        raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
-    emulator.latency = args.latency
-    if args.credential_lifetime:
-        emulator.rotate_credentials_every(args.credential_lifetime)
-    control = None
-    if args.control_port is not None:
-        from .control import ControlServer
-
+    # SIGTERM and SIGINT stop it cleanly from here on, whatever the process inherited (a
+    # background job starts with SIGINT ignored).
+    with StopRequest() as stop:
         try:
-            control = ControlServer(emulator, host=args.host, port=args.control_port).start()
-        except (ValueError, OSError) as exc:
-            print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
-            return 2
-    print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
-    if control is not None:
-        print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
-    try:
-        emulator.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if control is not None:
-            control.stop()
+            emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
+        except OSError as exc:
+            raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
+        emulator.latency = args.latency
+        if args.credential_lifetime:
+            emulator.rotate_credentials_every(args.credential_lifetime)
+        control = None
+        try:
+            if args.control_port is not None:
+                from .control import ControlServer
+
+                try:
+                    control = ControlServer(emulator, host=args.host, port=args.control_port).start()
+                except (ValueError, OSError) as exc:
+                    print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
+                    return 2
+            emulator.start()  # listening before the banner says so
+            print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
+            if control is not None:
+                print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
+            stop.wait()
+        finally:
+            if control is not None:
+                control.stop()
+            emulator.stop()
     return 0
 
 
@@ -390,13 +381,12 @@ def number(low: float, high: float, *, integer: bool = False) -> Callable[[str],
 
     def parse(text: str) -> Union[int, float]:
         import argparse
-        import math
 
         try:
             value: Union[int, float] = int(text) if integer else float(text)
-        except ValueError:
+        except ValueError:  # also an integer of more digits than Python converts
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
-        if not (math.isfinite(value) and low <= value <= high):
+        if not low <= value <= high:  # false for nan; compared exactly, so a huge integer is no OverflowError
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number from {low:g} to {high:g}")
         return value
 
@@ -434,6 +424,8 @@ def _columns() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
+
+    from .settings import DEADLINE_RANGE, TIMEOUT_RANGE
 
     class _HelpFormatter(argparse.HelpFormatter):
         def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
@@ -500,8 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
         form.add_argument(flag, dest="output", action="store_const", const=flag[2:], help=text)
     p.add_argument("--endpoint", type=endpoint, help="IMDS endpoint: auto, ipv4, ipv6 or http://host:port")
     p.add_argument("--imdsv1", choices=("never", "fallback"), default="never")
-    p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds per attempt (default 2)")
-    p.add_argument("--deadline", type=_seconds, default=60.0, help="seconds in all (default 60)")
+    p.add_argument("--timeout", type=number(*TIMEOUT_RANGE), default=2.0,
+                   help="seconds per attempt, 0.05 to 60 (default 2)")
+    p.add_argument("--deadline", type=number(*DEADLINE_RANGE), default=60.0,
+                   help="seconds in all, 0.1 to 3600 (default 60)")
     # Values, and the --key/--default after each, are read in order from what argparse leaves
     # (see main): argparse cannot tie an option to the positional before it.
     p.set_defaults(func=cmd_get, takes_values=True)
@@ -562,12 +556,32 @@ class OutputStreamError(WriteError):
 
 
 class _GuardedStream:
-    """Standard output whose failed writes become one OutputStreamError, not a traceback.
+    """Standard output whose failed writes become one OutputStreamError, not a traceback,
+    and whose every byte is written or reported: what is printed is kept here and written
+    with streams.write_all (at each flush, at 64 KiB, and at each line on a terminal), so
+    a reader that leaves early, however early, is exit 4, never a silent 0.
 
-    Also wraps `.buffer`, which `get` writes raw bytes to."""
+    Also wraps `.buffer`, which `get` writes raw bytes to. Where standard output is no
+    descriptor (output captured in-process), writes go to the stream as they are."""
 
-    def __init__(self, stream: Optional[Any]) -> None:
+    _FLUSH_AT = 64 * 1024
+    _fd: Optional[int]  # None: no descriptor
+    _pending: bytearray  # shared by the text side and its `.buffer`, so they stay in order
+    _tty: bool
+
+    def __init__(self, stream: Optional[Any], text_side: Optional[_GuardedStream] = None) -> None:
         self._stream = stream
+        if text_side is not None:
+            self._fd, self._pending, self._tty = text_side._fd, text_side._pending, text_side._tty
+            return
+        self._fd, self._pending, self._tty = None, bytearray(), False
+        try:
+            if stream is not None:
+                stream.flush()  # anything written before main took over
+                self._fd = stream.fileno()
+                self._tty = stream.isatty()
+        except (OSError, ValueError, AttributeError):  # captured in-process: no descriptor
+            self._fd = None
 
     def _call(self, method: str, *args: Any) -> Any:
         if self._stream is None:
@@ -578,14 +592,35 @@ class _GuardedStream:
             raise OutputStreamError(str(exc.strerror or exc), isinstance(exc, BrokenPipeError)) from None
 
     def write(self, data: Any) -> Any:
-        return self._call("write", data)
+        if self._fd is None:
+            return self._call("write", data)
+        if isinstance(data, str):
+            encoding = getattr(self._stream, "encoding", None) or "utf-8"
+            self._pending += data.encode(encoding, getattr(self._stream, "errors", None) or "strict")
+        else:
+            self._pending += data
+        if len(self._pending) >= self._FLUSH_AT or (self._tty and b"\n" in self._pending):
+            self.flush()
+        return len(data)
 
     def flush(self) -> None:
-        self._call("flush")
+        if self._fd is None:
+            self._call("flush")
+            return
+        from .streams import write_all
+
+        pending = bytes(self._pending)
+        del self._pending[:]
+        try:
+            write_all(self._fd, pending)
+        except OSError as exc:
+            raise OutputStreamError(str(exc.strerror or exc), isinstance(exc, BrokenPipeError)) from None
 
     @property
     def buffer(self) -> _GuardedStream:
-        return _GuardedStream(getattr(self._stream, "buffer", None))
+        if self._fd is None:
+            return _GuardedStream(getattr(self._stream, "buffer", None))
+        return _GuardedStream(getattr(self._stream, "buffer", None), text_side=self)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -605,9 +640,11 @@ def _discard_stdout(stream: Optional[IO[str]]) -> None:
 
 def _say(lines: str) -> None:
     """Errors to stderr, one line each; a stderr that cannot be written is given up on."""
+    from .logs import shown
+
     try:
         for line in lines.splitlines():
-            print(f"cc-imds: {line}", file=sys.stderr)
+            print(f"cc-imds: {shown(line)}", file=sys.stderr)
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass

@@ -28,7 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .emulator import Emulator
+from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator
+from .jsontext import parse
 
 MAX_BODY = 1024 * 1024
 
@@ -87,10 +88,14 @@ class ControlServer:
             leaf = path[len("/tree/"):].strip("/")
             if not leaf:
                 raise ControlError("give a path: /tree/meta-data/...")
+            _check_path(leaf)
             if method == "PUT":
+                _check_readable(leaf, body)
                 emu.set_value(leaf, body)
                 return 200, {"set": leaf, "bytes": len(body)}
             return 200, {"deleted": leaf, "leaves": emu.delete_value(leaf)}
+        if body:
+            raise ControlError(f"{method} {path} takes no body (options go in the query string)")
         def clear_events() -> Any:
             emu.clear_events()
             return {"cleared": True}
@@ -121,6 +126,33 @@ class ControlServer:
             known = sorted({p for _, p in routes} | {"/tree/PATH"})
             return 404, {"error": f"no such call: {method} {path}", "calls": known}
         return 200, route()
+
+
+def _check_path(leaf: str) -> None:
+    """A path IMDS could serve: under meta-data/, dynamic/ or user-data, printable ASCII,
+    no empty, `.` or `..` part. Anything else would sit in the tree where no request reaches it."""
+    top = leaf.split("/", 1)[0]
+    parts = leaf.split("/")
+    if top not in ("meta-data", "dynamic", "user-data") or any(p in ("", ".", "..") for p in parts) or \
+            not all(0x21 <= ord(c) <= 0x7E for c in leaf) or len(leaf) > 1024:
+        raise ControlError(f"{leaf[:100]!r}: not a path IMDS serves (meta-data/..., dynamic/... or user-data; "
+                           "printable ASCII, no empty, . or .. part, at most 1024 characters)")
+
+
+def _check_readable(leaf: str, body: bytes) -> None:
+    """Any bytes can be served, except where the emulator reads them itself (credentials it
+    rotates, the maintenance list it adds to): there a body must be a JSON document it can
+    read, within the bounds every outside document has, or the next rotation would fail."""
+    expected = dict if leaf.startswith(CREDENTIAL_DIRS) else list if leaf == MAINTENANCE else None
+    if expected is None or leaf.endswith("/"):
+        return
+    try:
+        document = parse(body)
+    except ValueError as exc:
+        raise ControlError(f"{leaf}: the emulator reads this path itself, so the body must be a JSON "
+                           f"{'object' if expected is dict else 'list'}: {exc}") from None
+    if not isinstance(document, expected):
+        raise ControlError(f"{leaf}: the body must be a JSON {'object' if expected is dict else 'list'}")
 
 
 def _seconds(query: Dict[str, str], name: str, default: Optional[float]) -> Any:
@@ -165,6 +197,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may take to send its request: a stalled one frees its thread
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
@@ -172,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, method: str) -> None:
         length = self.headers.get("Content-Length") or "0"
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not (length.isascii() and length.isdigit()) or len(length) > 9 or int(length) > MAX_BODY:
             status, document = 413, {"error": f"a body of at most {MAX_BODY} bytes"}
         else:
             body = self.rfile.read(int(length))

@@ -16,7 +16,6 @@ It is also what `cc-imds emulate` and `cc-imds demo` run.
 from __future__ import annotations
 
 import datetime
-import json
 import secrets
 import socket
 import string
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from .jsontext import parse
 from .tree import MetadataTree, as_leaf
 
 TOKEN_PATH = "/latest/api/token"
@@ -137,14 +137,6 @@ class Emulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread (for `cc-imds emulate`)."""
-        self._server.server_activate()
-        try:
-            self._server.serve_forever(poll_interval=0.2)
-        finally:
-            self._server.server_close()
-
     # -- faults ------------------------------------------------------------
     def fail_next(self, status: int, count: int = 1, retry_after: Optional[str] = None) -> None:
         """Answer the next `count` requests with `status` (429, 503...)."""
@@ -193,8 +185,8 @@ class Emulator:
             if not path.startswith(CREDENTIAL_DIRS):
                 continue
             try:
-                document = json.loads(body)
-            except ValueError:
+                document = parse(body)
+            except ValueError:  # not a document it can read (or one refused unread): left as it is
                 continue
             if not isinstance(document, dict) or "Expiration" not in document:
                 continue
@@ -266,7 +258,13 @@ class Emulator:
             "State": "active",
         }
         body = self.tree.lookup(MAINTENANCE)
-        events = json.loads(body) if body else []
+        try:
+            events = parse(body) if body else []
+        except ValueError as exc:
+            raise ValueError(f"{MAINTENANCE} holds no list of events to add to ({exc}); clear the events first") \
+                from None
+        if not isinstance(events, list):
+            raise ValueError(f"{MAINTENANCE} holds no list of events to add to; clear the events first")
         events.append(event)
         self.set_value(MAINTENANCE, events)
         return event
@@ -380,9 +378,12 @@ class _Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------------
     def _handle(self, method: str) -> None:
         emu = self.emulator
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        length = self.headers.get("Content-Length") or "0"
+        if not (length.isascii() and length.isdigit() and int(length[:9] or 0) <= 1024 * 1024 and len(length) <= 9):
+            self.send_error(400, "bad Content-Length")  # IMDS requests carry no body: never a traceback, nor 1 GB
+            return
+        if int(length):
+            self.rfile.read(int(length))
         token = self.headers.get(TOKEN_HEADER)
         token_state = emu._token_state(token)
         if emu._down():
@@ -501,7 +502,7 @@ def _maintenance_time(epoch: float) -> str:
 
 def _expiration(body: bytes) -> Optional[float]:
     try:
-        document = json.loads(body)
+        document = parse(body)
         when = datetime.datetime.strptime(document["Expiration"], "%Y-%m-%dT%H:%M:%SZ")
     except (ValueError, KeyError, TypeError):
         return None

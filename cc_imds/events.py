@@ -14,6 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping
 
+from .errors import ImdsError
+from .jsontext import JsonRefused, parse
+
 EVENT_PATHS = {
     "spot-interruption": "meta-data/spot/instance-action",
     "rebalance-recommendation": "meta-data/events/recommendations/rebalance",
@@ -66,7 +69,9 @@ def notices(event: str, path: str, body: bytes) -> List[Notice]:
     if not text:
         return []
     try:
-        document = json.loads(text)
+        document = parse(text)
+    except JsonRefused as exc:
+        raise ImdsError(f"/latest/{path}", f"refused: {exc}") from None
     except ValueError:
         return [_notice(event, path, text, text)]
     items = document if isinstance(document, list) else [document]

@@ -179,12 +179,14 @@ def command_line(argv: Sequence[str]) -> Optional[Dict[str, Any]]:
         if option in ("--key", "--default"):
             values += [token] if has_value else [token, value]
         elif option in ("--timeout", "--deadline"):
+            from .settings import DEADLINE_RANGE, TIMEOUT_RANGE, seconds_in_range
+
             try:
                 seconds = float(value)
             except ValueError:
                 return None
-            if not 0 < seconds < float("inf"):
-                return None
+            if not seconds_in_range(seconds, TIMEOUT_RANGE if option == "--timeout" else DEADLINE_RANGE):
+                return None  # argparse says why, naming the bound
             found[option[2:]] = seconds
         elif option == "--imdsv1":
             if value not in ("never", "fallback"):
@@ -309,8 +311,12 @@ def pick(request: Request, outcome: Outcome) -> Union[bytes, str]:
         return outcome
     import json
 
+    from .jsontext import JsonRefused, parse
+
     try:
-        document = json.loads(outcome.decode("utf-8"))
+        document = parse(outcome)
+    except JsonRefused as exc:  # IMDS served what no IMDS document is: its failure (exit 3)
+        raise ImdsError(f"/latest/{request.path}", f"refused: {exc}") from None
     except ValueError:  # UnicodeDecodeError is one
         problem = f"not a JSON document, so key {request.key!r} cannot be read"
         raise ValueError(f"/latest/{request.path}: {problem}") from None

@@ -15,15 +15,15 @@ module was given.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from . import rundir
 from .config import Declaration
+from .logs import std_logger
 from .schedule import WatchPlan, plan
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 
 
 def hand_off(cloud_config: Any, declaration: Optional[Declaration], directory: Optional[Path] = None) -> WatchPlan:

@@ -6,6 +6,14 @@ process that has not imported `logging` has no handler and no level set, so `log
 would drop its debug and info messages; they are dropped here without importing it,
 which a cold `cc-imds get` would otherwise pay for on every call. Warnings and errors
 always go through `logging`.
+
+Text from outside (an IMDS notice, a tag, a file name) reaches log lines, error messages
+and `cc-imds status`. Where it leaves the process, it is shown with `shown`: control and
+other unprintable characters escaped, so a notice's ESC sequence cannot rewrite the
+operator's terminal and a line break cannot forge a log line. One filter on every cc_imds
+logger (`std_logger`, and the lazy Logger below) does it for log lines; the CLI's error
+printer, `status` and the cloud-init module's re-raised error call `shown` themselves.
+It runs after secrets are scrubbed, so it never changes what the scrubber looks for.
 """
 
 from __future__ import annotations
@@ -14,11 +22,54 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import logging
     from typing import Callable, Optional
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 
 _first_use: Optional[Callable[[], None]] = None
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text: str) -> str:
+    """`text` as it may be shown on a terminal or in a log: every character that is not
+    printable (C0 and C1 controls, DEL, ESC, bidi overrides, zero-width marks) written as
+    an escape (\\n, \\x1b, \\u202e)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                                                               f"\\u{ord(c):04x}" if ord(c) < 0x10000 else
+                                                               f"\\U{ord(c):08x}") for c in text)
+
+
+def shown_lines(text: str) -> str:
+    """`shown` for each line of a message of several lines, its line breaks kept."""
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
+class _Escaping:
+    """A logging filter: the record's message, formatted, through `shown`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = shown(message)
+        if escaped != message:
+            record.msg, record.args = escaped, None
+        return True
+
+
+_ESCAPING = _Escaping()
+
+
+def std_logger(name: str) -> logging.Logger:
+    """`logging.getLogger(name)`, its messages shown with `shown` whatever handler takes them
+    (ours, cloud-init's, a test's)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    if _ESCAPING not in logger.filters:
+        logger.addFilter(_ESCAPING)
+    return logger
 
 
 def on_first_use(setup: Optional[Callable[[], None]]) -> None:
@@ -42,9 +93,7 @@ class Logger:
         if level >= WARNING and _first_use is not None:
             setup, _first_use = _first_use, None
             setup()
-        import logging
-
-        logging.getLogger(self.name).log(level, msg, *args)
+        std_logger(self.name).log(level, msg, *args)
 
     def debug(self, msg: str, *args: object) -> None:
         self.log(DEBUG, msg, *args)

@@ -10,7 +10,6 @@ sensitive default and token from it, in every form it can take (scrub.py).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,13 +19,14 @@ from .client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
 from .config import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
 from .deadline import Deadline
 from .errors import CcImdsError, DeclarationError
+from .logs import std_logger
 from .render import Output, render
 from .resolve import TreeSource, Values, resolve
 from .scrub import Scrubber
 from .tree import MetadataTree
 from .write import Change, default_lock_path, write_outputs
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 T = TypeVar("T")
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Op
 from .config import Declaration, ValueSpec
 from .deadline import Deadline
 from .errors import ImdsError, ImdsNotFound, ImdsUnreachable, ResolveError
+from .jsontext import JsonRefused, parse
 from .tree import TAGS_PREFIX, MetadataTree
 
 Value = Union[str, bytes, Mapping[str, str]]
@@ -141,7 +142,9 @@ def _value(spec: ValueSpec, outcomes: Mapping[str, Outcome], malformed: Mapping[
     if spec.key is None:
         return text
     try:
-        document = json.loads(text)
+        document = parse(text)
+    except JsonRefused as exc:
+        raise _Missing(f"/latest/{spec.path}: refused: {exc}, so key {spec.key!r} cannot be read") from None
     except ValueError:
         raise _Missing(f"/latest/{spec.path}: not a JSON document, so key {spec.key!r} cannot be read") from None
     if not isinstance(document, dict) or spec.key not in document:

@@ -17,7 +17,6 @@ as root): otherwise another user could plant a declaration, or fake a healthy st
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import stat
@@ -25,9 +24,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import CcImdsError
+from .jsontext import JsonRefused, parse
 from .lock import RUN_DIR
+from .logs import std_logger
+from .streams import write_all
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 
 RUN_DIR_ENV = "CC_IMDS_RUN_DIR"  # relocates the run-time state (tests, unusual layouts)
 MARKER = "watch"
@@ -106,11 +108,11 @@ def read_json(path: Path) -> Any:
     if data is None:
         return None
     try:
-        return json.loads(data)
+        return parse(data)
+    except JsonRefused as exc:
+        raise RunDirError(f"{path}: refused: {exc}") from None
     except ValueError:
         raise RunDirError(f"{path}: not valid JSON") from None
-    except RecursionError:
-        raise RunDirError(f"{path}: nested too deeply to be ours") from None
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -120,9 +122,7 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

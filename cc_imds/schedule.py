@@ -15,13 +15,13 @@ jitter comes in as a number in [0, 1), so every decision here can be tested with
 from __future__ import annotations
 
 import datetime
-import json
 import math
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .config import Declaration, EnvOutput, EventAction, FileOutput
 from .events import EVENT_PATHS
+from .jsontext import parse
 
 FLOOR = 1.0  # never poll a path more often than this
 JITTER = 0.1  # periods are shortened by up to 10%, so polls spread out and are never late
@@ -201,8 +201,8 @@ def expiration(document: Document) -> Optional[float]:
         times = [t for t in found if t is not None]
         return min(times) if times else None
     try:
-        parsed = json.loads(document)
-    except ValueError:
+        parsed = parse(document)
+    except ValueError:  # not JSON, or refused (JsonRefused): no Expiration to go by
         return None
     if isinstance(parsed, dict) and isinstance(parsed.get("Expiration"), str):
         return parse_time(parsed["Expiration"])

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
+from .jsontext import parse
+
 REDACTED = "<redacted>"
 _MAX_DEPTH = 32
 
@@ -56,8 +58,8 @@ def _parts(secret: str) -> Set[str]:
     stripped = secret.strip()
     if stripped[:1] in ("{", "["):
         try:
-            parts.update(_json_leaves(json.loads(stripped)))
-        except (ValueError, RecursionError):
+            parts.update(_json_leaves(parse(stripped)))
+        except ValueError:  # not JSON, or refused (too deep to be a credential document)
             pass
     return parts
 

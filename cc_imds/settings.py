@@ -7,7 +7,6 @@ so that a bad value is a one-line error, never a traceback or a hang. Standard l
 
 from __future__ import annotations
 
-from .deadline import positive_finite
 from .errors import ProblemsError
 
 # `cc-imds get` imports this cold in every script that calls it: no typing, no dataclasses
@@ -20,6 +19,10 @@ IPV4_URL = "http://169.254.169.254"
 IPV6_URL = "http://[fd00:ec2::254]"
 ENV_ENDPOINT = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 ENV_ENDPOINT_MODE = "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"
+# Seconds, the schema's bounds for the declaration's `timeout` and `deadline`, and `get`'s
+# --timeout and --deadline: every place that reads one checks it against these.
+TIMEOUT_RANGE = (0.05, 60.0)
+DEADLINE_RANGE = (0.1, 3600.0)
 
 
 class SettingsError(ProblemsError):
@@ -65,8 +68,8 @@ class ClientSettings:
         for name, value in zip(self._FIELDS, given):
             object.__setattr__(self, name, value)  # immutable to everyone else
         problems = [
-            *_seconds_problem("timeout", timeout),
-            *_seconds_problem("deadline", deadline),
+            *_seconds_problem("timeout", timeout, TIMEOUT_RANGE),
+            *_seconds_problem("deadline", deadline, DEADLINE_RANGE),
             *_integer_problem("token_ttl", token_ttl, 1, 21600),
             *_integer_problem("concurrency", concurrency, 1, 32),
             *_integer_problem("max_body", max_body, 1, 1 << 30),
@@ -93,9 +96,15 @@ class ClientSettings:
         return "ClientSettings(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS) + ")"
 
 
-def _seconds_problem(name: str, value: object) -> List[str]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and positive_finite(value)
-    return [] if ok else [f"{name}: must be a positive, finite number of seconds, not {value!r}"]
+def seconds_in_range(value: object, bounds: Tuple[float, float]) -> bool:
+    """A number (not a bool) from bounds[0] to bounds[1]: never nan, inf or a huge int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]
+
+
+def _seconds_problem(name: str, value: object, bounds: Tuple[float, float]) -> List[str]:
+    if seconds_in_range(value, bounds):
+        return []
+    return [f"{name}: must be a number of seconds from {bounds[0]:g} to {bounds[1]:g}, not {value!r}"]
 
 
 def _integer_problem(name: str, value: object, low: int, high: int) -> List[str]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .logs import shown
 from .schedule import parse_time
 
 FORMAT = 1
@@ -77,7 +78,8 @@ _COMMAND: Dict[str, Callable[[Any], bool]] = {
     "exit": lambda v: v is None or type(v) is int, "error": _text, "running": lambda v: v is None or type(v) is bool}
 _WATCHER: Dict[str, Callable[[Any], bool]] = {
     "pid": lambda v: type(v) is int and 0 < v < MAX_PID, "started": _text, "updated": _text, "stopped": _text,
-    "sources": _texts, "reload_problems": _texts}
+    "sources": _texts, "reload_problems": _texts,
+    "commands": lambda v: v is None or (isinstance(v, dict) and all(_count(c) for c in v.values()))}
 _VALUE: Dict[str, Callable[[Any], bool]] = {
     "path": _text, "refresh": _text, "last_refresh": _text, "next_due": _text, "failures": _count,
     "last_error": _text, "expires": _text}
@@ -89,7 +91,7 @@ _NOTICE: Dict[str, Callable[[Any], bool]] = {
     "fields": lambda v: v is None or (isinstance(v, dict) and all(isinstance(i, str) for i in v.values())),
     "commands": lambda v: v is None or (isinstance(v, list) and all(c is not None and _command_record(c) for c in v))}
 _EVENT: Dict[str, Callable[[Any], bool]] = {
-    "path": _text, "poll": _number, "commands": _count, "failures": _count, "last_error": _text,
+    "path": _text, "poll": _number, "commands": _count, "failures": _count, "last_error": _text, "waiting": _count,
     "notices": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, dict) and
                                                                    _bad_field(n, _NOTICE) is None for n in v))}
 
@@ -225,6 +227,8 @@ def _span(seconds: float) -> str:
 
 def _command(result: Mapping[str, Any], now: float) -> str:
     if result.get("running"):
+        if result.get("queued"):
+            return f"waiting for a command slot since {_ago(result.get('started'), now)}"
         return f"running since {_ago(result.get('started'), now)}"
     outcome = f"failed: {result['error']}" if result.get("error") else "exit 0"
     return f"{outcome} at {_ago(result.get('started'), now)}, {result.get('seconds') or 0:.1f}s"
@@ -241,6 +245,11 @@ def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) ->
         if watcher.get("stopped"):
             lines.append(f"  stopped {_ago(watcher.get('stopped'), now)}")
         lines.append(f"  declarations: {', '.join(watcher.get('sources') or []) or '(none)'}")
+        commands = watcher.get("commands")
+        if commands:
+            lines.append(f"  commands: {commands.get('running', 0)} running, {commands.get('queued', 0)} waiting "
+                         f"(at most {commands.get('max_running')} at once, {commands.get('max_queued')} waiting); "
+                         f"{commands.get('merged', 0)} merged into a later run, {commands.get('refused', 0)} refused")
         for name, info in sorted((doc.get("values") or {}).items()):
             lines.append(f"value {name}: {info.get('path')} (refresh {info.get('refresh')})")
             detail = f"  last refresh {_ago(info.get('last_refresh'), now)}"
@@ -267,6 +276,9 @@ def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) ->
             notices = info.get("notices") or []
             if not notices:
                 lines.append("  no notice")
+            if info.get("waiting"):
+                lines.append(f"  {info['waiting']} new notice(s) wait for a later poll (a limit per minute, or no "
+                             "free command slot)")
             for notice in notices:
                 lines.append(f"  notice {notice.get('id')} seen {_ago(notice.get('seen'), now)}: "
                              f"{json.dumps(notice.get('fields') or {}, sort_keys=True)}")
@@ -279,7 +291,7 @@ def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) ->
     else:
         lines.append("healthy" if doc is not None else
                      "healthy: no declaration asks for a refresh or an event, so no watcher runs")
-    return "\n".join(lines) + "\n"
+    return "".join(shown(line) + "\n" for line in lines)  # what IMDS or a command put in, escaped
 
 
 def as_json(doc: Optional[Mapping[str, Any]], health: Health) -> Dict[str, Any]:

@@ -26,7 +26,7 @@ import operator
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Dict, FrozenSet, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple
 
 from .formats import FormatProblem, quote_shell, quote_systemd
 
@@ -166,6 +166,8 @@ def _parse(source: str) -> Any:
 
 
 _SUBSTITUTION = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+# Where Jinja2's lexer leaves text: the leftmost `{{`, `{%` or `{#`.
+_OPENER = re.compile(r"\{[{%#]")
 # Names that mean something else to Jinja2: literals, operators, its globals and loop helpers.
 _JINJA_NAMES = frozenset(
     "true false none True False None and or not in is if else range dict lipsum cycler joiner namespace "
@@ -173,33 +175,62 @@ _JINJA_NAMES = frozenset(
 )
 
 
-def plain_names(source: str) -> Optional[FrozenSet[str]]:
-    """The names of a template made only of text and `{{ name }}`, or None for anything that
-    needs Jinja2: blocks, comments, filters, attributes, whitespace control, and carriage
-    returns (which Jinja2 turns into newlines)."""
+def _plain_parts(source: str) -> Optional[Tuple[List[str], List[str]]]:
+    """A plain template split as Jinja2's lexer splits it: texts[0] names[0] texts[1] ...
+    texts[-1]; None for anything that needs Jinja2.
+
+    Conservative: every place the lexer would leave text (the leftmost `{{`, `{%` or `{#`) must
+    start exactly `{{ name }}`, so `{{{x}}` (an opener at the first brace) is not plain; nor is
+    a `}` right after a substitution, nor a carriage return (which Jinja2 turns into a newline)."""
     if "\r" in source:
         return None
-    names = _SUBSTITUTION.findall(source)
-    rest = _SUBSTITUTION.sub("", source)
-    if "{{" in rest or "{%" in rest or "{#" in rest or _JINJA_NAMES.intersection(names):
+    texts: List[str] = []
+    names: List[str] = []
+    position = 0
+    while True:
+        opener = _OPENER.search(source, position)
+        if opener is None:
+            break
+        substitution = _SUBSTITUTION.match(source, opener.start())
+        if substitution is None or source.startswith("}", substitution.end()):
+            return None
+        texts.append(source[position:opener.start()])
+        names.append(substitution.group(1))
+        position = substitution.end()
+    texts.append(source[position:])
+    if _JINJA_NAMES.intersection(names):
         return None
-    return frozenset(names)
+    return texts, names
+
+
+def plain_names(source: str) -> Optional[FrozenSet[str]]:
+    """The names of a template made only of text and `{{ name }}`, or None for anything that
+    needs Jinja2: blocks, comments, filters, attributes, whitespace control, carriage returns,
+    and braces next to a substitution that Jinja2 would read otherwise (see _plain_parts)."""
+    parts = _plain_parts(source)
+    return None if parts is None else frozenset(parts[1])
 
 
 def plain_size(source: str, context: Mapping[str, Any]) -> Optional[int]:
     """The UTF-8 size of a plain template's output with these values, computed without
     building it; None when it needs Jinja2 (not plain, or a value is not text)."""
-    names = plain_names(source)
-    if names is None or not all(isinstance(context.get(name), str) for name in names):
+    parts = _plain_parts(source)
+    if parts is None:
         return None
-    sizes = {name: len(context[name].encode("utf-8", "surrogatepass")) for name in names}
-    text = len(_SUBSTITUTION.sub("", source).encode("utf-8", "surrogatepass"))
-    return text + sum(sizes[match.group(1)] for match in _SUBSTITUTION.finditer(source))
+    texts, names = parts
+    if not all(isinstance(context.get(name), str) for name in names):
+        return None
+    sizes = {name: len(context[name].encode("utf-8", "surrogatepass")) for name in set(names)}
+    return sum(len(text.encode("utf-8", "surrogatepass")) for text in texts) + sum(sizes[name] for name in names)
 
 
 def render_plain(source: str, context: Mapping[str, Any]) -> str:
     """A plain template (plain_size is not None) rendered as Jinja2 renders it."""
-    return _SUBSTITUTION.sub(lambda match: str(context[match.group(1)]), source)
+    parts = _plain_parts(source)
+    if parts is None:
+        raise ValueError("not a plain template")
+    texts, names = parts
+    return "".join(text + str(context[name]) for text, name in zip(texts, names)) + texts[-1]
 
 
 def referenced_names(source: str) -> FrozenSet[str]:

@@ -18,8 +18,17 @@ status), and no TLS or content coding is spoken: IMDS has none.
 
 Keep-alive connections are pooled per endpoint, at most a few idle ones each. A connection
 is reused only when its answer was read completely, nothing more arrived, and neither side
-said `Connection: close`; an idle one the server has closed is replaced without costing a
-retry. Standard library only.
+said `Connection: close`; when it is taken again, a zero-timeout poll must find nothing to
+read. An idle one the server has closed is replaced without costing a retry.
+
+A server that sends more than it announced (body bytes past Content-Length) is out of step
+with its connection: surplus that arrives late would be read as the answer to the next
+request. Nothing in an IMDS answer says which request it answers, so this cannot be caught
+in every case; what is done instead: the first time surplus shows up (left over after an
+answer, or found on an idle connection), that connection is closed and the endpoint is
+marked out of step, and from then on every request to it gets a fresh connection, for the
+life of this client. At most the one answer read before the surplus showed can be affected,
+and it came from that same server. Standard library only.
 """
 
 from __future__ import annotations
@@ -205,16 +214,17 @@ class _Connection:
                 self.buffer.clear()
                 return data
 
-    def is_idle_and_open(self) -> bool:
-        """Nothing to read and not closed by the peer: safe to send a request on."""
+    def idle_state(self) -> str:
+        """`idle` (nothing to read, not closed by the peer: safe to send a request on),
+        `closed`, or `surplus` (bytes nobody asked for: the server is out of step)."""
         try:
             self.sock.settimeout(0.0)
-            self.sock.recv(1, socket.MSG_PEEK)
+            peeked = self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
-            return True
+            return "idle"
         except OSError:
-            return False
-        return False  # end of file, or bytes nobody asked for: either way unusable
+            return "closed"
+        return "surplus" if peeked else "closed"
 
     def close(self) -> None:
         self.sock.close()
@@ -326,6 +336,7 @@ class Transport:
         self._endpoints: Dict[str, _Endpoint] = {}
         self._lock = allocate_lock()  # threading's Lock, without importing threading
         self._closed = False
+        self.out_of_step: List[str] = []  # base URLs that sent bytes nobody asked for: never reused again
 
     def request(
         self,
@@ -347,9 +358,23 @@ class Transport:
             response, conn = _exchange(endpoint, conn, message, give_up_at, max_body)
         except _Stale:
             response, conn = _exchange(endpoint, None, message, give_up_at, max_body)
+        except _OutOfStep as exc:
+            self._mark_out_of_step(base_url)
+            if exc.response is None:  # read on a reused connection: perhaps the last answer's surplus
+                response, conn = _exchange(endpoint, None, message, give_up_at, max_body)
+            else:
+                response, conn = exc.response, None
         if conn is not None:
             self._give_back(base_url, conn)
         return response
+
+    def _mark_out_of_step(self, base_url: str) -> None:
+        with self._lock:
+            if base_url not in self.out_of_step:
+                self.out_of_step.append(base_url)
+            idle = self._idle.pop(base_url, [])
+        for conn in idle:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
@@ -367,15 +392,19 @@ class Transport:
                 conn = conns.pop() if conns else None
             if conn is None:
                 return None
-            if now - conn.idle_since < IDLE_LIMIT and conn.is_idle_and_open():
+            state = conn.idle_state() if now - conn.idle_since < IDLE_LIMIT else "old"
+            if state == "idle":
                 return conn
             conn.close()
+            if state == "surplus":
+                self._mark_out_of_step(base_url)
+                return None
 
     def _give_back(self, base_url: str, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
         with self._lock:
             conns = self._idle.setdefault(base_url, [])
-            if not self._closed and len(conns) < self._max_idle:
+            if not self._closed and len(conns) < self._max_idle and base_url not in self.out_of_step:
                 conns.append(conn)
                 return
         conn.close()
@@ -429,10 +458,24 @@ def _exchange(
             raise _Stale() from None
         raise Transient("reset", f"connection failed: {type(exc).__name__}") from None
     assert conn is not None
-    if not reusable or conn.buffer:  # bytes nobody asked for: the connection is out of step
+    if conn.buffer:  # bytes nobody asked for: the connection is out of step
+        conn.close()
+        # On a fresh connection the answer came first, so it stands; on a reused one, what was
+        # read may be the previous answer's surplus: it is asked again on a fresh connection.
+        raise _OutOfStep(None if reused else Response(status, headers, body))
+    if not reusable:
         conn.close()
         return Response(status, headers, body), None
     return Response(status, headers, body), conn
+
+
+class _OutOfStep(Exception):
+    """More came than was asked for: the endpoint's connections are not reused again. The
+    answer read, if it can be trusted (a fresh connection's first), or None: ask again."""
+
+    def __init__(self, response: Optional[Response]) -> None:
+        super().__init__()
+        self.response = response
 
 
 def _close(conn: Optional[_Connection]) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import CcImdsError
 from .inputs import InputError, read_text
+from .jsontext import JsonRefused, parse
 
 TAGS_PREFIX = "meta-data/tags/instance/"
 MAX_TREE_BYTES = 64 * 1024 * 1024  # IMDS bodies are at most 4 MiB each (the client's limit)
@@ -184,13 +185,13 @@ def load_tree(path: Optional[str] = None, *, tags_enabled: bool = True) -> Metad
     MAX_TREE_BYTES, nested at most as deep as the JSON parser allows."""
     source = Path(path) if path else default_tree_path()
     try:
-        document = json.loads(read_text(source, MAX_TREE_BYTES))
+        document = parse(read_text(source, MAX_TREE_BYTES), MAX_TREE_BYTES)
     except InputError as exc:
         raise TreeError(str(exc)) from None
+    except JsonRefused as exc:
+        raise TreeError(f"{source}: refused: {exc}") from None
     except ValueError as exc:
         raise TreeError(f"{source}: not valid JSON: {exc}") from None
-    except RecursionError:
-        raise TreeError(f"{source}: not usable JSON: nested too deeply") from None
     try:
         return tree_from_document(document, tags_enabled=tags_enabled)
     except TreeError as exc:

@@ -119,11 +119,11 @@ def recall(digest: str) -> Optional[Documents]:
     finally:
         if fd != -1:
             os.close(fd)
-    import json
+    from .jsontext import parse
 
     try:
-        entry = json.loads(data)
-    except ValueError:
+        entry = parse(data)
+    except ValueError:  # not JSON, or past a bound: no record
         return None
     if not (isinstance(entry, list) and all(isinstance(d, list) and len(d) == 2 and isinstance(d[0], str)
                                             for d in entry)):
@@ -139,6 +139,8 @@ def remember(digest: str, documents: Documents) -> None:
     import json
     import secrets
 
+    from .streams import write_all
+
     data = json.dumps([[root, document] for root, document in documents]).encode("utf-8")
     directory = _directory(create=True)
     if directory is None:
@@ -148,9 +150,7 @@ def remember(digest: str, documents: Documents) -> None:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=directory)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.rename(temp, digest, src_dir_fd=directory, dst_dir_fd=directory)

@@ -21,7 +21,6 @@ Not a second pipeline: a loop around the boot run's own, run again for what chan
 from __future__ import annotations
 
 import fcntl
-import logging
 import math
 import os
 import queue
@@ -32,16 +31,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from . import rundir
-from .actions import Result, Runner
+from . import rundir, signals
+from .actions import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .client import ImdsClient
 from .config import Declaration, EnvOutput, FileOutput, Origin, SourceDocument, ValueSpec, build_declaration
 from .deadline import Deadline
 from .errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
 from .events import Notice, notice_env, notices
+from .logs import std_logger
 from .pipeline import RunOptions, client_settings, scrubber_for
 from .render import Output, render
 from .resolve import Value, Values, resolve
@@ -60,7 +59,7 @@ from .schedule import (
 from .status import FORMAT, iso
 from .write import Change, write_outputs
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 
 POLL_DEADLINE = 10.0  # one poll, every request and retry in it, and its write
 MAX_SLEEP = 300.0  # wake at least this often, so a wall clock stepped forward is noticed
@@ -69,6 +68,7 @@ HANDLED_KEPT = 100  # notice ids remembered per event
 NEW_NOTICES_PER_POLL = 10  # more than this in one answer waits for the next polls
 NOTICES_CONSIDERED = HANDLED_KEPT // 2  # of one answer: all of them stay remembered, so none runs twice
 NOTICES_SHOWN = 5  # recent notices per event in the status file
+NOTICES_PER_MINUTE = 60  # per event: acted on in any 60 s; more wait for later polls (IMDS still lists them)
 _EXPIRATION = "~expiration "  # hidden value: a credential document, read only for its Expiration
 _HIDDEN_ORIGIN = "cc-imds watch:"
 _MISSING = object()
@@ -104,6 +104,8 @@ class _EventState:
     last_error: Optional[str] = None
     recent: List[Dict[str, Any]] = field(default_factory=list)
     listed: int = 0  # notices in the last answer
+    acted: List[float] = field(default_factory=list)  # when notices were acted on, the last minute's
+    waiting: int = 0  # new notices the last poll left for later (NOTICES_PER_MINUTE, or no room for commands)
 
 
 class Watcher:
@@ -146,22 +148,23 @@ class Watcher:
             self._wake_r, self._wake_w = os.pipe()
             for fd in (self._wake_r, self._wake_w):
                 os.set_blocking(fd, False)
-            previous = self._install_signals()
+            stop_or_reload = {signal.SIGHUP: self._request_reload,
+                              **{s: self._request_stop for s in signals.STOP_SIGNALS}}
             try:
-                LOG.info("watching %s", _summary(self.plan))
-                while not self.stopping:
-                    if self.reload_requested:
-                        self.reload_requested = False
-                        self._reload()
-                        if self.stopping:
-                            break
-                    self._pass()
-                    self._collect_results()
-                    self._save_status()
-                    self._sleep_until(self._next_wake())
-                    self._collect_results()
+                with signals.handled(stop_or_reload, self._wake_w):  # a signal wakes the sleeping loop
+                    LOG.info("watching %s", _summary(self.plan))
+                    while not self.stopping:
+                        if self.reload_requested:
+                            self.reload_requested = False
+                            self._reload()
+                            if self.stopping:
+                                break
+                        self._pass()
+                        self._collect_results()
+                        self._save_status()
+                        self._sleep_until(self._next_wake())
+                        self._collect_results()
             finally:
-                self._restore_signals(previous)
                 self.runner.stop()
                 self._collect_results()
                 self._save_status(stopped=True)
@@ -345,9 +348,10 @@ class Watcher:
             LOG.info("%s %s (mode %04o)%s", change.action, change.path, change.mode,
                      f": {', '.join(because)} changed" if because else "")
             if spec.on_change is not None:
-                state.on_change = {"started": iso(self.options.clock()), "running": True}
-                self.runner.start(change.path, f"on_change {change.path}", spec.on_change,
-                                  env={"CC_IMDS_OUTPUT": change.path, "CC_IMDS_CHANGE": change.action})
+                label = f"on_change {change.path}"
+                started = self.runner.start(change.path, label, spec.on_change,
+                                            env={"CC_IMDS_OUTPUT": change.path, "CC_IMDS_CHANGE": change.action})
+                state.on_change = _command_record(label, started, self.options.clock())
         self.dirty = True
         if failed:
             self.write_failures += 1
@@ -433,10 +437,14 @@ class Watcher:
             state.last_poll = now
             state.due = event_due(watch, now, self.options.jitter())
             outcome = outcomes.get(watch.path)
+            if isinstance(outcome, bytes):
+                try:
+                    found = notices(watch.event, watch.path, outcome)
+                except ImdsError as exc:  # a document refused unread (nested too deeply): a failed poll
+                    outcome = exc
             if isinstance(outcome, ImdsNotFound):
-                found: List[Notice] = []
+                found = []
             elif isinstance(outcome, bytes):
-                found = notices(watch.event, watch.path, outcome)
                 if len(found) > NOTICES_CONSIDERED and len(found) != state.listed:
                     LOG.warning("%s: IMDS lists %d notices; acting on the first %d, the others once earlier "
                                 "ones are gone", watch.event, len(found), NOTICES_CONSIDERED)
@@ -459,8 +467,23 @@ class Watcher:
             if len(new) > NEW_NOTICES_PER_POLL:
                 LOG.warning("%s: %d new notices at once; acting on %d now, the rest on the next polls",
                             watch.event, len(new), NEW_NOTICES_PER_POLL)
+            state.acted = [t for t in state.acted if now - 60.0 < t <= now]
+            acted = 0
             for notice in new[:NEW_NOTICES_PER_POLL]:
-                self._act(watch, notice, now)
+                if len(state.acted) >= NOTICES_PER_MINUTE:
+                    why = f"{NOTICES_PER_MINUTE} notices were acted on in the last minute"
+                elif self.runner.room() < len(watch.actions):
+                    why = "every command slot is busy and the queue is full"
+                else:
+                    self._act(watch, notice, now)
+                    state.acted.append(now)
+                    acted += 1
+                    continue
+                LOG.warning("%s: %d new notice(s) wait for a later poll: %s", watch.event, len(new) - acted, why)
+                break
+            if state.waiting != len(new) - acted:
+                state.waiting = len(new) - acted
+                self.dirty = True
 
     def _act(self, watch: EventWatch, notice: Notice, now: float) -> None:
         """Run every command for a new notice, once: it is recorded as handled first, so a
@@ -476,9 +499,9 @@ class Watcher:
         commands = []
         for index, action in enumerate(watch.actions):
             label = f"{watch.event} notice {notice.id} ({action.origin})"
-            commands.append({"label": label, "started": iso(self.options.clock()), "running": True})
-            self.runner.start(f"{watch.event}:{notice.id}:{index}", label, action.command,
-                              env=notice_env(notice), stdin=notice.text.encode("utf-8") + b"\n")
+            started = self.runner.start(f"{watch.event}:{notice.id}:{index}", label, action.command,
+                                        env=notice_env(notice), stdin=notice.text.encode("utf-8") + b"\n")
+            commands.append(_command_record(label, started, self.options.clock()))
         state = self.events[watch.event]
         state.recent.append({"id": notice.id, "seen": iso(now), "fields": dict(notice.fields),
                              "commands": commands})
@@ -524,11 +547,7 @@ class Watcher:
         except InterruptedError:
             ready = []
         if ready:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            signals.drain(self._wake_r)
 
     def _wake(self) -> None:
         try:
@@ -536,25 +555,11 @@ class Watcher:
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake anyway
 
-    def _install_signals(self) -> Dict[int, Any]:
-        def stop(signum: int, frame: Optional[FrameType]) -> None:
-            self.stopping = True
+    def _request_stop(self) -> None:
+        self.stopping = True
 
-        def reload(signum: int, frame: Optional[FrameType]) -> None:
-            self.reload_requested = True
-
-        previous: Dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
-        previous[-1] = signal.set_wakeup_fd(self._wake_w)  # a signal wakes the sleeping loop
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: Dict[int, Any]) -> None:
-        signal.set_wakeup_fd(previous.pop(-1))
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def _request_reload(self) -> None:
+        self.reload_requested = True
 
     # -- status --------------------------------------------------------------------------
     def _save_status(self, stopped: bool = False) -> None:
@@ -602,6 +607,7 @@ class Watcher:
                 "failures": self.events[watch.event].failures,
                 "last_error": self.events[watch.event].last_error,
                 "notices": self.events[watch.event].recent,
+                "waiting": self.events[watch.event].waiting,
             }
             for watch in self.plan.events
         }
@@ -614,6 +620,7 @@ class Watcher:
                 "stopped": iso(now) if stopped else None,
                 "sources": list(self.declaration.sources) if self.declaration else [],
                 "reload_problems": self.reload_problems,
+                "commands": self.runner.counts(),
             },
             "values": values,
             "outputs": outputs,
@@ -632,6 +639,16 @@ def _with_expirations(declaration: Declaration, watch: WatchPlan) -> Declaration
             name = _EXPIRATION + group.path
             extra[name] = ValueSpec(name, group.path, None, None, True, Origin(_HIDDEN_ORIGIN[:-1], group.path))
     return replace(declaration, values={**declaration.values, **extra})
+
+
+def _command_record(label: str, started: str, now: float) -> Dict[str, Any]:
+    """A command just asked for, as the status file shows it until its result comes."""
+    record: Dict[str, Any] = {"label": label, "started": iso(now), "running": started in (STARTED, QUEUED, MERGED)}
+    if started == REFUSED:
+        record.update(error="not run: every command slot was busy and the queue full", exit=None)
+    elif started != STARTED:
+        record["queued"] = True
+    return record
 
 
 def _refresh_policy(group: Group) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import grp
-import logging
 import os
 import pwd
 import secrets
@@ -35,12 +34,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .deadline import Deadline
 from .errors import WriteError
 from .lock import LOCK_ENV, RUN_DIR, default_lock_path, locked
+from .logs import std_logger
 from .render import Output
 from .rootfs import Directory, PathRefused, open_parent
+from .streams import write_all
 
 __all__ = ["LOCK_ENV", "RUN_DIR", "Change", "default_lock_path", "locked", "owner_ids", "write_outputs"]
 
-LOG = logging.getLogger(__name__)
+LOG = std_logger(__name__)
 
 # FS_IOC_GETFLAGS (_IOR('f', 1, long)) and the inode flags that forbid replacing a file
 _FS_IOC_GETFLAGS = (2 << 30) | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1
@@ -249,9 +250,7 @@ def _write_temp(item: _Staged, uid: int, gid: int) -> str:
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, output.mode)
-        view = memoryview(output.content)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, output.content)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -15,6 +17,60 @@ import cc_imds
 from cc_imds.emulator import Emulator
 from cc_imds.tree import MetadataTree, load_tree
 
+# Property tests: CI's verdict is reproducible, the same draws every run ("ci", the default);
+# `make explore` draws afresh and many more ("explore", HYPOTHESIS_PROFILE=explore). What
+# exploring finds is pinned in the test as an @example. The RPM's %check has no hypothesis.
+EXPLORE_FACTOR = {"ci": 1, "explore": 20}
+PROPERTY_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROPERTY_PROFILE not in EXPLORE_FACTOR:
+    raise RuntimeError(f"HYPOTHESIS_PROFILE={PROPERTY_PROFILE!r}: expected one of {', '.join(EXPLORE_FACTOR)}")
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:
+    pass
+else:
+    # No deadline: how long an example takes depends on the machine's load, not on the code.
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=100,
+                                          print_blob=True)
+    _hypothesis_settings.register_profile("explore", derandomize=False, database=None, deadline=None,
+                                          max_examples=100 * EXPLORE_FACTOR["explore"], print_blob=True)
+    _hypothesis_settings.load_profile(PROPERTY_PROFILE)
+
+
+def examples(count: int) -> int:
+    """A property test's own number of examples, for CI; many times more when exploring."""
+    return count * EXPLORE_FACTOR[PROPERTY_PROFILE]
+
+
+# Time the tests allow beyond a promise, defined here only, so that no test types its own figure.
+# README, "Time and request bounds": a run, rendering included, ends within its deadline plus 0.5 s
+# (waking from a cut-off socket, killing and reaping the renderer: at most 46 ms measured with a
+# load average of 13 on 2 cores). Asserted in-process, where the deadline's clock starts.
+DEADLINE_SLACK = 0.5
+# A process also starts and imports before its deadline's clock starts: 0.2 s on an idle machine,
+# up to 4.3 s measured with a load average of 13 on 2 cores. Bounds on whole processes add this; a
+# hang is still far beyond it.
+PROCESS_SLACK = 8.0
+# A child process still running after this long is hung: every wait on one is bounded, so the
+# test fails saying so instead of holding the suite (not a speed check: builds take minutes).
+HUNG_AFTER = 1800
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `condition` until it is true (returned) or `timeout` passes (the test fails): how tests
+    wait for another thread or process, never with a bare sleep."""
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    found = condition()
+    if found:
+        return found
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
 # The emulator fixture, loaded the way users opt in to it (see cc_imds/pytest_plugin.py).
 pytest_plugins = ["cc_imds.pytest_plugin"]
 
@@ -22,6 +78,40 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 # The cc_imds under test: the working tree's, or in the RPM's %check the build root's.
 PACKAGE = Path(cc_imds.__file__).parent
+
+
+# `make test` declares every part it runs required (the Makefile exports CC_IMDS_REQUIRE_E2E=1):
+# a host that cannot run one (no root, no dash, cloud-init not unpacked...) fails the run, saying
+# why, never reports it skipped. Elsewhere (a laptop, a build host) the test is skipped, saying why.
+REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
+
+
+def require(condition: bool, why: str) -> None:
+    """In a test or fixture: go on only if `condition`; otherwise skip, or fail under `make test`."""
+    if not condition:
+        if REQUIRED:
+            pytest.fail(f"required (CC_IMDS_REQUIRE_E2E=1, as `make test` sets), but cannot run here: {why}",
+                        pytrace=False)
+        pytest.skip(why)
+
+
+def requires(condition: bool, why: str) -> pytest.MarkDecorator:
+    """require() as a mark, for a module (pytestmark), a test or a parameter."""
+    return pytest.mark.skipif(False, reason=why) if condition else pytest.mark.cannot_run_here(why)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cannot_run_here(why): skipped, or failed under `make test` (see require)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("cannot_run_here"):
+        require(False, mark.args[0])
+
+
+def needs_root(why: str) -> None:
+    """Tests that need root say why; `make test` runs as root."""
+    require(os.geteuid() == 0, f"needs root: {why}")
 
 
 def _has_ipv6_loopback() -> bool:
@@ -34,7 +124,7 @@ def _has_ipv6_loopback() -> bool:
 
 
 # Build hosts and containers often run without IPv6 (Docker's default): no ::1 to listen on.
-needs_ipv6_loopback = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this host has no IPv6 loopback (::1)")
+needs_ipv6_loopback = requires(_has_ipv6_loopback(), "this host has no IPv6 loopback (::1)")
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +199,21 @@ def emulator(imds_emulator: Emulator) -> Emulator:
 # `cc-imds` script): in the RPM's %check the current directory is the source tree, which
 # must not shadow the package under test.
 CLI = [sys.executable, "-c", "import runpy, sys; del sys.path[0]; runpy.run_module('cc_imds', run_name='__main__')"]
+
+
+# How a child process starts with SIGINT, set explicitly rather than inherited from however pytest
+# was launched: at its default (a foreground command), or ignored (a POSIX shell's background job,
+# `nohup make test &`, where Python never raises KeyboardInterrupt).
+SIGINT_STARTS = {"sigint-default": signal.SIG_DFL, "sigint-ignored": signal.SIG_IGN}
+
+
+def sigint_at(disposition: Any) -> Callable[[], None]:
+    """A preexec_fn that starts the child with SIGINT at `disposition`."""
+
+    def set_it() -> None:
+        signal.signal(signal.SIGINT, disposition)
+
+    return set_it
 
 
 def cli_env(env: Optional[dict] = None) -> dict:

@@ -11,8 +11,19 @@ from typing import List
 
 import pytest
 
-from cc_imds.actions import MAX_LOGGED_LINES, Result, Runner
+from cc_imds.actions import (
+    MAX_LOGGED_LINES,
+    MAX_QUEUED,
+    MAX_RUNNING,
+    MERGED,
+    QUEUED,
+    REFUSED,
+    STARTED,
+    Result,
+    Runner,
+)
 from cc_imds.config import Command
+from tests.conftest import PROCESS_SLACK, wait_for
 
 PY = sys.executable
 
@@ -101,9 +112,12 @@ STUBBORN_CHILD = "(trap '' TERM; exec sleep 300) & echo $! > {pid_file}; wait"
 
 def test_a_timeout_kills_a_child_that_ignores_sigterm(runner: Runner, results: Results, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    runner.start("k", "on_change /etc/x", Command(("sh", "-c", STUBBORN_CHILD.format(pid_file=pid_file)), 1))
-    (result,) = results.wait(1)
-    assert result.error == "timed out after 1s; its process group was killed"
+    # The timeout must outlast starting the shell and its child on a loaded machine, or the
+    # group would be killed before the stubborn child exists.
+    timeout = PROCESS_SLACK
+    runner.start("k", "on_change /etc/x", Command(("sh", "-c", STUBBORN_CHILD.format(pid_file=pid_file)), timeout))
+    (result,) = results.wait(1, timeout=timeout + 60)
+    assert result.error == f"timed out after {timeout:g}s; its process group was killed"
     assert ended(int(pid_file.read_text()))
 
 
@@ -111,9 +125,7 @@ def test_stop_kills_a_child_that_ignores_sigterm(results: Results, tmp_path: Pat
     pid_file = tmp_path / "child.pid"
     runner = Runner(results)
     runner.start("k", "label", Command(("sh", "-c", STUBBORN_CHILD.format(pid_file=pid_file)), 600))
-    give_up = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < give_up:
-        time.sleep(0.01)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the stubborn child")
     runner.stop(grace=1)
     results.wait(1)
     assert ended(int(pid_file.read_text()))
@@ -161,14 +173,13 @@ def test_changes_during_a_run_coalesce_into_one_more_run(runner: Runner, results
             f"open({str(count)!r}, 'a').write('x')")
     command = Command((PY, "-c", code), 60)
     runner.start("/etc/x", "on_change /etc/x", command)
-    deadline = time.monotonic() + 30
-    while runner.busy() == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert runner.busy() == 1  # start() marks it running before it returns
     for _ in range(3):
         runner.start("/etc/x", "on_change /etc/x", command)  # while the first one still waits
     gate.touch()
     results.wait(2)
-    time.sleep(0.5)
+    # Idle: a third run, had one been queued, would have kept the key busy until it ended.
+    wait_for(lambda: runner.busy() == 0, what="the runner to be idle")
     assert len(results.items) == 2 and count.read_text() == "xx"
 
 
@@ -177,9 +188,6 @@ def test_different_keys_run_side_by_side(runner: Runner, results: Results, tmp_p
     code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)"
     for key in ("a", "b"):
         runner.start(key, key, Command((PY, "-c", code), 60))
-    deadline = time.monotonic() + 30
-    while runner.busy() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
     assert runner.busy() == 2
     gate.touch()
     assert {r.key for r in results.wait(2)} == {"a", "b"}
@@ -188,14 +196,41 @@ def test_different_keys_run_side_by_side(runner: Runner, results: Results, tmp_p
 def test_stop_ends_running_commands_and_starts_no_more(results: Results, tmp_path: Path) -> None:
     runner = Runner(results)
     runner.start("k", "label", Command(("sleep", "300"), 600))
-    deadline = time.monotonic() + 30
-    while runner.busy() == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.monotonic()
-    runner.stop(grace=2)
-    assert time.monotonic() - started < 10
+    assert runner.busy() == 1
+    runner.stop(grace=2)  # bounded by the test run's own timeout; `sleep` takes SIGTERM at once
     (result,) = results.wait(1)
     assert result.error == "killed by signal 15"
     runner.start("k2", "label", Command(("true",), 5))
-    time.sleep(0.3)
+    assert runner.busy() == 0  # start() would have marked it running before returning
     assert len(results.items) == 1
+
+
+def test_at_most_max_running_at_once_and_max_queued_waiting(results: Results, tmp_path: Path) -> None:
+    """Slots are taken when `start` returns, so the limits hold without waiting for a process."""
+    runner = Runner(results)
+    gate = tmp_path / "gate"
+    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nprint(os.getpid())"
+    command = Command((PY, "-c", code), 60)
+    try:
+        answers = [runner.start(f"k{i}", f"run {i}", command) for i in range(MAX_RUNNING + MAX_QUEUED + 3)]
+        assert answers == [STARTED] * MAX_RUNNING + [QUEUED] * MAX_QUEUED + [REFUSED] * 3
+        assert runner.room() == 0
+        assert runner.start(f"k{MAX_RUNNING}", "the first waiting, again", command) == MERGED
+        assert runner.counts() == {"running": MAX_RUNNING, "queued": MAX_QUEUED, "merged": 1, "refused": 3,
+                                   "max_running": MAX_RUNNING, "max_queued": MAX_QUEUED}
+        gate.touch()
+        done = results.wait(MAX_RUNNING + MAX_QUEUED)
+        assert sorted(r.key for r in done) == sorted(f"k{i}" for i in range(MAX_RUNNING + MAX_QUEUED))
+        assert all(r.ok for r in done)
+        assert runner.room() == MAX_RUNNING + MAX_QUEUED
+    finally:
+        runner.stop(grace=0.5)
+
+
+def test_what_a_command_leaves_in_its_group_is_ended_when_it_exits(runner: Runner, results: Results,
+                                                                   tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    runner.start("k", "label", Command(("sh", "-c", f"sleep 300 & echo $! > {pid_file}"), 60))
+    (result,) = results.wait(1)
+    assert result.ok
+    assert ended(int(pid_file.read_text()))

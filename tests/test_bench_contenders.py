@@ -13,7 +13,7 @@ import pytest
 
 from bench.run import bench_tree, declaration
 from cc_imds.emulator import Emulator
-from tests.conftest import REPO
+from tests.conftest import HUNG_AFTER, REPO
 
 
 @pytest.mark.parametrize("flag", [[], ["--token-per-value"]])
@@ -27,7 +27,7 @@ def test_curl_script_matches_cc_imds(cli: Callable, make_emulator: Callable[...,
     assert cli("apply", str(decl), "--no-conf-dir").returncode == 0
     emulator.clear_log()
     subprocess.run(["bash", str(REPO / "bench/imds-curl.sh"), *flag, emulator.url, "5", str(tmp_path / "curl")],
-                   check=True)
+                   check=True, timeout=HUNG_AFTER)
     for name in ("bench.sh", "bench.conf"):
         assert (tmp_path / "curl" / name).read_bytes() == (tmp_path / "cc-imds" / name).read_bytes()
     assert emulator.count("PUT") == (1 if not flag else 5 + 1 + 20 + 1 + 1)
@@ -39,5 +39,5 @@ def test_curl_values_script_prints_what_get_shell_prints(cli: Callable, make_emu
     got = cli("get", "--shell", *pairs, "--endpoint", emulator.url)
     assert got.returncode == 0, got.stderr
     curl = subprocess.run(["bash", str(REPO / "bench/curl-values.sh"), emulator.url, *pairs], capture_output=True,
-                          check=True)
+                          check=True, timeout=HUNG_AFTER)
     assert curl.stdout == got.stdout

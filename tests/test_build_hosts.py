@@ -6,35 +6,47 @@ made with namespaces: nothing on this host changes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import REPO, requires
 
-from tests.conftest import REPO
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                                reason="needs root and unshare to make another host's view")
+pytestmark = requires(os.geteuid() == 0 and shutil.which("unshare") is not None,
+                      "needs root and unshare to make another host's view")
 
 
-def pytest_in(setup: str, *args: str) -> subprocess.CompletedProcess:
-    """Run pytest on the given tests after `setup` (shell) ran in fresh namespaces."""
+def pytest_in(setup: str, *args: str, required: bool = False) -> subprocess.CompletedProcess:
+    """Run pytest on the given tests after `setup` (shell) ran in fresh namespaces; as on a build
+    host, nothing is declared required (tests/conftest.py's require) unless `required`."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *args]
     script = f'{setup} && exec "$@"'
+    env = {k: v for k, v in os.environ.items() if k != "CC_IMDS_REQUIRE_E2E"}
+    if required:
+        env["CC_IMDS_REQUIRE_E2E"] = "1"
     return subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                           *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           *command], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+NO_IPV6 = "ip link set lo up && sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1"
+IPV6_TESTS = ("-k", "ipv6_loopback", "tests/test_emulator.py", "tests/test_client.py")
 
 
 def test_without_ipv6_the_ipv6_loopback_tests_skip_with_a_reason() -> None:
-    result = pytest_in(
-        "ip link set lo up && sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1",
-        "-k", "ipv6_loopback", "tests/test_emulator.py", "tests/test_client.py",
-    )
+    result = pytest_in(NO_IPV6, *IPV6_TESTS)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert result.stdout.count("this host has no IPv6 loopback (::1)") == 2
+    skips = re.findall(r"^SKIPPED \[(\d+)\] .*: this host has no IPv6 loopback \(::1\)$", result.stdout, flags=re.M)
+    assert sum(map(int, skips)) == 2, result.stdout[-3000:]
     assert "2 skipped" in result.stdout.splitlines()[-1]
+
+
+def test_under_make_test_a_missing_ipv6_loopback_fails_saying_why() -> None:
+    result = pytest_in(NO_IPV6, *IPV6_TESTS, required=True)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert result.stdout.count("cannot run here: this host has no IPv6 loopback (::1)") >= 2
+    assert "2 errors" in result.stdout.splitlines()[-1] and "skipped" not in result.stdout.splitlines()[-1]
 
 
 def test_with_amazon_linux_group_names_ownership_still_works(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import signal
+import socket
+import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +16,7 @@ import pytest
 from cc_imds.cli import main, normalise_get_path
 from cc_imds.emulator import Emulator
 from cc_imds.tree import MetadataTree
-from tests.conftest import CLI, EXAMPLES, REPO, cli_env
+from tests.conftest import CLI, EXAMPLES, REPO, SIGINT_STARTS, cli_env, sigint_at
 
 BROKEN = """#cloud-config
 imds:
@@ -208,19 +211,33 @@ def test_get_path_forms(given: str, expected: str) -> None:
     assert normalise_get_path(given) == expected
 
 
-def test_emulate_serves_until_stopped(cli: Callable, tmp_path: Path) -> None:
-    import signal
-    import subprocess
-
-    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--no-tags"], stdout=subprocess.PIPE, env=cli_env(),
-                              text=True)
+@pytest.mark.parametrize("start", SIGINT_STARTS, ids=list(SIGINT_STARTS))
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("when", ["at-once", "after-requests"])
+def test_emulate_serves_until_stopped(cli: Callable, start: str, stop: int, when: str) -> None:
+    """Listening before its banner says so, and stopped cleanly by SIGTERM or SIGINT at any moment
+    after it, whether it started with SIGINT at its default or ignored (a shell's background job)."""
+    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--no-tags"], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=cli_env(), text=True,
+                              preexec_fn=sigint_at(SIGINT_STARTS[start]))
     try:
         assert server.stdout is not None
         banner = server.stdout.readline()
         assert banner.startswith("IMDS emulator (required) listening on http://127.0.0.1:")
         url = banner.split()[-1]
-        assert cli("get", "meta-data/instance-id", "--endpoint", url).stdout == b"i-0a1b2c3d4e5f60789"
-        assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).returncode == 1
+        port = int(url.rsplit(":", 1)[1])
+        # Connected at once: a connection refused here means the banner came before listen().
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        if when == "after-requests":
+            assert cli("get", "meta-data/instance-id", "--endpoint", url).stdout == b"i-0a1b2c3d4e5f60789"
+            assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).returncode == 1
+        server.send_signal(stop)
+        assert server.wait(timeout=30) == 0
+        with socket.socket() as again:  # the port was released: nothing listens on it (TIME_WAIT aside)
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+            again.listen()
     finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=10) == 0
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)

@@ -18,6 +18,7 @@ from cc_imds.config import (
     load_schema,
 )
 from cc_imds.errors import DeclarationError
+from tests.conftest import examples
 
 
 def doc(document: Any, source: str = "user-data") -> SourceDocument:
@@ -348,7 +349,7 @@ near_valid = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.one_of(junk, near_valid))
 def test_generated_declarations_validate_or_fail_with_located_problems(document: Any) -> None:
     try:

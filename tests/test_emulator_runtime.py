@@ -18,7 +18,7 @@ from cc_imds.control import ControlServer
 from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound
 from cc_imds.schedule import expiration
-from tests.conftest import CLI, REPO, cli_env
+from tests.conftest import CLI, REPO, SIGINT_STARTS, cli_env, sigint_at
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 
@@ -184,8 +184,9 @@ def test_control_listens_on_loopback_only(emulator: Emulator) -> None:
 
 # -- cc-imds emulate ------------------------------------------------------------------------
 def test_emulate_offers_the_control_endpoint(cli: Callable[..., subprocess.CompletedProcess]) -> None:
-    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--control-port", "0"],
-                              stdout=subprocess.PIPE, env=cli_env(), text=True)
+    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--control-port", "0"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, env=cli_env(), text=True,
+                              preexec_fn=sigint_at(SIGINT_STARTS["sigint-ignored"]))  # as `emulate ... &` starts
     try:
         assert server.stdout is not None
         url = server.stdout.readline().split()[-1]
@@ -198,7 +199,7 @@ def test_emulate_offers_the_control_endpoint(cli: Callable[..., subprocess.Compl
         assert expiration(creds) > time.time() + 3600  # type: ignore[operator]
     finally:
         server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=10) == 0
+        assert server.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize("value", ["nan", "-5", "0.5", "inf", "soon"])

@@ -14,6 +14,7 @@ from cc_imds.errors import RenderError
 from cc_imds.render import render, variable_name
 from cc_imds.resolve import TreeSource, resolve
 from cc_imds.tree import MetadataTree
+from tests.conftest import examples
 
 
 def expand(prefix: str, tags: Dict[str, bytes]) -> bytes:
@@ -63,7 +64,7 @@ def assemblies(draw: st.DrawFn) -> tuple:
     return name, prefix, key
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(assemblies())
 def test_no_expansion_can_assemble_a_refused_name(assembly: tuple) -> None:
     name, prefix, key = assembly

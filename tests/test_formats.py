@@ -24,6 +24,7 @@ from cc_imds.formats import (
     quote_systemd,
     render_env,
 )
+from tests.conftest import HUNG_AFTER, examples, require
 
 # Values an attacker who may tag the instance could choose.
 HOSTILE = [
@@ -55,14 +56,9 @@ HOSTILE = [
 ]
 SHELLS = ["bash", "dash"]
 GENERATOR = Path("/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator")
-# `make test` (CI) sets this: a reader that is not installed is then a failure, not a skip
-# (tests/install-system-deps installs them).
-REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
-
-
 def need(present: bool, what: str) -> None:
-    if not present:
-        (pytest.fail if REQUIRED else pytest.skip)(f"{what} is not installed")
+    """A reader that is not installed fails `make test` (tests/install-system-deps installs them)."""
+    require(present, f"{what} is not installed")
 
 # Any text a tag value or metadata leaf can hold: UTF-8, so no lone surrogates; no NUL.
 text_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=200)
@@ -73,8 +69,8 @@ def source_in_shell(shell: str, env_file: Path, names: List[str]) -> List[str]:
     need(shutil.which(shell) is not None, shell)
     script = f". {env_file}\n" + "".join(f'printf "%s\\0" "${name}"\n' for name in names)
     result = subprocess.run(
-        [shell, "-c", script], capture_output=True, env={"PATH": "/usr/bin:/bin"}, cwd=env_file.parent, check=True
-    )
+        [shell, "-c", script], capture_output=True, env={"PATH": "/usr/bin:/bin"}, cwd=env_file.parent, check=True,
+        timeout=HUNG_AFTER)
     return result.stdout.decode("utf-8").split("\0")[:-1]
 
 
@@ -89,7 +85,7 @@ def test_hostile_values_round_trip_in_shells(tmp_path: Path, shell: str) -> None
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(text_values, min_size=1, max_size=8))
 def test_any_text_round_trips_in_shells(tmp_path: Path, shell: str, values: List[str]) -> None:
     pairs = [(f"V{i}", v) for i, v in enumerate(values)]
@@ -119,7 +115,7 @@ def systemd_reads(tmp_path: Path, pairs: List[Tuple[str, str]]) -> dict:
     conf.mkdir(exist_ok=True)
     (conf / "60-test.conf").write_text(render_env("systemd", pairs), encoding="utf-8")
     env = {"XDG_CONFIG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([str(GENERATOR)], capture_output=True, env=env, check=True)
+    result = subprocess.run([str(GENERATOR)], capture_output=True, env=env, check=True, timeout=HUNG_AFTER)
     found = {}
     for line in result.stdout.decode().splitlines():
         name, _, value = line.partition("=")
@@ -148,7 +144,7 @@ systemd_values = st.text(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(systemd_values, min_size=1, max_size=6))
 def test_systemd_format_read_back_by_systemd(tmp_path: Path, values: List[str]) -> None:
     pairs = [(f"CC_IMDS_V{i}", v) for i, v in enumerate(values)]
@@ -195,7 +191,7 @@ def test_json_round_trips_everything(pairs: List[Tuple[str, str]]) -> None:
 def start_a_program(shell: str, env_file: Path, *args: str) -> subprocess.CompletedProcess:
     """Source the file, then start a program: what every script that sources it does next."""
     return subprocess.run([shell, "-c", f'. {env_file} && exec /bin/true "$@"', shell, *args],
-                          capture_output=True, env={"PATH": "/usr/bin:/bin"})
+                          capture_output=True, env={"PATH": "/usr/bin:/bin"}, timeout=HUNG_AFTER)
 
 
 @pytest.mark.parametrize("shell", SHELLS)

@@ -17,7 +17,7 @@ import pytest
 import cc_imds
 from cc_imds import rundir
 from cc_imds.emulator import Emulator
-from tests.conftest import CLI, cli_env
+from tests.conftest import CLI, cli_env, requires
 
 
 class FakeCloud:
@@ -90,7 +90,7 @@ def test_a_later_run_that_needs_no_watcher_withdraws_the_marker(emulator: Emulat
     assert not (run_dir() / rundir.MARKER).exists() and not (run_dir() / rundir.CLOUD_CONFIG).exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="trust checks apply to root runs (make test runs as root)")
+@requires(os.geteuid() == 0, "needs root: trust checks apply to root runs")
 @pytest.mark.parametrize("problem", ["owner", "mode"])
 def test_an_untrusted_run_directory_is_refused_and_the_files_still_written(
         emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture, problem: str) -> None:

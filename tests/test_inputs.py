@@ -22,6 +22,7 @@ from cc_imds.inputs import (
     read_bytes,
     read_text,
 )
+from tests.conftest import examples
 from tests.hostile import ALIAS_BOMB, nested
 
 LOADERS = [yaml.SafeLoader] + ([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])
@@ -81,7 +82,7 @@ def test_syntax_errors_name_line_and_column(loader: Any) -> None:
 
 
 @loaders
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(st.sampled_from("ab:-[]{},&*!|>'\"#? \n\t0"), max_size=60))
 def test_any_text_loads_or_fails_with_input_error(loader: Any, text: str) -> None:
     try:

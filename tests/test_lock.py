@@ -9,7 +9,8 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from types import SimpleNamespace
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -17,13 +18,10 @@ from cc_imds import lock as lock_module
 from cc_imds.deadline import Deadline
 from cc_imds.errors import WriteError
 from cc_imds.lock import RUN_DIR, default_lock_path, locked
+from tests.conftest import DEADLINE_SLACK, needs_root, wait_for
 
-SLACK = 3.0  # seconds over a deadline, generous for a loaded machine (polling adds at most 0.1 s)
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: files owned by another user")
+# The lock is polled (every 0.1 s at most) within the deadline, in-process: the deadline's own slack.
+SLACK = DEADLINE_SLACK
 
 
 def is_held(path: Path) -> bool:
@@ -45,11 +43,13 @@ def holder(tmp_path: Path) -> Iterator[Tuple[Path, int]]:
     """A lock file held by another process (flock(1)) until the test ends: (path, its pid)."""
     path = tmp_path / "held.lock"
     process = subprocess.Popen(["flock", str(path), "sleep", "60"])
-    while not is_held(path):
-        time.sleep(0.01)
-    yield path, process.pid
-    process.kill()
-    process.wait()
+    try:
+        wait_for(lambda: is_held(path) or process.poll() is not None, what="flock(1) to hold the lock")
+        assert process.poll() is None, f"flock(1) exited {process.returncode} without holding the lock"
+        yield path, process.pid
+    finally:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def test_default_paths(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,12 +76,15 @@ def test_a_held_lock_is_waited_for_until_the_deadline_then_named(holder: Tuple[P
 
 def test_a_lock_released_while_waiting_is_taken(tmp_path: Path) -> None:
     path = tmp_path / "lock"
-    process = subprocess.Popen(["flock", str(path), "sleep", "0.5"])
-    while not path.exists():
-        time.sleep(0.01)
-    with locked(str(path), Deadline(30)):
-        assert process.poll() is not None  # only once the other holder is gone
-    process.wait()
+    released = tmp_path / "released"
+    process = subprocess.Popen(["flock", str(path), "sh", "-c", f"sleep 0.5; touch {released}"])
+    try:
+        wait_for(lambda: is_held(path) or process.poll() is not None, what="flock(1) to hold the lock")
+        with locked(str(path), Deadline(30)):
+            assert released.exists()  # only once the other holder was done with it
+    finally:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def test_lock_file_is_made_0600_and_a_wider_one_narrowed(tmp_path: Path) -> None:
@@ -103,24 +106,25 @@ def test_symlinked_lock_is_never_followed(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
 
 
-def test_lock_squatted_by_another_user_is_refused_at_once(tmp_path: Path) -> None:
-    needs_root()
+def test_lock_squatted_by_another_user_is_refused_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_root("files owned by another user")
     shared = tmp_path / "common"
     shared.mkdir(mode=0o1777)
     shared.chmod(0o1777)  # like /run/lock or /tmp
     squatted = shared / "cc-imds.lock"
     squatted.touch()
     os.chown(squatted, 65534, 65534)
-    started = time.monotonic()
+    waits: List[float] = []
+    monkeypatch.setattr(lock_module, "time", SimpleNamespace(sleep=waits.append))  # its only use of time
     with pytest.raises(WriteError, match=r"cc-imds.lock: (is owned by uid 65534: not a lock this user made|"
                                          r"cannot open it: Permission denied \(it is owned by uid 65534\))"):
         with locked(str(squatted), Deadline(30)):
             pass
-    assert time.monotonic() - started < SLACK
+    assert waits == []  # refused at once, not waited on until the deadline
 
 
 def test_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
-    needs_root()
+    needs_root("files owned by another user")
     shared = tmp_path / "common"
     shared.mkdir()
     shared.chmod(0o777)  # not sticky: anyone could swap the lock file
@@ -136,7 +140,7 @@ def test_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
 
 def test_run_dir_is_made_0755_and_trusted_only_if_only_root_can_write_it(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    needs_root()
+    needs_root("files owned by another user")
     run_dir = tmp_path / "run/cc-imds"
     monkeypatch.setattr(lock_module, "RUN_DIR", str(run_dir))
     with locked(str(run_dir / "lock"), Deadline(5)):

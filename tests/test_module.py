@@ -16,7 +16,7 @@ import pytest
 import cc_imds
 from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError, DeclarationError, ImdsError, RenderError
-from tests.conftest import PACKAGE
+from tests.conftest import HUNG_AFTER, PACKAGE
 
 
 class FakeCloud:
@@ -104,7 +104,7 @@ def test_import_uses_only_the_standard_library() -> None:
         "print(sorted(new & {'yaml', 'jsonschema', 'jinja2', 'markupsafe', 'cloudinit'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
-                            check=True)
+                            check=True, timeout=HUNG_AFTER)
     assert result.stdout.strip() == "[]"
 
 

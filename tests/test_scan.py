@@ -27,7 +27,7 @@ from cc_imds.scan import (
     scan_files,
     scan_paths,
 )
-from tests.conftest import REPO
+from tests.conftest import HUNG_AFTER, REPO
 from tests.hostile import gzip_bomb
 
 FIXTURES = REPO / "tests/fixtures/scan"
@@ -146,7 +146,7 @@ def test_suggestions_validate(cli: Callable, fixture: str, tmp_path: Path) -> No
 
 def variables_of(script: Path, names: List[str]) -> Dict[str, str]:
     code = f". {script}\n" + "".join(f'printf "%s\\0" "${n}"\n' for n in names)
-    out = subprocess.run(["bash", "-c", code], capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(["bash", "-c", code], capture_output=True, check=True, timeout=HUNG_AFTER).stdout.decode()
     return dict(zip(names, out.split("\0")[:-1]))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from cc_imds.emulator import Emulator
 from cc_imds.scan import suggest_get
-from tests.conftest import REPO
+from tests.conftest import HUNG_AFTER, REPO
 from tests.test_scan import FIXTURES, variables_of
 
 
@@ -40,7 +40,8 @@ def test_the_one_call_form_gives_what_the_script_got(cli: Callable, make_emulato
     (tmp_path / "cc-imds").chmod(0o755)
     script = "set -e\n" + eval_command(cli, fixture) + "\n" + "".join(f'printf "%s\\0" "${n}"\n' for n in names)
     result = subprocess.run(["bash", "-c", script], capture_output=True, check=True, env={
-        **os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin", "AWS_EC2_METADATA_SERVICE_ENDPOINT": emulator.url})
+        **os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin", "AWS_EC2_METADATA_SERVICE_ENDPOINT": emulator.url},
+        timeout=HUNG_AFTER)
     assert dict(zip(names, result.stdout.decode().split("\0")[:-1])) == expected
     assert emulator.count("PUT") == 1
 

@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, NamedTuple, Tuple
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import HUNG_AFTER, REPO, require
 
 # Where people's and CI workers' files live: an absolute path under one is on somebody's machine.
 MACHINE_ROOTS = {"home", "Users", "root", "Volumes", "work", "workspace", "workspaces", "builds", "runner", "scratch"}
@@ -117,7 +117,8 @@ def scan_text(name: str, text: str) -> Iterator[Finding]:
 
 def tracked_files() -> List[Tuple[str, str]]:
     """(path, git mode) of every tracked file, or of every file when this is not a git checkout."""
-    listing = subprocess.run(["git", "-C", str(REPO), "ls-files", "-s", "-z"], capture_output=True, text=True)
+    listing = subprocess.run(["git", "-C", str(REPO), "ls-files", "-s", "-z"], capture_output=True, text=True,
+                             timeout=HUNG_AFTER)
     if listing.returncode != 0:  # an unpacked source archive, as in the RPM build
         skip = {".git", ".venv", ".cache", "build", "__pycache__", ".hypothesis"}
         found = []
@@ -207,21 +208,23 @@ def test_the_scan_sees_what_leaves_the_repository(name: str, line: str, outside:
 # -- a fresh clone --------------------------------------------------------------------
 def _tree_to_clone() -> str:
     """The commit being submitted: HEAD plus uncommitted changes to tracked files (as rpm/build-rpm takes it)."""
-    stash = subprocess.run(["git", "-C", str(REPO), "stash", "create"], capture_output=True, text=True, check=True)
+    stash = subprocess.run(["git", "-C", str(REPO), "stash", "create"], capture_output=True, text=True, check=True,
+                           timeout=HUNG_AFTER)
     return stash.stdout.strip() or "HEAD"
 
 
 def _fresh_clone(tmp_path: Path) -> Tuple[Path, Dict[str, str]]:
     """The commit under test, cloned into an empty folder with no siblings, and an environment
     that lends it nothing of this checkout."""
-    if subprocess.run(["git", "-C", str(REPO), "rev-parse"], capture_output=True).returncode != 0:
-        pytest.skip("not a git checkout")
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse"], capture_output=True, timeout=HUNG_AFTER).returncode != 0:
+        require(False, "not a git checkout")
     empty = tmp_path / "empty"
     empty.mkdir()
     clone = empty / "cc-imds"
     commit = _tree_to_clone()
-    subprocess.run(["git", "clone", "--quiet", "--no-checkout", "--shared", str(REPO), str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", "--detach", commit], check=True)
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", "--shared", str(REPO), str(clone)], check=True,
+                   timeout=HUNG_AFTER)
+    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", "--detach", commit], check=True, timeout=HUNG_AFTER)
     assert sorted(p.name for p in empty.iterdir()) == ["cc-imds"]
     return clone, {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "HOME": str(tmp_path), "PIP_NO_INDEX": "1"}
 
@@ -233,13 +236,10 @@ def test_a_fresh_clone_builds_the_rpm_with_only_its_build_requires(tmp_path: Pat
     build output."""
     build_python = REPO / ".venv/al2023-build-notests/bin/python"
     can_build = build_python.exists() and shutil.which("rpmbuild") is not None
-    if os.environ.get("CC_IMDS_REQUIRE_E2E") == "1":
-        assert can_build, "the AL2023 build toolchain is missing: run `make rpm`"
-    if not can_build:
-        pytest.skip("no AL2023 build toolchain (`make rpm` sets it up)")
+    require(can_build, "no AL2023 build toolchain (`make rpm` sets it up)")
     clone, env = _fresh_clone(tmp_path)
     built = subprocess.run(["rpm/build-rpm", "--ci", "--without", "tests"], cwd=clone, capture_output=True,
-                           text=True, env={**env, "AL2023_PYTHON": str(build_python)})
+                           text=True, env={**env, "AL2023_PYTHON": str(build_python)}, timeout=HUNG_AFTER)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert list((clone / "rpm/build/RPMS/noarch").glob("cc-imds-*.noarch.rpm"))
     assert "Check import: cc_imds.cli" in built.stderr  # %check ran, on the clone's build root
@@ -256,14 +256,14 @@ def test_a_fresh_clone_passes_the_fast_suite(tmp_path: Path) -> None:
     from it on both Pythons. Running the fast suite a third time would prove nothing more."""
     fresh = os.environ.get("CC_IMDS_FRESH_CHECKOUT")
     if fresh and fresh == subprocess.run(["git", "-C", str(REPO), "rev-parse", _tree_to_clone()],
-                                         capture_output=True, text=True).stdout.strip():
+                                         capture_output=True, text=True, timeout=HUNG_AFTER).stdout.strip():
         pytest.skip(f"this checkout of {fresh[:12]} was a fresh clone when CI began, and the suite runs from it")
     clone, env = _fresh_clone(tmp_path)
     fast = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
          "-m", "not slow and not cloudinit and not rpm and not clone", "tests"],
         cwd=clone, capture_output=True, text=True, env=env,
-    )
+        timeout=HUNG_AFTER)
     assert fast.returncode == 0, fast.stdout[-4000:] + fast.stderr[-2000:]
     assert " passed" in fast.stdout.splitlines()[-1]
     _assert_untouched(clone)
@@ -271,5 +271,6 @@ def test_a_fresh_clone_passes_the_fast_suite(tmp_path: Path) -> None:
 
 def _assert_untouched(clone: Path) -> None:
     """The run read its code from the clone, and left the clone's tracked files as they were."""
-    status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True)
+    status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True,
+                            timeout=HUNG_AFTER)
     assert status.stdout == ""

@@ -12,18 +12,22 @@ from hypothesis import strategies as st
 
 from cc_imds.errors import CcImdsError
 from cc_imds.settings import ENV_ENDPOINT, ClientSettings, EndpointError, SettingsError, candidate_urls, choose_endpoint
+from tests.conftest import examples
 
 
 # -- settings ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"timeout": math.nan}, "timeout: must be a positive, finite number of seconds, not nan"),
-    ({"timeout": -1.0}, "timeout: must be a positive, finite number of seconds, not -1.0"),
-    ({"timeout": 0}, "timeout: must be a positive, finite number of seconds, not 0"),
-    ({"timeout": math.inf}, "timeout: must be a positive, finite number of seconds, not inf"),
-    ({"deadline": math.nan}, "deadline: must be a positive, finite number of seconds, not nan"),
-    ({"deadline": -math.inf}, "deadline: must be a positive, finite number of seconds, not -inf"),
-    ({"deadline": 2**1024}, f"deadline: must be a positive, finite number of seconds, not {2**1024}"),  # no float
-    ({"timeout": "2"}, "timeout: must be a positive, finite number of seconds, not '2'"),
+    ({"timeout": math.nan}, "timeout: must be a number of seconds from 0.05 to 60, not nan"),
+    ({"timeout": -1.0}, "timeout: must be a number of seconds from 0.05 to 60, not -1.0"),
+    ({"timeout": 0}, "timeout: must be a number of seconds from 0.05 to 60, not 0"),
+    ({"timeout": math.inf}, "timeout: must be a number of seconds from 0.05 to 60, not inf"),
+    ({"deadline": math.nan}, "deadline: must be a number of seconds from 0.1 to 3600, not nan"),
+    ({"deadline": -math.inf}, "deadline: must be a number of seconds from 0.1 to 3600, not -inf"),
+    ({"deadline": 2**1024}, f"deadline: must be a number of seconds from 0.1 to 3600, not {2**1024}"),  # no float
+    ({"timeout": 60.5}, "timeout: must be a number of seconds from 0.05 to 60, not 60.5"),
+    ({"deadline": 1e10}, "deadline: must be a number of seconds from 0.1 to 3600, not 10000000000.0"),
+    ({"deadline": 0.05}, "deadline: must be a number of seconds from 0.1 to 3600, not 0.05"),
+    ({"timeout": "2"}, "timeout: must be a number of seconds from 0.05 to 60, not '2'"),
     ({"token_ttl": 0}, "token_ttl: must be a whole number from 1 to 21600, not 0"),
     ({"token_ttl": 21601}, "token_ttl: must be a whole number from 1 to 21600, not 21601"),
     ({"token_ttl": True}, "token_ttl: must be a whole number from 1 to 21600, not True"),
@@ -61,7 +65,7 @@ def test_a_bad_endpoint_names_where_it_came_from() -> None:
 
 
 @given(st.text(max_size=40) | st.text(alphabet="http:/[]:.0123456789abcdef@?#% ", max_size=30).map("http://".__add__))
-@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_endpoint_text_is_accepted_or_a_clear_error(endpoint: str) -> None:
     try:
         urls = candidate_urls(endpoint)

@@ -30,7 +30,7 @@ from cc_imds.status import (
     render_text,
     status_problem,
 )
-from tests.conftest import CLI, REPO, cli_env
+from tests.conftest import CLI, REPO, cli_env, examples
 
 NOW = 1_800_000_000.0
 CREDS = "meta-data/iam/security-credentials/app-server"
@@ -168,6 +168,33 @@ def test_the_text_names_every_value_output_and_event() -> None:
     assert text.endswith("healthy\n")
 
 
+def test_the_text_shows_command_limits_waiting_notices_and_queued_runs() -> None:
+    def edit(doc: Dict[str, Any]) -> None:
+        doc["watcher"]["commands"] = {"running": 4, "queued": 16, "merged": 2, "refused": 3, "max_running": 4,
+                                      "max_queued": 16}
+        spot = doc["events"]["spot-interruption"]
+        spot["waiting"] = 7
+        spot["notices"] = [{"id": "1a2b", "seen": iso(NOW - 5), "fields": {"action": "terminate"},
+                            "commands": [{"label": "spot-interruption notice 1a2b (cloud-config)",
+                                          "started": iso(NOW - 5), "running": True, "queued": True}]}]
+
+    doc = changed(edit)
+    assert status_problem(doc) is None
+    text = render_text(doc, assess(doc, True, NOW, alive), NOW)
+    assert "  commands: 4 running, 16 waiting (at most 4 at once, 16 waiting); 2 merged into a later run, " \
+           "3 refused\n" in text
+    assert "  7 new notice(s) wait for a later poll" in text
+    assert f"    spot-interruption notice 1a2b (cloud-config): waiting for a command slot since {iso(NOW - 5)}" in text
+
+
+def test_the_text_escapes_control_characters_from_outside() -> None:
+    doc = changed(lambda d: d["events"]["spot-interruption"].update(
+        last_error="/latest/meta-data/spot/instance-action: \x1b]0;owned\x07\r\nforged line"))
+    text = render_text(doc, assess(doc, True, NOW, alive), NOW)
+    assert "\\x1b]0;owned\\x07\\r\\nforged line" in text
+    assert "\x1b" not in text and "\x07" not in text and "\nforged" not in text
+
+
 # -- the command ------------------------------------------------------------------------------
 def test_status_reads_the_run_directory_and_exits_with_the_judgement(cli: Callable[..., Any]) -> None:
     directory = Path(os.environ["CC_IMDS_RUN_DIR"])
@@ -252,7 +279,7 @@ def places(doc: Any, at: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
 PLACES = places(WITH_NOTICE)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(place=st.sampled_from(PLACES[1:]), value=json_values)
 def test_any_damage_is_refused_or_shown_never_a_crash(place: Tuple[Any, ...], value: Any) -> None:
     doc = copy.deepcopy(WITH_NOTICE)
@@ -276,5 +303,6 @@ def test_a_damaged_status_file_is_a_one_line_error(cli: Callable[..., Any], text
     for extra in ([], ["--json"]):
         result = subprocess.run([*CLI, "status", *extra], capture_output=True, text=True, env=cli_env(), timeout=60)
         assert result.returncode == NOT_RUNNING
-        assert re.fullmatch(rf"cc-imds: {re.escape(str(directory / rundir.STATUS))}: (nested too deeply to be ours|"
+        assert re.fullmatch(rf"cc-imds: {re.escape(str(directory / rundir.STATUS))}: "
+                            r"(refused: a JSON document nested deeper than 64 levels|"
                             r"not a status document of this version \(.*: unexpected content\))\n", result.stderr)

@@ -1,12 +1,13 @@
 """Templates of plain text and `{{ name }}` are rendered without Jinja2: exactly as Jinja2
 renders them, which hypothesis checks on generated templates full of near-misses, and with
-their size known before they are built."""
+their size known before they are built. CI's draws are fixed (tests/conftest.py's profile);
+`make explore` draws afresh, many more: what it finds is pinned here as an @example."""
 
 from __future__ import annotations
 
 from typing import Dict, List
 
-from hypothesis import given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cc_imds.templates import environment, plain_names, plain_size, referenced_names, render_plain
@@ -22,8 +23,12 @@ PIECES = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)  # timing is not the point; the machine may be loaded
 @given(st.lists(PIECES, max_size=8), st.text(max_size=5))
+# Found by random draws: an opener at the first brace, which Jinja2's lexer takes, not the regex's.
+@example(pieces=["{", "{{x}}"], value="")
+@example(pieces=["a{", "{{ x }}", "}"], value="")
+@example(pieces=["{{x}}", "}", "{{x}}"], value="")
+@example(pieces=["{", "{", "{{x}}"], value="")
 def test_plain_templates_render_exactly_as_jinja2_does(pieces: List[str], value: str) -> None:
     source = "".join(pieces)
     names = plain_names(source)
@@ -42,7 +47,11 @@ def test_plain_templates_render_exactly_as_jinja2_does(pieces: List[str], value:
 def test_what_is_plain() -> None:
     assert plain_names("region = {{ region }}\nid = {{instance_id}}\n") == {"region", "instance_id"}
     for needs_jinja in ("{{ region | upper }}", "{{ tags.Name }}", "{% if a %}{% endif %}", "{# note #}",
-                        "{{- region }}", "a\r\n{{ region }}", "{{ true }}", "{{ region"):
+                        "{{- region }}", "a\r\n{{ region }}", "{{ true }}", "{{ region",
+                        # Jinja2's lexer starts at the leftmost opener: these are not `{{ name }}` there.
+                        "{{{x}}", "a{{{ x }}", "{{{{x}}}}", "{{ x }}{%", "{{ x }}{#",
+                        # Braces right after a substitution: Jinja2 agrees today, but they are not the simple form.
+                        "{{ x }}}", "{{x}}}}"):
         assert plain_names(needs_jinja) is None, needs_jinja
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cc_imds import transport
 from cc_imds.transport import USER_AGENT, Fatal, Headers, Transient, Transport
-from tests.conftest import needs_ipv6_loopback
+from tests.conftest import examples, needs_ipv6_loopback
 
 MAX_BODY = 64 * 1024
 
@@ -34,7 +34,8 @@ def parse(raw: bytes, max_body: int = MAX_BODY) -> Tuple[int, Headers, bytes, bo
             status, headers, version = transport._read_head(conn)
             body, reusable = transport._read_body(conn, status, headers, version, max_body)
         finally:
-            writer.join()
+            writer.join(timeout=60)
+            assert not writer.is_alive(), "the writer never finished"
         return status, headers, body, reusable
 
 
@@ -54,7 +55,7 @@ def chunked(pieces: List[bytes], extensions: bool = False, upper: bool = False) 
     return out + b"0\r\nX-Trailer: yes\r\n\r\n"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(min_size=1, max_size=300), max_size=20), st.booleans(), st.booleans())
 def test_chunked_bodies_come_back_whole(pieces: List[bytes], extensions: bool, upper: bool) -> None:
     raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(pieces, extensions, upper)
@@ -62,7 +63,7 @@ def test_chunked_bodies_come_back_whole(pieces: List[bytes], extensions: bool, u
     assert (status, body, reusable) == (200, b"".join(pieces), True)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=2000), st.sampled_from([b"\r\n", b"\n"]))
 def test_content_length_bodies_come_back_whole(body: bytes, eol: bytes) -> None:
     raw = b"HTTP/1.1 200 OK" + eol + b"Content-Length: %d" % len(body) + eol + eol + body
@@ -79,7 +80,7 @@ PIECES = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(PIECES, st.binary(max_size=40)), max_size=30))
 def test_any_bytes_give_an_answer_or_a_protocol_error(pieces: List[bytes]) -> None:
     try:
@@ -276,14 +277,14 @@ LINES = st.one_of(NEAR_STATUS, NEAR_FIELD, NEAR_CHUNK, st.lists(st.sampled_from(
                   st.binary(max_size=16))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(LINES)
 def test_status_lines_read_as_the_grammar_says(line: bytes) -> None:
     match = STATUS_LINE.fullmatch(line)
     assert transport._status_line(line) == (None if match is None else (int(match[1]), int(match[2])))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(LINES)
 def test_field_lines_read_as_the_grammar_says(line: bytes) -> None:
     match = FIELD_LINE.fullmatch(line)
@@ -291,14 +292,14 @@ def test_field_lines_read_as_the_grammar_says(line: bytes) -> None:
     assert transport._field_line(line) == expected
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(LINES)
 def test_chunk_size_lines_read_as_the_grammar_says(line: bytes) -> None:
     match = CHUNK_LINE.fullmatch(line)
     assert transport._chunk_size(line) == (None if match is None else match[1])
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(st.one_of(st.lists(st.sampled_from(["X-aws", "-", ":", " ", "é", "\x00", "(", "~", "9"]), max_size=5)
                  .map("".join), st.text(max_size=8)))
 def test_header_names_sent_are_tokens(name: str) -> None:

@@ -21,7 +21,7 @@ from cc_imds import validated
 from cc_imds.config import Declaration, build_declaration, documents_from_dir, documents_from_file
 from cc_imds.emulator import Emulator
 from cc_imds.errors import DeclarationError
-from tests.conftest import EXAMPLES, REPO
+from tests.conftest import EXAMPLES, HUNG_AFTER, REPO
 from tests.test_imports import imported
 
 VALID = """#cloud-config
@@ -187,7 +187,8 @@ def test_a_user_without_a_configured_place_remembers_nothing(tmp_path: Path) -> 
         readable.chmod(0o755)
         shutil.copytree(REPO / "cc_imds", readable / "cc_imds", ignore=shutil.ignore_patterns("__pycache__"))
         result = subprocess.run(["/usr/bin/python3", "-c", code, str(readable)], env={"PATH": "/usr/bin:/bin"},
-                                user=NOBODY, group=NOBODY, extra_groups=[], cwd="/", capture_output=True)
+                                user=NOBODY, group=NOBODY, extra_groups=[], cwd="/", capture_output=True,
+                                timeout=HUNG_AFTER)
     finally:
         shutil.rmtree(readable)
     assert (result.returncode, result.stdout) == (0, b"None\n"), result.stderr

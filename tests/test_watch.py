@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+import pytest
 import yaml
 
 from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.emulator import Emulator
 from cc_imds.watch import Watcher, WatchOptions
-from tests.conftest import REPO
+from tests.conftest import REPO, SIGINT_STARTS
 from tests.watch_harness import (
     TAG,
     Watch,
@@ -249,3 +250,16 @@ def test_a_wall_clock_stepped_back_does_not_hold_polls_back(emulator: Emulator, 
         watcher.runner.stop()
         if watcher.client is not None:
             watcher.client.close()
+
+
+# -- stopping ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("start", SIGINT_STARTS, ids=list(SIGINT_STARTS))
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_stop_it_cleanly_however_it_was_started(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path, start: str, stop: int) -> None:
+    """A shell's background job starts with SIGINT ignored: the watcher's own handlers stop it anyway."""
+    out = tmp_path / "out"
+    watch = watches(tmp_path, emulator, tag_declaration(out)).start(sigint=start)
+    wait_for(lambda: watch.polls_of(TAG) >= 1 and "watching" in watch.log(), what="a first poll")
+    assert watch.stop(stop) == 0
+    assert "stopped" in watch.log()

@@ -20,6 +20,7 @@ from cc_imds.config import Origin
 from cc_imds.errors import WriteError
 from cc_imds.render import Output
 from cc_imds.write import write_outputs
+from tests.conftest import HUNG_AFTER, needs_root
 
 ORIGIN = Origin("test", "files[0]")
 
@@ -54,8 +55,7 @@ def test_unchanged_files_are_not_rewritten(tmp_path: Path) -> None:
 
 
 def test_owner_is_applied_and_unknown_owner_fails_before_any_write(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("changing ownership needs root")
+    needs_root("changing ownership")
     nobody = pwd.getpwnam("nobody")
     group = grp.getgrgid(nobody.pw_gid).gr_name  # nogroup on Debian, nobody on Amazon Linux
     write(tmp_path, [out("/owned", b"x", owner=f"nobody:{group}")])
@@ -122,8 +122,7 @@ def test_symlinked_parent_not_owned_by_root_is_refused(tmp_path: Path) -> None:
 
 
 def test_root_owned_symlinked_parent_is_followed(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs a root-owned symlink")
+    needs_root("a root-owned symlink")
     root = tmp_path / "root"
     (root / "run").mkdir(parents=True)
     (root / "var").mkdir()
@@ -168,7 +167,8 @@ def test_concurrent_writers_leave_one_consistent_result(tmp_path: Path) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "a write never ended"
     assert not errors
     a = (tmp_path / "root/shared/a").read_bytes()
     assert a in contents and (tmp_path / "root/shared/b").read_bytes() == a
@@ -182,14 +182,13 @@ def test_directory_in_the_way_is_an_error(tmp_path: Path) -> None:
 
 
 # -- --root is a chroot: nothing is written outside it -------------------------------------------
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: only root-owned symlinks are followed, and chattr needs root")
+def needs_chroot_root() -> None:
+    needs_root("only root-owned symlinks are followed, and chattr needs root")
 
 
 @pytest.mark.parametrize("link", ["{outside}", "../../../../../../../../..{outside}", "/../..{outside}"])
 def test_symlink_out_of_the_root_is_resolved_inside_it(tmp_path: Path, link: str) -> None:
-    needs_root()
+    needs_chroot_root()
     outside, root = tmp_path / "outside", tmp_path / "root"
     (outside / "etc").mkdir(parents=True)
     root.mkdir()
@@ -202,7 +201,7 @@ def test_symlink_out_of_the_root_is_resolved_inside_it(tmp_path: Path, link: str
 
 
 def test_real_path_is_reported_when_a_link_leads_elsewhere(tmp_path: Path) -> None:
-    needs_root()
+    needs_chroot_root()
     root = tmp_path / "root"
     (root / "run").mkdir(parents=True)
     (root / "var").mkdir()
@@ -215,7 +214,7 @@ def test_real_path_is_reported_when_a_link_leads_elsewhere(tmp_path: Path) -> No
 
 
 def test_symlink_loop_is_an_error_not_a_hang(tmp_path: Path) -> None:
-    needs_root()
+    needs_chroot_root()
     root = tmp_path / "root"
     root.mkdir()
     (root / "a").symlink_to("b")
@@ -314,25 +313,25 @@ def test_a_failing_rollback_says_exactly_what_is_where(tmp_path: Path, monkeypat
 
 
 def test_files_that_cannot_be_replaced_are_found_before_anything_changes(tmp_path: Path) -> None:
-    needs_root()
+    needs_chroot_root()
     before = old_state(tmp_path)
     root = tmp_path / "root"
-    subprocess.run(["chattr", "+i", str(root / "b")], check=True)
+    subprocess.run(["chattr", "+i", str(root / "b")], check=True, timeout=HUNG_AFTER)
     try:
         with pytest.raises(WriteError, match=r"root/b: is immutable \(chattr \+i\) and cannot be replaced; "
                                              r"nothing was changed$"):
             write(tmp_path, NEW)
         assert state(root) == before
     finally:
-        subprocess.run(["chattr", "-i", str(root / "b")], check=True)
+        subprocess.run(["chattr", "-i", str(root / "b")], check=True, timeout=HUNG_AFTER)
 
 
 def test_append_only_directory_is_refused_before_anything_changes(tmp_path: Path) -> None:
-    needs_root()
+    needs_chroot_root()
     before = old_state(tmp_path)
     root = tmp_path / "root"
     (root / "log").mkdir()
-    subprocess.run(["chattr", "+a", str(root / "log")], check=True)
+    subprocess.run(["chattr", "+a", str(root / "log")], check=True, timeout=HUNG_AFTER)
     try:
         with pytest.raises(WriteError, match=r"root/log/x: .*root/log is append-only \(chattr \+a\): no file in it "
                                              r"can be replaced; nothing was changed$"):
@@ -340,7 +339,7 @@ def test_append_only_directory_is_refused_before_anything_changes(tmp_path: Path
         assert state(root) == {**before, "log": state(root)["log"]}
         assert os.listdir(root / "log") == []
     finally:
-        subprocess.run(["chattr", "-a", str(root / "log")], check=True)
+        subprocess.run(["chattr", "-a", str(root / "log")], check=True, timeout=HUNG_AFTER)
 
 
 # -- every failing step: named, nothing changed, nothing left behind -------------------------------
@@ -381,7 +380,7 @@ def test_every_step_failing_names_the_output_and_changes_nothing(tmp_path: Path,
 
 
 def test_same_content_owned_by_someone_else_is_rewritten(tmp_path: Path) -> None:
-    needs_root()
+    needs_chroot_root()
     write(tmp_path, [out("/a", b"same")])
     os.chown(tmp_path / "root/a", 65534, 65534)  # its owner could change it later; a file root wrote, they cannot
     assert write(tmp_path, [out("/a", b"same")])[0].action == "updated"

@@ -8,27 +8,17 @@ import hashlib
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from cc_imds.emulator import Emulator
-from tests.conftest import CLI, cli_env, run_cli
+from tests.conftest import CLI, SIGINT_STARTS, cli_env, run_cli, sigint_at
+from tests.conftest import wait_for as wait_for  # the watcher tests import it from here
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 TAG = "meta-data/tags/instance/Environment"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class Watch:
@@ -57,13 +47,16 @@ class Watch:
         result = self.cli("apply", str(self.file), "--no-conf-dir", "--endpoint", self.emulator.url)
         assert result.returncode == 0, result.stderr
 
-    def start(self, *extra: str, endpoint_option: bool = True) -> Watch:
-        """`endpoint_option=False`: the declaration's own `endpoint` is used, as under systemd."""
+    def start(self, *extra: str, endpoint_option: bool = True, sigint: str = "sigint-ignored") -> Watch:
+        """`endpoint_option=False`: the declaration's own `endpoint` is used, as under systemd.
+        `sigint`: how SIGINT starts (tests.conftest.SIGINT_STARTS), never inherited from pytest;
+        no standard input, as under systemd or a background job."""
         endpoint = ["--endpoint", self.emulator.url] if endpoint_option else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*CLI, "watch", str(self.file), "--no-conf-dir", *endpoint, *extra],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                preexec_fn=sigint_at(SIGINT_STARTS[sigint]))
         return self
 
     def log(self) -> str:
@@ -93,7 +86,7 @@ class Watch:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(timeout=60)
 
 
 def digest(directory: Path) -> Dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.box import vm
 from tests.box.image import RELEASES, BuildError
-from tests.box.runner import RUNS, UNPACKED_CLOUD_INIT, BootResult, Box
+from tests.box.runner import RUNS, UNPACKED_CLOUD_INIT, BootResult, Box, host_python
 from tests.box.scenarios import boots_needed
 
 _boxes: List[Box] = []
@@ -33,6 +33,8 @@ def prerequisites() -> List[str]:
     for release in RELEASES.values():
         if not (UNPACKED_CLOUD_INIT / release.cloud_init / ".complete").exists():
             problems.append(f"cloud-init {release.cloud_init} is not unpacked (tests/e2e/fetch-cloud-init)")
+        if not host_python(release.cloud_init).exists():
+            problems.append(f"{host_python(release.cloud_init)} is missing (make test-setup)")
     return problems
 
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from tests.conftest import HUNG_AFTER
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "box"
 GUEST = Path(__file__).resolve().parent / "guest"
@@ -44,10 +46,30 @@ DISK_SIZE = "2G"
 class Release:
     name: str  # "debian-12"
     suite: str  # "bookworm"
-    cloud_init: str  # the version the tests expect the suite to have
+    cloud_init: str  # the cloud-init the guest runs
+    # The suite's own cloud-init, when the guest runs another: the package is installed for
+    # its dependencies, units and ds-identify, and its `cloudinit` replaced by upstream's
+    # (tests/vendor/cloud-init/, unpacked under .cache/cloud-init/).
+    packaged_cloud_init: str = ""
+    # The suite has python3-installer (Debian 12 and later); otherwise the image build brings
+    # the same package's source, installer, from PyPI.
+    has_installer: bool = True
+
+    @property
+    def debian_cloud_init(self) -> str:
+        return self.packaged_cloud_init or self.cloud_init
 
 
-RELEASES = {r.name: r for r in (Release("debian-12", "bookworm", "22.4.2"), Release("debian-13", "trixie", "25.1.4"))}
+RELEASES = {
+    r.name: r
+    for r in (
+        # Debian 11 has Amazon Linux 2023's Python stack (3.9, jsonschema 3.2.0, Jinja2 2.11.3)
+        # and runs AL2023's cloud-init 22.2.2 in place of its own 20.4.1.
+        Release("debian-11", "bullseye", "22.2.2", packaged_cloud_init="20.4.1", has_installer=False),
+        Release("debian-12", "bookworm", "22.4.2"),
+        Release("debian-13", "trixie", "25.1.4"),
+    )
+}
 
 # What an EC2 image of the release needs to boot cloud-init and run cc-imds: systemd,
 # cloud-init and cc-imds's three libraries, `ip` (the emulator's addresses), ifupdown
@@ -62,6 +84,15 @@ DPKG_EXCLUDES = (
     "/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
     "/lib/modules/*/kernel/*", "/usr/lib/modules/*/kernel/*",
 )
+# Upstream's cloud-init, unpacked by tests/e2e/fetch-cloud-init from the vendored tarball,
+# whose checksum file names the version.
+UNPACKED_CLOUD_INIT = REPO / ".cache" / "cloud-init"
+VENDORED_SUMS = REPO / "tests/vendor/cloud-init/SHA256SUMS"
+# The variant upstream's tools/render-cloudcfg renders its cloud.cfg for, in a guest that
+# runs upstream's cloud-init. Not `amazon`: its distro sets the hostname with hostnamectl,
+# which needs D-Bus, and Debian's cloud-init.service runs before sysinit.target, so before
+# D-Bus can be up (dbus installed or not): set_hostname fails and cloud-init ends in error.
+CLOUD_CFG_VARIANT = "debian"
 QUIET_UNITS = ("getty@.service", "serial-getty@.service", "getty-static.service", "e2scrub_reap.service")
 # Bump when the base's build steps change in a way their inputs do not show. (The image's
 # key includes this file, so any change here rebuilds the image.)
@@ -84,7 +115,7 @@ class BuildError(Exception):
 
 def run(command: List[str], *, log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> str:
     """Run a build step; on failure, raise with the command and the end of its output."""
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HUNG_AFTER)
     output = done.stdout + done.stderr
     if log is not None:
         with log.open("a") as handle:
@@ -131,9 +162,15 @@ def _remove_others(directory: Path, prefix: str, keep: Path) -> None:
 
 
 # -- the base ------------------------------------------------------------------------------
+def packages(release: Release) -> List[str]:
+    return [p for p in PACKAGES if release.has_installer or p != "python3-installer"]
+
+
 def base_root(release: Release, mirror: str) -> Path:
-    """A Debian root with everything from PACKAGES installed, cached."""
-    key = digest(BASE_RECIPE, release.suite, mirror, PACKAGES, DPKG_EXCLUDES)
+    """A Debian root with everything from PACKAGES installed, and upstream's cloud-init in
+    place of Debian's where the release says so; cached."""
+    replaced = [release.cloud_init, VENDORED_SUMS.read_text(), CLOUD_CFG_VARIANT] if release.packaged_cloud_init else []
+    key = digest(BASE_RECIPE, release.suite, mirror, packages(release), DPKG_EXCLUDES, replaced)
     bases = CACHE / "base"
     final = bases / f"{release.name}-{key}"
     if (final / ".complete").exists():
@@ -142,20 +179,44 @@ def base_root(release: Release, mirror: str) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     command = [
-        "mmdebstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+        "mmdebstrap", "--variant=minbase", "--include=" + ",".join(packages(release)),
         *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
         release.suite, str(work / "root"), f"deb {mirror} {release.suite} main",
     ]
     # INITRD=No: the kernel's postinst makes no initramfs (the box boots without one).
     run(command, log=work / "build.log", env={**os.environ, "INITRD": "No"})
     version = run(["dpkg-query", f"--admindir={work}/root/var/lib/dpkg", "-W", "-f=${Version}", "cloud-init"])
-    if not version.startswith(release.cloud_init + "-"):
-        raise BuildError(f"{release.suite} has cloud-init {version}, expected {release.cloud_init}")
+    if not version.startswith(release.debian_cloud_init + "-"):
+        raise BuildError(f"{release.suite} has cloud-init {version}, expected {release.debian_cloud_init}")
+    if release.packaged_cloud_init:
+        _replace_cloud_init(work / "root", release.cloud_init, work / "build.log")
     kernel(work / "root")  # fails now, not at boot, if there is none
     (work / ".complete").touch()
     work.rename(final)
     _remove_others(bases, release.name + "-", final)
     return final / "root"
+
+
+def _replace_cloud_init(root: Path, version: str, log: Path) -> None:
+    """Upstream's `cloudinit` package in place of Debian's, compiled as Debian's packages are
+    at install, and its cloud.cfg, which upstream renders at build time with its own tool
+    (Debian's cloud.cfg names modules that upstream's release may no longer have)."""
+    unpacked = UNPACKED_CLOUD_INIT / version
+    site = root / "usr/lib/python3/dist-packages"
+    shutil.rmtree(site / "cloudinit")
+    shutil.copytree(unpacked / "usr/lib/python3/dist-packages/cloudinit", site / "cloudinit")
+    run(["chroot", str(root), "python3", "-m", "compileall", "-q", "/usr/lib/python3/dist-packages/cloudinit"],
+        log=log)
+    source = root / "tmp/cloud-init-source"
+    for name in ("tools/render-cloudcfg", "config/cloud.cfg.tmpl"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(unpacked / "src" / name, source / name)
+    run(["chroot", str(root), "python3", "/tmp/cloud-init-source/tools/render-cloudcfg", "--variant",
+         CLOUD_CFG_VARIANT, "/tmp/cloud-init-source/config/cloud.cfg.tmpl", "/etc/cloud/cloud.cfg"], log=log)
+    shutil.rmtree(source)
+    ran = run(["chroot", str(root), "cloud-init", "--version"], log=log)
+    if version not in ran:
+        raise BuildError(f"the image's cloud-init says {ran.strip()!r}, expected {version}")
 
 
 def kernel(root: Path) -> Path:
@@ -224,7 +285,7 @@ def build_image(release: Release, wheel: Path, mirror: str) -> Image:
             try:
                 root = work / "root"
                 run(["cp", "-a", "--reflink=auto", str(base), str(root)])
-                _install(root, wheel, work / "build.log")
+                _install(root, release, wheel, work / "build.log")
                 run(["mkfs.ext4", "-q", "-d", str(root), "-L", "root", str(work / "disk.raw"), DISK_SIZE])
                 shutil.copyfile(kernel(root), work / "vmlinuz")
                 (work / "disk.raw").rename(disk)
@@ -237,7 +298,39 @@ def build_image(release: Release, wheel: Path, mirror: str) -> Image:
     return Image(release, disk, vmlinuz, key, built, time.monotonic() - started)
 
 
-def _install(root: Path, wheel: Path, log: Path) -> None:
+# Installs a wheel with `installer` (python3-installer) into Debian's layout for its own
+# packages, which `DEB_PYTHON_INSTALL_LAYOUT=deb_system` selects from Debian 12 on, named here
+# so that Debian 11's Python 3.9, whose default scheme is another, installs the same way.
+INSTALL_WHEEL = """
+import sys
+from installer import install
+from installer.destinations import SchemeDictionaryDestination
+from installer.sources import WheelFile
+site = "/usr/lib/python3/dist-packages"
+scheme = {"purelib": site, "platlib": site, "headers": "/usr/include/python3", "scripts": "/usr/bin", "data": "/usr"}
+destination = SchemeDictionaryDestination(
+    scheme, interpreter="/usr/bin/python3", script_kind="posix", bytecode_optimization_levels=(0, 1))
+with WheelFile.open(sys.argv[1]) as source:
+    install(source, destination, {"INSTALLER": b"installer\\n"})
+"""
+# installer's own wheel, for a suite that does not package it, from PyPI; checked.
+INSTALLER = ("installer==0.7.0", "installer-0.7.0-py3-none-any.whl",
+             "05d1933f0a5ba7d8d6296bb6d5018e7c94fa473ceb10cf198a92ccea19c27b53")
+
+
+def installer_wheel() -> Path:
+    requirement, name, sha256 = INSTALLER
+    wheel = CACHE / "installer" / name
+    with locked("installer"):
+        if not wheel.exists():
+            run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                 "--disable-pip-version-check", "--dest", str(wheel.parent), requirement])
+        if hashlib.sha256(wheel.read_bytes()).hexdigest() != sha256:
+            raise BuildError(f"{wheel} does not have the sha256 {sha256}")
+    return wheel
+
+
+def _install(root: Path, release: Release, wheel: Path, log: Path) -> None:
     """What an image build does on top of the distribution: the AMI's own cloud-init
     settings, the box's units, then cc-imds as its RPM installs it, and the RPM's %post."""
     cfg = root / "etc/cloud/cloud.cfg.d/01-box.cfg"
@@ -261,9 +354,14 @@ def _install(root: Path, wheel: Path, log: Path) -> None:
     # (Debian's layout for its own packages), the units and preset where the unit files say.
     staged = root / "tmp" / wheel.name
     shutil.copyfile(wheel, staged)
-    system_layout = {**os.environ, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"}
-    run(["chroot", str(root), "python3", "-m", "installer", f"/tmp/{wheel.name}"], log=log, env=system_layout)
-    staged.unlink()
+    env = dict(os.environ)
+    if not release.has_installer:
+        tool = installer_wheel()
+        shutil.copyfile(tool, root / "tmp" / tool.name)
+        env["PYTHONPATH"] = f"/tmp/{tool.name}"  # a pure-Python wheel is importable as it is
+    run(["chroot", str(root), "python3", "-c", INSTALL_WHEEL, f"/tmp/{wheel.name}"], log=log, env=env)
+    for name in (wheel.name, *(() if release.has_installer else (installer_wheel().name,))):
+        (root / "tmp" / name).unlink()
     command = root / "usr/bin/cc-imds"  # with `-s`, as the RPM's %py3_shebang_fix leaves it
     command.write_text("#!/usr/bin/python3 -s\n" + LAUNCHER.read_text().split("\n", 1)[1])
     command.chmod(0o755)

@@ -3,7 +3,8 @@ to the tests that wait for them.
 
 Images for the releases are built in parallel (the wheel first, once). Chains then boot on
 as many workers as the machine has cores (each VM has one vCPU), longest chains first; the
-boots of one chain run in order on one disk. Every step's time is recorded for the summary.
+boots of one chain run in order on one disk, and a worker that ends a boot takes the boot
+that has waited longest, of any chain. Every step's time is recorded for the summary.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from tests.box import image as images
 from tests.box import vm
 from tests.box.scenarios import CHAINS, Chain
+from tests.conftest import HUNG_AFTER
+from tests.e2e.harness import PYTHONS
 
 # The box boots VMs for minutes and needs root: it runs when asked (make test-box).
 ENABLED = os.environ.get("CC_IMDS_BOX") == "1"
 RUNS = images.CACHE / "runs"
-UNPACKED_CLOUD_INIT = images.REPO / ".cache" / "cloud-init"
+UNPACKED_CLOUD_INIT = images.UNPACKED_CLOUD_INIT
+PY39 = images.REPO / ".venv/py39/bin/python"
 BOOT_TIMEOUT = float(os.environ.get("CC_IMDS_BOX_BOOT_TIMEOUT", "900"))
 # Check the last run's results again without booting (while writing tests).
 REUSE = os.environ.get("CC_IMDS_BOX_REUSE") == "1"
@@ -85,6 +89,8 @@ class BootResult:
     def status(self) -> Dict[str, Any]:
         """`cloud-init status --long --format json`, plus its exit status as `rc`."""
         ran = self.json("status.json")
+        if "status_v1" in ran:  # before 22.3: its text and status.json
+            return {**status_before_22_3(ran["stdout"], ran["status_v1"]), "rc": ran["rc"], "stderr": ran["stderr"]}
         return {**json.loads(ran["stdout"] or "{}"), "rc": ran["rc"], "stderr": ran["stderr"]}
 
     @property
@@ -175,6 +181,26 @@ class BootResult:
         return f"{self!r}: results in {self.dir}\nserial log tail:\n{vm.tail(self.dir / 'serial.log', 25)}"
 
 
+def status_before_22_3(text: str, status_v1: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields of `cloud-init status --format json` the tests read, from what cloud-init
+    before 22.3 shows: the status from `status --long`, and, as 22.3 derives them from the same
+    /run/cloud-init/status.json, the stages' errors and the datasource's short name.
+    (Recoverable errors came in 23.4.)"""
+    shown = re.search(r"^status: (\S+)$", text, re.M)
+    datasource = (status_v1.get("datasource") or "").partition(" ")[0]
+    return {
+        "status": shown.group(1) if shown else None,
+        "errors": [e for stage in status_v1.values() if isinstance(stage, dict) for e in stage.get("errors", [])],
+        "datasource": datasource.lower().replace("datasource", "") or None,
+    }
+
+
+def host_python(version: str) -> Path:
+    """The host's Python for a cloud-init version: AL2023's 22.2.2 runs on 3.9 alone, with
+    AL2023's libraries (the py39 environment, as in tests/e2e); the others on this one."""
+    return PY39 if PYTHONS.get(version) == ((3, 9), (3, 9)) else Path(sys.executable)
+
+
 def host_cloud_init(version: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The cloud-init CLI of the guest's version, run on the host from the unpacked package."""
     site = UNPACKED_CLOUD_INIT / version / "usr/lib/python3/dist-packages"
@@ -182,8 +208,8 @@ def host_cloud_init(version: str, *args: str) -> subprocess.CompletedProcess[str
         raise RuntimeError(f"cloud-init {version} is not unpacked under {site.parent}: run tests/e2e/fetch-cloud-init")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env, check=False
-    )
+        [str(host_python(version)), "-m", "cloudinit.cmd.main", *args], capture_output=True, text=True, env=env,
+        check=False, timeout=HUNG_AFTER)
 
 
 def analyze_show(version: str, log: Path) -> str:
@@ -215,7 +241,9 @@ class Box:
             (release, chain, boot): Future() for (release, chain), boots in wanted.items() for boot in boots
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="box-chain")
-        self._image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="box-image")
+        # The wheel, then every release's image at the same time (each waits on the wheel).
+        releases = {release for release, _ in wanted}
+        self._image_pool = ThreadPoolExecutor(max_workers=len(releases) + 1, thread_name_prefix="box-image")
         self._started = False
         self._lock = threading.Lock()
         self._accel: Optional[Future[str]] = None
@@ -242,10 +270,12 @@ class Box:
         wheel = self._image_pool.submit(self._wheel)
         built = {r: self._image_pool.submit(self._image, r, wheel, mirror) for r in releases}
         self._accel = self._image_pool.submit(self._probe, built)
-        # Longest chains first, alternating releases, so the workers finish together.
+        # Longest chains first. Each boot, once done, queues the next boot of its chain behind
+        # the boots already waiting, so the workers alternate between chains: three chains of
+        # two boots on two workers take three boots' time, not four.
         order = sorted(self.wanted.items(), key=lambda item: (-len(item[1]), item[0][1], item[0][0]))
         for (release, chain), boots in order:
-            self._pool.submit(self._chain, release, CHAINS[chain], boots, built[release])
+            self._pool.submit(self._chain, release, CHAINS[chain], boots, 0, built[release])
 
     def result(self, release: str, chain: str, boot: str) -> BootResult:
         self.start()
@@ -328,7 +358,10 @@ class Box:
         self.progress.add("accelerator", time.monotonic() - started, f"{accel.upper()} ({reason})")
         return accel
 
-    def _chain(self, release: str, chain: Chain, boots: List[str], built: Future[images.Image]) -> None:
+    def _chain(
+        self, release: str, chain: Chain, boots: List[str], index: int, built: Future[images.Image]
+    ) -> None:
+        """Boot `boots[index]` of a chain (the first copies the image), then queue the next."""
         futures = [self.boots[(release, chain.name, b)] for b in boots]
         try:
             image = built.result()
@@ -336,11 +369,15 @@ class Box:
             accel = self._accel.result()
             directory = RUNS / f"{release}-{chain.name}"
             disk = directory / "disk.raw"
-            vm.copy_disk(image.disk, disk)
-            for name, future in zip(boots, futures):
-                future.set_result(self._boot(release, chain, name, image, disk, directory / name, accel))
-            disk.unlink()  # a passing chain's disk is 2 GB (sparse) of nothing worth keeping
-        except BaseException as exc:  # every waiting test hears about it
+            if index == 0:
+                vm.copy_disk(image.disk, disk)
+            name = boots[index]
+            futures[index].set_result(self._boot(release, chain, name, image, disk, directory / name, accel))
+            if index + 1 < len(boots):
+                self._pool.submit(self._chain, release, chain, boots, index + 1, built)
+            else:
+                disk.unlink()  # a passing chain's disk is 2 GB (sparse) of nothing worth keeping
+        except BaseException as exc:  # every waiting test hears about it (a closed pool included)
             for future in futures:
                 if not future.done():
                     future.set_exception(exc)

@@ -14,6 +14,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.conftest import needs_ipv6_loopback
+
 GUEST = Path(__file__).resolve().parent / "guest"
 CONNECT_AND_WAIT = """
 import socket, sys
@@ -31,19 +33,8 @@ def guest_module(name: str) -> ModuleType:
     return module
 
 
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6_loopback)])
 def test_client_unit_names_the_process_that_connected_and_its_cgroup(host: str) -> None:
-    if ":" in host and not has_ipv6_loopback():
-        pytest.skip("no IPv6 loopback here")
     imds_box = guest_module("imds_box")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as server:
         server.bind((host, 0))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from tests.conftest import HUNG_AFTER
+
 QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1024
 KVM_PROBE_SECONDS = 15.0
@@ -59,7 +61,7 @@ def probe_kvm(kernel: Path) -> Tuple[bool, str]:
             output, _ = process.communicate(timeout=KVM_PROBE_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.communicate(timeout=30)
             return False, f"a kernel under KVM gave no sign of life in {KVM_PROBE_SECONDS:.0f} s"
         log = serial.read_text(errors="replace") if serial.exists() else ""
         if "Kernel panic" in log or "VFS:" in log:
@@ -122,12 +124,13 @@ def boot(
 # -- the disk while the VM is off --------------------------------------------------------
 def copy_disk(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(source), str(target)], check=True)
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(source), str(target)], check=True,
+                   timeout=HUNG_AFTER)
 
 
 def check_fs(disk: Path) -> None:
     """Replay the journal and check: a clean poweroff leaves nothing to do, a killed VM may."""
-    done = subprocess.run(["e2fsck", "-fy", str(disk)], capture_output=True, text=True)
+    done = subprocess.run(["e2fsck", "-fy", str(disk)], capture_output=True, text=True, timeout=HUNG_AFTER)
     if done.returncode not in (0, 1):
         raise BootFailed(f"e2fsck {disk} exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
@@ -136,7 +139,7 @@ def debugfs(disk: Path, commands: List[str], *, write: bool = False) -> str:
     done = subprocess.run(
         ["debugfs", *(["-w"] if write else []), "-f", "-", str(disk)],
         input="\n".join(commands) + "\n", capture_output=True, text=True,
-    )
+        timeout=HUNG_AFTER)
     if done.returncode != 0:
         raise BootFailed(f"debugfs on {disk} exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stderr

@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from tests.conftest import HUNG_AFTER
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "cloud-init"
 # Amazon Linux 2023's 22.2.2 (upstream's source, tests/vendor/cloud-init/) and Debian's
@@ -99,7 +101,8 @@ def shipped_config(version: str, dest: Path) -> Path:
     (etc / "cloud.cfg.d").mkdir(parents=True)
     subprocess.run([sys.executable, str(src / "tools/render-cloudcfg"), "--variant", "amazon",
                     str(src / "config/cloud.cfg.tmpl"), str(etc / "cloud.cfg")],
-                   check=True, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+                   check=True, capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+                   timeout=HUNG_AFTER)
     return etc
 
 
@@ -155,7 +158,8 @@ class CloudInit:
     def python(self, code: str, *args: str) -> subprocess.CompletedProcess:
         """Run Python with this cloud-init importable (not isolated: for reading config only)."""
         env = {"PYTHONPATH": f"{REPO}{os.pathsep}{self.site}", "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
+        return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True,
+                              timeout=HUNG_AFTER)
 
     def read_config(self, cloud_cfg: Path) -> Dict[str, Any]:
         """What cloud-init's own reader makes of cloud.cfg and its cloud.cfg.d/."""

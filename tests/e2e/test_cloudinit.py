@@ -7,7 +7,6 @@ Every run is isolated (see harness.py) and checked to write nothing outside its 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -16,31 +15,25 @@ import yaml
 
 from cc_imds.emulator import Emulator
 from cc_imds.enable import enable
-from tests.conftest import REPO
+from tests.conftest import REPO, require, requires
 from tests.e2e.harness import VERSIONS, CloudInit, can_isolate, shipped_config, unpacked, wrong_python
 
 pytestmark = pytest.mark.cloudinit
-REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
 
 
 def available(version: str) -> Any:
     not_here = wrong_python(version)
     if not_here:
         return pytest.param(version, marks=pytest.mark.skip(reason=not_here))
-    reason = None
     if unpacked(version) is None:
-        reason = f"cloud-init {version} not unpacked (tests/e2e/fetch-cloud-init)"
-    elif not can_isolate():
-        reason = "needs root, unshare and strace to isolate cloud-init from the host"
-    if reason and REQUIRED:
-        return pytest.param(version, marks=pytest.mark.xfail(reason=reason, strict=True, run=False))
-    return pytest.param(version, marks=pytest.mark.skipif(reason is not None, reason=reason or ""))
+        return pytest.param(version, marks=requires(False, f"cloud-init {version} not unpacked "
+                                                           "(tests/e2e/fetch-cloud-init)"))
+    return pytest.param(version, marks=requires(can_isolate(),
+                                                 "needs root, unshare and strace to isolate cloud-init from the host"))
 
 
 @pytest.fixture(params=[available(v) for v in VERSIONS])
 def cloud_init(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudInit]:
-    if REQUIRED and (unpacked(request.param) is None or not can_isolate()):
-        pytest.fail(f"cloud-init {request.param} must run here (CC_IMDS_REQUIRE_E2E=1)")
     harness = CloudInit(request.param, tmp_path)
     yield harness
     if not getattr(harness, "writes_outside_on_purpose", False):
@@ -192,8 +185,7 @@ def unpacked_here(version: str) -> None:
     not_here = wrong_python(version)
     if not_here:
         pytest.skip(not_here)
-    if unpacked(version) is None:
-        (pytest.fail if REQUIRED else pytest.skip)(f"cloud-init {version} not unpacked")
+    require(unpacked(version) is not None, f"cloud-init {version} not unpacked (tests/e2e/fetch-cloud-init)")
 
 
 @pytest.mark.parametrize("version", VERSIONS)

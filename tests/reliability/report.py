@@ -78,6 +78,21 @@ def render(records: Dict[str, Record]) -> str:
         "Secrets are also checked where they are written: files holding a sensitive value are created with their final",
         "mode from the first byte (tests/test_write.py watches the mode at creation, with no umask to help).",
         "",
+        "## Keep-alive and a server out of step",
+        "",
+        "A server that sends more body than its `Content-Length` leaves bytes on a kept-alive connection that the next",
+        "request would read as its answer. Nothing in an IMDS answer says which request it answers, so the client",
+        "decides by what it can see: a connection is reused only when its answer ended exactly where its length said,",
+        "nothing more was buffered, and a zero-timeout poll finds nothing to read when it is taken again. The first",
+        "time surplus shows up (left after an answer, or found on an idle connection), that connection is closed, an",
+        "answer read on a reused connection with surplus behind it is asked again on a fresh one, and the endpoint is",
+        "marked out of step: every later request to it gets a fresh connection, for the life of the client (a",
+        "`get`, an `apply`, the watcher). What this cannot catch: surplus that arrives after the poll that takes the",
+        "connection and is read as the next answer, before the real answer arrives. Then one answer, from the same",
+        "server, may be wrong; the surplus found afterwards stops every further reuse. Only a server that breaks HTTP",
+        "can do this, and it could send a wrong answer anyway. `keepalive-surplus-at-once` and",
+        "`keepalive-surplus-late` check both detected cases.",
+        "",
     ]
     return "\n".join(lines)
 

@@ -120,3 +120,29 @@ SCENARIOS.update({
                       "documented exit codes, nothing written",
     "stdout-full": "Standard output on a full device (/dev/full) for every command that prints: exit 4, one line",
 })
+SCENARIOS.update({
+    # outside input at the edges, round 3 (tests/reliability/test_outside_input.py)
+    "deep-json-imds": "IMDS documents nested 5,000 deep (arrays, objects, mixed, under a key, unclosed) for "
+                      "`get --key`, `plan`, `apply`: exit 3 naming the path and the 64-level limit, files untouched",
+    "deep-json-files": "Metadata trees and status files nested 5,000 deep: one line naming the file and the limit",
+    "deep-json-watch": "cc-imds watch, a `key:` value and spot and maintenance notices nested 5,000 deep: logged, "
+                       "status exits 3, every other value and event served, recovers",
+    "watch-command-flood": "cc-imds watch, ten new notices a second of two events, commands sleeping 40 s: at most 4 "
+                           "commands at once, threads bounded, the rest waiting or deferred, shown in status",
+    "watch-command-leftovers": "cc-imds watch, on_change commands leaving background processes (one ignoring "
+                               "SIGTERM): ended when the command exits",
+    "numbers-at-the-edge": "Every numeric option of every command with 0, -1, 1e10, 1e300, 99999999999, inf, nan, a "
+                           "400-digit integer: exit 2 naming the bound, `get`'s own parser as argparse's",
+    "numbers-in-declarations": "Every numeric declaration key with 0, -1, 1e10, 1e300, 10**30, inf, nan: exit 1 "
+                               "naming the key",
+    "early-reader-exit": "`get` of 3 MB (raw, --lines) and 100 KB (--shell, --json) into a reader that leaves after 0 "
+                         "to 1,000,000 bytes: exit 4, one line",
+    "control-chars-in-logs": "cc-imds watch, notices carrying ESC, BEL, CSI, CR/LF and a bidi override: escaped in "
+                             "the log and in `status`",
+    "emulator-control-poisoning": "Deep, malformed and misplaced bodies to the emulator's control calls: 400 each, "
+                                  "nothing changed; deep documents set directly: IMDS keeps serving",
+    "keepalive-surplus-at-once": "A body longer than its Content-Length, the surplus a whole fake answer in the same "
+                                 "packet: never read as another answer, no connection reused after",
+    "keepalive-surplus-late": "The same surplus arriving 50 ms later: found before the next request, never read as "
+                              "its answer, no connection reused after",
+})

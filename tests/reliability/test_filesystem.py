@@ -19,15 +19,14 @@ import pytest
 import yaml
 
 from cc_imds.emulator import Emulator
-from tests.conftest import REPO
+from tests.conftest import HUNG_AFTER, PROCESS_SLACK, REPO, requires, wait_for
 from tests.reliability.conftest import Run, Scenario, declaration, digest
 from tests.reliability.test_faults import figures
 
 Record = Any
 NOBODY = 65534
-SLACK = 5.0  # seconds over a deadline: interpreter start-up and imports, on a loaded 2-core machine
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts, chattr, strace and other users' files need root")
+pytestmark = requires(os.geteuid() == 0, "needs root: mounts, chattr, strace and other users' files")
 
 
 def wrapped(scenario: Scenario, prefix: Sequence[str], *args: str, emulator: Optional[Emulator] = None,
@@ -105,13 +104,13 @@ def test_immutable_target(scenario: Scenario, record: Record) -> None:
     good = old_outputs(scenario)
     target = scenario.out / "instance.env"
     before = state(scenario.out)
-    subprocess.run(["chattr", "+i", str(target)], check=True)
+    subprocess.run(["chattr", "+i", str(target)], check=True, timeout=HUNG_AFTER)
     try:
         run = scenario.apply(scenario.emulator())
         expect_as_before(scenario, before, run, f"{target}: is immutable (chattr +i) and cannot be replaced; "
                                                 "nothing was changed")
     finally:
-        subprocess.run(["chattr", "-i", str(target)], check=True)
+        subprocess.run(["chattr", "-i", str(target)], check=True, timeout=HUNG_AFTER)
     assert scenario.apply(scenario.emulator()).code == 0 and digest(scenario.out) == good  # and then it works
     record("immutable-target", "refused before any change, files untouched", **figures(run))
 
@@ -290,7 +289,7 @@ def test_lock_squatted_by_another_user(scenario: Scenario, record: Record) -> No
     run = wrapped(scenario, [*in_private_run(squat, release), "timeout", "30"], *apply_args(scenario, emulator, doc),
                   emulator=emulator, env=without_lock_env())
     assert run.code == 0, run.stderr
-    assert run.seconds < 5 + SLACK
+    assert run.seconds < 5 + PROCESS_SLACK
     assert digest(scenario.out) == good
     # root's run directory, if someone else got to own it, is refused with a clear message
     misowned = "mkdir -m 0755 /run/cc-imds\nchown 65534:65534 /run/cc-imds"
@@ -307,16 +306,16 @@ def test_lock_held_past_the_deadline(scenario: Scenario, record: Record) -> None
     lock = scenario.tmp / "held.lock"
     holder = subprocess.Popen(["flock", str(lock), "sleep", "60"])
     try:
-        while subprocess.run(["flock", "-n", str(lock), "true"]).returncode == 0:
-            time.sleep(0.01)
+        wait_for(lambda: subprocess.run(["flock", "-n", str(lock), "true"], timeout=30).returncode != 0,
+                 what="flock(1) to hold the lock")
         run = scenario.apply(scenario.emulator(), declaration(scenario.out, deadline=2), "--lock", str(lock))
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=30)
     assert run.code == 4, run.stderr
     assert f"cc-imds: lock {lock}: another run (pid {holder.pid}, flock) held it for the whole 2s deadline; " \
            "nothing was changed\n" in run.stderr
-    assert 2 <= run.seconds < 2 + SLACK
+    assert 2 <= run.seconds < 2 + PROCESS_SLACK
     assert digest(scenario.out) == good
     record("lock-held", "error naming the lock and its holder at the deadline, files untouched", **figures(run))
 

@@ -24,7 +24,7 @@ from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError
 from cc_imds.formats import ENV_STRING_MAX
 from cc_imds.tree import MetadataTree, load_tree
-from tests.conftest import CLI, REPO, cli_env
+from tests.conftest import CLI, DEADLINE_SLACK, HUNG_AFTER, PROCESS_SLACK, REPO, cli_env, examples
 from tests.reliability.conftest import SECRETS, Run, Scenario, declaration
 from tests.reliability.test_faults import expect_untouched, figures, with_leaf
 
@@ -34,7 +34,6 @@ MiB = 1024 * 1024
 # here (and fail the test) instead of taking the machine's memory or the suite's time.
 SAFETY_MEMORY = 1536 * MiB
 SAFETY_SECONDS = 30
-RENDER_SLACK = 0.5  # README: rendering ends at most this long after the deadline
 
 
 def run_measured(scenario: Scenario, *args: str, emulator: Optional[Emulator] = None) -> Tuple[Run, int]:
@@ -82,13 +81,13 @@ def with_template(scenario: Scenario, content: str, **settings: Any) -> Dict[str
 # -- bounded rendering --------------------------------------------------------------------------
 def test_runaway_template_time(scenario: Scenario, record: Record) -> None:
     good = scenario.good_outputs()
-    loops = "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}"
+    # Nested loops that write nothing: only the deadline can stop them, never the output limit.
+    loops = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done"
     run, peak = apply_measured(scenario, scenario.emulator(), with_template(scenario, loops, deadline=3))
     expect_untouched(scenario, good, run, 1, "imds.files[1].content: stopped at the 3s deadline (too slow)")
-    # The deadline and the documented render slack, on top of what a healthy run takes (start-up,
-    # fetching), with a margin for a loaded machine.
-    healthy = scenario.runs[0].seconds
-    assert run.seconds < healthy + 3 + RENDER_SLACK + 0.5, (run.seconds, healthy)
+    # The deadline and its documented slack (asserted in-process in tests/test_render.py), plus
+    # the process's start-up before the deadline's clock starts.
+    assert run.seconds < 3 + DEADLINE_SLACK + PROCESS_SLACK, run.seconds
     record("template-time", "stopped at the deadline, files untouched", peak_MiB=peak, **figures(run))
 
 
@@ -120,7 +119,7 @@ def test_constant_folding_at_validation(scenario: Scenario, record: Record) -> N
     doc = with_template(scenario, "{{ 10 ** (10 ** 10) }}{{ 'x'|center(3000000000) }}")
     run, peak = run_measured(scenario, "validate", str(scenario.write_declaration(doc)))
     assert (run.code, run.stderr) == (0, ""), run.stderr
-    assert run.seconds < 5 and peak < 100
+    assert run.seconds < PROCESS_SLACK and peak < 100  # evaluating either would take hours and gigabytes
     refused, _ = apply_measured(scenario, scenario.emulator(), doc)
     expect_untouched(scenario, good, refused, 1, "imds.files[1].content: refused by the template sandbox at line 1: "
                                                  "`**` would build a value over the size limit")
@@ -195,7 +194,7 @@ class FakeCloud:
     datasource = None
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.sampled_from(SHAPES), secret=secret_texts, via=st.sampled_from(["plan", "apply", "handle"]))
 def test_secret_in_generated_templates(make_emulator: Callable[..., Emulator], tmp_path: Path,
                                        capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
@@ -244,7 +243,8 @@ def test_oversize_env_value(scenario: Scenario, record: Record) -> None:
     run = scenario.apply(emulator)
     expect_untouched(scenario, good, run, 1, f"imds.env[0]: variable TAG_Big would be a 200009-byte environment "
                                              f"string (NAME=value); Linux allows at most {ENV_STRING_MAX} bytes")
-    sourced = subprocess.run(["sh", "-c", f". {scenario.out}/instance.sh && exec /bin/true"], capture_output=True)
+    sourced = subprocess.run(["sh", "-c", f". {scenario.out}/instance.sh && exec /bin/true"], capture_output=True,
+                             timeout=HUNG_AFTER)
     assert sourced.returncode == 0  # the files in place still let programs start
     record("env-string-too-long", "refused naming the variable and the limit, files untouched", **figures(run))
 

@@ -122,7 +122,8 @@ def test_sigterm_in_the_middle_of_a_write_leaves_no_partial_file(
         emulator.set_value(TAG, f"{attempt}b" + "b" * 126)
         seen.wait(20)
         code = watch.stop()
-        spotter.join()
+        spotter.join(timeout=60)  # it gives up after 20 s by itself
+        assert not spotter.is_alive()
         assert code == 0
         assert temp_files(out) == []
         contents = {p.read_bytes() for p in out.glob("part-*")}
@@ -326,12 +327,12 @@ def test_more_notices_than_are_remembered_never_run_a_command_twice(
     # Enough polls for the first notices to have been pushed out of memory without the bound.
     polled = watch.polls_of(path)
     wait_for(lambda: watch.polls_of(path) >= polled + 12, timeout=90, what="twelve more polls")
-    time.sleep(1)
+    code = watch.stop()  # ends the commands under way: nothing runs after this
     ran = handled.read_text().split()
     assert len(ran) == len(set(ran)) == 50
     assert "scheduled-maintenance: IMDS lists 120 notices; acting on the first 50" in watch.log()
     record("watch-notice-overflow", "120 notices listed at once: the first 50 acted on, each once, over 12 more polls",
-           exit=watch.stop(), GET=emulator.count("GET"))
+           exit=code, GET=emulator.count("GET"))
 
 
 def test_sigterm_while_waiting_for_apply_s_lock_stops_at_once(

@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, List
 
+from tests.conftest import HUNG_AFTER
+
 SITE_PACKAGES = "usr/lib/python3.9/site-packages"
 # What cc-imds and cloud-init's config reader import, besides the standard library.
 LIBRARIES = (
@@ -32,7 +34,7 @@ def _copy_libraries(binaries: Iterable[Path], root: Path) -> None:
     """Copy every shared library the binaries load (per ldd) to the same path in root."""
     needed = set()
     for binary in binaries:
-        result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
+        result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=HUNG_AFTER)
         for match in re.finditer(r"(/\S+\.so[^\s]*) \(0x", result.stdout):
             needed.add(match.group(1))
     for lib in needed:
@@ -82,14 +84,14 @@ def build_root(root: Path, python_home: Path, library_sites: List[Path], cloudin
 def chroot(root: Path, *command: str) -> subprocess.CompletedProcess:
     program = shutil.which("chroot") or "/usr/sbin/chroot"
     return subprocess.run([program, str(root), *command], capture_output=True, text=True, check=True,
-                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=HUNG_AFTER)
 
 
 def rpm(root: Path, *args: str) -> subprocess.CompletedProcess:
     # --force-debian: Debian's rpm otherwise warns that it is not Debian's package manager.
     debian = [] if "--initdb" in args else ["--force-debian"]
     return subprocess.run(["rpm", *debian, "--root", str(root), "--dbpath", "/var/lib/rpm", *args],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=HUNG_AFTER)
 
 
 def snapshot(root: Path) -> Dict[str, str]:

@@ -15,12 +15,11 @@ from typing import Dict, List, Optional, Sequence, Set
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import HUNG_AFTER, REPO, require
 from tests.e2e.harness import unpacked
 from tests.rpm.scratch import SITE_PACKAGES, build_root, chroot, diff, rpm, snapshot
 
 pytestmark = pytest.mark.rpm
-REQUIRED = os.environ.get("CC_IMDS_REQUIRE_E2E") == "1"
 BUILD = REPO / "rpm" / "build"
 FIXTURE = REPO / "tests" / "fixtures" / "al2023-like-cloud.cfg"
 BUILD_PYTHON = REPO / ".venv" / "al2023-build" / "bin" / "python"
@@ -33,8 +32,7 @@ IMDS_FIRST = ["imds", "always"]
 
 
 def need(condition: bool, reason: str) -> None:
-    if not condition:
-        (pytest.fail if REQUIRED else pytest.skip)(reason)
+    require(condition, reason)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +51,7 @@ def source_rpm() -> Path:
 
 def rpmbuild(topdir: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     result = subprocess.run(["rpmbuild", "--define", f"_topdir {topdir}", *args], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, timeout=HUNG_AFTER)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -118,7 +116,7 @@ def pristine_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def scratch(pristine_root: Path, tmp_path: Path) -> Path:
     """A fresh copy of the scratch root for each test (building one takes many seconds)."""
     root = tmp_path / "root"
-    subprocess.run(["cp", "-a", str(pristine_root), str(root)], check=True)
+    subprocess.run(["cp", "-a", str(pristine_root), str(root)], check=True, timeout=HUNG_AFTER)
     return root
 
 
@@ -139,12 +137,14 @@ def fixture_modules() -> List[object]:
 def check(root: Path) -> subprocess.CompletedProcess:
     program = shutil.which("chroot") or "/usr/sbin/chroot"
     return subprocess.run([program, str(root), "/usr/bin/cc-imds", "enable-module", "--check"],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                          timeout=HUNG_AFTER)
 
 
 # -- the built packages -------------------------------------------------------------
 def rpm_query(package: Path, *args: str) -> str:
-    return subprocess.run(["rpm", "-qp", *args, str(package)], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["rpm", "-qp", *args, str(package)], capture_output=True, text=True, check=True,
+                          timeout=HUNG_AFTER).stdout
 
 
 def expected_files() -> Set[str]:
@@ -213,7 +213,7 @@ def test_triggers_cover_cloud_init_and_every_packages_dropins(binary_rpm: Path) 
 
 def test_rpmlint_reports_no_errors(binary_rpm: Path, source_rpm: Path) -> None:
     result = subprocess.run(["rpmlint", "-c", str(REPO / "rpm/ci/rpmlint.toml"), "-r", str(REPO / "rpm/ci/rpmlintrc"),
-                             str(binary_rpm), str(source_rpm)], capture_output=True, text=True)
+                             str(binary_rpm), str(source_rpm)], capture_output=True, text=True, timeout=HUNG_AFTER)
     assert result.returncode == 0, result.stdout
     assert "0 errors, 0 warnings" in result.stdout
 
@@ -221,7 +221,7 @@ def test_rpmlint_reports_no_errors(binary_rpm: Path, source_rpm: Path) -> None:
 def test_the_wheel_was_built_by_al2023_setuptools(binary_rpm: Path) -> None:
     """setuptools 59.6 ignores PEP 621 metadata: an UNKNOWN-0.0.0 wheel would be empty."""
     version = subprocess.run([str(BUILD_PYTHON), "-c", "import setuptools; print(setuptools.__version__)"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+                             capture_output=True, text=True, check=True, timeout=HUNG_AFTER).stdout.strip()
     assert version == "59.6.0"
     listed = rpm_query(binary_rpm, "-l")
     assert "UNKNOWN" not in listed and f"{SITE}/cc_imds/__init__.py" in listed
@@ -247,14 +247,15 @@ def test_builds_without_tests_from_its_build_requires_alone(notests_build: subpr
     spec = str(REPO / "rpm/cc-imds.spec")
     query = subprocess.run(["rpmspec", *CI_MACROS, "-q", "--buildrequires", "--without", "tests", spec],
                            capture_output=True, text=True, check=True, env={**os.environ,
-                                                                            "AL2023_PYTHON": str(NOTESTS_PYTHON)})
+                                                                            "AL2023_PYTHON": str(NOTESTS_PYTHON)},
+                                                                            timeout=HUNG_AFTER)
     build_requires = query.stdout.split()
     assert {"python3-pyyaml", "python3-jsonschema", "python3-jinja2"} <= set(build_requires)
     assert "python3-pytest" not in build_requires
     # From /, not the checkout: `python -c` puts the working directory on sys.path, where a
     # `pip install .` (make demo) leaves cc_imds.egg-info, which would read as installed.
     dists = json.loads(subprocess.run([str(NOTESTS_PYTHON), "-c", DISTRIBUTIONS], capture_output=True, text=True,
-                                      check=True, cwd="/").stdout)
+                                      check=True, cwd="/", timeout=HUNG_AFTER).stdout)
     closure: Set[str] = set()
     todo = [PIP_NAMES[b] for b in build_requires if b in PIP_NAMES]
     while todo:

@@ -8,7 +8,9 @@ into /var/lib/box/results/NAME/, which the host reads from the disk once the VM 
   after-boot.json   when the commands started, and each one's exit status and output
   watcher.json      cc-imds-watch.path and .service as systemd sees them, and the
                     watcher's TRIGGER_* environment: before and after the commands
-  status.json       `cloud-init status --long --format json`, and its exit status
+  status.json       `cloud-init status --long --format json`, and its exit status; before
+                    22.3, which has no --format, `cloud-init status --long` and the
+                    /run/cloud-init/status.json it reads (`status_v1`)
   outputs.json      for each path the scenario inspects: inode, mtime, mode, owner, content
   consumer.json     the consumer unit's state and the environment it ran with
   user-data.txt     the user-data cloud-init's datasource found
@@ -72,15 +74,16 @@ def environment(path: Path) -> Dict[str, str]:
 WATCH_PROPERTIES = {
     "cc-imds-watch.path": "ActiveState,UnitFileState,UnitFilePreset,Triggers",
     "cc-imds-watch.service": (
-        "ActiveState,SubState,Result,MainPID,NRestarts,TriggeredBy,ExecMainStartTimestampMonotonic"
+        "ActiveState,SubState,Result,MainPID,NRestarts,TriggeredBy,UnitFileState,ExecMainStartTimestampMonotonic"
     ),
 }
 
 
 def watcher() -> Dict[str, Any]:
     """The watcher's units, their start as a wall-clock time, and how the service was started
-    (systemd gives a unit that a path unit starts TRIGGER_UNIT and TRIGGER_PATH)."""
-    state: Dict[str, Any] = {}
+    (systemd gives a unit that a path unit starts TRIGGER_UNIT and TRIGGER_PATH, from after
+    Debian 11's 247 on), and systemd's version."""
+    state: Dict[str, Any] = {"systemd": int(run(["systemctl", "--version"])["stdout"].split()[1])}
     for unit, properties in WATCH_PROPERTIES.items():
         shown = run(["systemctl", "show", unit, f"--property={properties}"])
         state[unit] = dict(line.split("=", 1) for line in shown["stdout"].splitlines() if "=" in line)
@@ -107,6 +110,9 @@ def collect(config: Dict[str, Any], out: Path) -> None:
     (out / "watcher.json").write_text(json.dumps({"before": before, "after": watcher()}, indent=1))
 
     status = run(["cloud-init", "status", "--long", "--format", "json"])
+    if status["rc"] == 2 and "--format" in status["stderr"]:
+        status = run(["cloud-init", "status", "--long"])
+        status["status_v1"] = json.loads(Path("/run/cloud-init/status.json").read_text())["v1"]
     (out / "status.json").write_text(json.dumps(status, indent=1))
 
     outputs = {path: describe(path) for path in config.get("inspect", [])}
