@@ -336,6 +336,7 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
+    from .logs import shown
     from .scan import as_dicts, failing, scan_files
 
     result = scan_files(args.path)
@@ -343,7 +344,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
     elif findings:
-        rows = [(f"{f.file}:{f.line}", f.kind, f.tool, f.path or "?", f.replacement) for f in findings]
+        # The scanned files are untrusted: what they contain is shown with control characters escaped.
+        rows = [(shown(f"{f.file}:{f.line}"), f.kind, shown(f.tool), shown(f.path or "?"), shown(f.replacement))
+                for f in findings]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
@@ -361,15 +364,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
             suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
             declaration = suggestion.declaration
+            notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
             if not declaration["values"]:
+                if notes:
+                    print(f"\n# {shown(name)}: no IMDSv1 value that can be suggested exactly\n" + notes, end="")
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
-            notes = "".join(f"# {comment}\n" for comment in suggestion.comments)
             command = suggest_get(declaration)
             if command:
-                print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(f"\n# {shown(name)}: the IMDSv1 values above in one call, one token, in the script itself")
                 print(notes + command)
-            print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
+            print(f"\n# {shown(name)}: the IMDSv1 values above, as a cc-imds declaration")
             print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     _say("\n".join(result.problems))
     return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0

@@ -507,7 +507,7 @@ def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] 
             if not _declarable(path):
                 if variable:
                     comments.append(f"{variable}: the script reads {raw_path or 'a path'} that cannot be declared "
-                                    "(a part only known when it runs); left out")
+                                    "(a part known only when it runs, or characters a path cannot hold); left out")
                 continue
             if note.startswith(UNSURE):
                 comments.append(f"{variable or path}: {note}: left out; read it with `cc-imds get {path}` and "

@@ -381,3 +381,12 @@ def test_binary_write_files_content_is_scanned() -> None:
     config = f"#cloud-config\nwrite_files:\n- path: /opt/id.sh\n  content: !!binary |\n    {encoded}\n"
     assert [(f.file, f.line, f.kind) for f in scan_bytes("ud.yaml", config.encode())] == [
         ("ud.yaml: write_files[0] (/opt/id.sh)", 2, V1)]
+
+
+def test_text_from_the_scanned_file_is_shown_escaped(cli: Callable, tmp_path: Path) -> None:
+    script = tmp_path / "ansi.sh"
+    script.write_bytes(b"X=$(curl -s http://169.254.169.254/latest/meta-data/a\x1b[2Jb | tr a\x07 b)\n")
+    result = cli("scan", "--suggest", str(script))
+    assert result.returncode == 1
+    assert b"\x1b" not in result.stdout and b"\x07" not in result.stdout
+    assert b"meta-data/a\\x1b[2Jb" in result.stdout
