@@ -336,14 +336,17 @@ def cmd_enable_module(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
-    from .scan import IMDSV1, as_dicts, scan_files
+    from .logs import shown
+    from .scan import as_dicts, failing, scan_files
 
     result = scan_files(args.path)
     findings = [finding for found in result.findings.values() for finding in found]
     if args.json:
-        print(json.dumps(as_dicts(findings), indent=2))
+        print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
     elif findings:
-        rows = [(f"{f.file}:{f.line}", f.kind, f.tool, f.path or "?", f.replacement) for f in findings]
+        # The scanned files are untrusted: what they contain is shown with control characters escaped.
+        rows = [(shown(f"{f.file}:{f.line}"), f.kind, shown(f.tool), shown(f.path or "?"), shown(f.replacement))
+                for f in findings]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
@@ -359,18 +362,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         for name, found in result.findings.items():
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
-            declaration = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
+            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
+            declaration = suggestion.declaration
+            notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
             if not declaration["values"]:
+                if notes:
+                    print(f"\n# {shown(name)}: no IMDSv1 value that can be suggested exactly\n" + notes, end="")
                 continue
             build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
             command = suggest_get(declaration)
             if command:
-                print(f"\n# {name}: the IMDSv1 values above in one call, one token, in the script itself")
-                print(command)
-            print(f"\n# {name}: the IMDSv1 values above, as a cc-imds declaration")
-            print("#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
+                print(f"\n# {shown(name)}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(notes + command)
+            print(f"\n# {shown(name)}: the IMDSv1 values above, as a cc-imds declaration")
+            print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     _say("\n".join(result.problems))
-    return 1 if result.problems or any(f.kind == IMDSV1 for f in findings) else 0
+    return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
 
 
 def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:
@@ -531,9 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit 1, saying why, unless imds runs first in the config stage (an image build gate)")
     p.set_defaults(func=cmd_enable_module)
 
-    p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1")
+    p = sub.add_parser("scan", help="find IMDS calls in user-data and scripts; exit 1 if any is IMDSv1 or unknown")
     p.add_argument("path", nargs="+", help="scripts, cloud-config, raw user-data (gzip, MIME), or directories")
     p.add_argument("--json", action="store_true", help="findings as JSON")
+    p.add_argument("--accept-unknown", action="store_true",
+                   help="pass the gate despite `unknown` findings (IMDS named in a way the scanner cannot classify)")
     p.add_argument("--suggest", action="store_true", help="print an imds: declaration covering the IMDSv1 values")
     p.set_defaults(func=cmd_scan)
 

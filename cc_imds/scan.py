@@ -1,9 +1,11 @@
-"""Find IMDS calls in user-data and scripts, classify them, and suggest cc-imds equivalents.
+"""Find IMDS calls in user-data and scripts, classify them, and suggest cc-imds equivalents:
+the migration gate of `cc-imds scan`.
 
-Reads shell scripts, Python, cloud-config (runcmd, bootcmd, write_files, including
-base64/gzip content), and raw EC2 user-data: gzip and MIME multipart included.
-Static analysis, so it reports what it cannot see through (options held in an
-unknown variable) as `unknown` rather than guessing.
+This module opens containers (gzip, MIME multipart, cloud-config and its write_files,
+base64/gzip content), decides each text's language, and hands it to a reader
+(scan_readers: shell, Python 2/3, PowerShell). Every line naming an IMDS address that no
+classified access accounts for becomes an `unknown` finding, and a file in a language
+the scanner does not read is `unread`: the gate never passes what it could not see.
 
 The files scanned are untrusted (user-data is written by whoever launches the
 instance), so every step is bounded: only regular files are read, each up to
@@ -15,38 +17,40 @@ scanned.
 
 from __future__ import annotations
 
-import ast
 import base64
-import bisect
 import email
 import os
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ProblemsError
 from .inputs import InputError, check_yaml_shape, default_loader, read_bytes
+from .scan_readers import (
+    ADDRESS,
+    IMDSV1,
+    IMDSV2,
+    MAX_FINDINGS,
+    REFERENCE,
+    UNKNOWN,
+    UNREAD,
+    UNSURE,
+    Derived,
+    Read,
+    Refused,
+    read_language,
+    resolved,
+    sweep,
+)
+
+__all__ = ["IMDSV1", "IMDSV2", "MAX_FINDINGS", "REFERENCE", "UNKNOWN", "UNREAD", "Derived", "Finding", "ScanError",
+           "failing", "scan_bytes", "scan_files", "scan_paths", "scan_text", "suggest", "suggest_get"]
 
 MAX_SCAN_BYTES = 8 * 1024 * 1024  # EC2 user-data is at most 16 KiB; scripts are small
 MAX_DECODED_BYTES = 16 * 1024 * 1024  # all that one file's gzip, base64 and MIME parts decode to
 MAX_NESTING = 8  # gzip in MIME in write_files ...
-MAX_FINDINGS = 10_000  # per file: after that, the rest of the file is not worth reading
-MAX_VARIABLE = 4096  # a shell variable's value, once expanded: URLs are short
-_WINDOW = 4096  # how far around an IMDS URL its command is looked for
 _GZIP_MAGIC = b"\x1f\x8b"
-
-IMDSV1, IMDSV2, UNKNOWN = "IMDSv1", "IMDSv2", "unknown"
-_HOST = r"(?:169\.254\.169\.254|\[fd00:ec2::254\])"
-_URL = re.compile(r"https?://" + _HOST + r"(?::\d+)?(/[^\s\"'`)|;<>\]]*)?")  # `]` ends a YAML flow list
-_TOKEN_HEADER = re.compile(r"x-aws-ec2-metadata-token\s*:", re.I)
-_PUT = re.compile(r"(?:-X|--request)\s*=?\s*['\"]?PUT\b|--method\s*=\s*PUT", re.I)
-_TOOL = re.compile(r"\b(curl|wget)\b")
-_ASSIGN = re.compile(r"^\s*(?:export\s+|local\s+|readonly\s+)?([A-Za-z_]\w*)=(.*)$")
-_CAPTURE = re.compile(r"^\s*(?:-\s+)?(?:export\s+|local\s+)?([A-Za-z_]\w*)=[\"']?(?:\$\(|`)")  # `- ` in YAML lists
-_VAR = re.compile(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
-_CUT_LAST_CHAR = re.compile(r"sed\s+(?:-e\s+)?['\"]s/(?:\.|\[a-z\])\$//['\"]")
-_COMMAND_END = re.compile(r"[)|;`]|&&")
 
 
 class ScanError(ProblemsError):
@@ -56,177 +60,93 @@ class ScanError(ProblemsError):
     exit_code = 1
 
 
-class _Refused(Exception):
-    """One file or part that cannot be scanned; the message names it."""
-
-
 @dataclass(frozen=True)
 class Finding:
     file: str
     line: int
-    kind: str  # IMDSv1, IMDSv2 or unknown
-    tool: str  # curl, wget, requests, urllib
+    kind: str  # IMDSv1, IMDSv2, unknown, unread (a language not read), reference (not an access)
+    tool: str  # curl, wget, requests, urllib, http.client, Invoke-RestMethod, ec2metadata, ...
     path: Optional[str]  # relative to /latest/, None when it cannot be resolved
     variable: Optional[str]  # VAR in VAR=$(curl ...)
-    region_from_az: bool = False  # the AZ with its last letter cut off
+    region_from_az: bool = False  # the AZ with its last letter cut off: the region
+    key: Optional[str] = None  # the script reads this key of the JSON document (jq -r .region)
+    note: str = ""  # why it is unknown, what a helper command does, what a suggestion cannot be sure of
+    derived: Tuple[Derived, ...] = ()  # variables the script computes from this value
 
     @property
     def replacement(self) -> str:
         if self.kind != IMDSV1:
-            return ""
+            return self.note
         if self.region_from_az:
-            return "cc-imds get meta-data/placement/region  (cutting the AZ's letter is wrong in Local Zones)"
-        return f"cc-imds get {self.path}" if self.path else "cc-imds get PATH"
-
-
-def _latest_path(url_path: Optional[str]) -> Optional[str]:
-    if not url_path:
-        return None
-    parts = url_path.lstrip("/").split("/", 1)
-    if len(parts) < 2 or not (parts[0] == "latest" or re.fullmatch(r"\d{4}-\d{2}-\d{2}", parts[0])):
-        return None
-    return parts[1] or None
-
-
-# -- shell ---------------------------------------------------------------------------------
-def _logical_lines(text: str) -> Iterator[Tuple[int, str]]:
-    """Lines joined across backslash continuations, with the number of their first line."""
-    buffer, start = "", 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not buffer:
-            start = number
-        if line.rstrip().endswith("\\"):
-            buffer += line.rstrip()[:-1] + " "
-            continue
-        yield start, buffer + line
-        buffer = ""
-    if buffer:
-        yield start, buffer
-
-
-def _expand(text: str, known: Dict[str, str]) -> Tuple[str, List[str]]:
-    """Substitute known variables. The result grows by at most MAX_VARIABLE * 16 characters:
-    `B=$A$A$A...` and `C=$B$B$B...` would otherwise double and redouble."""
-    unresolved: List[str] = []
-    room = [MAX_VARIABLE * 16]
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        value = known.get(name)
-        if value is not None and len(value) <= room[0]:
-            room[0] -= len(value)
-            return value
-        unresolved.append(name)
-        return match.group(0)
-
-    return _VAR.sub(replace, text), unresolved
-
-
-def scan_shell(name: str, text: str) -> List[Finding]:
-    """Every curl or wget of an IMDS URL. Each URL's command is looked for within _WINDOW
-    characters around it, so a hostile file costs time linear in its size."""
-    known: Dict[str, str] = {}
-    findings: List[Finding] = []
-    for number, line in _logical_lines(text):
-        code = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
-        if not code.strip():
-            continue
-        assignment = _ASSIGN.match(code)
-        if assignment and "$(" not in assignment.group(2) and "`" not in assignment.group(2):
-            value = _expand(assignment.group(2).strip().strip("'\""), known)[0]
-            if len(value) <= MAX_VARIABLE:
-                known[assignment.group(1)] = value
-            else:
-                known.pop(assignment.group(1), None)  # too long to be a URL: treated as unknown
-            continue
-        expanded, _ = _expand(code, known)
-        capture = _CAPTURE.match(code)
-        tool_starts, tools = [], []
-        for tool_match in _TOOL.finditer(expanded):
-            tool_starts.append(tool_match.start())
-            tools.append(tool_match)
-        for match in _URL.finditer(expanded):
-            before = bisect.bisect_left(tool_starts, match.start())
-            if not before or match.start() - tool_starts[before - 1] > _WINDOW:
-                continue
-            if len(findings) >= MAX_FINDINGS:
-                raise _Refused(f"{name}: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned")
-            tool = tools[before - 1]
-            end = _COMMAND_END.search(expanded, match.end(), match.end() + _WINDOW)
-            command = expanded[tool.start(): end.start() if end else match.end() + _WINDOW]
-            after = expanded[match.end(): match.end() + _WINDOW]
-            path = _latest_path(match.group(1))
-            start = code.find(tool.group(1))
-            options = code[start: start + _WINDOW]
-            _, unresolved = _expand(options.split("169.254")[0], known)
-            if _TOKEN_HEADER.search(command) or (path == "api/token" and _PUT.search(command)):
-                kind = IMDSV2
-            elif unresolved:
-                kind = UNKNOWN  # options in a variable we cannot see into
-            else:
-                kind = IMDSV1
-            az_cut = bool(path and path.endswith("availability-zone") and _CUT_LAST_CHAR.search(after))
-            findings.append(Finding(name, number, kind, tool.group(1), path,
-                                    capture.group(1) if capture else None, az_cut))
-    return findings
-
-
-# -- python ------------------------------------------------------------------------------------
-def _string_value(node: ast.AST, constants: Dict[str, str]) -> Optional[str]:
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    if isinstance(node, ast.Name):
-        return constants.get(node.id)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = _string_value(node.left, constants), _string_value(node.right, constants)
-        return left + right if left is not None and right is not None else None
-    if isinstance(node, ast.JoinedStr):
-        return "".join(_string_value(v, constants) or "{}" for v in node.values)
-    if isinstance(node, ast.FormattedValue):
-        return None
-    return None
-
-
-def scan_python(name: str, text: str) -> List[Finding]:
-    try:
-        return _scan_python_ast(name, ast.parse(text))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):  # not Python, NUL bytes, nested too deep
-        return scan_shell(name, text)
-
-
-def _scan_python_ast(name: str, tree: ast.Module) -> List[Finding]:
-    constants = {
-        target.id: node.value.value
-        for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-        and isinstance(node.value.value, str)
-        for target in node.targets if isinstance(target, ast.Name)
-    }
-    findings = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not node.args:
-            continue
-        func = node.func
-        attr = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        tool = "requests" if attr in ("get", "put", "request", "head") else "urllib" if attr == "urlopen" else ""
-        url = _string_value(node.args[-1] if attr == "request" else node.args[0], constants)
-        if not tool or not url:
-            continue
-        match = _URL.search(url)
-        if not match:
-            continue
-        path = _latest_path(match.group(1))
-        headers = next((k.value for k in node.keywords if k.arg == "headers"), None)
-        if headers is None:
-            kind = IMDSV1
-        elif isinstance(headers, ast.Dict):
-            keys = [_string_value(k, constants) or "" for k in headers.keys if k is not None]
-            token = any(k.lower() == "x-aws-ec2-metadata-token" for k in keys)
-            ttl = any(k.lower() == "x-aws-ec2-metadata-token-ttl-seconds" for k in keys)
-            kind = IMDSV2 if token or (ttl and path == "api/token") else IMDSV1
+            text = "cc-imds get meta-data/placement/region  (cutting the AZ's letter is wrong in Local Zones)"
+        elif self.path and resolved(self.path):
+            text = f"cc-imds get {self.path}" + (f" --key {self.key}" if self.key else "")
         else:
-            kind = UNKNOWN
-        findings.append(Finding(name, node.lineno, kind, tool, path, None))
-    return sorted(findings, key=lambda f: f.line)
+            text = "cc-imds get PATH"
+        return f"{text}  ({self.note})" if self.note else text
+
+
+def failing(finding: Finding, accept_unknown: bool = False) -> bool:
+    """Whether a finding fails the gate: IMDSv1, a language not read, and unknown unless accepted."""
+    return finding.kind in (IMDSV1, UNREAD) or (finding.kind == UNKNOWN and not accept_unknown)
+
+
+# -- which language a text is in ------------------------------------------------------------------------
+_TEMPLATE_SUFFIXES = (".erb", ".j2", ".jinja", ".jinja2", ".tpl", ".tmpl", ".mustache", ".hbs", ".in")
+_SHELL_SUFFIXES = (".sh", ".bash", ".ksh", ".zsh", ".dash", ".tf", ".hcl", ".json", ".yaml", ".yml", ".template",
+                   ".cfg", ".conf", ".txt", ".userdata", ".user-data", ".env")
+_UNREAD_SUFFIXES = {".rb": "Ruby", ".pl": "Perl", ".pm": "Perl", ".js": "JavaScript", ".mjs": "JavaScript",
+                    ".ts": "TypeScript", ".go": "Go", ".java": "Java", ".php": "PHP", ".lua": "Lua", ".cs": "C#",
+                    ".bat": "Windows batch", ".cmd": "Windows batch", ".rs": "Rust", ".c": "C", ".cpp": "C++",
+                    ".groovy": "Groovy", ".kt": "Kotlin", ".scala": "Scala", ".swift": "Swift", ".vbs": "VBScript",
+                    ".fish": "fish", ".csh": "csh", ".tcsh": "tcsh", ".r": "R", ".ex": "Elixir", ".exs": "Elixir"}
+_SHELLS = re.compile(r"#!\s*\S*?(?:/env\s+(?:-\S+\s+)*)?(?:/?\S*/)?(?:ba|da|k|z|a|mk|busybox\s+)?sh\b")
+_MIME_LANGUAGES = {"text/x-shellscript": "shell", "text/cloud-boothook": "shell", "text/part-handler": "python",
+                   "text/cloud-config": "cloud-config", "text/x-include-url": "shell", "text/upstart-job": "shell",
+                   "text/x-powershell": "powershell"}
+
+
+def language(where: str, text: str, content_type: str = "") -> str:
+    """shell, python, powershell, cloud-config, or `unread:<language>` for one the scanner does not read."""
+    head = text.lstrip()[:300]
+    first = head.split("\n", 1)[0].strip()
+    for prefix, lang in _MIME_LANGUAGES.items():
+        if content_type.startswith(prefix) and not (lang == "shell" and first.startswith("#!")):
+            return lang
+    if first.startswith("#cloud-config"):
+        return "cloud-config"
+    if first.startswith("#!"):
+        if re.search(r"python", first):
+            return "python"
+        if re.search(r"pwsh|powershell", first, re.I):
+            return "powershell"
+        if _SHELLS.match(first):
+            return "shell"
+        interpreter = re.sub(r"^#!\s*(?:\S*/env\s+(?:-\S+\s+)*)?", "", first).split()[0].rsplit("/", 1)[-1]
+        return f"unread:{interpreter}"
+    if first.startswith(("#cloud-boothook", "#include", "#upstart-job")):
+        return "shell"
+    if re.match(r"<powershell>", head, re.I) or first.lower() == "#ps1":
+        return "powershell"
+    if re.match(r"<script>", head, re.I):
+        return "unread:Windows batch"
+    name = where.lower().rsplit("/", 1)[-1]
+    while name.endswith(_TEMPLATE_SUFFIXES):
+        name = name.rsplit(".", 1)[0]
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    if suffix == ".py":
+        return "python"
+    if suffix in (".ps1", ".psm1", ".psd1"):
+        return "powershell"
+    if suffix in _UNREAD_SUFFIXES:
+        return f"unread:{_UNREAD_SUFFIXES[suffix]}"
+    if suffix not in _SHELL_SUFFIXES:
+        if re.search(r"^(?:import [\w.]+|from [\w.]+ import |def \w+\(.*\):\s*$)", text[:4096], re.M):
+            return "python"
+        if re.search(r"Invoke-(?:RestMethod|WebRequest)|New-Object\s+\S*WebClient|\$env:\w|Write-Host", text[:4096],
+                     re.I):
+            return "powershell"
+    return "shell"
 
 
 # -- containers ---------------------------------------------------------------------------------
@@ -234,7 +154,7 @@ _ENCODINGS_B64 = ("b64", "base64", "gz+b64", "gzip+base64", "gz+base64", "gzip+b
 
 
 def scan_text(name: str, text: str) -> List[Finding]:
-    """Findings in one text (a script, Python, or cloud-config with its encoded write_files)."""
+    """Findings in one text (a script, Python, PowerShell, or cloud-config with its write_files)."""
     return _FileScan(name).script(name, text, 0).result()
 
 
@@ -260,7 +180,7 @@ class _FileScan:
 
     def _take(self, size: int, where: str) -> None:
         if size > self.budget:
-            raise _Refused(f"{where}: decodes to more than {MAX_DECODED_BYTES} bytes (a decompression bomb?)")
+            raise Refused(f"{where}: decodes to more than {MAX_DECODED_BYTES} bytes (a decompression bomb?)")
         self.budget -= size
 
     def gunzip(self, where: str, data: bytes) -> bytes:
@@ -271,26 +191,30 @@ class _FileScan:
             try:
                 chunk = inflater.decompress(data, self.budget + 1)
             except zlib.error as exc:
-                raise _Refused(f"{where}: corrupt gzip data ({exc})") from None
+                raise Refused(f"{where}: corrupt gzip data ({exc})") from None
             self._take(len(chunk), where)
             if not inflater.eof:
-                raise _Refused(f"{where}: truncated or corrupt gzip data")
+                raise Refused(f"{where}: truncated or corrupt gzip data")
             out.append(chunk)
             data = inflater.unused_data
         return b"".join(out)
 
-    def content(self, where: str, data: bytes, depth: int) -> _FileScan:
+    def content(self, where: str, data: bytes, depth: int, content_type: str = "") -> _FileScan:
         try:
             if depth > MAX_NESTING:
-                raise _Refused(f"{where}: containers nested deeper than {MAX_NESTING} levels")
+                raise Refused(f"{where}: containers nested deeper than {MAX_NESTING} levels")
             if data[:2] == _GZIP_MAGIC:
                 data = self.gunzip(where, data)
             head = data.lstrip()[:512].lower()
+            decoded = _base64_user_data(data)
             if head.startswith(b"content-type: multipart") or head.startswith(b"mime-version:"):
                 self.multipart(where, data, depth)
+            elif decoded is not None:  # user-data as the API takes it (Terraform's user_data_base64)
+                self._take(len(decoded), where)
+                self.content(f"{where} (base64)", decoded, depth + 1, content_type)
             else:
-                self.script(where, data.decode("utf-8", "replace"), depth)
-        except _Refused as exc:
+                self.script(where, data.decode("utf-8", "replace"), depth, content_type)
+        except Refused as exc:
             self.problems.append(str(exc))
         return self
 
@@ -298,42 +222,78 @@ class _FileScan:
         try:
             parts = [p for p in email.message_from_bytes(data).walk() if not p.is_multipart()]
         except RecursionError:
-            raise _Refused(f"{where}: MIME parts nested too deeply") from None
+            raise Refused(f"{where}: MIME parts nested too deeply") from None
         for index, part in enumerate(parts):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
                 self._take(len(payload), where)
-                self.content(f"{where}[part {index + 1}: {part.get_content_type()}]", payload, depth + 1)
+                self.content(f"{where}[part {index + 1}: {part.get_content_type()}]", payload, depth + 1,
+                             part.get_content_type())
 
-    def script(self, where: str, text: str, depth: int) -> _FileScan:
-        first = text.lstrip()[:200]
+    def script(self, where: str, text: str, depth: int, content_type: str = "") -> _FileScan:
         try:
-            if first.startswith("#cloud-config"):
+            lang = language(where, text, content_type)
+            if lang == "cloud-config":
                 self.cloud_config(where, text, depth)
-            elif where.endswith(".py") or re.match(r"#!.*python", first):
-                self.findings.extend(scan_python(where, text))
-            else:
-                self.findings.extend(scan_shell(where, text))
-        except _Refused as exc:
-            self.problems.append(str(exc))
+            elif lang.startswith("unread:"):
+                self.unread(where, text, lang[len("unread:"):])
+            else:  # cloud-init's `## template: jinja` header is a comment to the shell reader
+                self.add(where, text, read_language(lang, _without_tags(text) if lang == "powershell" else text))
+        except Refused as exc:
+            self.problems.append(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc))
         return self
 
+    def add(self, where: str, text: str, read: Read) -> None:
+        """A reader's findings, then an `unknown` for every line naming IMDS that none accounts for."""
+        accesses = read.accesses + sweep(text, 1, read)
+        if len(self.findings) + len(accesses) > MAX_FINDINGS:
+            raise Refused(f"{where}: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned")
+        self.findings.extend(sorted((Finding(where, a.line, a.kind, a.tool, a.path, a.variable, a.region_from_az,
+                                             a.key, a.note, a.derived) for a in accesses), key=lambda f: f.line))
+
+    def unread(self, where: str, text: str, what: str) -> None:
+        lines = [n for n, line in enumerate(text.splitlines(), 1) if ADDRESS.search(line)]
+        if lines:
+            self.findings.append(Finding(where, lines[0], UNREAD, what, None, None, note=(
+                f"a {what} file naming the IMDS address on line(s) {', '.join(map(str, lines[:10]))}: "
+                "the scanner does not read this language")))
+
     def cloud_config(self, where: str, text: str, depth: int) -> None:
-        """runcmd, bootcmd and plain write_files content are found in the text itself, with
-        their line numbers; encoded write_files content is decoded and scanned on its own."""
-        self.findings.extend(scan_shell(where, text))
-        for index, item in enumerate(_write_files(where, text)):
+        """runcmd, bootcmd and write_files content in shell are read in the text itself, with
+        their line numbers; write_files content in another language is read on its own, and
+        encoded content is decoded and scanned as a file of its own."""
+        lines = text.splitlines()
+        read = Read()
+        try:
+            entries = _write_files(where, text)
+        except Refused as exc:
+            self.problems.append(str(exc))
+            entries = []
+        for index, (item, first) in enumerate(entries):
             encoding = str(item.get("encoding", "")).lower()
             content = item.get("content")
-            if not encoding or not isinstance(content, (str, bytes)):
+            if not isinstance(content, (str, bytes)):
                 continue
             inner = f"{where}: write_files[{index}] ({item.get('path', '?')})"
-            try:
-                decoded = self.decode(inner, content, encoding)
-            except _Refused as exc:
-                self.problems.append(str(exc))
+            if encoding or isinstance(content, bytes):  # !!binary content is bytes already
+                try:
+                    decoded = self.decode(inner, content, encoding)
+                except Refused as exc:
+                    self.problems.append(str(exc))
+                    continue
+                self.script(inner, decoded, depth + 1)
                 continue
-            self.script(inner, decoded, depth + 1)
+            lang = language(str(item.get("path", "")), str(content))
+            if lang in ("python", "powershell") and first is not None:
+                span = range(first, min(first + len(str(content).splitlines()), len(lines)))
+                own = read_language(lang, "\n".join(lines[n] for n in span), first + 1)
+                read.merge(own)
+                read.quiet |= {n + 1 for n in span}
+                for n in span:
+                    lines[n] = ""
+        shell = read_language("shell", "\n".join(lines))
+        read.merge(shell)
+        self.add(where, text, read)
 
     def decode(self, where: str, content: Any, encoding: str) -> str:
         data = content.encode() if isinstance(content, str) else bytes(content)
@@ -341,28 +301,72 @@ class _FileScan:
             try:
                 data = base64.b64decode(data)
             except ValueError as exc:  # binascii.Error
-                raise _Refused(f"{where}: invalid base64 content ({exc})") from None
+                raise Refused(f"{where}: invalid base64 content ({exc})") from None
             self._take(len(data), where)
         if data[:2] == _GZIP_MAGIC:
             data = self.gunzip(where, data)
         return data.decode("utf-8", "replace")
 
 
-def _write_files(where: str, text: str) -> List[Mapping[str, Any]]:
-    """cloud-config's write_files entries, whatever shape the document has. A document
-    that is not YAML runs nothing under cloud-init, so it is nothing to scan here; one
-    beyond the YAML bounds could, so it is refused."""
+def _write_files(where: str, text: str) -> List[Tuple[Mapping[str, Any], Optional[int]]]:
+    """cloud-config's write_files entries, whatever shape the document has, each with the
+    0-based line where its plain content starts. A document that is not YAML runs nothing
+    under cloud-init, so it is nothing to scan here; one beyond the YAML bounds could, so it
+    is refused."""
     import yaml
 
     try:
         check_yaml_shape(where, text)
         config = yaml.load(text, Loader=default_loader())  # noqa: S506 - a safe loader
+        node = yaml.compose(text, Loader=default_loader())
     except InputError as exc:
-        raise _Refused(str(exc)) from None
+        raise Refused(str(exc)) from None
     except yaml.YAMLError:
         return []
     files = config.get("write_files") if isinstance(config, dict) else None
-    return [item for item in files if isinstance(item, dict)] if isinstance(files, list) else []
+    if not isinstance(files, list):
+        return []
+    starts: List[Optional[int]] = []
+    items = _mapping_item(node, "write_files")
+    for entry in items.value if isinstance(items, yaml.SequenceNode) else []:
+        content = _mapping_item(entry, "content")
+        if isinstance(content, yaml.ScalarNode):
+            starts.append(content.start_mark.line + (1 if content.style in ("|", ">") else 0))
+        else:
+            starts.append(None)
+    starts += [None] * (len(files) - len(starts))
+    return [(item, start) for item, start in zip(files, starts) if isinstance(item, dict)]
+
+
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]{16,}")
+
+
+def _base64_user_data(data: bytes) -> Optional[bytes]:
+    """The decoded bytes when the whole file is base64 of gzip, a script, cloud-config or MIME."""
+    if not _BASE64_TEXT.fullmatch(data.strip()):
+        return None
+    try:
+        decoded = base64.b64decode(b"".join(data.split()), validate=True)
+    except ValueError:  # binascii.Error
+        return None
+    head = decoded.lstrip()[:32].lower()
+    return decoded if decoded[:2] == _GZIP_MAGIC or head.startswith((b"#", b"content-type", b"mime-version",
+                                                                      b"<powershell>")) else None
+
+
+def _mapping_item(node: Any, key: str) -> Any:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
+
+
+def _without_tags(text: str) -> str:
+    """EC2 Windows user-data: <powershell>...</powershell> around the script (same lines)."""
+    return re.sub(r"</?(?:powershell|persist|runAsLocalSystem)>", "", text, flags=re.I)
 
 
 @dataclass
@@ -455,51 +459,90 @@ def _declarable(path: str) -> bool:
 
     pattern = load_schema()["definitions"]["imds_path"]["pattern"]
     parts = path.rstrip("/").split("/")
-    return bool(re.match(pattern, path)) and not any(p in ("", ".", "..") for p in parts)
+    return resolved(path) and bool(re.match(pattern, path)) and not any(p in ("", ".", "..") for p in parts)
 
 
-def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] = None) -> Dict[str, Any]:
+@dataclass
+class Suggestion:
+    """A declaration covering a file's IMDSv1 values, and what its reader should know: names
+    that were changed, values the scanner could not be sure of."""
+
+    declaration: Dict[str, Any]
+    comments: List[str]
+
+
+def _exported_name(wanted: str, taken: Mapping[str, str], comments: List[str]) -> str:
+    """The script's variable name, or, when cc-imds refuses to set it (envnames.refused, the rule
+    `expand` applies to names an IMDS answer could produce), IMDS_ + the name, said in a comment."""
+    from .envnames import refused
+
+    if not refused(wanted):
+        return wanted
+    renamed, number = f"IMDS_{wanted}", 2
+    while refused(renamed) or renamed in taken:
+        renamed, number = f"IMDS_{wanted}_{number}", number + 1
+    comments.append(f"{wanted} is exported as {renamed}: cc-imds never sets {wanted} from an IMDS value (it changes "
+                    "what runs or what is trusted; README: Refused variable names). Set it from "
+                    f"${renamed} yourself only if the script really needs it.")
+    return renamed
+
+
+def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] = None) -> Suggestion:
     """One `imds:` declaration covering every IMDSv1 value the findings read: each value
-    named by ValueNames, each exported under the script's variable when it had one."""
+    named by ValueNames, each exported under the script's variable when it had one (renamed
+    when cc-imds refuses that name), with the script's own reading of it: a `key` for a jq
+    selector, placement/region for an AZ with its letter cut off."""
     names = names or ValueNames()
     values: Dict[str, Any] = {}
     env_vars: Dict[str, str] = {}
+    comments: List[str] = []
     for finding in findings:
         if finding.kind != IMDSV1 or not finding.path:
             continue
-        path = finding.path.rstrip("/")  # a listing's text, as the script saw it
-        spec: Any = path
-        key = None
-        if finding.region_from_az:
-            path, key = "dynamic/instance-identity/document", "region"
-            spec = {"path": path, "key": key}
-        if not _declarable(path):
-            continue
-        name = names.name(path, key, finding.variable)
-        values.setdefault(name, spec)
-        if finding.variable and env_vars.setdefault(finding.variable, name) == name:
-            continue  # exported under the script's own variable (another may share the value)
-        if name in env_vars.values():
-            continue  # already exported
-        variable, number = name.upper(), 2  # the script's variable already means another value
-        while variable in env_vars:
-            variable, number = f"{name.upper()}_{number}", number + 1
-        env_vars[variable] = name
+        fetched = "meta-data/placement/region" if finding.region_from_az else finding.path
+        reads = [(finding.variable, fetched, finding.key, finding.note)]
+        reads += [(d.variable, d.path, d.key, d.note) for d in finding.derived]
+        for variable, raw_path, key, note in reads:
+            path = raw_path.rstrip("/")  # a listing's text, as the script saw it
+            if not _declarable(path):
+                if variable:
+                    comments.append(f"{variable}: the script reads {raw_path or 'a path'} that cannot be declared "
+                                    "(a part known only when it runs, or characters a path cannot hold); left out")
+                continue
+            if note.startswith(UNSURE):
+                comments.append(f"{variable or path}: {note}: left out; read it with `cc-imds get {path}` and "
+                                "transform it as the script does")
+                continue
+            spec: Any = {"path": path, "key": key} if key else path
+            name = names.name(path, key, variable)
+            values.setdefault(name, spec)
+            if note and finding.kind == IMDSV1 and note not in comments:
+                comments.append(f"{variable or name}: {note}")
+            if variable:
+                variable = _exported_name(variable, env_vars, comments)
+                if env_vars.setdefault(variable, name) == name:
+                    continue  # exported under the script's own variable (another may share the value)
+            if name in env_vars.values():
+                continue  # already exported
+            wanted = _exported_name(name.upper(), env_vars, comments)
+            variable, number = wanted, 2  # the script's variable already means another value
+            while variable in env_vars:
+                variable, number = f"{wanted}_{number}", number + 1
+            env_vars[variable] = name
     declaration: Dict[str, Any] = {"values": values}
     if env_vars:
         declaration["env"] = [{"path": env_path, "format": "shell", "vars": env_vars}]
-    return declaration
+    return Suggestion(declaration, comments)
 
 
 def suggest_get(declaration: Dict[str, Any]) -> Optional[str]:
     """The suggested declaration's variables as one `cc-imds get --shell` call, for a script
-    that reads several values: one process and one token instead of a curl per value."""
+    that reads several values: one process and one token instead of a curl per value. Its
+    names are the declaration's, already checked by suggest()."""
     import shlex
 
-    from .formats import refused_variable
-
     env = declaration.get("env") or [{}]
-    variables = {var: name for var, name in env[0].get("vars", {}).items() if not refused_variable(var)}
+    variables = env[0].get("vars", {})
     if len(variables) < 2:
         return None
     args = []
@@ -512,5 +555,6 @@ def suggest_get(declaration: Dict[str, Any]) -> Optional[str]:
     return 'values=$(cc-imds get --shell \\\n' + " \\\n".join(f"    {a}" for a in args) + ')\neval "$values"'
 
 
-def as_dicts(findings: List[Finding]) -> List[Dict[str, Any]]:
-    return [{**asdict(f), "replacement": f.replacement} for f in findings]
+def as_dicts(findings: List[Finding], accept_unknown: bool = False) -> List[Dict[str, Any]]:
+    return [{**asdict(f), "replacement": f.replacement if f.kind == IMDSV1 else "",
+             "fails_gate": failing(f, accept_unknown)} for f in findings]

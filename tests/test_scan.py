@@ -80,6 +80,7 @@ def test_cloud_config() -> None:
 
 def test_python() -> None:
     assert found(FIXTURES / "fetch_metadata.py") == [
+        (6, UNKNOWN, "?", "meta-data/", None),  # a URL constant that no access uses: nothing accounts for it
         (7, V1, "requests", "meta-data/instance-id", None),
         (8, V1, "requests", "dynamic/instance-identity/document", None),
         (12, V1, "urllib", "meta-data/mac", None),
@@ -312,9 +313,9 @@ def test_variables_cannot_expand_without_bound() -> None:
 
 
 def test_findings_per_file_are_bounded() -> None:
-    line = b"curl http://169.254.169.254/latest/meta-data/mac; "
+    line = "".join(f"curl http://169.254.169.254/latest/meta-data/m{i}; " for i in range(MAX_FINDINGS + 1))
     with pytest.raises(ScanError, match=rf"v.sh: more than {MAX_FINDINGS} IMDS accesses; the rest was not scanned"):
-        scan_bytes("v.sh", line * (MAX_FINDINGS + 1))
+        scan_bytes("v.sh", line.encode())
 
 
 def test_python_too_deep_for_the_parser_is_scanned_as_text() -> None:
@@ -332,3 +333,60 @@ def test_cli_never_blocks_on_special_files(cli: Callable, tmp_path: Path, target
     result = cli("scan", target)  # run_cli's timeout fails the test if this blocks
     assert result.returncode == 1
     assert result.stderr.decode().endswith(", not a regular file\n") and b"Traceback" not in result.stderr
+
+
+def test_shell_function_calls_are_bounded() -> None:
+    from cc_imds.scan_readers import MAX_CALL_LINES
+
+    body = "".join(f"  echo {i}\n" for i in range(1000))
+    script = "f() {\n" + body + "  curl -s http://169.254.169.254/latest/meta-data/$1\n}\n" + "f mac\n" * 200
+    with pytest.raises(ScanError, match=rf"v.sh: more than {MAX_CALL_LINES} lines read for shell function calls"):
+        scan_bytes("v.sh", script.encode())
+
+
+def test_functions_beyond_the_bound_are_read_where_they_stand() -> None:
+    from cc_imds.scan_readers import MAX_FUNCTIONS
+
+    script = "".join(f"f{i}() {{ true; }}\n" for i in range(MAX_FUNCTIONS))
+    script += "g() {\n  curl -s http://169.254.169.254/latest/meta-data/mac\n}\ng\n"
+    assert [(f.line, f.kind, f.path) for f in scan_bytes("v.sh", script.encode())] == [
+        (MAX_FUNCTIONS + 2, V1, "meta-data/mac")]
+
+
+@pytest.mark.parametrize("wrap", [lambda b: base64.b64encode(gzip.compress(b)), base64.encodebytes])
+def test_base64_user_data_is_opened(wrap: Callable[[bytes], bytes]) -> None:
+    assert [(f.file, f.line, f.kind) for f in scan_bytes("ud.b64", wrap(V1_SCRIPT))] == [("ud.b64 (base64)", 2, V1)]
+
+
+def test_base64_that_is_not_user_data_is_text() -> None:
+    assert scan_bytes("key.txt", base64.b64encode(b"\x00\x01 just bytes, no script here")) == []
+
+
+def test_cloudformation_json_reads_each_script_line_of_a_string() -> None:
+    script = ('#!/bin/bash\nID=$(curl -s http://169.254.169.254/latest/meta-data/instance-id)\n'
+              'TOKEN=$(curl -s -X PUT http://169.254.169.254/latest/api/token '
+              '-H "X-aws-ec2-metadata-token-ttl-seconds: 60")\nT=$(curl -s -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/ami-id)\n')
+    minified = json.dumps({"Resources": {"Web": {"Properties": {"UserData": {"Fn::Base64": script}}}}})
+    joined = json.dumps({"Fn::Join": ["", [line + "\n" for line in script.splitlines()]]}, indent=2)
+    expected = [(V1, "meta-data/instance-id", "ID"), (V2, "api/token", "TOKEN"), (V2, "meta-data/ami-id", "T")]
+    for template in (minified, joined):
+        found = scan_bytes("web.json", template.encode())
+        assert [(f.kind, f.path, f.variable) for f in found] == expected
+    # After "{", "Fn::Join": [, "", [ and the shebang's line:
+    assert [f.line for f in scan_bytes("web.json", joined.encode())] == [6, 7, 8]
+
+
+def test_binary_write_files_content_is_scanned() -> None:
+    encoded = base64.b64encode(V1_SCRIPT).decode()
+    config = f"#cloud-config\nwrite_files:\n- path: /opt/id.sh\n  content: !!binary |\n    {encoded}\n"
+    assert [(f.file, f.line, f.kind) for f in scan_bytes("ud.yaml", config.encode())] == [
+        ("ud.yaml: write_files[0] (/opt/id.sh)", 2, V1)]
+
+
+def test_text_from_the_scanned_file_is_shown_escaped(cli: Callable, tmp_path: Path) -> None:
+    script = tmp_path / "ansi.sh"
+    script.write_bytes(b"X=$(curl -s http://169.254.169.254/latest/meta-data/a\x1b[2Jb | tr a\x07 b)\n")
+    result = cli("scan", "--suggest", str(script))
+    assert result.returncode == 1
+    assert b"\x1b" not in result.stdout and b"\x07" not in result.stdout
+    assert b"meta-data/a\\x1b[2Jb" in result.stdout
