@@ -188,7 +188,7 @@ def test_corrupt_inputs(tmp_path: Path, record: Record) -> None:
     trees = {'{"metadata": {"paths": 5}}': "metadata.paths: expected a JSON object, got int",
              '{"metadata": {"paths": {"u": "/latest/user-data"}}, "userdata": {"paths": {"u": "/latest/user-data"}, '
              '"values": {"u": "abc"}}}': "userdata.values.u: invalid base64: Incorrect padding",
-             "[" * 100_000: "not usable JSON: nested too deeply"}
+             "[" * 100_000: "refused: a JSON document nested deeper than 64 levels"}
     for index, (text, message) in enumerate(trees.items()):
         tree = tmp_path / f"tree-{index}.json"
         tree.write_text(text)
