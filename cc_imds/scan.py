@@ -471,19 +471,25 @@ class Suggestion:
     comments: List[str]
 
 
-def _exported_name(wanted: str, taken: Mapping[str, str], comments: List[str]) -> str:
-    """The script's variable name, or, when cc-imds refuses to set it (envnames.refused, the rule
-    `expand` applies to names an IMDS answer could produce), IMDS_ + the name, said in a comment."""
-    from .envnames import refused
+def _exported_name(wanted: str, path: str, taken: Mapping[str, str], comments: List[str]) -> str:
+    """The script's variable name, or IMDS_ + the name, said in a comment, where cc-imds refuses to
+    set it as `validate` and `get --shell` would: a tag's value is its author's, so it gets the rule
+    `expand` applies to names a tag spells (envnames.refused: loader, shells, runtimes, proxies, TLS,
+    credentials); any other value gets the rule for names a script's author chose (what runs)."""
+    from .envnames import changes_what_runs, refused
 
-    if not refused(wanted):
+    tagged = path.startswith(("meta-data/tags/", "tags/"))
+    rule = refused if tagged else changes_what_runs
+    if not rule(wanted):
         return wanted
     renamed, number = f"IMDS_{wanted}", 2
-    while refused(renamed) or renamed in taken:
+    while rule(renamed) or renamed in taken:
         renamed, number = f"IMDS_{wanted}_{number}", number + 1
-    comments.append(f"{wanted} is exported as {renamed}: cc-imds never sets {wanted} from an IMDS value (it changes "
-                    "what runs or what is trusted; README: Refused variable names). Set it from "
-                    f"${renamed} yourself only if the script really needs it.")
+    why = ("a tag's author would choose what runs, where traffic goes or what is trusted" if tagged
+           else "it changes what runs")
+    comments.append(f"{wanted} is exported as {renamed}: cc-imds never sets {wanted} from this value ({why}; "
+                    f"README: Refused variable names). Set it from ${renamed} yourself only if the script really "
+                    "needs it.")
     return renamed
 
 
@@ -519,12 +525,12 @@ def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] 
             if note and finding.kind == IMDSV1 and note not in comments:
                 comments.append(f"{variable or name}: {note}")
             if variable:
-                variable = _exported_name(variable, env_vars, comments)
+                variable = _exported_name(variable, path, env_vars, comments)
                 if env_vars.setdefault(variable, name) == name:
                     continue  # exported under the script's own variable (another may share the value)
             if name in env_vars.values():
                 continue  # already exported
-            wanted = _exported_name(name.upper(), env_vars, comments)
+            wanted = _exported_name(name.upper(), path, env_vars, comments)
             variable, number = wanted, 2  # the script's variable already means another value
             while variable in env_vars:
                 variable, number = f"{wanted}_{number}", number + 1

@@ -191,7 +191,7 @@ def test_renamed_names_are_said_in_both_forms(cli: Callable) -> None:
     get_form, declaration_form = out.split("as a cc-imds declaration")
     for form in (get_form, declaration_form):
         for name in ("LD_PRELOAD", "PATH", "PS4"):
-            assert f"# {name} is exported as IMDS_{name}: cc-imds never sets {name}" in form
+            assert f"# {name} is exported as IMDS_{name}: cc-imds never sets {name} from this value" in form
     assert "LD_PRELOAD=" not in get_form.replace("IMDS_LD_PRELOAD=", "")
 
 
