@@ -25,6 +25,7 @@ MAX_VARIANTS = 32  # a line expanded over loop and array values
 MAX_CALL_DEPTH = 3  # shell functions calling shell functions
 MAX_FUNCTIONS = 256  # shell functions followed into; the bodies of others are read where they stand
 MAX_CALL_LINES = 100_000  # lines read again for function calls, per file
+MAX_HEREDOC_DEPTH = 4  # shell heredocs inside shell heredocs read as code; deeper ones only for addresses
 _WINDOW = 4096  # how far around an IMDS URL its command is looked for
 
 # The addresses: IPv4 (also as one hex or decimal number), IPv6, and the old `instance-data` name.
@@ -328,10 +329,12 @@ def expand(text: str, env: _Env) -> Tuple[List[str], Set[str], List[str]]:
     return variants, used, unresolved
 
 
-def _shell_units(text: str, first_line: int, spans: Dict[int, int]
+def _shell_units(text: str, first_line: int, spans: Dict[int, int], depth: int = 0
                  ) -> Tuple[List[Tuple[int, str]], List[Tuple[str, int, str]]]:
     """Logical lines (continuations joined, array assignments joined, comments removed) with the
-    number of their first line, and the code embedded in heredocs for another language."""
+    number of their first line, and the code embedded in heredocs for another language. Past
+    MAX_HEREDOC_DEPTH a heredoc is not opened (each level would read the rest of the file again):
+    its body is read as lines of the shell around it."""
     physical = text.splitlines()
     units: List[Tuple[int, str]] = []
     embedded: List[Tuple[str, int, str]] = []
@@ -356,7 +359,7 @@ def _shell_units(text: str, first_line: int, spans: Dict[int, int]
         units.append((first_line + start, line))
         spans[first_line + start] = first_line + index
         index += 1
-        heredoc = _HEREDOC.search(line)
+        heredoc = _HEREDOC.search(line) if depth < MAX_HEREDOC_DEPTH else None
         if heredoc:
             body_start = index
             delimiter = heredoc.group(3)
@@ -369,7 +372,8 @@ def _shell_units(text: str, first_line: int, spans: Dict[int, int]
             index += 1  # the delimiter line
             language = _heredoc_language(line[:heredoc.start()], body)
             if language == "shell":
-                inner_units, inner_embedded = _shell_units("\n".join(body), first_line + body_start, spans)
+                inner_units, inner_embedded = _shell_units("\n".join(body), first_line + body_start, spans,
+                                                           depth + 1)
                 units.extend(inner_units)
                 embedded.extend(inner_embedded)
             else:

@@ -305,6 +305,17 @@ def test_nesting_of_containers_is_bounded() -> None:
         scan_bytes("ud", data)
 
 
+def test_heredocs_nested_beyond_the_bound_are_read_as_lines() -> None:
+    from cc_imds.scan_readers import MAX_HEREDOC_DEPTH
+
+    # Unbounded, each unterminated heredoc reads the rest of the file again: a RecursionError (exit 70)
+    # after minutes and gigabytes. Past the bound the curl is still found, as a line of the shell around it.
+    for levels in (MAX_HEREDOC_DEPTH + 1, 20_000):
+        script = "cat <<EOF\n" * levels + "curl http://169.254.169.254/latest/meta-data/mac\n"
+        assert [(f.line, f.kind, f.path) for f in scan_bytes("v.sh", script.encode())] == [
+            (levels + 1, V1, "meta-data/mac")]
+
+
 def test_variables_cannot_expand_without_bound() -> None:
     lines = ["A=" + "x" * 4000] + [f"{b}={('$' + a) * 16}" for a, b in zip("ABCDEFGHI", "BCDEFGHIJ")]
     script = "\n".join([*lines, "curl $J http://169.254.169.254/latest/meta-data/mac", ""])
