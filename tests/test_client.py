@@ -420,7 +420,10 @@ def test_many_operations_keep_a_bounded_number_of_connections(make_emulator: Cal
         after_first = open_descriptors()
         for _ in range(40):  # each operation runs its own worker threads
             assert len(client.fetch_all(paths, deadline=Deadline(60))) == 12
-        assert open_descriptors() <= after_first + 2
+        # On a loaded machine the first operation may run on fewer threads than later ones, so
+        # the pool can still grow to its 4 connections after it: both ends of each are in this
+        # process (the emulator serves from threads). A leak per operation would be 40 or more.
+        assert open_descriptors() <= after_first + 2 * 4
     assert accepted[0] <= 4 + 1  # the pool's connections, reused: never one per operation or thread
     assert emulator.count("PUT") == 1
 
