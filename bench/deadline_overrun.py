@@ -23,8 +23,8 @@ from typing import Callable, Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cc_imds.client import ClientSettings, ImdsClient  # noqa: E402
 from cc_imds.errors import ImdsError  # noqa: E402
+from cc_imds.imds.client import ClientSettings, ImdsClient  # noqa: E402
 from tests.reliability import hostile  # noqa: E402
 
 DEADLINE = 1.0
@@ -86,7 +86,7 @@ def main() -> None:
         "`tests/reliability/hostile.py`, with `timeout: 5` and `deadline: 1` (so the deadline, not the attempt",
         "timeout, ends the call). Median / maximum in milliseconds. `cc-imds get` as a process (bin/cc-imds,",
         "byte-compiled) also holds its start-up, before the deadline's clock starts. The client speaks HTTP",
-        "itself (cc_imds/transport.py), every receive bounded by what is left of the deadline.",
+        "itself (cc_imds/imds/transport.py), every receive bounded by what is left of the deadline.",
         "",
         f"Python {platform.python_version()}, {os.cpu_count()} cores, load average {load:.1f} at the start; "
         f"{runs} calls in-process and {max(1, runs // 2)} processes per server (`bench/deadline_overrun.py`).",

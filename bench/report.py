@@ -141,8 +141,8 @@ def peer_section(results: Dict[str, Any]) -> List[str]:
            f"25 values and 20 tags (the grid's workload), 1 ms per request, {results['peers']['runs']} interleaved "
            "runs. Every contender wrote byte-identical files (checked on every run). `new declaration` forgets "
            "earlier validations first, so it pays for PyYAML and jsonschema; `validated declaration` is the same "
-           "file again, as every apply after the first sees it (see cc_imds/validated.py). The template is plain "
-           "`{{ name }}` substitution, which cc-imds renders without Jinja2.", "",
+           "file again, as every apply after the first sees it (see cc_imds/declaration/cache.py). The template is "
+           "plain `{{ name }}` substitution, which cc-imds renders without Jinja2.", "",
            "| contender | wall ms, median (min to max) | / fastest peer on the same Python |", "|---|---|---|"]
     for name, samples in times.items():
         python = name.split(",")[0].split()[-1]
@@ -259,8 +259,8 @@ NOTES = [
     "  own script (bin/cc-imds), for pip and the RPM alike: the script pip writes for a console_scripts entry",
     "  point imports `re` before its command runs (see the `import re` rows). The RPM's copy starts with `-s`.",
     "- `apply, new declaration` imports PyYAML and jsonschema to validate; `apply, validated declaration` reads the",
-    "  same file's remembered documents (cc_imds/validated.py) and skips both. The template is plain `{{ name }}`",
-    "  substitution, which needs no Jinja2; a template with filters or blocks adds Jinja2's import.",
+    "  same file's remembered documents (cc_imds/declaration/cache.py) and skips both. The template is plain",
+    "  `{{ name }}` substitution, which needs no Jinja2; a template with filters or blocks adds Jinja2's import.",
     "- The machine is shared with other work: absolute times vary between runs; ratios of interleaved runs are",
     "  the figures to compare.",
 ]

@@ -36,8 +36,8 @@ from typing import Any, Dict, List, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cc_imds.emulator import Emulator  # noqa: E402
-from cc_imds.tree import MetadataTree, load_tree  # noqa: E402
+from cc_imds.imds.tree import MetadataTree, load_tree  # noqa: E402
+from cc_imds.testing.emulator import Emulator  # noqa: E402
 
 PY39 = REPO / ".venv/bench39/bin/python"
 PY39_CLOUDINIT = REPO / ".venv/py39/bin/python"  # the test venv, which has cloud-init's own dependencies
@@ -191,7 +191,7 @@ def import_costs() -> Dict[str, Any]:
         "before = set(sys.modules)\n"
         "t = time.perf_counter(); import cc_imds; top = time.perf_counter() - t\n"
         "t = time.perf_counter()\n"
-        "import cc_imds.pipeline, cc_imds.config, cc_imds.templates, jsonschema, jinja2.sandbox\n"
+        "import cc_imds.pipeline, cc_imds.declaration.build, cc_imds.outputs.templates, jsonschema, jinja2.sandbox\n"
         "deferred = time.perf_counter() - t\n"
         "def third_party(m):\n"
         "    where = getattr(sys.modules[m], '__file__', None) or ''\n"

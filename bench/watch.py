@@ -36,8 +36,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cc_imds.emulator import Emulator  # noqa: E402
-from cc_imds.tree import load_tree  # noqa: E402
+from cc_imds.imds.tree import load_tree  # noqa: E402
+from cc_imds.testing.emulator import Emulator  # noqa: E402
 
 PY39 = REPO / ".venv/py39/bin/python"
 IDLE = max(300.0, float(os.environ.get("BENCH_WATCH_SECONDS", "300")))

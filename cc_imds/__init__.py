@@ -12,17 +12,13 @@ from __future__ import annotations
 import os
 
 from .logs import get_logger, shown_lines
+from .version import __version__ as __version__
 
 TYPE_CHECKING = False  # not typing's: `cc-imds get` imports this package and should not pay for typing
 if TYPE_CHECKING:
     from typing import Any, Dict, Mapping, Tuple
 
-__version__ = "0.1.0"
-
 LOG = get_logger(__name__)
-
-DEFAULT_CONF_DIR = "/etc/cc-imds/conf.d"
-CONF_DIR_ENV = "CC_IMDS_CONF_DIR"
 
 # No `activate_by_schema_keys`: declarations may come from files, not only from the
 # `imds` key, so the module must run and decide for itself (FACTS §2).
@@ -47,12 +43,9 @@ def _arguments(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tuple[str, M
     return str(name), cfg or {}
 
 
-def is_dropin(name: str) -> bool:
-    """Which files of the drop-in directory are declarations (here, so handle can check cheaply)."""
-    return name.endswith(".yaml") and not name.startswith(".")
-
-
 def _has_dropins(conf_dir: str) -> bool:
+    from .declaration.dropins import is_dropin
+
     try:
         return any(is_dropin(entry) for entry in os.listdir(conf_dir))
     except OSError:
@@ -61,12 +54,14 @@ def _has_dropins(conf_dir: str) -> bool:
 
 def handle(*args: Any, **kwargs: Any) -> None:
     name, cfg = _arguments(args, kwargs)
+    from .declaration.dropins import CONF_DIR_ENV, DEFAULT_CONF_DIR
+
     conf_dir = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
     if "imds" not in cfg and not _has_dropins(conf_dir):
         LOG.debug("Skipping module %s: no `imds` key and no declarations in %s", name, conf_dir)
         return
 
-    from .config import build_declaration
+    from .declaration.build import build_declaration
     from .errors import CcImdsError
     from .pipeline import RunOptions, apply_declaration, gather
 
@@ -92,7 +87,7 @@ def _hand_off(name: str, cloud_config: Any, declaration: Any) -> None:
     failed (the watcher keeps trying); with no valid declaration, withdraw an earlier run's
     request. Never fails the module: the files are what matters."""
     from .errors import CcImdsError
-    from .handoff import hand_off
+    from .watch.handoff import hand_off
 
     try:
         watch = hand_off(cloud_config, declaration)

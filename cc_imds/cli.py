@@ -13,7 +13,6 @@ import gc
 import os
 import sys
 
-from . import CONF_DIR_ENV, DEFAULT_CONF_DIR, __version__
 from .errors import CcImdsError, DeclarationError, WriteError
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a user can act on
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Union
 
-    from .config import SourceDocument
+    from .declaration.build import SourceDocument
     from .pipeline import RunOptions
 
 
@@ -51,6 +50,8 @@ def _conf_dir(args: argparse.Namespace) -> Optional[str]:
         return None
     if args.conf_dir:
         return str(args.conf_dir)
+    from .declaration.dropins import CONF_DIR_ENV, DEFAULT_CONF_DIR
+
     default = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
     root = getattr(args, "root", None) or "/"
     return os.path.join(root, default.lstrip("/"))
@@ -59,7 +60,7 @@ def _conf_dir(args: argparse.Namespace) -> Optional[str]:
 def _documents(args: argparse.Namespace) -> List[SourceDocument]:
     from pathlib import Path
 
-    from .config import documents_from_file
+    from .declaration.build import documents_from_file
     from .pipeline import gather
 
     docs = documents_from_file(Path(args.file)) if args.file else []
@@ -76,7 +77,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
 
 
 def _lock(args: argparse.Namespace) -> str:
-    from .write import default_lock_path
+    from .outputs.write import default_lock_path
 
     return getattr(args, "lock", None) or default_lock_path()
 
@@ -84,7 +85,7 @@ def _lock(args: argparse.Namespace) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .config import build_declaration, documents_from_dir, documents_from_file
+    from .declaration.build import build_declaration, documents_from_dir, documents_from_file
 
     problems: List[str] = []
     for name in args.file:
@@ -102,8 +103,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .imds.tree import load_tree
     from .pipeline import preview
-    from .tree import load_tree
 
     tree = load_tree(args.metadata) if args.metadata else None
     outputs = preview(_documents(args), _options(args), tree)
@@ -128,14 +129,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def normalise_get_path(raw: str) -> str:
     """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
-    from .get import imds_path
+    from .tools.get import imds_path
 
     return imds_path(raw)
 
 
 def _endpoint_hosts(endpoint: str) -> List[str]:
     """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
-    from .client import candidate_urls
+    from .imds.client import candidate_urls
 
     if endpoint in ("auto", "ipv4", "ipv6"):
         return []
@@ -146,8 +147,8 @@ def _endpoint_hosts(endpoint: str) -> List[str]:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from .client import ClientSettings, ImdsClient, choose_endpoint
-    from .get import RAW, get, parse_requests, write_stdout
+    from .imds.client import ClientSettings, ImdsClient, choose_endpoint
+    from .tools.get import RAW, get, parse_requests, write_stdout
 
     endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
     requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
@@ -180,10 +181,10 @@ def _log_for_the_journal(debug: bool) -> None:
 def cmd_watch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .config import documents_from_file
-    from .handoff import saved_cloud_config
+    from .declaration.build import documents_from_file
     from .pipeline import gather
-    from .watch import Watcher, WatchOptions
+    from .watch.handoff import saved_cloud_config
+    from .watch.watcher import Watcher, WatchOptions
 
     _log_for_the_journal(args.debug)
     conf_dir = _conf_dir(args)
@@ -208,9 +209,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from . import rundir
-    from .handoff import watcher_needed
-    from .status import NOT_RUNNING, as_json, assess, render_text, status_problem
+    from .watch import rundir
+    from .watch.handoff import watcher_needed
+    from .watch.status import NOT_RUNNING, as_json, assess, render_text, status_problem
 
     directory = rundir.run_dir()
     try:
@@ -239,9 +240,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from .emulator import Emulator
+    from .imds.tree import load_tree
     from .signals import StopRequest
-    from .tree import load_tree
+    from .testing.emulator import Emulator
 
     tree = load_tree(args.tree, tags_enabled=not args.no_tags)
     # SIGTERM and SIGINT stop it cleanly from here on, whatever the process inherited (a
@@ -257,7 +258,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         control = None
         try:
             if args.control_port is not None:
-                from .control import ControlServer
+                from .testing.control import ControlServer
 
                 try:
                     control = ControlServer(emulator, host=args.host, port=args.control_port).start()
@@ -290,10 +291,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from .config import documents_from_file
-    from .emulator import Emulator
+    from .declaration.build import documents_from_file
+    from .imds.tree import load_tree
     from .pipeline import RunOptions, apply, gather
-    from .tree import load_tree
+    from .testing.emulator import Emulator
 
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="cc-imds-demo-"))
     with Emulator(load_tree()) as emulator:
@@ -315,7 +316,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .enable import CLOUD_CFG, DROPIN, check, disable, enable
+    from .tools.enable import CLOUD_CFG, DROPIN, check, disable, enable
 
     dropin = args.dropin or DROPIN
     if args.check:
@@ -337,7 +338,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
     from .logs import shown
-    from .scan import as_dicts, failing, scan_files
+    from .tools.scan import as_dicts, failing, scan_files
 
     result = scan_files(args.path)
     findings = [finding for found in result.findings.values() for finding in found]
@@ -357,8 +358,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         import yaml
 
-        from .config import SourceDocument, build_declaration
-        from .scan import ValueNames, suggest, suggest_get
+        from .declaration.build import SourceDocument, build_declaration
+        from .tools.scan import ValueNames, suggest, suggest_get
 
         for name, found in result.findings.items():
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
@@ -402,7 +403,7 @@ def endpoint(text: str) -> str:
     """An argparse type: an endpoint setting that can be used (else wrong usage, exit 2)."""
     import argparse
 
-    from .client import EndpointError, candidate_urls
+    from .imds.client import EndpointError, candidate_urls
 
     try:
         candidate_urls(text)
@@ -430,7 +431,9 @@ def _columns() -> int:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    from .settings import DEADLINE_RANGE, TIMEOUT_RANGE
+    from .declaration.dropins import DEFAULT_CONF_DIR
+    from .imds.settings import DEADLINE_RANGE, TIMEOUT_RANGE
+    from .version import __version__
 
     class _HelpFormatter(argparse.HelpFormatter):
         def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
@@ -738,7 +741,7 @@ def _plain_get(argv: Sequence[str]) -> Optional[argparse.Namespace]:
     """A `get` command line read without argparse (scripts call `get` where they called curl,
     and argparse with its parsers is most of a cold start), or None when it is not plainly
     right: then argparse reads it, with its help and its messages."""
-    from .get import command_line
+    from .tools.get import command_line
 
     found = command_line(argv)
     if found is None:

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
-from .client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
-from .config import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
 from .deadline import Deadline
+from .declaration.build import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
 from .errors import CcImdsError, DeclarationError
+from .imds.client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
+from .imds.tree import MetadataTree
 from .logs import std_logger
-from .render import Output, render
-from .resolve import TreeSource, Values, resolve
-from .scrub import Scrubber
-from .tree import MetadataTree
-from .write import Change, default_lock_path, write_outputs
+from .outputs.render import Output, render
+from .outputs.scrub import Scrubber
+from .outputs.write import Change, default_lock_path, write_outputs
+from .values import TreeSource, Values, resolve
 
 LOG = std_logger(__name__)
 T = TypeVar("T")

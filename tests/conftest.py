@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 import cc_imds
-from cc_imds.emulator import Emulator
-from cc_imds.tree import MetadataTree, load_tree
+from cc_imds.imds.tree import MetadataTree, load_tree
+from cc_imds.testing.emulator import Emulator
 
 # Property tests: CI's verdict is reproducible, the same draws every run ("ci", the default);
 # `make explore` draws afresh and many more ("explore", HYPOTHESIS_PROFILE=explore). What
@@ -71,8 +71,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-# The emulator fixture, loaded the way users opt in to it (see cc_imds/pytest_plugin.py).
-pytest_plugins = ["cc_imds.pytest_plugin"]
+# The emulator fixture, loaded the way users opt in to it (see cc_imds/testing/pytest_plugin.py).
+pytest_plugins = ["cc_imds.testing.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -143,7 +143,7 @@ def _private_lock(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(autouse=True)
 def _private_validation_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never read or write the host's record of validated declarations (cc_imds.validated)."""
+    """Tests never read or write the host's record of validated declarations (cc_imds.declaration.cache)."""
     monkeypatch.setenv("CC_IMDS_CACHE_DIR", str(tmp_path_factory.mktemp("validated")))
 
 
@@ -191,7 +191,7 @@ def make_emulator() -> Iterator[Callable[..., Emulator]]:
 
 @pytest.fixture
 def emulator(imds_emulator: Emulator) -> Emulator:
-    """The plugin's fixture (cc_imds.pytest_plugin), as users of the package get it."""
+    """The plugin's fixture (cc_imds.testing.pytest_plugin), as users of the package get it."""
     return imds_emulator
 
 

@@ -11,7 +11,8 @@ from typing import List
 
 import pytest
 
-from cc_imds.actions import (
+from cc_imds.declaration.build import Command
+from cc_imds.watch.commands import (
     MAX_LOGGED_LINES,
     MAX_QUEUED,
     MAX_RUNNING,
@@ -22,7 +23,6 @@ from cc_imds.actions import (
     Result,
     Runner,
 )
-from cc_imds.config import Command
 from tests.conftest import PROCESS_SLACK, wait_for
 
 PY = sys.executable

@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 from bench.run import bench_tree, declaration
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import HUNG_AFTER, REPO
 
 

@@ -14,8 +14,8 @@ from typing import Callable
 import pytest
 
 from cc_imds.cli import main, normalise_get_path
-from cc_imds.emulator import Emulator
-from cc_imds.tree import MetadataTree
+from cc_imds.imds.tree import MetadataTree
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import CLI, EXAMPLES, REPO, SIGINT_STARTS, cli_env, sigint_at
 
 BROKEN = """#cloud-config

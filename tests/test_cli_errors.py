@@ -22,8 +22,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from cc_imds.cli import build_parser
-from cc_imds.emulator import Emulator
-from cc_imds.tree import load_tree
+from cc_imds.imds.tree import load_tree
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import REPO
 from tests.hostile import ALIAS_BOMB, cc_imds_limited, gzip_bomb, nested
 

@@ -12,7 +12,9 @@ from typing import Callable, Dict, List
 import pytest
 
 import cc_imds
-from cc_imds.client import (
+from cc_imds.deadline import Deadline
+from cc_imds.errors import ImdsError, ImdsNotFound, ImdsUnreachable
+from cc_imds.imds.client import (
     ENV_ENDPOINT,
     ENV_ENDPOINT_MODE,
     IPV4_URL,
@@ -25,10 +27,8 @@ from cc_imds.client import (
     candidate_urls,
     choose_endpoint,
 )
-from cc_imds.deadline import Deadline
-from cc_imds.emulator import Emulator
-from cc_imds.errors import ImdsError, ImdsNotFound, ImdsUnreachable
-from cc_imds.tree import MetadataTree
+from cc_imds.imds.tree import MetadataTree
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import DEADLINE_SLACK, needs_ipv6_loopback
 from tests.reliability.hostile import (
     TOKEN,
@@ -59,7 +59,7 @@ class Pauses:
 @pytest.fixture
 def pauses(monkeypatch: pytest.MonkeyPatch) -> Pauses:
     recorder = Pauses()
-    monkeypatch.setattr(cc_imds.client, "time", recorder)
+    monkeypatch.setattr(cc_imds.imds.client, "time", recorder)
     return recorder
 
 

@@ -10,13 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds.config import (
-    SourceDocument,
-    build_declaration,
-    documents_from_dir,
-    documents_from_file,
-    load_schema,
-)
+from cc_imds.declaration.build import SourceDocument, build_declaration, documents_from_dir, documents_from_file
+from cc_imds.declaration.schema import load_schema
 from cc_imds.errors import DeclarationError
 from tests.conftest import examples
 

@@ -11,11 +11,11 @@ from typing import Callable
 
 import pytest
 
-from cc_imds import trust as trust_module
-from cc_imds.config import documents_from_dir
-from cc_imds.emulator import Emulator
+from cc_imds.declaration import dropins as trust_module
+from cc_imds.declaration.build import documents_from_dir
+from cc_imds.declaration.dropins import MAX_DROPIN_BYTES
 from cc_imds.errors import DeclarationError
-from cc_imds.trust import MAX_DROPIN_BYTES
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import needs_root
 
 NOBODY = 65534

@@ -11,8 +11,8 @@ from typing import Dict, Optional, Tuple
 
 import pytest
 
-from cc_imds.emulator import Emulator
-from cc_imds.tree import load_tree, tree_from_document
+from cc_imds.imds.tree import load_tree, tree_from_document
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import needs_ipv6_loopback
 
 

@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cc_imds.client import ClientSettings, ImdsClient
-from cc_imds.control import ControlServer
-from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound
-from cc_imds.schedule import expiration
+from cc_imds.imds.client import ClientSettings, ImdsClient
+from cc_imds.testing.control import ControlServer
+from cc_imds.testing.emulator import Emulator
+from cc_imds.watch.schedule import expiration
 from tests.conftest import CLI, REPO, SIGINT_STARTS, cli_env, sigint_at
 
 CREDS = "meta-data/iam/security-credentials/app-server"

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cc_imds.config import SourceDocument, build_declaration
+from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.errors import RenderError
-from cc_imds.render import render, variable_name
-from cc_imds.resolve import TreeSource, resolve
-from cc_imds.tree import MetadataTree
+from cc_imds.imds.tree import MetadataTree
+from cc_imds.outputs.render import render, variable_name
+from cc_imds.values import TreeSource, resolve
 from tests.conftest import examples
 
 

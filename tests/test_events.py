@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cc_imds.events import MAX_FIELDS, notice_env, notices
+from cc_imds.watch.events import MAX_FIELDS, notice_env, notices
 
 SPOT = "meta-data/spot/instance-action"
 MAINTENANCE = "meta-data/events/maintenance/scheduled"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cc_imds.config import documents_from_file
-from cc_imds.emulator import Emulator
+from cc_imds.declaration.build import documents_from_file
 from cc_imds.pipeline import RunOptions, apply, gather
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import EXAMPLES
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))

@@ -15,10 +15,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cc_imds.emulator import Emulator
 from cc_imds.errors import ImdsError, ImdsNotFound, ImdsUnreachable
-from cc_imds.get import JSON, LINES, RAW, SHELL, GetError, Request, UsageError, imds_path, parse_requests, pick, render
-from cc_imds.tree import MetadataTree, load_tree
+from cc_imds.imds.tree import MetadataTree, load_tree
+from cc_imds.testing.emulator import Emulator
+from cc_imds.tools.get import (
+    JSON,
+    LINES,
+    RAW,
+    SHELL,
+    GetError,
+    Request,
+    UsageError,
+    imds_path,
+    parse_requests,
+    pick,
+    render,
+)
 from tests.conftest import HUNG_AFTER, REPO, examples, require, requires
 from tests.test_formats import HOSTILE
 
@@ -431,7 +443,7 @@ def argparse_reading(argv: List[str]) -> object:
 def test_a_command_line_read_by_hand_reads_as_argparse_reads_it(tokens: List[str]) -> None:
     """Either command_line declines (argparse then reads the command line, with its messages),
     or it reads exactly what argparse reads."""
-    from cc_imds.get import command_line
+    from cc_imds.tools.get import command_line
 
     argv = ["get", *tokens]
     found = command_line(argv)
@@ -441,7 +453,7 @@ def test_a_command_line_read_by_hand_reads_as_argparse_reads_it(tokens: List[str
 
 def test_plain_command_lines_are_read_by_hand() -> None:
     """What scripts write does not need argparse (the cold-start cost it avoids)."""
-    from cc_imds.get import command_line
+    from cc_imds.tools.get import command_line
 
     for argv in (["get", "meta-data/instance-id"],
                  ["get", "--shell", "ID=meta-data/instance-id", "ENV=meta-data/tags/instance/Env", "--default", "dev",

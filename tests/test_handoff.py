@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict
 import pytest
 
 import cc_imds
-from cc_imds import rundir
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
+from cc_imds.watch import rundir
 from tests.conftest import CLI, cli_env, requires
 
 

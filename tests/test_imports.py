@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Set
 
 import pytest
 
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import EXAMPLES, HUNG_AFTER, REPO
 
 # Runs a command in-process, then reports what it imported: third-party top-level packages
@@ -65,10 +65,11 @@ def brought_by(modules: List[str]) -> Set[str]:
     return set(done.stdout.split())
 
 
-GET_MODULES = ["cc_imds", "cc_imds.cli", "cc_imds.client", "cc_imds.deadline", "cc_imds.errors", "cc_imds.get",
-               "cc_imds.logs", "cc_imds.retry", "cc_imds.settings", "cc_imds.streams", "cc_imds.transport"]
+GET_MODULES = sorted(["cc_imds", "cc_imds.version", "cc_imds.cli", "cc_imds.deadline", "cc_imds.errors", "cc_imds.logs",
+                      "cc_imds.streams", "cc_imds.imds", "cc_imds.imds.client", "cc_imds.imds.retry",
+                      "cc_imds.imds.settings", "cc_imds.imds.transport", "cc_imds.tools", "cc_imds.tools.get"])
 # Standard-library modules `get` has no use for (each costs milliseconds at start-up). HTTP is
-# spoken by cc_imds.transport over `_socket`: http.client (with the email package and ssl it
+# spoken by cc_imds.imds.transport over `_socket`: http.client (with the email package and ssl it
 # loads) costs more than the interpreter's own start, and socket's wrapper is not needed. A plain
 # command line is read without argparse (and the gettext and locale it loads); paths, headers and
 # variable names are checked without `re`, finite numbers without `math` (a shared library); a
@@ -109,7 +110,9 @@ def test_get_many_values_adds_only_the_shell_quoting(emulator: Emulator, tmp_pat
                      "--endpoint", emulator.url)
     assert found["code"] == 0
     assert found["third_party"] == []
-    assert found["cc_imds"] == sorted([*GET_MODULES, "cc_imds.envnames", "cc_imds.formats"])  # names, quoting
+    names_and_quoting = ["cc_imds.declaration", "cc_imds.declaration.names",
+                         "cc_imds.outputs", "cc_imds.outputs.formats"]
+    assert found["cc_imds"] == sorted([*GET_MODULES, *names_and_quoting])
     # Values are fetched by threads started with _thread, without importing threading.
     assert [m for m in [*NOT_FOR_GET, "threading"] if m in found["stdlib"]] == []  # type: ignore[operator]
 

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds.inputs import (
+from cc_imds.untrusted import (
     MAX_DECLARATION_BYTES,
     MAX_YAML_DEPTH,
     MAX_YAML_NODES,

@@ -14,10 +14,10 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from cc_imds import lock as lock_module
 from cc_imds.deadline import Deadline
 from cc_imds.errors import WriteError
-from cc_imds.lock import RUN_DIR, default_lock_path, locked
+from cc_imds.files import lock as lock_module
+from cc_imds.files.lock import RUN_DIR, default_lock_path, locked
 from tests.conftest import DEADLINE_SLACK, needs_root, wait_for
 
 # The lock is polled (every 0.1 s at most) within the deadline, in-process: the deadline's own slack.

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 import cc_imds
-from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError, DeclarationError, ImdsError, RenderError
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import HUNG_AFTER, PACKAGE
 
 

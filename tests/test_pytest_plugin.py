@@ -1,4 +1,4 @@
-"""The imds_emulator fixture is opt-in: `-p cc_imds.pytest_plugin` loads it; nothing else does."""
+"""The imds_emulator fixture is opt-in: `-p cc_imds.testing.pytest_plugin` loads it; nothing else does."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def run_pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_project_opts_in_with_dash_p(tmp_path: Path) -> None:
-    result = run_pytest(tmp_path, "-p", "cc_imds.pytest_plugin")
+    result = run_pytest(tmp_path, "-p", "cc_imds.testing.pytest_plugin")
     assert result.returncode == 0, result.stdout
     assert "1 passed" in result.stdout
 

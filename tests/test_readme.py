@@ -9,15 +9,9 @@ from typing import Any, Dict, List, Set
 import pytest
 import yaml
 
-from cc_imds.client import ClientSettings
-from cc_imds.config import (
-    EVENT_POLL,
-    EVENT_TIMEOUT,
-    ON_CHANGE_TIMEOUT,
-    SourceDocument,
-    build_declaration,
-    load_schema,
-)
+from cc_imds.declaration.build import EVENT_POLL, EVENT_TIMEOUT, ON_CHANGE_TIMEOUT, SourceDocument, build_declaration
+from cc_imds.declaration.schema import load_schema
+from cc_imds.imds.client import ClientSettings
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

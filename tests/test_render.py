@@ -14,14 +14,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from cc_imds import bounded
-from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.deadline import Deadline
+from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.errors import RenderError
-from cc_imds.formats import ENV_FILE_MAX, ENV_STRING_MAX
-from cc_imds.render import REDACTED, Output, render, variable_name
-from cc_imds.resolve import TreeSource, resolve
-from cc_imds.tree import MetadataTree
+from cc_imds.imds.tree import MetadataTree
+from cc_imds.outputs import template_child
+from cc_imds.outputs.formats import ENV_FILE_MAX, ENV_STRING_MAX
+from cc_imds.outputs.render import REDACTED, Output, render, variable_name
+from cc_imds.values import TreeSource, resolve
 from tests.conftest import DEADLINE_SLACK, PACKAGE, cli_env
 
 
@@ -197,7 +197,7 @@ def test_a_template_cannot_take_more_memory_than_allowed(source: str) -> None:
     with pytest.raises(RenderError) as caught:
         template(source)
     assert caught.value.problems == [
-        f"ud: imds.files[0].content: stopped: it needed more than {bounded.MEMORY_ALLOWANCE >> 20} MiB of memory"
+        f"ud: imds.files[0].content: stopped: it needed more than {template_child.MEMORY_ALLOWANCE >> 20} MiB of memory"
     ]
 
 
@@ -213,10 +213,10 @@ def test_an_output_cannot_pass_the_size_limit() -> None:
     with pytest.raises(RenderError) as caught:
         template("{% for i in range(20000) %}{{ 'y' * 1000 }}{% endfor %}")
     assert caught.value.problems == [
-        f"ud: imds.files[0].content: stopped: the output passed {bounded.OUTPUT_MAX >> 20} MiB"
+        f"ud: imds.files[0].content: stopped: the output passed {template_child.OUTPUT_MAX >> 20} MiB"
     ]
     # Just under the limit is fine, and comes back byte for byte.
-    assert template("{% for i in range(16) %}{{ 'y' * 1048576 }}{% endfor %}") == b"y" * bounded.OUTPUT_MAX
+    assert template("{% for i in range(16) %}{{ 'y' * 1048576 }}{% endfor %}") == b"y" * template_child.OUTPUT_MAX
 
 
 def test_a_failing_template_does_not_stop_the_others() -> None:
@@ -241,7 +241,7 @@ def test_plain_templates_need_no_child_and_are_bounded_before_they_are_built(mon
     def no_child(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a plain template started the renderer")
 
-    monkeypatch.setattr(bounded, "run", no_child)
+    monkeypatch.setattr(template_child, "run", no_child)
     doc = {"values": {"big": "meta-data/tags/instance/Big", "iid": "meta-data/instance-id"},
            "files": [{"path": "/ok", "content": "id = {{ iid }}\nsize = {{iid}}\n"},
                      {"path": "/one", "content": "{{ big }}" * 5},
@@ -274,7 +274,7 @@ def validate_in_a_child(source: str) -> Tuple[int, int]:
     """Validate a declaration with this template in a fresh process: its exit status and
     peak memory in MiB. Capped, so that a validation that evaluates the template fails the
     test instead of taking the machine's memory or time."""
-    code = ("import sys; from cc_imds.config import SourceDocument, build_declaration; "
+    code = ("import sys; from cc_imds.declaration.build import SourceDocument, build_declaration; "
             "build_declaration([SourceDocument('ud', 'imds', {'values': {}, 'files': [{'path': '/f', 'content': "
             "sys.argv[1]}]})])")
     limit = 3 * 1024 * 1024 * 1024

@@ -6,13 +6,13 @@ from typing import Callable
 
 import pytest
 
-from cc_imds.client import ClientSettings, ImdsClient
-from cc_imds.config import SourceDocument, build_declaration
 from cc_imds.deadline import Deadline
-from cc_imds.emulator import Emulator
+from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.errors import ResolveError
-from cc_imds.resolve import TreeSource, resolve
-from cc_imds.tree import MetadataTree, load_tree
+from cc_imds.imds.client import ClientSettings, ImdsClient
+from cc_imds.imds.tree import MetadataTree, load_tree
+from cc_imds.testing.emulator import Emulator
+from cc_imds.values import TreeSource, resolve
 
 
 def declaration(values: dict):

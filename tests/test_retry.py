@@ -7,7 +7,7 @@ import email.utils
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds.retry import RETRY_AFTER_CAP, backoff, delay, retry_after
+from cc_imds.imds.retry import RETRY_AFTER_CAP, backoff, delay, retry_after
 
 NOW = 1_700_000_000.0
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 import yaml
 
-from cc_imds.emulator import Emulator
-from cc_imds.scan import (
+from cc_imds.testing.emulator import Emulator
+from cc_imds.tools.scan import (
     MAX_DECODED_BYTES,
     MAX_FINDINGS,
     MAX_NESTING,
@@ -214,7 +214,7 @@ def test_suggestion_for_unnamed_paths_applies(
     tree = make_emulator().tree
     leaves = tree.leaves()
     leaves["meta-data/network/interfaces/macs/0a:00:00:00:00:02/vpc-id"] = b"vpc-second"
-    from cc_imds.tree import MetadataTree
+    from cc_imds.imds.tree import MetadataTree
 
     emulator = make_emulator(MetadataTree(leaves))
     script = tmp_path / "unnamed.sh"
@@ -289,7 +289,7 @@ def test_yaml_beyond_the_bounds_is_a_problem_but_its_text_is_scanned() -> None:
 
 
 def scan_files_of(data: bytes) -> Any:
-    from cc_imds.scan import _FileScan
+    from cc_imds.tools.scan import _FileScan
 
     scan = _FileScan("ud").content("ud", data, 0)
     return type("Result", (), {"findings": {"ud": scan.findings}, "problems": scan.problems})
@@ -306,7 +306,7 @@ def test_nesting_of_containers_is_bounded() -> None:
 
 
 def test_heredocs_nested_beyond_the_bound_are_read_as_lines() -> None:
-    from cc_imds.scan_readers import MAX_HEREDOC_DEPTH
+    from cc_imds.tools.scan_readers import MAX_HEREDOC_DEPTH
 
     # Unbounded, each unterminated heredoc reads the rest of the file again: a RecursionError (exit 70)
     # after minutes and gigabytes. Past the bound the curl is still found, as a line of the shell around it.
@@ -347,7 +347,7 @@ def test_cli_never_blocks_on_special_files(cli: Callable, tmp_path: Path, target
 
 
 def test_shell_function_calls_are_bounded() -> None:
-    from cc_imds.scan_readers import MAX_CALL_LINES
+    from cc_imds.tools.scan_readers import MAX_CALL_LINES
 
     body = "".join(f"  echo {i}\n" for i in range(1000))
     script = "f() {\n" + body + "  curl -s http://169.254.169.254/latest/meta-data/$1\n}\n" + "f mac\n" * 200
@@ -356,7 +356,7 @@ def test_shell_function_calls_are_bounded() -> None:
 
 
 def test_functions_beyond_the_bound_are_read_where_they_stand() -> None:
-    from cc_imds.scan_readers import MAX_FUNCTIONS
+    from cc_imds.tools.scan_readers import MAX_FUNCTIONS
 
     script = "".join(f"f{i}() {{ true; }}\n" for i in range(MAX_FUNCTIONS))
     script += "g() {\n  curl -s http://169.254.169.254/latest/meta-data/mac\n}\ng\n"

@@ -25,9 +25,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 import yaml
 
-from cc_imds.emulator import Emulator
-from cc_imds.scan import Finding, ScanError, ValueNames, failing, scan_paths, suggest, suggest_get
-from cc_imds.tree import MetadataTree
+from cc_imds.imds.tree import MetadataTree
+from cc_imds.testing.emulator import Emulator
+from cc_imds.tools.scan import Finding, ScanError, ValueNames, failing, scan_paths, suggest, suggest_get
 from tests.conftest import REPO
 from tests.test_scan import variables_of
 

@@ -11,8 +11,8 @@ from typing import Callable, List
 
 import pytest
 
-from cc_imds.emulator import Emulator
-from cc_imds.scan import suggest_get
+from cc_imds.testing.emulator import Emulator
+from cc_imds.tools.scan import suggest_get
 from tests.conftest import HUNG_AFTER, REPO
 from tests.test_scan import FIXTURES, variables_of
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cc_imds.config import SourceDocument, build_declaration
-from cc_imds.schedule import (
+from cc_imds.declaration.build import SourceDocument, build_declaration
+from cc_imds.watch.schedule import (
     BACKOFF_CAP,
     CREDENTIAL_LONGEST_WAIT,
     CREDENTIAL_RETRY,
@@ -27,7 +27,7 @@ from cc_imds.schedule import (
     parse_time,
     plan,
 )
-from cc_imds.status import iso
+from cc_imds.watch.status import iso
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 NOW = 1_800_000_000.0
@@ -220,7 +220,7 @@ def test_a_success_after_failures_resets_the_backoff() -> None:
 
 
 def test_events_are_polled_at_their_period_whatever_happened() -> None:
-    from cc_imds.schedule import EventWatch
+    from cc_imds.watch.schedule import EventWatch
 
     watch = EventWatch("spot-interruption", "meta-data/spot/instance-action", 5.0, ())
     assert event_due(watch, None, 0.0) == -math.inf

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cc_imds.errors import ImdsError, RenderError, WriteError
+from cc_imds.outputs.scrub import REDACTED, Scrubber
 from cc_imds.pipeline import scrubbed
-from cc_imds.scrub import REDACTED, Scrubber
 
 # Any text a value can hold (UTF-8: no lone surrogates).
 texts = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)

@@ -11,7 +11,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from cc_imds.errors import CcImdsError
-from cc_imds.settings import ENV_ENDPOINT, ClientSettings, EndpointError, SettingsError, candidate_urls, choose_endpoint
+from cc_imds.imds.settings import (
+    ENV_ENDPOINT,
+    ClientSettings,
+    EndpointError,
+    SettingsError,
+    candidate_urls,
+    choose_endpoint,
+)
 from tests.conftest import examples
 
 

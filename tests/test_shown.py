@@ -27,6 +27,6 @@ def test_shown_lines_keeps_the_line_breaks_between_lines() -> None:
 
 def test_every_cc_imds_logger_escapes_whatever_handler_takes_it(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    std_logger("cc_imds.watch").warning("notice: %s", "\x1b[31mred\x07")
-    get_logger("cc_imds.client").warning("%s", "x\ny")
+    std_logger("cc_imds.watch.watcher").warning("notice: %s", "\x1b[31mred\x07")
+    get_logger("cc_imds.imds.client").warning("%s", "x\ny")
     assert [r.getMessage() for r in caplog.records] == ["notice: \\x1b[31mred\\x07", "x\\ny"]

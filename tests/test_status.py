@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds import rundir
-from cc_imds.status import (
+from cc_imds.watch import rundir
+from cc_imds.watch.status import (
     EXPIRED,
     IMDS_FAILING,
     NOT_RUNNING,

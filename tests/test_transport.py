@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cc_imds import transport
-from cc_imds.transport import USER_AGENT, Fatal, Headers, Transient, Transport
+from cc_imds.imds import transport
+from cc_imds.imds.transport import USER_AGENT, Fatal, Headers, Transient, Transport
 from tests.conftest import examples, needs_ipv6_loopback
 
 MAX_BODY = 64 * 1024

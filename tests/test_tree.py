@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds.tree import TreeError, load_tree, tree_from_document
+from cc_imds.imds.tree import TreeError, load_tree, tree_from_document
 from tests.conftest import examples
 
 json_values = st.recursive(

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cc_imds import rundir
+from cc_imds.watch import rundir
 from tests.conftest import REPO, require
 
 UNITS = REPO / "systemd"

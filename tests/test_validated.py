@@ -1,4 +1,4 @@
-"""Remembered validations (cc_imds.validated): a hit gives exactly what validating again gives,
+"""Remembered validations (cc_imds.declaration.cache): a hit gives exactly what validating again gives,
 any change in the text is validated afresh, what fails is never remembered, and a record that
 is not as trusted as the declarations is ignored."""
 
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_imds import validated
-from cc_imds.config import Declaration, build_declaration, documents_from_dir, documents_from_file
-from cc_imds.emulator import Emulator
+from cc_imds.declaration import cache as validated
+from cc_imds.declaration.build import Declaration, build_declaration, documents_from_dir, documents_from_file
 from cc_imds.errors import DeclarationError
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import EXAMPLES, HUNG_AFTER, REPO
 from tests.test_imports import imported
 
@@ -157,7 +157,7 @@ def test_an_untrusted_entry_is_ignored(tmp_path: Path, how: str) -> None:
 
 def test_without_a_trusted_place_nothing_is_remembered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """As root the record lives in RUN_DIR, which must be root's alone."""
-    from cc_imds import lock
+    from cc_imds.files import lock
 
     assert validated.RUN_DIR == lock.RUN_DIR
     monkeypatch.delenv(validated.CACHE_ENV)
@@ -178,7 +178,7 @@ def test_without_a_trusted_place_nothing_is_remembered(monkeypatch: pytest.Monke
 
 def test_a_user_without_a_configured_place_remembers_nothing(tmp_path: Path) -> None:
     """Not root, no CC_IMDS_CACHE_DIR: no record at all (the system's python3, as nobody)."""
-    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from cc_imds import validated; "
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from cc_imds.declaration import cache as validated; "
             "os.environ.pop(validated.CACHE_ENV, None); print(validated._directory(create=True))")
     # A copy of the package that nobody can read: the checkout may lie under a directory only
     # root can enter (a fresh clone inside pytest's own temp dir does).

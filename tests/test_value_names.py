@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cc_imds.scan import ValueNames
+from cc_imds.tools.scan import ValueNames
 
 
 def test_value_names() -> None:

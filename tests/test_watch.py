@@ -13,9 +13,9 @@ from typing import Any, Callable, Dict
 import pytest
 import yaml
 
-from cc_imds.config import SourceDocument, build_declaration
-from cc_imds.emulator import Emulator
-from cc_imds.watch import Watcher, WatchOptions
+from cc_imds.declaration.build import SourceDocument, build_declaration
+from cc_imds.testing.emulator import Emulator
+from cc_imds.watch.watcher import Watcher, WatchOptions
 from tests.conftest import REPO, SIGINT_STARTS
 from tests.watch_harness import (
     TAG,

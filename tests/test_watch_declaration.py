@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cc_imds.config import (
+from cc_imds.declaration.build import (
     EVENT_POLL,
     EVENT_TIMEOUT,
     ON_CHANGE_TIMEOUT,

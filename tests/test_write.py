@@ -15,11 +15,11 @@ from typing import Any, Callable, List, Optional
 
 import pytest
 
-from cc_imds import write as write_module
-from cc_imds.config import Origin
+from cc_imds.declaration.build import Origin
 from cc_imds.errors import WriteError
-from cc_imds.render import Output
-from cc_imds.write import write_outputs
+from cc_imds.outputs import write as write_module
+from cc_imds.outputs.render import Output
+from cc_imds.outputs.write import write_outputs
 from tests.conftest import HUNG_AFTER, needs_root
 
 ORIGIN = Origin("test", "files[0]")

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import CLI, SIGINT_STARTS, cli_env, run_cli, sigint_at
 from tests.conftest import wait_for as wait_for  # the watcher tests import it from here
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from cc_imds.tree import default_tree_path
+from cc_imds.imds.tree import default_tree_path
 
 IPV4 = "169.254.169.254"
 IPV6 = "fd00:ec2::254"

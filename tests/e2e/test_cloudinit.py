@@ -13,8 +13,8 @@ from typing import Any, Dict, Iterator
 import pytest
 import yaml
 
-from cc_imds.emulator import Emulator
-from cc_imds.enable import enable
+from cc_imds.testing.emulator import Emulator
+from cc_imds.tools.enable import enable
 from tests.conftest import REPO, require, requires
 from tests.e2e.harness import VERSIONS, CloudInit, can_isolate, shipped_config, unpacked, wrong_python
 
@@ -198,13 +198,13 @@ def test_generated_list_on_the_shipped_config_is_read_back_by_cloud_init(version
     shipped = harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"]
     assert "imds" not in str(shipped)
     # With cloud-init importable (as in the RPM's scriptlets), and without (a bare build host).
-    code = "import sys; from cc_imds.enable import enable; sys.stdout.write(enable(root=sys.argv[1]))"
+    code = "import sys; from cc_imds.tools.enable import enable; sys.stdout.write(enable(root=sys.argv[1]))"
     with_cloudinit = harness.python(code, str(root)).stdout
     without_cloudinit = enable(root=str(root))
     assert with_cloudinit == without_cloudinit
     assert harness.read_config(root / "etc/cloud/cloud.cfg")["cloud_config_modules"] == [["imds", "always"], *shipped]
     # The image-build gate agrees, reading with cloud-init's own merger.
-    gate = "import sys; from cc_imds.enable import check; print(check(root=sys.argv[1]))"
+    gate = "import sys; from cc_imds.tools.enable import check; print(check(root=sys.argv[1]))"
     assert harness.python(gate, str(root)).stdout.startswith("imds runs first in cloud_config_modules (")
 
 

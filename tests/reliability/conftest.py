@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 import yaml
 
-from cc_imds.emulator import Emulator
-from cc_imds.tree import MetadataTree, load_tree
+from cc_imds.imds.tree import MetadataTree, load_tree
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import PROCESS_SLACK, run_cli
 from tests.reliability.scenarios import SCENARIOS
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from cc_imds.emulator import TTL_HEADER, Emulator, RecordedRequest, _Handler
+from cc_imds.testing.emulator import TTL_HEADER, Emulator, RecordedRequest, _Handler
 
 HOLD = 30.0  # how long a trickle lasts at most: far beyond every deadline the tests use
 TRICKLE = 0.25  # seconds between bytes: well inside any per-read timeout

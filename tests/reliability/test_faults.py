@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cc_imds.cli import main
-from cc_imds.tree import MetadataTree, load_tree
+from cc_imds.imds.tree import MetadataTree, load_tree
 from tests.conftest import DEADLINE_SLACK, HUNG_AFTER, examples, needs_root
 from tests.reliability.conftest import PROCESS_SLACK, Run, Scenario, declaration, digest
 

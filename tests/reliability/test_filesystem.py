@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import pytest
 import yaml
 
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import HUNG_AFTER, PROCESS_SLACK, REPO, requires, wait_for
 from tests.reliability.conftest import Run, Scenario, declaration, digest
 from tests.reliability.test_faults import figures

@@ -9,8 +9,8 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-from cc_imds.client import ClientSettings, ImdsClient
 from cc_imds.errors import ImdsError
+from cc_imds.imds.client import ClientSettings, ImdsClient
 from tests.conftest import DEADLINE_SLACK, needs_ipv6_loopback, run_cli
 from tests.reliability.conftest import PROCESS_SLACK, Run, Scenario, declaration, digest
 from tests.reliability.hostile import (

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 import yaml
 
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import REPO
 from tests.hostile import ALIAS_BOMB, cc_imds_limited, gzip_bomb, nested
 from tests.reliability.conftest import Scenario, declaration, digest

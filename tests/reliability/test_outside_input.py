@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cc_imds.client import ClientSettings, ImdsClient
-from cc_imds.control import ControlServer
-from cc_imds.emulator import Emulator
+from cc_imds.imds.client import ClientSettings, ImdsClient
+from cc_imds.testing.control import ControlServer
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import CLI, cli_env, run_cli
 from tests.reliability.conftest import Scenario, declaration, digest
 from tests.reliability.hostile import TOKEN, Connection, HostileServer, Request, answer

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cc_imds
-from cc_imds import bounded
 from cc_imds.cli import main
-from cc_imds.emulator import Emulator
 from cc_imds.errors import CcImdsError
-from cc_imds.formats import ENV_STRING_MAX
-from cc_imds.tree import MetadataTree, load_tree
+from cc_imds.imds.tree import MetadataTree, load_tree
+from cc_imds.outputs import template_child
+from cc_imds.outputs.formats import ENV_STRING_MAX
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import CLI, DEADLINE_SLACK, HUNG_AFTER, PROCESS_SLACK, REPO, cli_env, examples
 from tests.reliability.conftest import SECRETS, Run, Scenario, declaration
 from tests.reliability.test_faults import expect_untouched, figures, with_leaf
@@ -97,10 +97,10 @@ def test_runaway_template_memory(scenario: Scenario, record: Record) -> None:
     doc = with_template(scenario, "{{ '%*d'|format(3000000000, 1) }}")
     doc["files"].append({"path": f"{scenario.out}/doubling.conf", "content": doubling + "{{ ns.s }}"})
     run, peak = apply_measured(scenario, scenario.emulator(), doc)
-    limit = f"stopped: it needed more than {bounded.MEMORY_ALLOWANCE // MiB} MiB of memory"
+    limit = f"stopped: it needed more than {template_child.MEMORY_ALLOWANCE // MiB} MiB of memory"
     expect_untouched(scenario, good, run, 1, f"imds.files[1].content: {limit}")
     assert f"imds.files[2].content: {limit}" in run.stderr
-    assert peak < 100 + bounded.MEMORY_ALLOWANCE // MiB  # the process itself is about 40-60 MiB
+    assert peak < 100 + template_child.MEMORY_ALLOWANCE // MiB  # the process itself is about 40-60 MiB
     record("template-memory", "stopped at the memory limit, files untouched", peak_MiB=peak, **figures(run))
 
 
@@ -109,7 +109,7 @@ def test_runaway_template_output(scenario: Scenario, record: Record) -> None:
     flood = "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}"  # 100 MB
     run, peak = apply_measured(scenario, scenario.emulator(), with_template(scenario, flood))
     expect_untouched(scenario, good, run, 1, f"imds.files[1].content: stopped: the output passed "
-                                             f"{bounded.OUTPUT_MAX // MiB} MiB")
+                                             f"{template_child.OUTPUT_MAX // MiB} MiB")
     record("template-output-size", "stopped at the size limit, files untouched", peak_MiB=peak, **figures(run))
 
 
@@ -271,6 +271,6 @@ def test_assembled_refused_names(scenario: Scenario, record: Record) -> None:
 
 def test_the_bounds_are_documented() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for figure in (f"{bounded.MEMORY_ALLOWANCE // MiB} MiB", f"{bounded.OUTPUT_MAX // MiB} MiB",
-                   f"{bounded.TOTAL_MAX // MiB} MiB", "128 KiB", "1 MiB", "GLIBC_TUNABLES"):
+    for figure in (f"{template_child.MEMORY_ALLOWANCE // MiB} MiB", f"{template_child.OUTPUT_MAX // MiB} MiB",
+                   f"{template_child.TOTAL_MAX // MiB} MiB", "128 KiB", "1 MiB", "GLIBC_TUNABLES"):
         assert figure in readme, figure

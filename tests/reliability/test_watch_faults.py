@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import pytest
 
-from cc_imds.emulator import Emulator
+from cc_imds.testing.emulator import Emulator
 from tests.reliability.hostile import HostileServer, silent, token_then, trickled_headers
 from tests.reliability.test_templates import leaks
 from tests.watch_harness import (

@@ -266,7 +266,7 @@ def test_builds_without_tests_from_its_build_requires_alone(notests_build: subpr
     assert sorted(set(dists) - closure) == []  # nothing in that Python that the spec does not ask for
     assert "pytest" not in dists
     assert "%check" in notests_build.stderr + notests_build.stdout  # %check ran, and passed
-    assert "Check import: cc_imds.write" in notests_build.stderr + notests_build.stdout
+    assert "Check import: cc_imds.outputs.write" in notests_build.stderr + notests_build.stdout
 
 
 # -- installed into a scratch root -------------------------------------------------------
@@ -293,7 +293,8 @@ def test_install_upgrade_trigger_check_and_erase(
     first = (root / DROPIN).read_bytes()
     assert check(root).returncode == 0
 
-    imported = chroot(root, "/usr/bin/python3.9", "-c", "import cc_imds.config as c; print(c.schema_path())")
+    imported = chroot(root, "/usr/bin/python3.9", "-c",
+                      "import cc_imds.declaration.schema as s; print(s.schema_path())")
     assert imported.stdout.strip() == f"{SITE}/cc_imds/schemas/cc-imds.schema.json"
     validated = chroot(root, "/usr/bin/cc-imds", "validate", f"{SITE}/cc_imds/examples/instance-env.yaml")
     assert validated.stdout == "1 declaration(s) valid\n"

@@ -17,7 +17,7 @@ Every request is appended to imds-requests.jsonl with its time, listener and Use
 unit of the process that made it (the boot run, the watcher, a script); outage events go
 to imds-events.jsonl.
 
-The emulator's control endpoint (`cc-imds emulate --control-port`, cc_imds.control) listens
+The emulator's control endpoint (`cc-imds emulate --control-port`, cc_imds.testing.control) listens
 on 127.0.0.1:1339 and changes the running tree, as EC2 does when a tag is edited or a spot
 notice is issued. Its clients in the box:
 
@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from cc_imds import emulator as emulator_module
-from cc_imds.control import ControlServer
-from cc_imds.emulator import Emulator, RecordedRequest
-from cc_imds.tree import tree_from_document
+from cc_imds.imds.tree import tree_from_document
+from cc_imds.testing import emulator as emulator_module
+from cc_imds.testing.control import ControlServer
+from cc_imds.testing.emulator import Emulator, RecordedRequest
 
 CONFIG = Path("/etc/box/boot.json")
 RESULTS = Path("/var/lib/box/results")

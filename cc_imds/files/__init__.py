@@ -1,0 +1,2 @@
+"""File-system primitives every writer shares: paths confined under a root, the run lock.
+"""

@@ -1,0 +1,233 @@
+"""The emulator's control endpoint: change what it serves while it runs, over HTTP.
+
+It listens on a loopback port of its own, never on the IMDS port, and takes no IMDS
+token: nothing that can talk to the emulated IMDS can reach it through IMDS. Answers are
+JSON. `cc-imds emulate --control-port N` runs it; the README lists the calls:
+
+    GET    /tree                                  the tree, as a flat {path: value} document
+    PUT    /tree/PATH                             serve the request body at PATH
+    DELETE /tree/PATH                             make PATH (a leaf or a directory) a 404
+    POST   /credentials/rotate?expires_in=S       new credentials, expiring S seconds from now
+    POST   /events/spot-interruption?action=A&in=S
+    POST   /events/rebalance-recommendation
+    POST   /events/scheduled-maintenance?code=C&in=S
+    DELETE /events                                withdraw every notice
+    POST   /outage?seconds=S                      drop every IMDS connection (for S seconds)
+    DELETE /outage                                answer again
+    GET    /requests                              how many requests IMDS answered, by method
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, Optional, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..jsontext import parse
+from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator
+
+MAX_BODY = 1024 * 1024
+
+
+class ControlError(ValueError):
+    """A control request that cannot be done (400)."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ControlServer:
+    def __init__(self, emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not _loopback(host):
+            raise ValueError(f"the control endpoint listens on loopback only, not {host!r}")
+        self.emulator = emulator
+        self._server = _Server((host, port), _Handler, self)
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        host, port = str(self._server.server_address[0]), self._server.server_address[1]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def start(self) -> ControlServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.2,), name="imds-control",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    def __enter__(self) -> ControlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the calls ---------------------------------------------------------------------------
+    def handle(self, method: str, target: str, body: bytes) -> Tuple[int, Any]:
+        parts = urlsplit(target)
+        path = unquote(parts.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        emu = self.emulator
+        if path.startswith("/tree/") and method in ("PUT", "DELETE"):
+            leaf = path[len("/tree/"):].strip("/")
+            if not leaf:
+                raise ControlError("give a path: /tree/meta-data/...")
+            _check_path(leaf)
+            if method == "PUT":
+                _check_readable(leaf, body)
+                emu.set_value(leaf, body)
+                return 200, {"set": leaf, "bytes": len(body)}
+            return 200, {"deleted": leaf, "leaves": emu.delete_value(leaf)}
+        if body:
+            raise ControlError(f"{method} {path} takes no body (options go in the query string)")
+        def clear_events() -> Any:
+            emu.clear_events()
+            return {"cleared": True}
+
+        def outage(on: bool) -> Any:
+            if on:
+                emu.outage(_seconds(query, "seconds", None))
+            else:
+                emu.restore()
+            return {"outage": on}
+
+        routes: Dict[Tuple[str, str], Callable[[], Any]] = {
+            ("GET", "/tree"): lambda: _flat(emu.tree.leaves()),
+            ("POST", "/credentials/rotate"): lambda: {
+                "rotated": emu.rotate_credentials(_seconds(query, "expires_in", 21600.0))},
+            ("POST", "/events/spot-interruption"): lambda: emu.spot_interruption(
+                query.get("action", "terminate"), _seconds(query, "in", 120.0)),
+            ("POST", "/events/rebalance-recommendation"): emu.rebalance_recommendation,
+            ("POST", "/events/scheduled-maintenance"): lambda: emu.schedule_maintenance(
+                query.get("code", "system-reboot"), _seconds(query, "in", 7 * 86400.0)),
+            ("DELETE", "/events"): clear_events,
+            ("POST", "/outage"): lambda: outage(True),
+            ("DELETE", "/outage"): lambda: outage(False),
+            ("GET", "/requests"): lambda: _counts(emu),
+        }
+        route = routes.get((method, path.rstrip("/") or "/"))
+        if route is None:
+            known = sorted({p for _, p in routes} | {"/tree/PATH"})
+            return 404, {"error": f"no such call: {method} {path}", "calls": known}
+        return 200, route()
+
+
+def _check_path(leaf: str) -> None:
+    """A path IMDS could serve: under meta-data/, dynamic/ or user-data, printable ASCII,
+    no empty, `.` or `..` part. Anything else would sit in the tree where no request reaches it."""
+    top = leaf.split("/", 1)[0]
+    parts = leaf.split("/")
+    if top not in ("meta-data", "dynamic", "user-data") or any(p in ("", ".", "..") for p in parts) or \
+            not all(0x21 <= ord(c) <= 0x7E for c in leaf) or len(leaf) > 1024:
+        raise ControlError(f"{leaf[:100]!r}: not a path IMDS serves (meta-data/..., dynamic/... or user-data; "
+                           "printable ASCII, no empty, . or .. part, at most 1024 characters)")
+
+
+def _check_readable(leaf: str, body: bytes) -> None:
+    """Any bytes can be served, except where the emulator reads them itself (credentials it
+    rotates, the maintenance list it adds to): there a body must be a JSON document it can
+    read, within the bounds every outside document has, or the next rotation would fail."""
+    expected = dict if leaf.startswith(CREDENTIAL_DIRS) else list if leaf == MAINTENANCE else None
+    if expected is None or leaf.endswith("/"):
+        return
+    try:
+        document = parse(body)
+    except ValueError as exc:
+        raise ControlError(f"{leaf}: the emulator reads this path itself, so the body must be a JSON "
+                           f"{'object' if expected is dict else 'list'}: {exc}") from None
+    if not isinstance(document, expected):
+        raise ControlError(f"{leaf}: the body must be a JSON {'object' if expected is dict else 'list'}")
+
+
+def _seconds(query: Dict[str, str], name: str, default: Optional[float]) -> Any:
+    if name not in query:
+        return default
+    try:
+        value = float(query[name])
+    except ValueError:
+        raise ControlError(f"{name}={query[name]!r}: expected a number of seconds") from None
+    if not 0 <= value < 10**9:
+        raise ControlError(f"{name}={query[name]!r}: out of range")
+    return value
+
+
+def _flat(leaves: Dict[str, bytes]) -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for path, body in sorted(leaves.items()):
+        try:
+            flat[path] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            flat[path] = {"$base64": base64.b64encode(body).decode("ascii")}
+    return flat
+
+
+def _counts(emulator: Emulator) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for request in emulator.requests:
+        counts[request.method] = counts.get(request.method, 0) + 1
+    return counts
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: Tuple[str, int], handler: type, control: ControlServer) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.control = control
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may take to send its request: a stalled one frees its thread
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _answer(self, method: str) -> None:
+        length = self.headers.get("Content-Length") or "0"
+        if not (length.isascii() and length.isdigit()) or len(length) > 9 or int(length) > MAX_BODY:
+            status, document = 413, {"error": f"a body of at most {MAX_BODY} bytes"}
+        else:
+            body = self.rfile.read(int(length))
+            try:
+                status, document = self.server.control.handle(method, self.path, body)
+            except (ControlError, ValueError) as exc:
+                status, document = 400, {"error": str(exc)}
+        payload = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._answer("GET")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._answer("PUT")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._answer("DELETE")

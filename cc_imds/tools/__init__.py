@@ -1,0 +1,2 @@
+"""Commands for people and scripts that are not the boot path: `get`, `scan`, `enable-module`.
+"""

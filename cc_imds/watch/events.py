@@ -1,0 +1,102 @@
+"""Instance event notices: what IMDS serves for an event, split into notices with an identity.
+
+A notice is identified by its content: the same notice polled twice is one notice, and a
+changed one (a spot notice whose action changes, maintenance rescheduled) is a new one.
+`meta-data/events/maintenance/scheduled` is a list: each entry is a notice of its own.
+Pure: bytes in, notices out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping
+
+from ..errors import ImdsError
+from ..jsontext import JsonRefused, parse
+
+EVENT_PATHS = {
+    "spot-interruption": "meta-data/spot/instance-action",
+    "rebalance-recommendation": "meta-data/events/recommendations/rebalance",
+    "scheduled-maintenance": "meta-data/events/maintenance/scheduled",
+}
+ENV_PREFIX = "CC_IMDS_"
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+_MAX_FIELD = 4096  # bytes: a longer field is left to the full notice (stdin, CC_IMDS_NOTICE)
+_MAX_NOTICE_VARIABLE = 64 * 1024  # bytes, within Linux's 128 KiB for one environment string
+MAX_FIELDS = 32  # a notice has a handful; what is beyond is left to the full notice, so exec never fails (E2BIG)
+_OWN_FIELDS = frozenset({"ID"})  # CC_IMDS_NOTICE_ID is the notice's identity, never a field of it
+
+
+@dataclass(frozen=True)
+class Notice:
+    event: str
+    path: str
+    id: str  # a digest of the canonical content
+    text: str  # the notice as JSON text (or the raw text when IMDS served something else)
+    fields: Mapping[str, str]  # its top-level scalar fields, for the command's environment
+
+
+def _canonical(item: Any) -> str:
+    return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _notice(event: str, path: str, item: Any, text: str) -> Notice:
+    digest = hashlib.sha256(_canonical(item).encode("utf-8")).hexdigest()[:16]
+    fields: Dict[str, str] = {}
+    if isinstance(item, dict):
+        # Names that become one variable (`action` and `Action`) are ambiguous: neither is set.
+        names: Dict[str, List[str]] = {}
+        for key in item:
+            names.setdefault(str(key).upper(), []).append(str(key))
+        for key, value in item.items():
+            scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+            upper = str(key).upper()
+            if scalar and _FIELD_NAME.fullmatch(str(key)) and upper not in _OWN_FIELDS and len(names[upper]) == 1:
+                shown = str(value)
+                if _utf8_size(shown) <= _MAX_FIELD and "\0" not in shown:
+                    fields[str(key)] = shown
+                    if len(fields) == MAX_FIELDS:
+                        break
+    return Notice(event, path, digest, text, fields)
+
+
+def notices(event: str, path: str, body: bytes) -> List[Notice]:
+    """The notices in one answer of IMDS for `path`. An empty body or list means none."""
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return []
+    try:
+        document = parse(text)
+    except JsonRefused as exc:
+        raise ImdsError(f"/latest/{path}", f"refused: {exc}") from None
+    except ValueError:
+        return [_notice(event, path, text, text)]
+    items = document if isinstance(document, list) else [document]
+    return [_notice(event, path, item, json.dumps(item, indent=2, ensure_ascii=False)) for item in items]
+
+
+def notice_env(notice: Notice) -> Dict[str, str]:
+    """The environment a command gets for a notice (the notice itself also comes on stdin).
+
+    CC_IMDS_EVENT=spot-interruption, CC_IMDS_NOTICE='{"action": ...}', CC_IMDS_NOTICE_ID,
+    CC_IMDS_IMDS_PATH, and one CC_IMDS_NOTICE_<FIELD> per top-level field
+    (CC_IMDS_NOTICE_ACTION=terminate, CC_IMDS_NOTICE_TIME=2026-...).
+    """
+    env = {
+        f"{ENV_PREFIX}EVENT": notice.event,
+        f"{ENV_PREFIX}IMDS_PATH": notice.path,
+        f"{ENV_PREFIX}NOTICE_ID": notice.id,
+    }
+    if _utf8_size(notice.text) <= _MAX_NOTICE_VARIABLE and "\0" not in notice.text:
+        env[f"{ENV_PREFIX}NOTICE"] = notice.text
+    for key, value in notice.fields.items():
+        env[f"{ENV_PREFIX}NOTICE_{key.upper()}"] = value
+    return env
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes in the environment: what Linux's limit counts, not characters (4 for one emoji)."""
+    return len(text.encode("utf-8", "surrogatepass"))

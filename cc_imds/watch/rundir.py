@@ -1,0 +1,148 @@
+"""Run-time state under /run/cc-imds: what the boot run leaves for `cc-imds watch`, and what
+the watcher leaves for `cc-imds status`.
+
+- `watch`: the marker. The boot run writes it only when a declaration asks for a refresh
+  or an event; the `cc-imds-watch.path` unit starts the watcher when it exists. /run is a
+  tmpfs, so every boot starts without it.
+- `cloud-config.json`: this boot's `imds:` cloud-config key (root only), which the watcher
+  reads with the drop-ins, so it runs the declarations the boot run ran.
+- `status.json`: the watcher's state, for `cc-imds status` (no secret is ever in it).
+- `events-handled.json`: the notices already acted on, so a restarted watcher does not
+  run a command twice for one notice.
+
+The directory is trusted only if root owns it and nobody else can write it (when we run
+as root): otherwise another user could plant a declaration, or fake a healthy status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import CcImdsError
+from ..files.lock import RUN_DIR
+from ..jsontext import JsonRefused, parse
+from ..logs import std_logger
+from ..streams import write_all
+
+LOG = std_logger(__name__)
+
+RUN_DIR_ENV = "CC_IMDS_RUN_DIR"  # relocates the run-time state (tests, unusual layouts)
+MARKER = "watch"
+CLOUD_CONFIG = "cloud-config.json"
+STATUS = "status.json"
+HANDLED = "events-handled.json"
+
+
+class RunDirError(CcImdsError):
+    """The run-time directory or a file in it cannot be used."""
+
+    exit_code = 4
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV, RUN_DIR))
+
+
+def _untrusted(info: os.stat_result) -> Optional[str]:
+    """Why a file or directory must not be trusted by a root process, or None."""
+    if os.geteuid() != 0:
+        return None  # a user's own run (tests, rehearsals) trusts its own files
+    if info.st_uid != 0:
+        return f"owned by uid {info.st_uid}, not root"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def ensure(directory: Path) -> Path:
+    """Create the directory (0755) if needed, and check it can be trusted."""
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise RunDirError(f"{directory}: cannot create: {exc.strerror}") from None
+    check_dir(directory, info)
+    return directory
+
+
+def check_dir(directory: Path, info: Optional[os.stat_result] = None) -> None:
+    try:
+        info = info or os.lstat(directory)
+    except OSError as exc:
+        raise RunDirError(f"{directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunDirError(f"{directory}: not a directory")
+    problem = _untrusted(info)
+    if problem:
+        raise RunDirError(f"{directory}: refusing to use it: {problem}")
+
+
+def read(path: Path, limit: int = 4 * 1024 * 1024) -> Optional[bytes]:
+    """A file of the run directory, or None if it does not exist. Never follows a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RunDirError(f"{path}: not a regular file")
+        problem = _untrusted(info)
+        if problem:
+            raise RunDirError(f"{path}: refusing to read it: {problem}")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise RunDirError(f"{path}: larger than {limit} bytes")
+    return data
+
+
+def read_json(path: Path) -> Any:
+    data = read(path)
+    if data is None:
+        return None
+    try:
+        return parse(data)
+    except JsonRefused as exc:
+        raise RunDirError(f"{path}: refused: {exc}") from None
+    except ValueError:
+        raise RunDirError(f"{path}: not valid JSON") from None
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data`: a temp file in the same directory, fsynced, renamed."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError as exc:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise RunDirError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def write_json(path: Path, document: Any, mode: int) -> None:
+    write_atomic(path, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8"), mode)
+
+
+def remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot remove: {exc.strerror}") from None
