@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     Clock = Callable[[], float]
 
 
+RUN_SECONDS = 60.0  # a whole run's deadline unless the declaration sets `deadline`, retries included
+
+
 def positive_finite(seconds: float) -> bool:
     """0 < seconds <= the largest float, for ints and floats alike (NaN fails every comparison).
     Not math.isfinite: `math` is a shared library that a cold `cc-imds get` would load for this

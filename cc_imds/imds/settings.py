@@ -7,6 +7,7 @@ so that a bad value is a one-line error, never a traceback or a hang. Standard l
 
 from __future__ import annotations
 
+from ..deadline import RUN_SECONDS
 from ..errors import ProblemsError
 
 # `cc-imds get` imports this cold in every script that calls it: no typing, no dataclasses
@@ -48,7 +49,7 @@ class ClientSettings:
     imdsv1: str = "never"  # never | fallback
     token_ttl: int = 21600  # seconds; IMDS accepts 1..21600
     timeout: float = 2.0  # one attempt: connect, send, headers and body
-    deadline: float = 60.0  # the whole run, retries included
+    deadline: float = RUN_SECONDS  # the whole run, retries included
     concurrency: int = 8  # parallel GETs, one keep-alive connection each
     max_body: int = 4 * 1024 * 1024  # user-data is at most 16 KiB; nothing legitimate is near this
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import AbstractSet, Any, Collection, Dict, FrozenSet, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
-from ..deadline import Deadline
+from ..deadline import RUN_SECONDS, Deadline
 from ..declaration.build import Declaration, EnvOutput, FileOutput, Origin
 from ..declaration.names import refused
 from ..errors import RenderError
@@ -208,9 +208,7 @@ def _describe(compiled: Compiled, sensitive: bool, exc: BaseException) -> str:
 
 
 def _default_deadline(declaration: Declaration) -> Deadline:
-    from ..imds.client import ClientSettings
-
-    return Deadline(float(declaration.settings.get("deadline", ClientSettings.deadline)))
+    return Deadline(float(declaration.settings.get("deadline", RUN_SECONDS)))
 
 
 def render(
