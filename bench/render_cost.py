@@ -14,9 +14,9 @@ import time
 from typing import Any, Callable, Dict, List
 
 from cc_imds.declaration.build import SourceDocument, build_declaration
+from cc_imds.formats.templates import compile_template
 from cc_imds.imds.tree import load_tree
 from cc_imds.outputs.render import render
-from cc_imds.outputs.templates import compile_template
 from cc_imds.values import TreeSource, resolve
 
 RUNS = 200

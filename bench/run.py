@@ -191,7 +191,7 @@ def import_costs() -> Dict[str, Any]:
         "before = set(sys.modules)\n"
         "t = time.perf_counter(); import cc_imds; top = time.perf_counter() - t\n"
         "t = time.perf_counter()\n"
-        "import cc_imds.pipeline, cc_imds.declaration.build, cc_imds.outputs.templates, jsonschema, jinja2.sandbox\n"
+        "import cc_imds.pipeline, cc_imds.declaration.build, cc_imds.formats.templates, jsonschema, jinja2.sandbox\n"
         "deferred = time.perf_counter() - t\n"
         "def third_party(m):\n"
         "    where = getattr(sys.modules[m], '__file__', None) or ''\n"

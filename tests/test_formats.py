@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cc_imds.outputs.formats import (
+from cc_imds.formats.env import (
     ENV_FILE_MAX,
     ENV_STRING_MAX,
     FormatProblem,

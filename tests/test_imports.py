@@ -110,8 +110,7 @@ def test_get_many_values_adds_only_the_shell_quoting(emulator: Emulator, tmp_pat
                      "--endpoint", emulator.url)
     assert found["code"] == 0
     assert found["third_party"] == []
-    names_and_quoting = ["cc_imds.declaration", "cc_imds.declaration.names",
-                         "cc_imds.outputs", "cc_imds.outputs.formats"]
+    names_and_quoting = ["cc_imds.formats", "cc_imds.formats.env", "cc_imds.formats.names"]
     assert found["cc_imds"] == sorted([*GET_MODULES, *names_and_quoting])
     # Values are fetched by threads started with _thread, without importing threading.
     assert [m for m in [*NOT_FOR_GET, "threading"] if m in found["stdlib"]] == []  # type: ignore[operator]

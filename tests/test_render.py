@@ -17,9 +17,9 @@ import pytest
 from cc_imds.deadline import Deadline
 from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.errors import RenderError
+from cc_imds.formats.env import ENV_FILE_MAX, ENV_STRING_MAX
 from cc_imds.imds.tree import MetadataTree
 from cc_imds.outputs import template_child
-from cc_imds.outputs.formats import ENV_FILE_MAX, ENV_STRING_MAX
 from cc_imds.outputs.render import REDACTED, Output, render, variable_name
 from cc_imds.values import TreeSource, resolve
 from tests.conftest import DEADLINE_SLACK, PACKAGE, cli_env

@@ -10,7 +10,7 @@ from typing import Dict, List
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cc_imds.outputs.templates import environment, plain_names, plain_size, referenced_names, render_plain
+from cc_imds.formats.templates import environment, plain_names, plain_size, referenced_names, render_plain
 
 NAMES = st.sampled_from(["region", "instance_id", "x", "_y2", "true", "None", "range", "loop", "if", "not"])
 PIECES = st.one_of(

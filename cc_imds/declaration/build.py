@@ -447,7 +447,7 @@ def _env_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems:
 
 
 def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems: List[str]) -> FileOutput:
-    from ..outputs.templates import TemplateProblem, referenced_names
+    from ..formats.templates import TemplateProblem, referenced_names
 
     where = Origin(doc.source, doc.root).child("files").child(f"[{index}]")
     try:

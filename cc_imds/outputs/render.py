@@ -2,7 +2,7 @@
 
 With `redact=True` the same rendering is done with sensitive values replaced by a
 placeholder: that is what previews show. Env files are checked against what a process
-environment can hold and against the refused variable names (envnames.py); templates run
+environment can hold and against the refused variable names (formats/names.py); templates run
 in a child process bounded by the deadline, memory and output size (template_child.py).
 """
 
@@ -15,12 +15,12 @@ from typing import AbstractSet, Any, Collection, Dict, FrozenSet, Iterator, List
 
 from ..deadline import RUN_SECONDS, Deadline
 from ..declaration.build import Declaration, EnvOutput, FileOutput, Origin
-from ..declaration.names import refused
 from ..errors import RenderError
+from ..formats.env import QUOTERS, FormatProblem, environment_problems, render_env
+from ..formats.names import refused
+from ..formats.templates import Compiled, TemplateProblem, compile_template, failure_message, plain_size, render_plain
 from ..values import Value, Values
 from . import template_child
-from .formats import QUOTERS, FormatProblem, environment_problems, render_env
-from .templates import Compiled, TemplateProblem, compile_template, failure_message, plain_size, render_plain
 
 REDACTED = "<redacted>"
 DEFAULT_MODE = 0o644

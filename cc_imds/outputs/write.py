@@ -13,7 +13,7 @@
 On any failure, temp files, links and the directories this run made are removed: the
 outputs are as they were. Unchanged files (content, mode and owner) are not rewritten.
 
-Paths are resolved inside the root as a chroot would (`rootfs`): a symlink is followed only
+Paths are resolved inside the root as a chroot would (files/inside_root.py): a symlink is followed only
 when root owns it, absolute links restart at the root, `..` stops there.
 """
 

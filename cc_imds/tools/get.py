@@ -245,7 +245,7 @@ def parse_requests(tokens: Sequence[str], output: str, endpoint_hosts: Sequence[
             if not _variable_name(name):
                 problems.append(f"{token}: {name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
                 continue
-            from ..outputs.formats import refused_variable
+            from ..formats.env import refused_variable
 
             if refused_variable(name):
                 problems.append(f"{token}: {name} is refused: setting it changes how the shell or programs run")
@@ -353,7 +353,7 @@ def render(requests: Sequence[Request], values: Sequence[Union[bytes, str]], out
                                      "use --shell or --json")
                 chunks.append(data + b"\n")
             elif output == SHELL:
-                from ..outputs.formats import FormatProblem, quote_shell
+                from ..formats.env import FormatProblem, quote_shell
 
                 try:
                     chunks.append(f"{request.name}={quote_shell(_text(value))}\n".encode())
@@ -366,7 +366,7 @@ def render(requests: Sequence[Request], values: Sequence[Union[bytes, str]], out
     if problems:
         raise GetError(problems, 1)
     if output == JSON:
-        from ..outputs.formats import RENDERERS
+        from ..formats.env import RENDERERS
 
         return RENDERERS["json"](pairs).encode("utf-8")
     return b"".join(chunks)

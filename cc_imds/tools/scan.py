@@ -474,9 +474,9 @@ class Suggestion:
 def _exported_name(wanted: str, path: str, taken: Mapping[str, str], comments: List[str]) -> str:
     """The script's variable name, or IMDS_ + the name, said in a comment, where cc-imds refuses to
     set it as `validate` and `get --shell` would: a tag's value is its author's, so it gets the rule
-    `expand` applies to names a tag spells (envnames.refused: loader, shells, runtimes, proxies, TLS,
+    `expand` applies to names a tag spells (names.refused: loader, shells, runtimes, proxies, TLS,
     credentials); any other value gets the rule for names a script's author chose (what runs)."""
-    from ..declaration.names import changes_what_runs, refused
+    from ..formats.names import changes_what_runs, refused
 
     tagged = path.startswith(("meta-data/tags/", "tags/"))
     rule = refused if tagged else changes_what_runs

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 import cc_imds
 from cc_imds.cli import main
 from cc_imds.errors import CcImdsError
+from cc_imds.formats.env import ENV_STRING_MAX
 from cc_imds.imds.tree import MetadataTree, load_tree
 from cc_imds.outputs import template_child
-from cc_imds.outputs.formats import ENV_STRING_MAX
 from cc_imds.testing.emulator import Emulator
 from tests.conftest import CLI, DEADLINE_SLACK, HUNG_AFTER, PROCESS_SLACK, REPO, cli_env, examples
 from tests.reliability.conftest import SECRETS, Run, Scenario, declaration

@@ -12,7 +12,7 @@ Two things Jinja2 would otherwise do in the calling process, unbounded:
   constant expressions: `{{ 'x' * 10**10 }}` or `{{ ''|center(10**9) }}` would be
   computed while *validating* the declaration. So every operator is intercepted and
   every filter takes the context, which makes both impossible to fold: they run only
-  when the template is rendered, in the bounded child process (bounded.py).
+  when the template is rendered, in the bounded child process (outputs/template_child.py).
 - Error messages quoting values. A template that uses a sensitive value as a key or an
   attribute name fails with that value in the message. `failure_message` keeps only the
   quoted names the template itself spells out.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple
 
-from .formats import FormatProblem, quote_shell, quote_systemd
+from .env import FormatProblem, quote_shell, quote_systemd
 
 # In-process guards, for a clear message before the child's hard limits are reached:
 # no operator may build a sequence (string, list) longer than one output may be.

@@ -30,8 +30,8 @@ ENV_FILE_MAX = 1024 * 1024
 def refused_variable(name: str) -> bool:
     """True for a name a script's author may not set with `cc-imds get --shell` either: one
     that changes which code a shell, the dynamic loader or a runtime runs. Names a tag
-    assembles through `expand` are refused more widely (envnames.refused)."""
-    from ..declaration.names import changes_what_runs
+    assembles through `expand` are refused more widely (names.refused)."""
+    from .names import changes_what_runs
 
     return changes_what_runs(name)
 
