@@ -164,6 +164,59 @@ def test_records_injected_statuses_and_retry_after(emulator: Emulator) -> None:
     assert [r.status for r in emulator.requests] == [429, 429, 401]
 
 
+TOKEN_TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+
+
+def test_a_fault_for_gets_lets_the_token_put_through(emulator: Emulator) -> None:
+    emulator.fail_next(503, count=2, method="GET")
+    assert request(emulator, "PUT", "/latest/api/token", TOKEN_TTL)[0] == 200
+    assert [request(emulator, "GET", "/latest/meta-data/")[0] for _ in range(3)] == [503, 503, 401]
+    assert emulator.pending_faults() == 0
+
+
+def test_a_fault_for_one_path_leaves_every_other_path_alone(emulator: Emulator) -> None:
+    emulator.fail_next(500, path="/latest/meta-data/instance-id")
+    assert request(emulator, "GET", "/latest/meta-data/ami-id")[0] == 401
+    assert emulator.pending_faults() == 1
+    assert request(emulator, "GET", "/latest/meta-data/instance-id")[0] == 500
+    assert request(emulator, "GET", "/latest/meta-data/instance-id")[0] == 401
+
+
+def test_a_path_ending_in_a_slash_covers_everything_under_it(emulator: Emulator) -> None:
+    emulator.fail_next(404, count=2, path="/latest/meta-data/tags/")
+    assert request(emulator, "GET", "/latest/meta-data/tags/instance/Name")[0] == 404
+    assert request(emulator, "GET", "/latest/meta-data/instance-id")[0] == 401
+    assert request(emulator, "GET", "/latest/meta-data/tags/instance/")[0] == 404
+    assert emulator.pending_faults() == 0
+
+
+def test_a_request_takes_the_oldest_fault_that_matches_it(emulator: Emulator) -> None:
+    emulator.fail_next(429, method="GET", retry_after="2")
+    emulator.fail_next(503)  # any method
+    assert request(emulator, "PUT", "/latest/api/token", TOKEN_TTL)[0] == 503  # the GET fault waits
+    status, headers, _ = request(emulator, "GET", "/latest/meta-data/")
+    assert (status, headers["Retry-After"]) == (429, "2")
+    assert emulator.pending_faults() == 0
+
+
+def test_cleared_faults_are_never_given(emulator: Emulator) -> None:
+    emulator.fail_next(503, count=5)
+    emulator.clear_faults()
+    assert request(emulator, "PUT", "/latest/api/token", TOKEN_TTL)[0] == 200
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"status": 99}, "status 99 is not an HTTP status (100 to 599)"),
+    ({"status": 503, "count": 0}, "count 0 must be at least 1"),
+    ({"status": 503, "method": "get"}, "method 'get' must be GET, PUT, POST or DELETE"),
+    ({"status": 503, "path": "latest/meta-data/"}, "path 'latest/meta-data/' must start with /"),
+])
+def test_a_fault_that_could_never_match_is_refused(emulator: Emulator, kwargs: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        emulator.fail_next(**kwargs)
+    assert emulator.pending_faults() == 0
+
+
 def test_records_the_ttl_and_user_agent_as_sent(emulator: Emulator) -> None:
     ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "123", "User-Agent": "probe/1"}
     request(emulator, "PUT", "/latest/api/token", ttl)

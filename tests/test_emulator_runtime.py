@@ -150,10 +150,24 @@ def test_control_starts_and_ends_an_outage(emulator: Emulator, control: ControlS
     assert counts["PUT"] >= 2 and counts["GET"] >= 1
 
 
+def test_control_injects_and_withdraws_answers(emulator: Emulator, control: ControlServer) -> None:
+    target = "/faults/status?code=503&count=2&method=GET&path=/latest/meta-data/instance-id&retry_after=1"
+    assert call(control.url, "POST", target) == (200, {"pending": 2})
+    assert fetch(emulator, "meta-data/ami-id")  # another path: served, nothing taken
+    assert fetch(emulator, "meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"  # retried past both 503s
+    assert [r.status for r in emulator.requests if r.path.endswith("/instance-id")] == [503, 503, 200]
+    assert call(control.url, "POST", "/faults/status?code=500&count=3") == (200, {"pending": 3})
+    assert call(control.url, "DELETE", "/faults") == (200, {"pending": 0})
+    assert emulator.pending_faults() == 0
+
+
 @pytest.mark.parametrize(("method", "target", "status", "error"), [
     ("POST", "/credentials/rotate?expires_in=soon", 400, "expires_in='soon': expected a number of seconds"),
     ("POST", "/outage?seconds=-1", 400, "seconds='-1': out of range"),
     ("PUT", "/tree/", 400, "give a path: /tree/meta-data/..."),
+    ("POST", "/faults/status", 400, "give code=..."),
+    ("POST", "/faults/status?code=503&count=-1", 400, "count='-1': expected a whole number"),
+    ("POST", "/faults/status?code=503&method=PATCH", 400, "method 'PATCH' must be GET, PUT, POST or DELETE"),
     ("GET", "/latest/meta-data/instance-id", 404, "no such call: GET /latest/meta-data/instance-id"),
 ])
 def test_control_refuses_what_it_cannot_do(control: ControlServer, method: str, target: str, status: int,

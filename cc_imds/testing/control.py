@@ -12,6 +12,9 @@ JSON. `cc-imds emulate --control-port N` runs it; the README lists the calls:
     POST   /events/rebalance-recommendation
     POST   /events/scheduled-maintenance?code=C&in=S
     DELETE /events                                withdraw every notice
+    POST   /faults/status?code=C&count=N&method=M&path=P&retry_after=R
+                                                  answer the next N matching requests with C
+    DELETE /faults                                withdraw every injected answer not yet given
     POST   /outage?seconds=S                      drop every IMDS connection (for S seconds)
     DELETE /outage                                answer again
     GET    /requests                              how many requests IMDS answered, by method
@@ -107,6 +110,15 @@ class ControlServer:
                 emu.restore()
             return {"outage": on}
 
+        def fail_next() -> Any:
+            emu.fail_next(_whole(query, "code", None), _whole(query, "count", 1), query.get("retry_after"),
+                          method=query.get("method"), path=query.get("path"))
+            return {"pending": emu.pending_faults()}
+
+        def clear_faults() -> Any:
+            emu.clear_faults()
+            return {"pending": 0}
+
         routes: Dict[Tuple[str, str], Callable[[], Any]] = {
             ("GET", "/tree"): lambda: _flat(emu.tree.leaves()),
             ("POST", "/credentials/rotate"): lambda: {
@@ -117,6 +129,8 @@ class ControlServer:
             ("POST", "/events/scheduled-maintenance"): lambda: emu.schedule_maintenance(
                 query.get("code", "system-reboot"), _seconds(query, "in", 7 * 86400.0)),
             ("DELETE", "/events"): clear_events,
+            ("POST", "/faults/status"): fail_next,
+            ("DELETE", "/faults"): clear_faults,
             ("POST", "/outage"): lambda: outage(True),
             ("DELETE", "/outage"): lambda: outage(False),
             ("GET", "/requests"): lambda: _counts(emu),
@@ -165,6 +179,17 @@ def _seconds(query: Dict[str, str], name: str, default: Optional[float]) -> Any:
     if not 0 <= value < 10**9:
         raise ControlError(f"{name}={query[name]!r}: out of range")
     return value
+
+
+def _whole(query: Dict[str, str], name: str, default: Optional[int]) -> int:
+    if name not in query:
+        if default is None:
+            raise ControlError(f"give {name}=...")
+        return default
+    text = query[name]
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ControlError(f"{name}={text!r}: expected a whole number")
+    return int(text)
 
 
 def _flat(leaves: Dict[str, bytes]) -> Dict[str, Any]:

@@ -22,10 +22,9 @@ import string
 import struct
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..imds.tree import MetadataTree, as_leaf
 from ..jsontext import parse
@@ -64,6 +63,24 @@ class RecordedRequest:
     user_agent: Optional[str] = None
 
 
+@dataclass
+class _StatusFault:
+    """`left` more requests matching `method` and `path` get `status` (see Emulator.fail_next)."""
+
+    status: int
+    retry_after: Optional[str]
+    method: Optional[str]
+    path: Optional[str]
+    left: int
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and method != self.method:
+            return False
+        if self.path is None:
+            return True
+        return path.startswith(self.path) if self.path.endswith("/") else path == self.path
+
+
 class Emulator:
     """The server. Use as a context manager, or call start() and stop()."""
 
@@ -90,7 +107,7 @@ class Emulator:
         self._credential_lifetime: Optional[float] = None  # rotate credentials by themselves
         self._issued_credentials: List[str] = []
         self._issued: List[str] = []
-        self._statuses: Deque[Tuple[int, Optional[str]]] = deque()
+        self._faults: List[_StatusFault] = []
         self._tokens: Dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -138,10 +155,44 @@ class Emulator:
         self.stop()
 
     # -- faults ------------------------------------------------------------
-    def fail_next(self, status: int, count: int = 1, retry_after: Optional[str] = None) -> None:
-        """Answer the next `count` requests with `status` (429, 503...)."""
+    def fail_next(
+        self,
+        status: int,
+        count: int = 1,
+        retry_after: Optional[str] = None,
+        *,
+        method: Optional[str] = None,
+        path: Optional[str] = None,
+    ) -> None:
+        """Answer the next `count` requests that match with `status` (429, 503...), an empty
+        body, and `Retry-After: retry_after` when given.
+
+        A request matches when its method is `method` ("GET", or "PUT" for the token) and its
+        path is `path` ("/latest/api/token", "/latest/meta-data/instance-id"), or starts with
+        it when `path` ends with "/"; None matches any. Requests that do not match are served
+        as usual and consume nothing. Faults queue in the order given: a request takes the
+        oldest fault that matches it. Without `method`, the first request of any IMDSv2
+        client, its token PUT, takes the first fault."""
+        if not 100 <= status <= 599:
+            raise ValueError(f"status {status} is not an HTTP status (100 to 599)")
+        if count < 1:
+            raise ValueError(f"count {count} must be at least 1")
+        if method is not None and method not in ("GET", "PUT", "POST", "DELETE"):
+            raise ValueError(f"method {method!r} must be GET, PUT, POST or DELETE")
+        if path is not None and not path.startswith("/"):
+            raise ValueError(f"path {path!r} must start with /, as a request's does (/latest/...)")
         with self._lock:
-            self._statuses.extend([(status, retry_after)] * count)
+            self._faults.append(_StatusFault(status, retry_after, method, path, count))
+
+    def clear_faults(self) -> None:
+        """Withdraw every injected answer not yet given."""
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> int:
+        """How many injected answers are still to be given."""
+        with self._lock:
+            return sum(f.left for f in self._faults)
 
     def revoke_tokens(self) -> None:
         with self._lock:
@@ -314,9 +365,15 @@ class Emulator:
         with self._lock:
             return self._outage_until is not None and time.monotonic() < self._outage_until
 
-    def _next_injected(self) -> Optional[Tuple[int, Optional[str]]]:
+    def _next_injected(self, method: str, path: str) -> Optional[Tuple[int, Optional[str]]]:
         with self._lock:
-            return self._statuses.popleft() if self._statuses else None
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.left -= 1
+                    if not fault.left:
+                        self._faults.remove(fault)
+                    return fault.status, fault.retry_after
+            return None
 
     def _issue_token(self, ttl: int) -> str:
         token = secrets.token_urlsafe(42)
@@ -394,7 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
         if emu.latency:
             time.sleep(emu.latency)
 
-        injected = emu._next_injected()
+        injected = emu._next_injected(method, self.path)
         if injected is not None:
             status, retry_after = injected
             headers = {"Retry-After": retry_after} if retry_after else {}
