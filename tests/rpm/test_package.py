@@ -157,9 +157,12 @@ def expected_files() -> Set[str]:
         f"{SITE}/cc_imds", f"{SITE}/cc_imds/__pycache__", f"{SITE}/cc_imds/data",
         f"{SITE}/cc_imds/data/default-tree.json", f"{SITE}/cc_imds/schemas", f"{SITE}/cc_imds/examples",
     }
-    for module in (REPO / "cc_imds").glob("*.py"):
-        files.add(f"{SITE}/cc_imds/{module.name}")
-        files |= {f"{SITE}/cc_imds/__pycache__/{module.stem}.cpython-39{opt}.pyc" for opt in ("", ".opt-1")}
+    for package in (init.parent for init in (REPO / "cc_imds").rglob("__init__.py")):
+        where = f"{SITE}/{package.relative_to(REPO)}"
+        files |= {where, f"{where}/__pycache__"}
+        for module in package.glob("*.py"):
+            files.add(f"{where}/{module.name}")
+            files |= {f"{where}/__pycache__/{module.stem}.cpython-39{opt}.pyc" for opt in ("", ".opt-1")}
     files |= {f"{SITE}/cc_imds/schemas/{p.name}" for p in (REPO / "schemas").glob("*.json")}
     files |= {f"{SITE}/cc_imds/examples/{p.name}" for p in (REPO / "examples").glob("*.yaml")}
     for unit in (REPO / "systemd").iterdir():  # cc-imds watch's units, and the preset that enables them
@@ -169,7 +172,7 @@ def expected_files() -> Set[str]:
 
 
 def version() -> str:
-    match = re.search(r'^__version__ = "(.*)"$', (REPO / "cc_imds/__init__.py").read_text(), re.MULTILINE)
+    match = re.search(r'^__version__ = "(.*)"$', (REPO / "cc_imds/version.py").read_text(), re.MULTILINE)
     assert match
     return match.group(1)
 
