@@ -137,28 +137,17 @@ def remember(digest: str, documents: Documents) -> None:
     if not all(_exact_in_json(document) for _, document in documents):
         return
     import json
-    import secrets
 
-    from ..streams import write_all
+    from ..files import atomic
 
     data = json.dumps([[root, document] for root, document in documents]).encode("utf-8")
     directory = _directory(create=True)
     if directory is None:
         return
-    temp = f".{digest}.{secrets.token_hex(6)}"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=directory)
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(temp, digest, src_dir_fd=directory, dst_dir_fd=directory)
+        atomic.replace(directory, digest, data, 0o600)
     except OSError:
-        try:
-            os.unlink(temp, dir_fd=directory)
-        except OSError:
-            pass
+        pass
     finally:
         os.close(directory)
 

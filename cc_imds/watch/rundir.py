@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import CcImdsError
+from ..files import atomic
 from ..files.lock import RUN_DIR
 from ..jsontext import JsonRefused, parse
 from ..logs import std_logger
-from ..streams import write_all
 
 LOG = std_logger(__name__)
 
@@ -36,6 +35,7 @@ MARKER = "watch"
 CLOUD_CONFIG = "cloud-config.json"
 STATUS = "status.json"
 HANDLED = "events-handled.json"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RunDirError(CcImdsError):
@@ -116,22 +116,14 @@ def read_json(path: Path) -> Any:
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` with `data`: a temp file in the same directory, fsynced, renamed."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    """Replace `path` with `data` (files/atomic.py: owner and mode before any byte, fsynced, renamed)."""
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        directory = os.open(path.parent, _DIR_FLAGS)
         try:
-            os.fchmod(fd, mode)
-            write_all(fd, data)
-            os.fsync(fd)
+            atomic.replace(directory, path.name, data, mode)
         finally:
-            os.close(fd)
-        os.replace(temp, path)
+            os.close(directory)
     except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
         raise RunDirError(f"{path}: cannot write: {exc.strerror}") from None
 
 
