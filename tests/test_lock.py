@@ -128,12 +128,14 @@ def test_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "common"
     shared.mkdir()
     shared.chmod(0o777)  # not sticky: anyone could swap the lock file
-    with pytest.raises(WriteError, match=r"common is writable by others \(mode 0777\)"):
+    with pytest.raises(WriteError, match=r"common is writable by group and others \(mode 0777\), "
+                                         r"not only by its owner: another user could replace the lock"):
         with locked(str(shared / "lock"), Deadline(5)):
             pass
     os.chown(shared, 65534, 65534)
     shared.chmod(0o755)
-    with pytest.raises(WriteError, match=r"common is owned by uid 65534: another user could replace the lock"):
+    with pytest.raises(WriteError, match=r"common is owned by uid 65534, not root: "
+                                         r"another user could replace the lock"):
         with locked(str(shared / "lock"), Deadline(5)):
             pass
 
@@ -146,7 +148,8 @@ def test_run_dir_is_made_0755_and_trusted_only_if_only_root_can_write_it(tmp_pat
     with locked(str(run_dir / "lock"), Deadline(5)):
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o755
     run_dir.chmod(0o1777)  # sticky is fine for /tmp, never for RUN_DIR
-    with pytest.raises(WriteError, match=r"cc-imds is writable by others \(mode 1777\)"):
+    with pytest.raises(WriteError, match=r"cc-imds is writable by group and others \(mode 1777\), "
+                                         r"not only by its owner; remove it"):
         with locked(str(run_dir / "lock"), Deadline(5)):
             pass
     run_dir.chmod(0o755)

@@ -10,7 +10,7 @@ and, when /proc/locks says, the process holding it.
 Default paths: root uses RUN_DIR/lock. Other users (tests, `--root` image builds as a
 user) use a lock of their own: $XDG_RUNTIME_DIR/cc-imds.lock, or /tmp/cc-imds-UID/lock.
 CC_IMDS_LOCK or `--lock` relocate it; any lock directory must belong to root or to the
-running user, and be writable by nobody else (unless sticky, like /tmp).
+running user, and be writable by nobody else (unless sticky, like /tmp): files/trusted.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Iterator, Mapping, Optional
 
 from ..deadline import Deadline
 from ..errors import WriteError
+from .trusted import LOCK_DIR, RUN_DIR_LOCK, untrusted
 
 RUN_DIR = "/run/cc-imds"  # run-time state; created by root 0755, trusted only if only root can write it
 LOCK_ENV = "CC_IMDS_LOCK"  # relocates the lock, as CC_IMDS_CONF_DIR relocates drop-ins
@@ -105,24 +106,14 @@ def _open_lock_dir(directory: str, lock_path: str) -> int:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError as exc:
         raise LockError(lock_path, f"cannot open {directory}: {exc.strerror}") from None
-    info = os.fstat(fd)
-    problem = _untrusted_dir(info, strict=os.path.abspath(directory) == RUN_DIR)
+    policy = RUN_DIR_LOCK if os.path.abspath(directory) == RUN_DIR else LOCK_DIR
+    problem = untrusted(os.fstat(fd), policy)
     if problem:
         os.close(fd)
-        raise LockError(lock_path, f"{directory} {problem}")
+        advice = "; remove it (it is made again at the next run)" if policy is RUN_DIR_LOCK else (
+            ": another user could replace the lock")
+        raise LockError(lock_path, f"{directory} is {problem}{advice}")
     return fd
-
-
-def _untrusted_dir(info: os.stat_result, strict: bool) -> str:
-    euid = os.geteuid()
-    if strict and info.st_uid != 0:
-        return f"is owned by uid {info.st_uid}, not root; remove it (it is made again at the next run)"
-    if info.st_uid not in (0, euid):
-        return f"is owned by uid {info.st_uid}: another user could replace the lock"
-    writable_by_others = info.st_mode & 0o022
-    if writable_by_others and (strict or not info.st_mode & stat.S_ISVTX):
-        return f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): another user could replace the lock"
-    return ""
 
 
 def _open_lock_file(dir_fd: int, name: str, lock_path: str) -> int:
