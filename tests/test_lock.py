@@ -17,7 +17,7 @@ import pytest
 from cc_imds.deadline import Deadline
 from cc_imds.errors import WriteError
 from cc_imds.files import lock as lock_module
-from cc_imds.files.lock import RUN_DIR, default_lock_path, locked
+from cc_imds.files.lock import RUN_DIR, default_lock_path, locked, locked_alone
 from tests.conftest import DEADLINE_SLACK, needs_root, wait_for
 
 # The lock is polled (every 0.1 s at most) within the deadline, in-process: the deadline's own slack.
@@ -72,6 +72,23 @@ def test_a_held_lock_is_waited_for_until_the_deadline_then_named(holder: Tuple[P
     assert caught.value.exit_code == 4
     assert str(caught.value) == (f"lock {path}: another run (pid {pid}, flock) held it for the whole 1s deadline; "
                                  "nothing was changed")
+
+
+def test_a_lock_for_one_process_alone_is_refused_at_once_naming_the_holder(holder: Tuple[Path, int],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path, pid = holder
+    waits: List[float] = []
+    monkeypatch.setattr(lock_module, "time", SimpleNamespace(sleep=waits.append))  # its only use of time
+    with pytest.raises(WriteError) as caught:
+        with locked_alone(str(path), "another cc-imds watch"):
+            pytest.fail("the lock is held by another process")
+    assert waits == []
+    assert caught.value.exit_code == 4
+    assert str(caught.value) == f"lock {path}: another cc-imds watch (pid {pid}, flock) is running"
+    free = path.with_name("free.lock")
+    with locked_alone(str(free), "another cc-imds watch"):
+        assert is_held(free)
+    assert not is_held(free)
 
 
 def test_a_lock_released_while_waiting_is_taken(tmp_path: Path) -> None:

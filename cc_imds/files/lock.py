@@ -1,4 +1,5 @@
-"""The lock that serialises runs (a boot, a manual apply, the watcher) over their write phase.
+"""The lock that serialises runs (a boot, a manual apply, the watcher) over their write phase,
+and the one flock of cc-imds: the watcher's own lock (one watcher at a time) is taken here too.
 
 Only root can create a file in RUN_DIR, so no other user can squat or hold root's lock.
 The lock file is opened without following links and checked after opening (a regular
@@ -58,15 +59,27 @@ def default_lock_path(environ: Optional[Mapping[str, str]] = None) -> str:
 @contextmanager
 def locked(lock_path: str, deadline: Optional[Deadline] = None) -> Iterator[None]:
     """Hold the lock for the `with` block; wait for it at most until `deadline`."""
-    deadline = deadline or Deadline(DEFAULT_WAIT)
-    fd = _acquire(lock_path, deadline)
+    fd = _acquire(lock_path, deadline or Deadline(DEFAULT_WAIT), "")
     try:
         yield
     finally:
         os.close(fd)  # releases the flock
 
 
-def _acquire(lock_path: str, deadline: Deadline) -> int:
+@contextmanager
+def locked_alone(lock_path: str, other: str) -> Iterator[None]:
+    """Hold the lock for the `with` block, or LockError at once, never waiting, when `other`
+    (say "another cc-imds watch") holds it: for a process of which only one may run."""
+    fd = _acquire(lock_path, None, other)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _acquire(lock_path: str, deadline: Optional[Deadline], other: str) -> int:
+    """The descriptor holding the lock: waited for until `deadline`, or, without one, taken
+    at once or refused as held by `other`."""
     directory, name = os.path.split(os.path.abspath(lock_path))
     dir_fd = _open_lock_dir(directory, lock_path)
     try:
@@ -76,9 +89,11 @@ def _acquire(lock_path: str, deadline: Deadline) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if deadline.expired():
+                if deadline is None or deadline.expired():
                     holder = _holder(os.fstat(fd))
                     os.close(fd)
+                    if deadline is None:
+                        raise LockError(lock_path, f"{other}{holder} is running") from None
                     reason = f"another run{holder} held it for the whole {deadline.seconds:g}s deadline"
                     raise LockError(lock_path, f"{reason}; nothing was changed") from None
                 os.close(fd)

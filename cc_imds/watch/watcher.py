@@ -20,7 +20,6 @@ Not a second pipeline: a loop around the boot run's own, run again for what chan
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import queue
@@ -28,10 +27,9 @@ import random
 import select
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .. import signals
 from ..deadline import Deadline
@@ -45,6 +43,7 @@ from ..declaration.build import (
     build_declaration,
 )
 from ..errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
+from ..files.lock import locked_alone
 from ..imds.client import ImdsClient
 from ..logs import std_logger
 from ..outputs.render import Output, render
@@ -149,7 +148,8 @@ class Watcher:
     def run(self) -> int:
         """Watch until stopped. 0 on a clean stop, or at once when nothing needs watching."""
         directory = rundir.ensure(self.options.run_dir)
-        with _single_watcher(directory):
+        # One watcher per run directory: a second one would run every command twice.
+        with locked_alone(str(directory / "watch.lock"), "another cc-imds watch"):
             declaration = build_declaration(self._load())
             if not self._adopt(declaration):
                 return 0
@@ -684,23 +684,3 @@ def _load_handled(directory: Path) -> Dict[str, List[str]]:
     if not isinstance(document, dict):
         return {}
     return {str(k): [str(i) for i in v] for k, v in document.items() if isinstance(v, list)}
-
-
-@contextmanager
-def _single_watcher(directory: Path) -> Iterator[None]:
-    """One watcher per run directory: a second one would run every command twice."""
-    path = directory / "watch.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise rundir.RunDirError(f"{path}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise rundir.RunDirError(f"{path}: another cc-imds watch is running") from None
-        yield
-    finally:
-        os.close(fd)
-
-
