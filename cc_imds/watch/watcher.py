@@ -54,12 +54,11 @@ from . import rundir
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .events import Notice, notice_env, notices
 from .schedule import (
-    BACKOFF_BASE,
-    BACKOFF_CAP,
     EventWatch,
     Group,
     PollState,
     WatchPlan,
+    after_failures,
     event_due,
     expiration,
     next_due,
@@ -364,8 +363,7 @@ class Watcher:
         self.dirty = True
         if failed:
             self.write_failures += 1
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(self.write_failures - 1, 16))
-            self.write_due = self.options.clock() + delay
+            self.write_due = self.options.clock() + after_failures(self.write_failures)
         else:
             self.write_failures, self.write_due = 0, -math.inf
 
