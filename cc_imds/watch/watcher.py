@@ -403,16 +403,12 @@ class Watcher:
         self.pending.add(path)
 
     def _scrubbed(self, problems: List[str]) -> List[str]:
-        """Messages as apply gives them (pipeline.scrubbed): no sensitive value, sensitive
+        """Messages as apply gives them (pipeline.scrubber_for): no sensitive value, sensitive
         default or token in any form, whatever rendering, resolving or writing put there.
         They go to the log and to status.json, which every user can read."""
         assert self.declaration is not None
-        declaration = self.declaration
-        scrub = scrubber_for(declaration)
-        scrub.add(value for name, value in self.known.items() if declaration.values[name].sensitive)
-        if self.client is not None:
-            scrub.add(self.client.issued_tokens())
-        return scrub.lines(problems)
+        tokens = self.client.issued_tokens() if self.client is not None else ()
+        return scrubber_for(self.declaration, self.known, tokens).lines(problems)
 
     def _expiration_of(self, output: OutputSpec) -> Optional[float]:
         times = [self.polls[g.path].expiration for g in self.plan.groups
