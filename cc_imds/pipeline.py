@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar
 
 from .deadline import Deadline
 from .declaration.build import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
@@ -24,7 +24,7 @@ from .logs import std_logger
 from .outputs.render import Output, render
 from .outputs.scrub import Scrubber
 from .outputs.write import Change, default_lock_path, write_outputs
-from .values import TreeSource, Values, resolve
+from .values import TreeSource, Value, Values, resolve
 
 LOG = std_logger(__name__)
 T = TypeVar("T")
@@ -60,10 +60,24 @@ def client_settings(declaration: Declaration, options: RunOptions) -> ClientSett
     return ClientSettings(endpoint=endpoint, **settings)
 
 
-def scrubber_for(declaration: Declaration) -> Scrubber:
-    """A scrubber knowing the declaration's sensitive defaults; values and tokens are added
-    as they become known."""
-    return Scrubber(spec.default for spec in declaration.values.values() if spec.sensitive and spec.default)
+def scrubber_for(
+    declaration: Declaration, known: Optional[Mapping[str, Value]] = None, tokens: Iterable[str] = ()
+) -> Scrubber:
+    """The one scrubber builder: all that no message may show for this declaration. Its
+    sensitive defaults, then what `learn` adds. apply and preview build it before resolving
+    and learn as they go (resolve_values); the watcher builds it from all it knows for each
+    message, so a rotated secret is not kept for the watcher's whole life."""
+    scrub = Scrubber(spec.default for spec in declaration.values.values() if spec.sensitive and spec.default)
+    learn(scrub, declaration, known, tokens)
+    return scrub
+
+
+def learn(
+    scrub: Scrubber, declaration: Declaration, known: Optional[Mapping[str, Value]] = None, tokens: Iterable[str] = ()
+) -> None:
+    """Add to `scrub` the sensitive ones of the `known` values and the IMDS `tokens` issued."""
+    scrub.add(value for name, value in (known or {}).items() if declaration.values[name].sensitive)
+    scrub.add(tokens)
 
 
 def scrubbed(scrub: Scrubber, step: Callable[[], T]) -> T:
@@ -96,8 +110,8 @@ def resolve_values(
             try:
                 values = resolve(declaration, client, deadline=deadline)
             finally:
-                scrub.add(client.issued_tokens())
-    scrub.add(values.data[name] for name in values.sensitive)
+                learn(scrub, declaration, tokens=client.issued_tokens())
+    learn(scrub, declaration, values.data)
     return values
 
 

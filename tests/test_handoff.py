@@ -101,7 +101,7 @@ def test_an_untrusted_run_directory_is_refused_and_the_files_still_written(
         expected = "owned by uid 65534, not root"
     else:
         directory.chmod(0o777)
-        expected = "writable by group or others (mode 0777)"
+        expected = "writable by group and others (mode 0777), not only by its owner"
     cc_imds.handle(name="imds", cfg={"imds": refreshing(emulator, tmp_path)}, cloud=FakeCloud(), args=[])
     assert (tmp_path / "name").read_text() == "web-1\n"
     assert not (directory / rundir.MARKER).exists()

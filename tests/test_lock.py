@@ -17,7 +17,7 @@ import pytest
 from cc_imds.deadline import Deadline
 from cc_imds.errors import WriteError
 from cc_imds.files import lock as lock_module
-from cc_imds.files.lock import RUN_DIR, default_lock_path, locked
+from cc_imds.files.lock import RUN_DIR, default_lock_path, locked, locked_alone
 from tests.conftest import DEADLINE_SLACK, needs_root, wait_for
 
 # The lock is polled (every 0.1 s at most) within the deadline, in-process: the deadline's own slack.
@@ -74,6 +74,23 @@ def test_a_held_lock_is_waited_for_until_the_deadline_then_named(holder: Tuple[P
                                  "nothing was changed")
 
 
+def test_a_lock_for_one_process_alone_is_refused_at_once_naming_the_holder(holder: Tuple[Path, int],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path, pid = holder
+    waits: List[float] = []
+    monkeypatch.setattr(lock_module, "time", SimpleNamespace(sleep=waits.append))  # its only use of time
+    with pytest.raises(WriteError) as caught:
+        with locked_alone(str(path), "another cc-imds watch"):
+            pytest.fail("the lock is held by another process")
+    assert waits == []
+    assert caught.value.exit_code == 4
+    assert str(caught.value) == f"lock {path}: another cc-imds watch (pid {pid}, flock) is running"
+    free = path.with_name("free.lock")
+    with locked_alone(str(free), "another cc-imds watch"):
+        assert is_held(free)
+    assert not is_held(free)
+
+
 def test_a_lock_released_while_waiting_is_taken(tmp_path: Path) -> None:
     path = tmp_path / "lock"
     released = tmp_path / "released"
@@ -128,12 +145,14 @@ def test_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "common"
     shared.mkdir()
     shared.chmod(0o777)  # not sticky: anyone could swap the lock file
-    with pytest.raises(WriteError, match=r"common is writable by others \(mode 0777\)"):
+    with pytest.raises(WriteError, match=r"common is writable by group and others \(mode 0777\), "
+                                         r"not only by its owner: another user could replace the lock"):
         with locked(str(shared / "lock"), Deadline(5)):
             pass
     os.chown(shared, 65534, 65534)
     shared.chmod(0o755)
-    with pytest.raises(WriteError, match=r"common is owned by uid 65534: another user could replace the lock"):
+    with pytest.raises(WriteError, match=r"common is owned by uid 65534, not root: "
+                                         r"another user could replace the lock"):
         with locked(str(shared / "lock"), Deadline(5)):
             pass
 
@@ -146,7 +165,8 @@ def test_run_dir_is_made_0755_and_trusted_only_if_only_root_can_write_it(tmp_pat
     with locked(str(run_dir / "lock"), Deadline(5)):
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o755
     run_dir.chmod(0o1777)  # sticky is fine for /tmp, never for RUN_DIR
-    with pytest.raises(WriteError, match=r"cc-imds is writable by others \(mode 1777\)"):
+    with pytest.raises(WriteError, match=r"cc-imds is writable by group and others \(mode 1777\), "
+                                         r"not only by its owner; remove it"):
         with locked(str(run_dir / "lock"), Deadline(5)):
             pass
     run_dir.chmod(0o755)

@@ -20,6 +20,7 @@ from cc_imds.watch.schedule import (
     Group,
     PollState,
     WatchPlan,
+    after_failures,
     credential_due,
     event_due,
     expiration,
@@ -195,6 +196,13 @@ def test_failures_back_off_exponentially_up_to_the_cap() -> None:
         delays.append(next_due(group, state, 0.5) - NOW)
     assert delays == [5, 10, 20, 40, 80, 160, BACKOFF_CAP, BACKOFF_CAP, BACKOFF_CAP, BACKOFF_CAP]
     assert state.last_success == NOW - 10 and state.failures == 10
+
+
+def test_writes_back_off_as_polls_do() -> None:
+    """The watcher retries a failed write after_failures later: the polls' own sequence."""
+    assert [after_failures(n) for n in range(1, 11)] == [5, 10, 20, 40, 80, 160, BACKOFF_CAP, BACKOFF_CAP,
+                                                          BACKOFF_CAP, BACKOFF_CAP]
+    assert after_failures(10_000) == BACKOFF_CAP  # the exponent stops growing: no overflow
 
 
 def test_backoff_is_never_slower_than_the_declared_period() -> None:

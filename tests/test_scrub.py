@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.errors import ImdsError, RenderError, WriteError
 from cc_imds.outputs.scrub import REDACTED, Scrubber
-from cc_imds.pipeline import scrubbed
+from cc_imds.pipeline import scrubbed, scrubber_for
 
 # Any text a value can hold (UTF-8: no lone surrogates).
 texts = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
@@ -104,3 +105,15 @@ def test_the_pipeline_boundary_scrubs_errors_and_defects() -> None:
     with pytest.raises(KeyError) as bug:  # a defect keeps its type and traceback, not the secret
         scrubbed(scrub, defect)
     assert str(bug.value) == repr(REDACTED) and bug.value.__traceback__ is not None
+
+
+def test_one_builder_hides_sensitive_defaults_values_and_tokens_and_nothing_else() -> None:
+    """pipeline.scrubber_for, which apply, plan and the watcher all use."""
+    declaration = build_declaration([SourceDocument("test", "imds", {"values": {
+        "key": {"path": "meta-data/key", "sensitive": True, "default": "dflt-s3cr3t"},
+        "iid": "meta-data/instance-id",
+    }, "env": [{"path": "/etc/x.env", "format": "shell", "vars": {"K": "key", "I": "iid"}}]})])
+    scrub = scrubber_for(declaration, {"key": "val-s3cr3t", "iid": "i-0123"}, ["tok-s3cr3t"])
+    message = "dflt-s3cr3t val-s3cr3t tok-s3cr3t i-0123"
+    assert scrub(message) == f"{REDACTED} {REDACTED} {REDACTED} i-0123"
+    assert scrubber_for(declaration)(message) == f"{REDACTED} val-s3cr3t tok-s3cr3t i-0123"

@@ -7,6 +7,7 @@ import grp
 import os
 import pwd
 import resource
+import secrets
 import stat
 import subprocess
 import threading
@@ -146,7 +147,7 @@ def test_existing_temp_names_are_never_used(tmp_path: Path, monkeypatch: pytest.
     victim.write_bytes(b"precious")
     (tmp_path / "root").mkdir()
     names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
-    monkeypatch.setattr(write_module.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))  # files/atomic.py names temp files
     (tmp_path / "root/.out.cc-imds-aaaaaaaaaaaa").symlink_to(victim)  # an attacker guessed the first name
     write(tmp_path, [out("/out", b"new")])
     assert victim.read_bytes() == b"precious"

@@ -7,7 +7,8 @@ kept as JSON, which the standard library reads. Only that is skipped: the checks
 documents (merging, unknown names, conflicting outputs) run every time.
 
 The record is as trusted as the declarations themselves, so it is used only from a directory
-that the running user owns and nobody else can write, every entry likewise: as root,
+that the running user owns and nobody else can write, every entry likewise (files/trusted.py,
+VALIDATION_CACHE): as root,
 RUN_DIR/validated, under a RUN_DIR that root owns (/run is emptied at boot, so nothing
 outlives a reboot); as anyone else, only a directory named by CC_IMDS_CACHE_DIR. Anything
 else (a planted file, a symlink, a wider mode, unreadable JSON) is ignored, never trusted,
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import stat
+
+from ..files.trusted import VALIDATION_CACHE, untrusted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,11 +63,6 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
-def _trusted(info: os.stat_result) -> bool:
-    """Owned by whoever runs cc-imds, and writable by nobody else."""
-    return info.st_uid == os.geteuid() and not info.st_mode & 0o022
-
-
 def _directory(create: bool) -> Optional[int]:
     """The trusted cache directory, opened (each step without following a link), or None."""
     configured = os.environ.get(CACHE_ENV)
@@ -86,7 +84,7 @@ def _directory(create: bool) -> Optional[int]:
             if fd is not None:
                 os.close(fd)
             fd = opened
-            if not _trusted(os.fstat(fd)):
+            if untrusted(os.fstat(fd), VALIDATION_CACHE):
                 os.close(fd)
                 return None
     except OSError:
@@ -109,7 +107,7 @@ def recall(digest: str) -> Optional[Documents]:
         os.close(directory)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _trusted(info):
+        if not stat.S_ISREG(info.st_mode) or untrusted(info, VALIDATION_CACHE):
             return None
         with os.fdopen(fd, "rb") as handle:
             fd = -1
@@ -137,28 +135,17 @@ def remember(digest: str, documents: Documents) -> None:
     if not all(_exact_in_json(document) for _, document in documents):
         return
     import json
-    import secrets
 
-    from ..streams import write_all
+    from ..files import atomic
 
     data = json.dumps([[root, document] for root, document in documents]).encode("utf-8")
     directory = _directory(create=True)
     if directory is None:
         return
-    temp = f".{digest}.{secrets.token_hex(6)}"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=directory)
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(temp, digest, src_dir_fd=directory, dst_dir_fd=directory)
+        atomic.replace(directory, digest, data, 0o600)
     except OSError:
-        try:
-            os.unlink(temp, dir_fd=directory)
-        except OSError:
-            pass
+        pass
     finally:
         os.close(directory)
 

@@ -25,6 +25,7 @@ from typing import List, Tuple
 
 from ..errors import DeclarationError
 from ..files.inside_root import PathRefused, open_directory
+from ..files.trusted import DROPINS, ON_THE_WAY_TO_DROPINS, Policy, untrusted
 
 DEFAULT_CONF_DIR = "/etc/cc-imds/conf.d"
 CONF_DIR_ENV = "CC_IMDS_CONF_DIR"  # relocates the drop-in directory (tests, unusual layouts)
@@ -72,29 +73,19 @@ def read_dropins(conf_dir: Path) -> List[Tuple[Path, str]]:
 
 
 class Trust:
-    """The rules for the running user (see the module docstring)."""
-
-    def __init__(self) -> None:
-        euid = os.geteuid()
-        self.owners = (0,) if euid == 0 else (0, euid)
-        self.who = "root" if euid == 0 else f"root or uid {euid}"
-        # as root, group-writable is as bad as world-writable; a user's own group is their business
-        self.writers = 0o022 if euid == 0 else 0o002
+    """The rules for the running user (see the module docstring; files/trusted.py states them)."""
 
     def check_on_the_way(self, info: os.stat_result, path: str) -> None:
         """Every directory from / to the drop-in directory: a sticky one owned by root (/tmp) is fine."""
-        root_sticky = bool(info.st_mode & stat.S_ISVTX) and info.st_uid == 0
-        self._check(info, path, others_may_write=root_sticky)
+        self._check(info, path, ON_THE_WAY_TO_DROPINS)
 
     def check_dropin_dir(self, info: os.stat_result, path: str) -> None:
         self._check(info, path)
 
-    def _check(self, info: os.stat_result, path: str, others_may_write: bool = False) -> None:
-        mode = stat.S_IMODE(info.st_mode)
-        if info.st_uid not in self.owners:
-            raise PathRefused(path, f"owned by uid {info.st_uid}, not {self.who}")
-        if not others_may_write and mode & self.writers:
-            raise PathRefused(path, f"writable by {_writers(mode)} (mode {mode:04o}), not only by its owner")
+    def _check(self, info: os.stat_result, path: str, policy: Policy = DROPINS) -> None:
+        problem = untrusted(info, policy)
+        if problem:
+            raise PathRefused(path, problem)
 
     def read(self, dir_fd: int, name: str) -> str:
         """The text of one drop-in if it is trusted; PathRefused saying why not."""
@@ -135,6 +126,3 @@ def _read_at_most(fd: int, limit: int) -> bytes:
         size += len(chunk)
     return b"".join(chunks)
 
-
-def _writers(mode: int) -> str:
-    return " and ".join(who for who, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)

@@ -1,4 +1,5 @@
-"""The lock that serialises runs (a boot, a manual apply, the watcher) over their write phase.
+"""The lock that serialises runs (a boot, a manual apply, the watcher) over their write phase,
+and the one flock of cc-imds: the watcher's own lock (one watcher at a time) is taken here too.
 
 Only root can create a file in RUN_DIR, so no other user can squat or hold root's lock.
 The lock file is opened without following links and checked after opening (a regular
@@ -10,7 +11,7 @@ and, when /proc/locks says, the process holding it.
 Default paths: root uses RUN_DIR/lock. Other users (tests, `--root` image builds as a
 user) use a lock of their own: $XDG_RUNTIME_DIR/cc-imds.lock, or /tmp/cc-imds-UID/lock.
 CC_IMDS_LOCK or `--lock` relocate it; any lock directory must belong to root or to the
-running user, and be writable by nobody else (unless sticky, like /tmp).
+running user, and be writable by nobody else (unless sticky, like /tmp): files/trusted.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Iterator, Mapping, Optional
 
 from ..deadline import Deadline
 from ..errors import WriteError
+from .trusted import LOCK_DIR, RUN_DIR_LOCK, untrusted
 
 RUN_DIR = "/run/cc-imds"  # run-time state; created by root 0755, trusted only if only root can write it
 LOCK_ENV = "CC_IMDS_LOCK"  # relocates the lock, as CC_IMDS_CONF_DIR relocates drop-ins
@@ -57,15 +59,27 @@ def default_lock_path(environ: Optional[Mapping[str, str]] = None) -> str:
 @contextmanager
 def locked(lock_path: str, deadline: Optional[Deadline] = None) -> Iterator[None]:
     """Hold the lock for the `with` block; wait for it at most until `deadline`."""
-    deadline = deadline or Deadline(DEFAULT_WAIT)
-    fd = _acquire(lock_path, deadline)
+    fd = _acquire(lock_path, deadline or Deadline(DEFAULT_WAIT), "")
     try:
         yield
     finally:
         os.close(fd)  # releases the flock
 
 
-def _acquire(lock_path: str, deadline: Deadline) -> int:
+@contextmanager
+def locked_alone(lock_path: str, other: str) -> Iterator[None]:
+    """Hold the lock for the `with` block, or LockError at once, never waiting, when `other`
+    (say "another cc-imds watch") holds it: for a process of which only one may run."""
+    fd = _acquire(lock_path, None, other)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _acquire(lock_path: str, deadline: Optional[Deadline], other: str) -> int:
+    """The descriptor holding the lock: waited for until `deadline`, or, without one, taken
+    at once or refused as held by `other`."""
     directory, name = os.path.split(os.path.abspath(lock_path))
     dir_fd = _open_lock_dir(directory, lock_path)
     try:
@@ -75,9 +89,11 @@ def _acquire(lock_path: str, deadline: Deadline) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if deadline.expired():
+                if deadline is None or deadline.expired():
                     holder = _holder(os.fstat(fd))
                     os.close(fd)
+                    if deadline is None:
+                        raise LockError(lock_path, f"{other}{holder} is running") from None
                     reason = f"another run{holder} held it for the whole {deadline.seconds:g}s deadline"
                     raise LockError(lock_path, f"{reason}; nothing was changed") from None
                 os.close(fd)
@@ -105,24 +121,14 @@ def _open_lock_dir(directory: str, lock_path: str) -> int:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError as exc:
         raise LockError(lock_path, f"cannot open {directory}: {exc.strerror}") from None
-    info = os.fstat(fd)
-    problem = _untrusted_dir(info, strict=os.path.abspath(directory) == RUN_DIR)
+    policy = RUN_DIR_LOCK if os.path.abspath(directory) == RUN_DIR else LOCK_DIR
+    problem = untrusted(os.fstat(fd), policy)
     if problem:
         os.close(fd)
-        raise LockError(lock_path, f"{directory} {problem}")
+        advice = "; remove it (it is made again at the next run)" if policy is RUN_DIR_LOCK else (
+            ": another user could replace the lock")
+        raise LockError(lock_path, f"{directory} is {problem}{advice}")
     return fd
-
-
-def _untrusted_dir(info: os.stat_result, strict: bool) -> str:
-    euid = os.geteuid()
-    if strict and info.st_uid != 0:
-        return f"is owned by uid {info.st_uid}, not root; remove it (it is made again at the next run)"
-    if info.st_uid not in (0, euid):
-        return f"is owned by uid {info.st_uid}: another user could replace the lock"
-    writable_by_others = info.st_mode & 0o022
-    if writable_by_others and (strict or not info.st_mode & stat.S_ISVTX):
-        return f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): another user could replace the lock"
-    return ""
 
 
 def _open_lock_file(dir_fd: int, name: str, lock_path: str) -> int:

@@ -2,9 +2,10 @@
 
 1. Every owner is looked up, then the lock is taken (waiting at most until the deadline).
 2. Stage, touching no output: each changed file is written to a temp file in its own
-   directory, created with its final (or narrower) mode and owner, and fsynced. An existing
-   file gets a hard link beside it: the old file exactly (content, mode, owner, inode), kept
-   to roll back to. A file that cannot be linked could not be replaced either (immutable,
+   directory, with its final owner and mode before any byte, and fsynced (files/atomic.py:
+   the steps of every atomic replace in cc-imds, whose renames wait here for the commit).
+   An existing file gets a hard link beside it: the old file exactly (content, mode, owner,
+   inode), kept to roll back to. A file that cannot be linked could not be replaced either (immutable,
    append-only, a mount point such as a bind mount): that is found here, before any change.
 3. Commit: every temp file is renamed into place, then every directory involved is fsynced.
    If a rename or an fsync fails, every file already replaced gets its old one back (the
@@ -24,19 +25,18 @@ import fcntl
 import grp
 import os
 import pwd
-import secrets
 import stat
 import struct
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..deadline import Deadline
 from ..errors import WriteError
+from ..files import atomic
 from ..files.inside_root import Directory, PathRefused, open_parent
 from ..files.lock import LOCK_ENV, RUN_DIR, default_lock_path, locked
 from ..logs import std_logger
-from ..streams import write_all
 from .render import Output
 
 __all__ = ["LOCK_ENV", "RUN_DIR", "Change", "default_lock_path", "locked", "owner_ids", "write_outputs"]
@@ -166,7 +166,7 @@ def _stage(output: Output, root: str, directories: Dict[Tuple[int, int], Directo
             _refuse_unreplaceable_dir(item)
             if same is False:
                 item.backup = _link_old(item)
-            item.temp = _write_temp(item, uid, gid)
+            item.temp = atomic.write_temp(directory.fd, name, output.content, output.mode, uid, gid)
     except OSError as exc:
         _discard([item])
         raise WriteError(item.where, _nothing_changed(exc.strerror or str(exc))) from None
@@ -222,7 +222,7 @@ def _link_old(item: _Staged) -> str:
         os.link(item.name, backup, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
 
     try:
-        return _unique_name(item.name, "old-", link)
+        return atomic.make_beside(item.name, "old-", link)
     except OSError as exc:
         if exc.errno == errno.EXDEV:  # the file is a mount point: rename would give EBUSY
             reason = "is a mount point (a bind mount?) and cannot be replaced"
@@ -233,43 +233,6 @@ def _link_old(item: _Staged) -> str:
         else:
             reason = f"cannot keep the old file to roll back to: {exc.strerror}"
         raise WriteError(item.where, _nothing_changed(reason)) from None
-
-
-def _write_temp(item: _Staged, uid: int, gid: int) -> str:
-    output, dir_fd = item.output, item.directory.fd
-    fds: List[int] = []
-
-    def create(temp: str) -> None:
-        # O_EXCL + O_NOFOLLOW: an attacker's file or symlink of that name is never used.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fds.append(os.open(temp, flags, output.mode & 0o600, dir_fd=dir_fd))  # never wider than the final mode
-
-    temp = _unique_name(item.name, "", create)
-    fd = fds[0]
-    try:
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        os.fchmod(fd, output.mode)
-        write_all(fd, output.content)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        item.remove(temp)
-        raise
-    os.close(fd)
-    return temp
-
-
-def _unique_name(name: str, kind: str, make: Callable[[str], None]) -> str:
-    """Make a new hidden file beside `name` with `make(candidate)`, trying fresh random names."""
-    for _ in range(100):
-        candidate = f".{name}.cc-imds-{kind}{secrets.token_hex(6)}"
-        try:
-            make(candidate)
-            return candidate
-        except FileExistsError:
-            continue
-    raise OSError(errno.EEXIST, "could not find a free temporary name")
 
 
 # -- commit and roll back ---------------------------------------------------------------------

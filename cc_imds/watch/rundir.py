@@ -10,24 +10,25 @@ the watcher leaves for `cc-imds status`.
 - `events-handled.json`: the notices already acted on, so a restarted watcher does not
   run a command twice for one notice.
 
-The directory is trusted only if root owns it and nobody else can write it (when we run
-as root): otherwise another user could plant a declaration, or fake a healthy status.
+The directory and its files are trusted only if root owns them and nobody else can write
+them, when we run as root (files/trusted.py, RUN_STATE): otherwise another user could
+plant a declaration, or fake a healthy status.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import CcImdsError
+from ..files import atomic
 from ..files.lock import RUN_DIR
+from ..files.trusted import RUN_STATE, untrusted
 from ..jsontext import JsonRefused, parse
 from ..logs import std_logger
-from ..streams import write_all
 
 LOG = std_logger(__name__)
 
@@ -36,6 +37,7 @@ MARKER = "watch"
 CLOUD_CONFIG = "cloud-config.json"
 STATUS = "status.json"
 HANDLED = "events-handled.json"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RunDirError(CcImdsError):
@@ -46,17 +48,6 @@ class RunDirError(CcImdsError):
 
 def run_dir() -> Path:
     return Path(os.environ.get(RUN_DIR_ENV, RUN_DIR))
-
-
-def _untrusted(info: os.stat_result) -> Optional[str]:
-    """Why a file or directory must not be trusted by a root process, or None."""
-    if os.geteuid() != 0:
-        return None  # a user's own run (tests, rehearsals) trusts its own files
-    if info.st_uid != 0:
-        return f"owned by uid {info.st_uid}, not root"
-    if info.st_mode & 0o022:
-        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-    return None
 
 
 def ensure(directory: Path) -> Path:
@@ -77,7 +68,7 @@ def check_dir(directory: Path, info: Optional[os.stat_result] = None) -> None:
         raise RunDirError(f"{directory}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise RunDirError(f"{directory}: not a directory")
-    problem = _untrusted(info)
+    problem = untrusted(info, RUN_STATE)
     if problem:
         raise RunDirError(f"{directory}: refusing to use it: {problem}")
 
@@ -94,7 +85,7 @@ def read(path: Path, limit: int = 4 * 1024 * 1024) -> Optional[bytes]:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise RunDirError(f"{path}: not a regular file")
-        problem = _untrusted(info)
+        problem = untrusted(info, RUN_STATE)
         if problem:
             raise RunDirError(f"{path}: refusing to read it: {problem}")
         data = handle.read(limit + 1)
@@ -116,22 +107,14 @@ def read_json(path: Path) -> Any:
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` with `data`: a temp file in the same directory, fsynced, renamed."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    """Replace `path` with `data` (files/atomic.py: owner and mode before any byte, fsynced, renamed)."""
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        directory = os.open(path.parent, _DIR_FLAGS)
         try:
-            os.fchmod(fd, mode)
-            write_all(fd, data)
-            os.fsync(fd)
+            atomic.replace(directory, path.name, data, mode)
         finally:
-            os.close(fd)
-        os.replace(temp, path)
+            os.close(directory)
     except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
         raise RunDirError(f"{path}: cannot write: {exc.strerror}") from None
 
 

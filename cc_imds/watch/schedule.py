@@ -156,17 +156,26 @@ def credential_due(fetched: float, expiration: float, jitter: float) -> float:
     return fetched + min(CREDENTIAL_RETRY, max(FLOOR, remaining / 2))
 
 
+def after_failures(failures: int, cap: float = BACKOFF_CAP) -> float:
+    """The watcher's one backoff, for polls and for writes: seconds after the latest of
+    `failures` consecutive failures, 5, 10, 20 ... up to `cap` (5 minutes).
+
+    Not the IMDS client's retry backoff (imds/retry.py), which spaces attempts of one
+    request within one poll's deadline (0.1 to 2 s, jittered); this spaces whole polls
+    and writes across minutes, and periods carry the jitter (JITTER)."""
+    return min(cap, BACKOFF_BASE * 2.0 ** min(failures - 1, 16))
+
+
 def backoff(group: Group, state: PollState) -> float:
-    """Seconds after the latest of `state.failures` consecutive failures: 5, 10, 20 ... up to
-    5 minutes, never more than the declared period, nor than a minute for credentials that
-    are close to their Expiration."""
+    """A path's poll backoff (after_failures), never more than the declared period, nor than
+    a minute for credentials that are close to their Expiration."""
     cap = BACKOFF_CAP
     if group.period is not None:
         cap = min(cap, group.period)
     if group.credential and state.expiration is not None and state.last_attempt is not None:
         if state.expiration - state.last_attempt < 2 * CREDENTIAL_WINDOW:
             cap = min(cap, CREDENTIAL_RETRY)
-    return max(FLOOR, min(cap, BACKOFF_BASE * 2.0 ** min(state.failures - 1, 16)))
+    return max(FLOOR, after_failures(state.failures, cap))
 
 
 def event_due(watch: EventWatch, last_poll: Optional[float], jitter: float) -> float:

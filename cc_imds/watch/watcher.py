@@ -20,7 +20,6 @@ Not a second pipeline: a loop around the boot run's own, run again for what chan
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import queue
@@ -28,10 +27,9 @@ import random
 import select
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .. import signals
 from ..deadline import Deadline
@@ -45,6 +43,7 @@ from ..declaration.build import (
     build_declaration,
 )
 from ..errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
+from ..files.lock import locked_alone
 from ..imds.client import ImdsClient
 from ..logs import std_logger
 from ..outputs.render import Output, render
@@ -55,12 +54,11 @@ from . import rundir
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .events import Notice, notice_env, notices
 from .schedule import (
-    BACKOFF_BASE,
-    BACKOFF_CAP,
     EventWatch,
     Group,
     PollState,
     WatchPlan,
+    after_failures,
     event_due,
     expiration,
     next_due,
@@ -149,7 +147,8 @@ class Watcher:
     def run(self) -> int:
         """Watch until stopped. 0 on a clean stop, or at once when nothing needs watching."""
         directory = rundir.ensure(self.options.run_dir)
-        with _single_watcher(directory):
+        # One watcher per run directory: a second one would run every command twice.
+        with locked_alone(str(directory / "watch.lock"), "another cc-imds watch"):
             declaration = build_declaration(self._load())
             if not self._adopt(declaration):
                 return 0
@@ -364,8 +363,7 @@ class Watcher:
         self.dirty = True
         if failed:
             self.write_failures += 1
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(self.write_failures - 1, 16))
-            self.write_due = self.options.clock() + delay
+            self.write_due = self.options.clock() + after_failures(self.write_failures)
         else:
             self.write_failures, self.write_due = 0, -math.inf
 
@@ -405,16 +403,12 @@ class Watcher:
         self.pending.add(path)
 
     def _scrubbed(self, problems: List[str]) -> List[str]:
-        """Messages as apply gives them (pipeline.scrubbed): no sensitive value, sensitive
+        """Messages as apply gives them (pipeline.scrubber_for): no sensitive value, sensitive
         default or token in any form, whatever rendering, resolving or writing put there.
         They go to the log and to status.json, which every user can read."""
         assert self.declaration is not None
-        declaration = self.declaration
-        scrub = scrubber_for(declaration)
-        scrub.add(value for name, value in self.known.items() if declaration.values[name].sensitive)
-        if self.client is not None:
-            scrub.add(self.client.issued_tokens())
-        return scrub.lines(problems)
+        tokens = self.client.issued_tokens() if self.client is not None else ()
+        return scrubber_for(self.declaration, self.known, tokens).lines(problems)
 
     def _expiration_of(self, output: OutputSpec) -> Optional[float]:
         times = [self.polls[g.path].expiration for g in self.plan.groups
@@ -684,23 +678,3 @@ def _load_handled(directory: Path) -> Dict[str, List[str]]:
     if not isinstance(document, dict):
         return {}
     return {str(k): [str(i) for i in v] for k, v in document.items() if isinstance(v, list)}
-
-
-@contextmanager
-def _single_watcher(directory: Path) -> Iterator[None]:
-    """One watcher per run directory: a second one would run every command twice."""
-    path = directory / "watch.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise rundir.RunDirError(f"{path}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise rundir.RunDirError(f"{path}: another cc-imds watch is running") from None
-        yield
-    finally:
-        os.close(fd)
-
-

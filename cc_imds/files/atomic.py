@@ -1,0 +1,106 @@
+"""Replacing a file atomically: the one routine every writer of cc-imds uses.
+
+The outputs (outputs/write.py, which commits several files all or nothing around it), the
+run directory (watch/rundir.py) and the validation cache (declaration/cache.py) all replace
+files the same way, in a directory they hold open (so a directory swapped meanwhile is never
+written into):
+
+1. A temp file beside the final name, `.NAME.cc-imds-RANDOM`, created with O_EXCL and
+   O_NOFOLLOW (a file or symlink an attacker put at that name is never used; another random
+   name is tried), born no wider than owner-only and its final mode.
+2. Its final owner, then its final mode (chown clears setuid bits, so the mode comes
+   after), then its label (`_label`): all before any byte is written, so a secret is never
+   readable by anyone who may not read the final file.
+3. Every byte (streams.write_all), then fsync.
+4. Renamed over the final name, then the directory fsynced: once this returns, the new
+   file survives a crash.
+On any failure the temp file is removed and the final name is untouched.
+
+Standard library and the kernel only, and no `secrets` until a file is written: the
+validation cache imports this on a declaration's cold path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..streams import write_all
+
+TYPE_CHECKING = False  # typing costs a cold validate; mypy reads this like typing's
+if TYPE_CHECKING:
+    from typing import Callable, Union
+
+    Data = Union[bytes, bytearray, memoryview]
+
+TEMP_MARK = ".cc-imds-"  # in every name this module makes beside a file: `.NAME.cc-imds-[KIND]RANDOM`
+_TRIES = 100  # random names tried before giving up (one is enough unless someone plants names)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def replace(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """`name` in the directory `dir_fd` holds `data` with `mode` (and owner `uid`:`gid`, -1 for
+    the running user's), or OSError with the old file untouched and nothing left behind."""
+    temp = write_temp(dir_fd, name, data, mode, uid, gid)
+    try:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        remove_quietly(dir_fd, temp)
+        raise
+    os.fsync(dir_fd)
+
+
+def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1) -> str:
+    """Steps 1-3: a new temp file beside `name` holding `data`, fsynced, with its final owner,
+    mode and label; returns its name, for the caller to rename over `name`. Nothing is left
+    behind if it fails."""
+    fds = []
+
+    def create(temp: str) -> None:
+        fds.append(os.open(temp, _CREATE, mode & 0o600, dir_fd=dir_fd))  # never wider than the final mode
+
+    temp = make_beside(name, "", create)
+    fd = fds[0]
+    try:
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        _label(fd, dir_fd, name)
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(dir_fd, temp)
+        raise
+    os.close(fd)
+    return temp
+
+
+def _label(fd: int, dir_fd: int, name: str) -> None:
+    """Where the temp file would get the security label (SELinux) the final `name` should
+    carry, before any byte is written and before it is renamed into place. Today nothing is
+    set: a new file takes its directory's default label, as any file made there would."""
+
+
+def make_beside(name: str, kind: str, make: Callable[[str], None]) -> str:
+    """A new hidden name beside `name`, made with `make(candidate)`: fresh random candidates
+    are tried while `make` raises FileExistsError. Returns the name made."""
+    import secrets  # only once a file is written: it brings `random` and `hmac`
+
+    for _ in range(_TRIES):
+        candidate = f".{name}{TEMP_MARK}{kind}{secrets.token_hex(6)}"
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "could not find a free temporary name")
+
+
+def remove_quietly(dir_fd: int, name: str) -> None:
+    """Remove a temp file after a failure that is already being reported: a second error
+    (the disk is failing) must not hide the first."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
