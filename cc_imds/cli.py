@@ -77,7 +77,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
 
 
 def _lock(args: argparse.Namespace) -> str:
-    from .outputs.write import default_lock_path
+    from .files.lock import default_lock_path
 
     return getattr(args, "lock", None) or default_lock_path()
 

@@ -18,12 +18,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from .deadline import Deadline
 from .declaration.build import CONNECTION_KEYS, Declaration, SourceDocument, build_declaration, documents_from_dir
 from .errors import CcImdsError, DeclarationError
+from .files.lock import default_lock_path
 from .imds.client import ClientSettings, ImdsClient, candidate_urls, choose_endpoint
 from .imds.tree import MetadataTree
 from .logs import std_logger
 from .outputs.render import Output, render
 from .outputs.scrub import Scrubber
-from .outputs.write import Change, default_lock_path, write_outputs
+from .outputs.write import Change, write_outputs
 from .values import TreeSource, Value, Values, resolve
 
 LOG = std_logger(__name__)

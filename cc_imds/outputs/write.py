@@ -35,11 +35,11 @@ from ..deadline import Deadline
 from ..errors import WriteError
 from ..files import atomic
 from ..files.inside_root import Directory, PathRefused, open_parent
-from ..files.lock import LOCK_ENV, RUN_DIR, default_lock_path, locked
+from ..files.lock import default_lock_path, locked
 from ..logs import std_logger
 from .render import Output
 
-__all__ = ["LOCK_ENV", "RUN_DIR", "Change", "default_lock_path", "locked", "owner_ids", "write_outputs"]
+__all__ = ["Change", "owner_ids", "write_outputs"]
 
 LOG = std_logger(__name__)
 
