@@ -1,5 +1,5 @@
-"""The README cannot drift: its reference table matches the schema, its defaults match the
-code, and its cloud-config examples validate."""
+"""The docs cannot drift: the declaration reference (docs/declaration.md) matches the schema, its
+defaults match the code, and every cloud-config example in the README and docs/ validates."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from cc_imds.imds.client import ClientSettings
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
+DOCS = REPO / "docs"
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 def reference_rows() -> Dict[str, str]:
-    section = README.split("### Declaration reference", 1)[1].split("\n## ", 1)[0]
+    page = (DOCS / "declaration.md").read_text(encoding="utf-8")
+    section = page.split("\n## Declaration reference\n", 1)[1].split("\n## ", 1)[0]
     return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M))
 
 
@@ -62,7 +65,8 @@ def test_documented_endpoint_and_imdsv1_defaults() -> None:
 
 
 def yaml_blocks() -> List[Any]:
-    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    blocks = [block for page in PAGES
+              for block in re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
     return [yaml.safe_load(block) for block in blocks]
 
 
@@ -80,3 +84,4 @@ def test_readme_declarations_validate() -> None:
                 build_declaration([SourceDocument("README", "", yaml.safe_load(item["content"]))])
                 checked += 1
     assert checked >= 4
+
