@@ -1,9 +1,11 @@
 """The docs cannot drift: the declaration reference (docs/declaration.md) matches the schema, its
-defaults match the code, and every cloud-config example in the README and docs/ validates."""
+defaults match the code, every cloud-config example in the README and docs/ validates, and the README
+is the front door: it starts with the two commands and reaches every page, and no link is broken."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Dict, List, Set
 
 import pytest
@@ -85,3 +87,52 @@ def test_readme_declarations_validate() -> None:
                 checked += 1
     assert checked >= 4
 
+
+def test_the_readme_starts_with_the_two_commands() -> None:
+    """A newcomer's first code to run is `make demo`, then `make test`: the first shell block, in that order."""
+    first = re.findall(r"```sh\n(.*?)```", README.split("\n## Try it: two commands\n", 1)[1], flags=re.S)[0]
+    assert [line.split()[:2] for line in first.splitlines()] == [["make", "demo"], ["make", "test"]]
+
+
+def test_the_readme_stays_a_front_door() -> None:
+    assert len(README.splitlines()) <= 250
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    linked = {target.split("#", 1)[0] for target in links(REPO / "README.md")}
+    pages = {f"docs/{page.name}" for page in DOCS.iterdir() if page.suffix in (".md", ".1")}
+    assert sorted(pages - linked) == []
+
+
+def links(page: Path) -> List[str]:
+    """The relative targets of the page's Markdown links, outside code blocks and code spans."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"(?<!\[)`[^`\n]*`(?!\])", "", text)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [target for target in targets if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+def anchors(page: Path) -> Set[str]:
+    """GitHub's heading anchors: lower case, punctuation but `-` and `_` dropped, spaces made `-`, repeats numbered."""
+    seen: Dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        if count:
+            seen[f"{slug}-{count}"] = 1
+    return set(seen)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(target)
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(target)
+    assert broken == []
