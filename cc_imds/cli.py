@@ -268,7 +268,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             emulator.start()  # listening before the banner says so
             print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
             if control is not None:
-                print(f"control endpoint on {control.url} (see README: Rehearsing after-boot changes)", flush=True)
+                print(f"control endpoint on {control.url} (see docs/after-boot.md: Rehearsing after-boot changes)",
+                      flush=True)
             stop.wait()
         finally:
             if control is not None:

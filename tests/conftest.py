@@ -43,7 +43,7 @@ def examples(count: int) -> int:
 
 
 # Time the tests allow beyond a promise, defined here only, so that no test types its own figure.
-# README, "Time and request bounds": a run, rendering included, ends within its deadline plus 0.5 s
+# docs/bounds.md, "Time and request bounds": a run, rendering included, ends within its deadline plus 0.5 s
 # (waking from a cut-off socket, killing and reaping the renderer: at most 46 ms measured with a
 # load average of 13 on 2 cores). Asserted in-process, where the deadline's clock starts.
 DEADLINE_SLACK = 0.5

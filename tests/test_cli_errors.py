@@ -29,7 +29,7 @@ from tests.hostile import ALIAS_BOMB, cc_imds_limited, gzip_bomb, nested
 
 pytestmark = pytest.mark.slow  # some three hundred processes: the full runs only
 
-DOCUMENTED = {0, 1, 2, 3, 4}  # README "Exit status"; 70, an internal error, is never right
+DOCUMENTED = {0, 1, 2, 3, 4}  # docs/command-line.md, "Exit status"; 70, an internal error, is never right
 TIMEOUT = 120  # seconds for one case: every one takes well under one, even on a loaded machine
 
 DECLARATION = """#cloud-config

@@ -137,7 +137,7 @@ def test_tokens_refused_after_a_success_are_renewed_while_the_deadline_allows(
                                               r"renewing the token; no usable answer within the 2s deadline"):
         client.fetch("meta-data/instance-id", deadline=Deadline(2))
     assert time.monotonic() - started < 2 + DEADLINE_SLACK
-    # Renewals are paced like retries: at most 6 in 2 s (README), plus the first, unpaced.
+    # Renewals are paced like retries: at most 6 in 2 s (docs/bounds.md), plus the first, unpaced.
     assert 1 + 2 <= emulator.count("PUT") <= 1 + 1 + 6
 
 
@@ -490,7 +490,7 @@ def test_a_retry_after_of_zero_or_in_the_past_never_hurries_the_client(emulator:
     emulator.fail_next(503, count=100_000, retry_after=retry_after)
     with pytest.raises(ImdsUnreachable, match=r"^/latest/api/token: no usable answer within the 2s deadline"):
         client_for(emulator, deadline=2).fetch("meta-data/instance-id")
-    assert emulator.count("PUT") <= 6  # README: at most 6 attempts in 2 s
+    assert emulator.count("PUT") <= 6  # docs/bounds.md: at most 6 attempts in 2 s
 
 
 @pytest.mark.parametrize("echo", ["0", "99999", "abc", "\u00b2", ""])

@@ -224,10 +224,10 @@ def test_emulate_refuses_a_wrong_credential_lifetime(cli: Callable[..., subproce
     assert b"Traceback" not in result.stderr
 
 
-def test_every_call_the_readme_lists_exists(control: ControlServer) -> None:
+def test_every_call_the_docs_list_exists(control: ControlServer) -> None:
     import re
 
-    section = (REPO / "README.md").read_text().split("### Rehearsing after-boot changes locally", 1)[1]
+    section = (REPO / "docs/after-boot.md").read_text().split("\n## Rehearsing after-boot changes locally\n", 1)[1]
     calls = re.findall(r"^\| `(GET|PUT|POST|DELETE) ([^`?]+)[^`]*` \|", section, flags=re.M)
     assert len(calls) == 10
     for method, target in calls:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def test_every_failure_named_at_once_and_nothing_printed(cli: Callable, emulator
 
 def test_a_set_e_script_stops_at_the_assignment_instead_of_running_with_empty_variables(
         emulator: Emulator, tmp_path: Path) -> None:
-    """The README's form: the assignment carries cc-imds's exit status, so `set -e` stops there.
+    """The documented form (docs/scripts.md): the assignment carries cc-imds's exit status, so `set -e` stops there.
     (`eval "$(...)"` alone cannot stop a script: eval of empty output succeeds; shown below.)"""
     (tmp_path / "cc-imds").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m cc_imds "$@"\n')
     (tmp_path / "cc-imds").chmod(0o755)
@@ -153,7 +154,7 @@ def test_a_set_e_script_stops_at_the_assignment_instead_of_running_with_empty_va
         result = subprocess.run([shell, "-c", two_steps], capture_output=True, env=env, timeout=HUNG_AFTER)
         assert (result.returncode, result.stdout) == (1, b"")
         assert result.stderr == b"cc-imds: GONE: /latest/meta-data/nope: not found (404)\n"
-        # Why the README insists on two steps: nothing was printed, and eval of nothing succeeds.
+        # Why docs/scripts.md insists on two steps: nothing was printed, and eval of nothing succeeds.
         result = subprocess.run([shell, "-c", one_line], capture_output=True, env=env, timeout=HUNG_AFTER)
         assert (result.returncode, result.stdout) == (0, b"reached with ID=\n")
 
@@ -358,10 +359,10 @@ def test_same_values_as_a_declaration(cli: Callable, emulator: Emulator, tmp_pat
 
 @pytest.mark.parametrize("shell", [pytest.param(s, marks=requires(shutil.which(s) is not None, f"{s} is not installed"))
                                    for s in SHELLS])
-def test_the_readme_script_runs_as_written(emulator: Emulator, tmp_path: Path, shell: str) -> None:
-    readme = (REPO / "README.md").read_text()
-    script = next(block for block in readme.split("```sh\n")[1:] if "eval \"$(cc-imds get --shell" in block)
-    script = script.split("```", 1)[0]
+def test_the_documented_script_runs_as_written(emulator: Emulator, tmp_path: Path, shell: str) -> None:
+    page = (REPO / "docs/scripts.md").read_text()
+    script = next(block for block in re.findall(r"```sh\n(.*?)```", page, flags=re.S)
+                  if "values=$(cc-imds get --shell" in block and 'eval "$values"' in block)
     (tmp_path / "cc-imds").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m cc_imds "$@"\n')
     (tmp_path / "cc-imds").chmod(0o755)
     result = subprocess.run([shell, "-c", script], capture_output=True, env={

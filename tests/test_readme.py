@@ -1,9 +1,11 @@
-"""The README cannot drift: its reference table matches the schema, its defaults match the
-code, and its cloud-config examples validate."""
+"""The docs cannot drift: the declaration reference (docs/declaration.md) matches the schema, its
+defaults match the code, every cloud-config example in the README and docs/ validates, and the README
+is the front door: it starts with the two commands and reaches every page, and no link is broken."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Dict, List, Set
 
 import pytest
@@ -15,10 +17,13 @@ from cc_imds.imds.client import ClientSettings
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
+DOCS = REPO / "docs"
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 def reference_rows() -> Dict[str, str]:
-    section = README.split("### Declaration reference", 1)[1].split("\n## ", 1)[0]
+    page = (DOCS / "declaration.md").read_text(encoding="utf-8")
+    section = page.split("\n## Declaration reference\n", 1)[1].split("\n## ", 1)[0]
     return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M))
 
 
@@ -62,7 +67,8 @@ def test_documented_endpoint_and_imdsv1_defaults() -> None:
 
 
 def yaml_blocks() -> List[Any]:
-    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    blocks = [block for page in PAGES
+              for block in re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
     return [yaml.safe_load(block) for block in blocks]
 
 
@@ -80,3 +86,53 @@ def test_readme_declarations_validate() -> None:
                 build_declaration([SourceDocument("README", "", yaml.safe_load(item["content"]))])
                 checked += 1
     assert checked >= 4
+
+
+def test_the_readme_starts_with_the_two_commands() -> None:
+    """A newcomer's first code to run is `make demo`, then `make test`: the first shell block, in that order."""
+    first = re.findall(r"```sh\n(.*?)```", README.split("\n## Try it: two commands\n", 1)[1], flags=re.S)[0]
+    assert [line.split()[:2] for line in first.splitlines()] == [["make", "demo"], ["make", "test"]]
+
+
+def test_the_readme_stays_a_front_door() -> None:
+    assert len(README.splitlines()) <= 250
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    linked = {target.split("#", 1)[0] for target in links(REPO / "README.md")}
+    pages = {f"docs/{page.name}" for page in DOCS.iterdir() if page.suffix in (".md", ".1")}
+    assert sorted(pages - linked) == []
+
+
+def links(page: Path) -> List[str]:
+    """The relative targets of the page's Markdown links, outside code blocks and code spans."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"(?<!\[)`[^`\n]*`(?!\])", "", text)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [target for target in targets if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+def anchors(page: Path) -> Set[str]:
+    """GitHub's heading anchors: lower case, punctuation but `-` and `_` dropped, spaces made `-`, repeats numbered."""
+    seen: Dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        if count:
+            seen[f"{slug}-{count}"] = 1
+    return set(seen)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(target)
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(target)
+    assert broken == []

@@ -182,7 +182,7 @@ def test_a_runaway_template_is_stopped_at_the_deadline() -> None:
         # Loops that write nothing: the deadline, not the output limit, has to stop them.
         template("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done",
                  deadline=1.0)
-    assert time.monotonic() - started < 1.0 + DEADLINE_SLACK  # README: rendering ends within the deadline's slack
+    assert time.monotonic() - started < 1.0 + DEADLINE_SLACK  # docs/declaration.md: within the slack
     assert caught.value.problems == ["ud: imds.files[0].content: stopped at the 1s deadline (too slow)"]
 
 

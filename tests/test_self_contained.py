@@ -79,6 +79,14 @@ def _escapes(base: str, path: str) -> bool:
     return posixpath.normpath(posixpath.join(base or ".", path)).split("/")[0] == ".."
 
 
+def _base_of(name: str, line: str, start: int) -> str:
+    """Where a relative path starts: a Markdown link's target from its page's directory (where the
+    renderer resolves it), anything else from the repository's top."""
+    if name.endswith(".md") and line[:start].endswith("]("):
+        return posixpath.dirname(name)
+    return ""
+
+
 def scan_text(name: str, text: str) -> Iterator[Finding]:
     """Every reference to a path outside the repository in one file's text."""
     here = posixpath.dirname(name)
@@ -97,7 +105,7 @@ def scan_text(name: str, text: str) -> Iterator[Finding]:
                         yield Finding(name, number, token, "climbs above the repository from the script's directory")
                 elif start > 0 and line[start - 1] in ")}":
                     yield Finding(name, number, line[max(0, start - 20):end], "climbs from a computed directory")
-            elif "/" in token and _escapes("", token) and posixpath.normpath(token) != "..":
+            elif "/" in token and _escapes(_base_of(name, line, start), token) and posixpath.normpath(token) != "..":
                 yield Finding(name, number, token, "climbs above its base: a sibling folder or beyond")
         for match in _ABSOLUTE.finditer(line):
             parts = match.group(0).split("/")
@@ -184,6 +192,10 @@ def test_no_file_refers_to_a_path_outside_the_repository() -> None:
         ("tests/test_write.py", 'write(tmp_path, [out("/a/etc/x", b"x")])', False),
         ("tests/x.py", "os.chdir('../..')", True),
         ("docs/RELIABILITY.md", "Absolute and ../ symlinks inside --root", False),
+        ("docs/bounds.md", "measured in [`bench/DEADLINE.md`](../bench/DEADLINE.md)", False),
+        ("docs/bounds.md", "see [notes](../../notes/x.md)", True),
+        ("docs/bounds.md", "the figures in ../bench/DEADLINE.md", True),
+        ("README.md", "see [notes](../notes/x.md)", True),
         ("tests/x.py", 'target = "../" * 20 + "etc"', False),
         ("tests/x.py", 'p = os.path.expanduser("~/fixtures/x")', True),
         ("tests/x.sh", 'source "$HOME/.config/cc-imds"', True),

@@ -230,8 +230,8 @@ def test_a_broken_status_file_is_a_clear_error(cli: Callable[..., Any], content:
     assert b"Traceback" not in result.stderr
 
 
-def test_the_readme_documents_every_exit_code() -> None:
-    section = (REPO / "README.md").read_text().split("### `cc-imds status`", 1)[1].split("\n### ", 1)[0]
+def test_the_docs_document_every_exit_code() -> None:
+    section = (REPO / "docs/after-boot.md").read_text().split("\n## `cc-imds status`\n", 1)[1].split("\n## ", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| `(\d)` \|", section, flags=re.M)}
     assert documented == {OK, RELOAD_REFUSED, IMDS_FAILING, OUTPUT_FAILING, NOT_RUNNING, EXPIRED}
 
@@ -244,7 +244,7 @@ def test_status_into_a_closed_pipe_ends_quietly_with_the_health_code(tmp_path: P
     (directory / rundir.STATUS).write_text(json.dumps(big))
     health = subprocess.run([*CLI, "status"], capture_output=True, env=cli_env(), timeout=60).returncode
     # The reader is gone before cc-imds has started, as `head` or `grep -q` may be: status is
-    # a report, so its exit stays the health code, and nothing is said (README, "Exit status").
+    # a report, so its exit stays the health code, and nothing is said (docs/command-line.md, "Exit status").
     result = subprocess.run(f"set -o pipefail; {shlex.join(CLI)} status | true", shell=True,
                             executable="/bin/bash", env=cli_env(), capture_output=True, timeout=60)
     assert (result.returncode, result.stderr) == (health, b"")

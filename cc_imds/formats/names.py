@@ -9,7 +9,7 @@ GLIBC_TUNABLES. Names a declaration sets itself under `vars:` are its author's c
 names a script's author gives `cc-imds get --shell` are refused only when they change what
 runs (the first four families below).
 
-The families (README: "Refused variable names"):
+The families (docs/declaration.md: "Refused variable names"):
 - the dynamic loader and glibc: LD_*, GLIBC_TUNABLES, MALLOC_* and every other
   variable glibc drops for setuid programs (GCONV_PATH, LOCPATH, NLSPATH, HOSTALIASES,
   RES_OPTIONS, LOCALDOMAIN, TMPDIR, TZDIR...);

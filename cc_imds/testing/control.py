@@ -2,7 +2,7 @@
 
 It listens on a loopback port of its own, never on the IMDS port, and takes no IMDS
 token: nothing that can talk to the emulated IMDS can reach it through IMDS. Answers are
-JSON. `cc-imds emulate --control-port N` runs it; the README lists the calls:
+JSON. `cc-imds emulate --control-port N` runs it; docs/after-boot.md lists the calls:
 
     GET    /tree                                  the tree, as a flat {path: value} document
     PUT    /tree/PATH                             serve the request body at PATH

@@ -488,8 +488,8 @@ def _exported_name(wanted: str, path: str, taken: Mapping[str, str], comments: L
     why = ("a tag's author would choose what runs, where traffic goes or what is trusted" if tagged
            else "it changes what runs")
     comments.append(f"{wanted} is exported as {renamed}: cc-imds never sets {wanted} from this value ({why}; "
-                    f"README: Refused variable names). Set it from ${renamed} yourself only if the script really "
-                    "needs it.")
+                    f"docs/declaration.md: Refused variable names). Set it from ${renamed} yourself only if the "
+                    "script really needs it.")
     return renamed
 
 

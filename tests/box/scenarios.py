@@ -189,7 +189,7 @@ def base_tags() -> Dict[str, str]:
 
 # Every boot of the box costs about 100 s of CPU under emulation, and CI has two cores: the
 # scenarios share boots where they can. The first boot is the plain one (and gives the
-# README's figures); the second combines three changes, each checked by its own tests.
+# figures in docs/compatibility.md); the second combines three changes, each checked by its own tests.
 CHAINS = {
     chain.name: chain
     for chain in (

@@ -48,7 +48,7 @@ DEADLINE = 60.0  # cc-imds's default, which the user-data does not change
 # cloud-init's WARNINGs, in its log and (23.4+) as recoverable errors in `cloud-init status`.
 # These are expected, each for a stated reason; any other fails the tests.
 EXPECTED_WARNINGS = (
-    # The README's Troubleshooting: cloud-init 23.4+ cannot know the out-of-tree `imds` key
+    # docs/troubleshooting.md: cloud-init 23.4+ cannot know the out-of-tree `imds` key
     # (test_the_only_schema_complaint_is_the_imds_key checks that it is the only cause).
     re.compile(r"^cloud-config failed schema validation!"),
     # The box has no network device at all (qemu -nic none), where an instance always has

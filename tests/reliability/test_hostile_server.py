@@ -1,6 +1,6 @@
 """Hostile servers against the IMDS client: every way of trickling bytes, in-process and
 through `cc-imds get` and `apply`. A run ends within its deadline plus the documented
-slack (README, "Time and request bounds"), whatever the server does."""
+slack (docs/bounds.md), whatever the server does."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from tests.reliability.hostile import (
 Record = Callable[..., None]
 
 DEADLINE = 2.0
-# DEADLINE_SLACK (tests/conftest.py): how far past its deadline a client call may end (README;
+# DEADLINE_SLACK (tests/conftest.py): how far past its deadline a client call may end (docs/bounds.md;
 # measured by bench/deadline_overrun.py: 9 ms at most on an idle 2-core machine, 46 ms with a
 # load average of 13).
 # PROCESS_SLACK (conftest): without the absolute deadline these runs lasted as long as the
@@ -85,7 +85,7 @@ def test_trickling_server_is_cut_at_the_deadline(behaviour: Behaviour, timeout: 
     with HostileServer(behaviour) as server, client(server.url, timeout=timeout, deadline=DEADLINE) as imds:
         seconds = timed_failure(lambda: imds.fetch("meta-data/instance-id"))
     assert seconds < DEADLINE + DEADLINE_SLACK
-    # README: at most 2 x (deadline / timeout + 1) attempts for a request that never gets its answer,
+    # docs/bounds.md: at most 2 x (deadline / timeout + 1) attempts for a request that never gets its answer,
     # here the GET (or the PUT and its probes), after at most one token PUT that succeeded.
     assert len(server.requests) <= 1 + 2 * (DEADLINE / timeout + 1)
 
@@ -183,7 +183,7 @@ def test_retry_after_zero_or_past(scenario: Scenario, record: Record, scenario_i
     run = scenario.apply(emulator, declaration(scenario.out, deadline=DEADLINE))
     assert run.code == 3, run.stderr
     assert "/latest/api/token: no usable answer within the 2s deadline (HTTP 503)" in run.stderr
-    assert run.puts <= 6 and run.gets == 0  # README: at most 6 attempts in 2 s
+    assert run.puts <= 6 and run.gets == 0  # docs/bounds.md: at most 6 attempts in 2 s
     assert run.seconds < DEADLINE + PROCESS_SLACK
     assert digest(scenario.out) == good
     record(scenario_id, "paced by the backoff, error, files untouched", **emulator_figures(run))
