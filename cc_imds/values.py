@@ -25,6 +25,7 @@ Expander = Callable[[str, bytes], List[str]]
 # IMDS tag keys are [0-9a-zA-Z-_+=,.@:]; directory entries must look like that.
 _ENTRY = re.compile(r"^[0-9A-Za-z_+=,.@:-]+/?$")
 _RAW_PATHS = ("user-data",)
+_ROLES_DIR = "meta-data/iam/security-credentials/"
 
 
 class Source(Protocol):
@@ -123,6 +124,10 @@ def _value(spec: ValueSpec, outcomes: Mapping[str, Outcome], malformed: Mapping[
         hint = ""
         if spec.path.startswith(TAGS_PREFIX):
             hint = "; instance tags in metadata may be disabled (InstanceMetadataTags=enabled turns them on)"
+        elif spec.path == _ROLES_DIR:
+            hint = "; the instance has no IAM role (attach an instance profile with a role)"
+        elif spec.path.startswith(_ROLES_DIR):
+            hint = f"; the instance has no role named {spec.path[len(_ROLES_DIR):]}"
         raise _Missing(f"required value missing: {outcome}{hint}")
     if isinstance(outcome, ImdsError):
         raise _Missing(str(outcome))

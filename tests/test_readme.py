@@ -15,11 +15,14 @@ from cc_imds.imds.client import ClientSettings
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
+CREDENTIALS_PAGE = (REPO / "docs/credentials.md").read_text(encoding="utf-8")
 
 
 def reference_rows() -> Dict[str, str]:
+    """The README's reference table, and the rows of the pages that document a part of the schema."""
     section = README.split("### Declaration reference", 1)[1].split("\n## ", 1)[0]
-    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M))
+    pages = CREDENTIALS_PAGE.split("### Reference", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section + pages, flags=re.M))
 
 
 def schema_keys() -> Set[str]:
@@ -30,6 +33,7 @@ def schema_keys() -> Set[str]:
     keys |= {f"env[].{k}" for k in defs["env_file"]["properties"]}
     keys |= {f"files[].{k}" for k in defs["template_file"]["properties"]}
     keys |= {f"events[].{k}" for k in defs["event_action"]["properties"]}
+    keys |= {f"credentials[].{k}" for k in defs["credential_file"]["properties"]}
     return keys
 
 

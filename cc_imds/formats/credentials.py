@@ -6,9 +6,10 @@ credentials with an external process" contract): a JSON object with `Version: 1`
 A client that reads it through `credential_process = cat FILE` runs the command again once
 `Expiration` comes near, and so picks up the keys the watcher wrote in the meantime.
 
-`shared` is the shared credentials file (`~/.aws/credentials`): one `[profile]` section with
-`aws_access_key_id`, `aws_secret_access_key` and `aws_session_token`. SDKs read it once, at
-start: a process holding it must be restarted (`on_change`) to see new keys.
+`shared` is the shared credentials file (`.aws/credentials` in a home directory): one
+`[profile]` section with `aws_access_key_id`, `aws_secret_access_key` and `aws_session_token`.
+SDKs read it once, at start: a process holding it must be restarted (`on_change`) to see
+new keys.
 
 IMDS answers are untrusted. A credential document is used only if `Code` is `Success`, every
 field is a string of the characters AWS uses for it and of a sane length, and `Expiration`
