@@ -275,6 +275,16 @@ def test_the_watcher_rewrites_both_formats_before_the_old_keys_expire(
     assert watch.stop() == 0  # and no secret in its log or status (Watch.check_no_leaks)
 
 
+def test_a_credential_output_needs_the_watcher() -> None:
+    from cc_imds.watch.schedule import plan
+
+    watch = plan(build_declaration(declare({"path": "/run/aws/credentials.json", "format": "process"})))
+    assert not watch.idle
+    assert watch.outputs == {"/run/aws/credentials.json"}
+    (group,) = watch.groups
+    assert (group.path, group.credential) == (ROLES, True)
+
+
 def test_status_exit_6_when_a_credential_output_expired() -> None:
     now = time.time()
     document = {"format": 1, "watcher": {"pid": os.getpid(), "started": "2026-01-01T00:00:00Z"},
