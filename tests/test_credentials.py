@@ -275,6 +275,24 @@ def test_the_watcher_rewrites_both_formats_before_the_old_keys_expire(
     assert watch.stop() == 0  # and no secret in its log or status (Watch.check_no_leaks)
 
 
+def test_a_bad_document_after_boot_keeps_the_last_good_file(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    emulator.rotate_credentials(expires_in=8)
+    good = json.loads(emulator.tree.lookup(CREDS) or b"")
+    watch = watches(tmp_path, emulator, {"deadline": 2, "credentials": [
+        {"path": f"{out}/credentials.json", "format": "process"}]}).start()
+    wait_for(lambda: (out / "credentials.json").exists(), what="the first credentials")
+    written = (out / "credentials.json").read_bytes()
+    emulator.set_value(CREDS, dict(good, Code="Failure", AccessKeyId="ASIAOTHERACCESSKEY00"))
+    wait_for(lambda: watch.status()[0] == 4, timeout=20, what="the refused document in status")
+    code, status = watch.status()
+    record = status["status"]["outputs"][f"{out}/credentials.json"]
+    assert "has a Code other than Success" in record["last_error"], record
+    assert (out / "credentials.json").read_bytes() == written
+    assert watch.stop() == 0  # and neither the old nor the refused keys in its log or status
+
+
 def test_a_credential_output_needs_the_watcher() -> None:
     from cc_imds.watch.schedule import plan
 

@@ -238,7 +238,7 @@ def _command(result: Mapping[str, Any], now: float) -> str:
 
 def _credential_lines(output: str, info: Mapping[str, Any], now: float) -> List[str]:
     """A credential output: its role and format, who can read it, when its keys were fetched."""
-    role = info.get("role") or "the instance's role (not fetched yet)"
+    role = info.get("role") or "not known yet"
     return [f"credentials {output}: role {role}, format {info.get('format')}, "
             f"held by {info.get('holder') or 'unknown (not written yet)'}",
             f"  keys fetched {_ago(info.get('last_refresh'), now)}"]
