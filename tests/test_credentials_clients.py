@@ -80,7 +80,7 @@ def _prerequisites() -> None:
 
 
 def _client_env(tmp: Path, **files: str) -> Dict[str, str]:
-    """A clean environment: no AWS variable of this host, no ~/.aws of this user."""
+    """A clean environment: no AWS variable of this host, and a home of its own (no .aws of this user's)."""
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
