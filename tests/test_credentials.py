@@ -325,3 +325,26 @@ def test_the_examples_in_the_docs_page_validate() -> None:
         data = yaml.safe_load(block)
         document = data["imds"] if "imds" in data else data
         build_declaration([SourceDocument("docs/credentials.md", "", document)])
+
+
+def test_systemd_accepts_the_docs_page_service(tmp_path: Path) -> None:
+    """The LoadCredential= recipe's unit, as the page gives it, is one systemd loads."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO, require
+
+    require(shutil.which("systemd-analyze") is not None, "systemd-analyze is missing (install systemd)")
+    page = (REPO / "docs/credentials.md").read_text()
+    (unit,) = [b.split("```", 1)[0] for b in page.split("```ini\n")[1:] if "LoadCredential=" in b]
+    assert unit.startswith("# /etc/systemd/system/myapp.service\n")
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/myapp.service").write_text(unit)
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (root / "usr/bin/myapp").write_text("#!/bin/sh\n")
+    (root / "usr/bin/myapp").chmod(0o755)
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "--man=no",
+                             "/etc/systemd/system/myapp.service"], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
