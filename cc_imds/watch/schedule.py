@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from ..declaration.build import Declaration, EventAction, OutputSpec
+from ..declaration.build import Declaration, EventAction
 from ..jsontext import parse
 from .events import EVENT_PATHS
 
@@ -33,7 +33,6 @@ BACKOFF_BASE = 5.0
 BACKOFF_CAP = 300.0
 
 Document = Union[str, bytes, Mapping[str, str]]
-Output = OutputSpec
 
 
 @dataclass(frozen=True)
