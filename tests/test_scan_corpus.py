@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -204,11 +204,12 @@ def test_renamed_names_are_said_in_both_forms(cli: Callable) -> None:
 
 
 @pytest.mark.parametrize("name, output", [
-    ("sh-credentials-to-file.sh", {"path": "/etc/legacy-agent/credentials", "format": "shared"}),
+    ("sh-credentials-to-file.sh", {"path": "/etc/legacy-agent/credentials", "format": "shared",
+                                   "on_change": ["systemctl", "try-restart", "legacy-agent.service"]}),
     ("py-credentials-process.py", {"path": "/run/aws/credentials.json", "format": "process", "role": "app-server"}),
 ])
 def test_a_script_copying_keys_into_a_file_gets_a_credentials_output(
-        cli: Callable, name: str, output: Dict[str, str]) -> None:
+        cli: Callable, name: str, output: Dict[str, Any]) -> None:
     suggestion = suggest(findings_of(name), "/etc/x.sh", ValueNames(), (CORPUS / name).read_text())
     assert suggestion.declaration["credentials"] == [output]
     assert any(f"copies the role's keys into {output['path']} once" in c for c in suggestion.comments)

@@ -25,6 +25,9 @@ _PYTHON_TARGET = re.compile(r"""\bopen\(\s*["'](/[A-Za-z0-9_./@+-]+)["']\s*,\s*[
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 _SHARED_KEYS = re.compile(r"aws_(?:access_key_id|secret_access_key|session_token)")
 _PROCESS_KEYS = re.compile(r"[\"']?Version[\"']?\s*:\s*1\b")
+# A service the script restarts (or reloads) after it wrote the keys: the output's on_change.
+_RESTART = re.compile(r"\bsystemctl\s+(?:--\S+\s+)*(restart|try-restart|reload|reload-or-restart|try-reload-or-restart)"
+                      r"\s+([A-Za-z0-9@_.:-]+)")
 _KEY_WORDS = re.compile(r"AccessKeyId|SecretAccessKey|SessionToken|\bToken\b|aws_access_key_id|aws_secret_access_key")
 
 
@@ -54,6 +57,18 @@ def _writes(text: str) -> List[Tuple[int, str, str]]:
     return found
 
 
+def _restart_after(text: str, line: int) -> List[str]:
+    """The `systemctl` restart or reload the script runs after `line`, as an on_change argv
+    (the try- form: a stopped service is left stopped); empty if none."""
+    for later in text.splitlines()[line:]:
+        found = _RESTART.search(later)
+        if found:
+            verb, unit = found.groups()
+            unit = unit if "." in unit else unit + ".service"
+            return ["systemctl", "try-reload-or-restart" if "reload" in verb else "try-restart", unit]
+    return []
+
+
 def credential_outputs(findings: Sequence[Any], text: Optional[str]) -> Tuple[List[Dict[str, Any]], List[str]]:
     """`credentials:` outputs for the files a script writes keys into, and notes for its reader."""
     reads = [f for f in findings if f.path and f.path.startswith(CREDENTIALS_DIR)]
@@ -81,10 +96,15 @@ def credential_outputs(findings: Sequence[Any], text: Optional[str]) -> Tuple[Li
         output: Dict[str, Any] = {"path": path, "format": fmt}
         if role:
             output["role"] = role
+        restart = _restart_after(text, line)
+        if restart:
+            output["on_change"] = restart
         outputs.append(output)
+        then = ("runs the same restart after each rewrite" if restart else
+                "add an on_change that restarts its reader")
         notes.append(f"line {line}: the script copies the role's keys into {path} once; the `credentials:` output "
-                     "below writes them (mode 0600) and `cc-imds watch` rewrites it before they expire: add an "
-                     "on_change that restarts its reader, and see docs/credentials.md")
+                     f"below writes them (mode 0600) and `cc-imds watch` rewrites it before they expire: {then} "
+                     "(docs/credentials.md)")
     return outputs, notes
 
 
