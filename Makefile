@@ -12,8 +12,9 @@ VENV := .venv
 # The RPM built from the tree as it is (see the RPM section).
 RPM_BUILT := rpm/build/.built
 PIP_FLAGS := --quiet --disable-pip-version-check
-# Runtime libraries, test tools, and what real cloud-init needs to run in the end-to-end tests.
-TEST_DEPS := PyYAML jsonschema Jinja2 pytest hypothesis requests configobj jsonpatch
+# Runtime libraries, test tools, what real cloud-init needs to run in the end-to-end tests, and
+# the real AWS clients that read credential outputs (botocore, the AWS CLI v1).
+TEST_DEPS := PyYAML jsonschema Jinja2 pytest hypothesis requests configobj jsonpatch botocore awscli
 # The end-to-end tests must run, not skip, when `make test` runs them.
 export CC_IMDS_REQUIRE_E2E := 1
 

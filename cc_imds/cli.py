@@ -364,10 +364,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         for name, found in result.findings.items():
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
-            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames())
+            text = _script_text(name)
+            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames(), text)
             declaration = suggestion.declaration
             notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
-            if not declaration["values"]:
+            if not declaration["values"] and not declaration.get("credentials"):
                 if notes:
                     print(f"\n# {shown(name)}: no IMDSv1 value that can be suggested exactly\n" + notes, end="")
                 continue
@@ -380,6 +381,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
     _say("\n".join(result.problems))
     return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
+
+
+def _script_text(name: str) -> Optional[str]:
+    """A scanned file's text, for the suggestions that look at what it writes (None for a part of
+    a container, or a file that cannot be read again)."""
+    from .tools.scan import MAX_SCAN_BYTES
+    from .untrusted import InputError, read_bytes
+
+    try:
+        return read_bytes(name, MAX_SCAN_BYTES).decode("utf-8", "replace")
+    except InputError:
+        return None
 
 
 def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Protocol, Union
 
 from .deadline import Deadline
-from .declaration.build import Declaration, ValueSpec
+from .declaration.build import ROLE_CREDENTIALS_DIR, Declaration, ValueSpec
 from .errors import ImdsError, ImdsNotFound, ImdsUnreachable, ResolveError
 from .imds.tree import TAGS_PREFIX, MetadataTree
 from .jsontext import JsonRefused, parse
@@ -123,6 +123,10 @@ def _value(spec: ValueSpec, outcomes: Mapping[str, Outcome], malformed: Mapping[
         hint = ""
         if spec.path.startswith(TAGS_PREFIX):
             hint = "; instance tags in metadata may be disabled (InstanceMetadataTags=enabled turns them on)"
+        elif spec.path == ROLE_CREDENTIALS_DIR:
+            hint = "; the instance has no IAM role (attach an instance profile with a role)"
+        elif spec.path.startswith(ROLE_CREDENTIALS_DIR):
+            hint = f"; the instance has no role named {spec.path[len(ROLE_CREDENTIALS_DIR):]}"
         raise _Missing(f"required value missing: {outcome}{hint}")
     if isinstance(outcome, ImdsError):
         raise _Missing(str(outcome))

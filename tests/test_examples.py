@@ -22,7 +22,8 @@ def test_there_are_examples() -> None:
 def test_example_applies_against_the_emulator(example: Path, emulator: Emulator, tmp_path: Path) -> None:
     docs = gather(documents=documents_from_file(example))
     changes = apply(docs, RunOptions(endpoint=emulator.url, root=str(tmp_path)))
-    declared = [o["path"] for d in docs for o in (d.document.get("env", []) + d.document.get("files", []))]
+    declared = [o["path"] for d in docs
+                for o in d.document.get("env", []) + d.document.get("files", []) + d.document.get("credentials", [])]
     assert [c.path for c in changes] == [f"{tmp_path}{p}" for p in declared]
     assert all(Path(c.path).stat().st_size > 0 for c in changes)
     assert emulator.count("PUT") == 1

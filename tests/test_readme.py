@@ -22,9 +22,12 @@ PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 def reference_rows() -> Dict[str, str]:
+    """The declaration page's reference table, and the rows of the pages that document a part of the schema."""
     page = (DOCS / "declaration.md").read_text(encoding="utf-8")
     section = page.split("\n## Declaration reference\n", 1)[1].split("\n## ", 1)[0]
-    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M))
+    credentials = (DOCS / "credentials.md").read_text(encoding="utf-8")
+    rows = credentials.split("### Reference", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section + rows, flags=re.M))
 
 
 def schema_keys() -> Set[str]:
@@ -35,6 +38,7 @@ def schema_keys() -> Set[str]:
     keys |= {f"env[].{k}" for k in defs["env_file"]["properties"]}
     keys |= {f"files[].{k}" for k in defs["template_file"]["properties"]}
     keys |= {f"events[].{k}" for k in defs["event_action"]["properties"]}
+    keys |= {f"credentials[].{k}" for k in defs["credential_file"]["properties"]}
     return keys
 
 

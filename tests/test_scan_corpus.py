@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -30,6 +30,7 @@ from cc_imds.testing.emulator import Emulator
 from cc_imds.tools.scan import Finding, ScanError, ValueNames, failing, scan_paths, suggest, suggest_get
 from tests.conftest import REPO
 from tests.test_scan import variables_of
+from tests.watch_harness import CREDS
 
 CORPUS = REPO / "tests/fixtures/scan/corpus"
 KINDS = {"v1": "IMDSv1", "v2": "IMDSv2", "unknown": "unknown", "unread": "unread", "ref": "reference"}
@@ -129,7 +130,7 @@ SUGGESTING = [n for n in FILES if expected(n)[1]]
 def test_every_suggestion_is_checked() -> None:
     """A file whose suggestion exports anything says what each variable holds."""
     for name in FILES:
-        suggestion = suggest(findings_of(name), "/etc/x.sh", ValueNames())
+        suggestion = suggest(findings_of(name), "/etc/x.sh", ValueNames(), (CORPUS / name).read_text())
         exported = set((suggestion.declaration.get("env") or [{}])[0].get("vars", {}))
         annotated = {v for v, source in expected(name)[1].items() if source != "none"}
         assert exported == annotated, name
@@ -150,9 +151,10 @@ def test_suggestions_read_what_the_script_read(
     _, values = expected(name)
     wanted = {v: source_value(emulator.tree, s) for v, s in values.items() if s != "none"}
     refused = [v for v, s in values.items() if s == "none"]
-    suggestion = suggest(findings_of(name), f"/etc/cc-imds/{Path(name).stem}.sh", ValueNames())
+    suggestion = suggest(findings_of(name), f"/etc/cc-imds/{Path(name).stem}.sh", ValueNames(),
+                         (CORPUS / name).read_text())
     declaration = suggestion.declaration
-    if not declaration["values"]:  # nothing the scanner can give exactly: only comments
+    if not declaration["values"] and not declaration.get("credentials"):  # nothing it can give exactly: comments
         assert wanted == {} and suggestion.comments
         return
 
@@ -162,6 +164,12 @@ def test_suggestions_read_what_the_script_read(
     applied = cli("apply", str(path), "--endpoint", emulator.url, "--root", str(root), "--no-conf-dir")
     assert applied.returncode == 0, applied.stderr
     rendered = root / "etc/cc-imds" / f"{Path(name).stem}.sh"
+    for output in declaration.get("credentials", []):  # the keys the script copied by hand
+        served = json.loads(emulator.tree.lookup(CREDS) or b"")
+        assert served["SecretAccessKey"] in (root / output["path"].lstrip("/")).read_text()
+    if not rendered.exists():  # only a credentials output: no variable is set
+        assert wanted == {} and "env" not in declaration
+        return
     assert variables_of(rendered, list(wanted)) == wanted
     assert not_set(rendered.read_text(), refused) == refused
 
@@ -193,6 +201,27 @@ def test_renamed_names_are_said_in_both_forms(cli: Callable) -> None:
         for name in ("LD_PRELOAD", "PATH", "PS4"):
             assert f"# {name} is exported as IMDS_{name}: cc-imds never sets {name} from this value" in form
     assert "LD_PRELOAD=" not in get_form.replace("IMDS_LD_PRELOAD=", "")
+
+
+@pytest.mark.parametrize("name, output", [
+    ("sh-credentials-to-file.sh", {"path": "/etc/legacy-agent/credentials", "format": "shared",
+                                   "on_change": ["systemctl", "try-restart", "legacy-agent.service"]}),
+    ("py-credentials-process.py", {"path": "/run/aws/credentials.json", "format": "process", "role": "app-server"}),
+])
+def test_a_script_copying_keys_into_a_file_gets_a_credentials_output(
+        cli: Callable, name: str, output: Dict[str, Any]) -> None:
+    suggestion = suggest(findings_of(name), "/etc/x.sh", ValueNames(), (CORPUS / name).read_text())
+    assert suggestion.declaration["credentials"] == [output]
+    assert any(f"copies the role's keys into {output['path']} once" in c for c in suggestion.comments)
+    printed = cli("scan", "--suggest", str(CORPUS / name)).stdout.decode()
+    suggested = yaml.safe_load(printed.split("#cloud-config\n", 1)[1])
+    assert suggested["imds"]["credentials"] == [output]
+
+
+def test_no_credentials_output_without_a_file_written() -> None:
+    suggestion = suggest(findings_of("sh-iam-role.sh"), "/etc/x.sh", ValueNames(),
+                         (CORPUS / "sh-iam-role.sh").read_text())
+    assert "credentials" not in suggestion.declaration
 
 
 def test_unsure_suggestions_say_so() -> None:

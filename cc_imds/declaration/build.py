@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import DeclarationError
 from .dropins import read_dropins
@@ -28,6 +28,12 @@ CREDENTIAL_PREFIXES = ("meta-data/iam/security-credentials/", "meta-data/identit
 ON_CHANGE_TIMEOUT = 60.0
 EVENT_TIMEOUT = 120.0  # a spot interruption notice comes two minutes ahead
 EVENT_POLL = 5.0  # AWS suggests checking for the spot notice every 5 s
+# A credential output reads its role's document through a value of its own, named so that no
+# declared value can be (value names are identifiers): `iam-role:app-server`, or `iam-role:*`
+# for the listing of every role when none is named (the instance's only role is taken).
+CREDENTIAL_VALUE_PREFIX = "iam-role:"
+ONLY_ROLE = "*"
+ROLE_CREDENTIALS_DIR = "meta-data/iam/security-credentials/"
 
 
 # -- the typed declaration ----------------------------------------------------
@@ -121,6 +127,32 @@ class FileOutput:
 
 
 @dataclass(frozen=True)
+class CredentialOutput:
+    """`credentials[]`: a role's keys in a file an AWS client reads (formats/credentials.py).
+    `role` None: the instance's only role. Its value is hidden (see `credential_value`)."""
+
+    path: str
+    format: str
+    role: Optional[str]
+    profile: str
+    owner: Optional[str]
+    permissions: Optional[int]
+    origin: Origin
+    on_change: Optional[Command] = None
+
+    @property
+    def value_name(self) -> str:
+        return CREDENTIAL_VALUE_PREFIX + (self.role or ONLY_ROLE)
+
+    @property
+    def uses(self) -> FrozenSet[str]:
+        return frozenset({self.value_name})
+
+
+OutputSpec = Union[EnvOutput, FileOutput, CredentialOutput]
+
+
+@dataclass(frozen=True)
 class Declaration:
     settings: Mapping[str, Any]  # connection settings, merged by precedence
     values: Mapping[str, ValueSpec]
@@ -128,6 +160,12 @@ class Declaration:
     files: Tuple[FileOutput, ...]
     sources: Tuple[str, ...]
     events: Tuple[EventAction, ...] = ()
+    credentials: Tuple[CredentialOutput, ...] = ()
+
+    @property
+    def outputs(self) -> Tuple[OutputSpec, ...]:
+        """Every output, in the order they are rendered and written."""
+        return (*self.env, *self.files, *self.credentials)
 
     def is_sensitive(self, names: Iterable[str]) -> bool:
         return any(self.values[n].sensitive for n in names if n in self.values)
@@ -461,6 +499,34 @@ def _file_from(doc: SourceDocument, index: int, raw: Mapping[str, Any], problems
     )
 
 
+def _credential_from(
+    doc: SourceDocument, index: int, raw: Mapping[str, Any], problems: List[str]
+) -> CredentialOutput:
+    where = Origin(doc.source, doc.root).child("credentials").child(f"[{index}]")
+    if "profile" in raw and raw["format"] != "shared":
+        problems.append(f"{where.child('profile')}: only the `shared` format has profiles")
+    output = CredentialOutput(
+        path=raw["path"],
+        format=raw["format"],
+        role=raw.get("role"),
+        profile=raw.get("profile", "default"),
+        owner=raw.get("owner"),
+        permissions=_mode(raw.get("permissions")),
+        origin=where,
+        on_change=_on_change(raw.get("on_change"), where.child("on_change"), problems),
+    )
+    if output.permissions is not None and output.permissions & 0o070 and ":" not in (output.owner or ""):
+        problems.append(f"{where.child('permissions')}: {output.permissions:04o} lets a group read the role's "
+                        "keys, but `owner` names no group (write owner: user:group)")
+    return output
+
+
+def credential_value(output: CredentialOutput) -> ValueSpec:
+    """The hidden value a credential output reads: its role's document, or every role's."""
+    path = ROLE_CREDENTIALS_DIR + (output.role or "")
+    return ValueSpec(output.value_name, path, None, None, True, output.origin)
+
+
 def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False) -> Declaration:
     """Validate every document, merge them, and check what they mean together.
 
@@ -486,6 +552,7 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
     env: List[EnvOutput] = []
     files: List[FileOutput] = []
     events: List[EventAction] = []
+    credentials: List[CredentialOutput] = []
     for doc in docs:
         for key in CONNECTION_KEYS:
             if key in doc.document:
@@ -499,13 +566,18 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
         env.extend(_env_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("env") or []))
         files.extend(_file_from(doc, i, raw, problems) for i, raw in enumerate(doc.document.get("files") or []))
         events.extend(_events_from(doc, problems))
+        for i, raw in enumerate(doc.document.get("credentials") or []):
+            credential = _credential_from(doc, i, raw, problems)
+            credentials.append(credential)
+            values.setdefault(credential.value_name, credential_value(credential))
 
-    _check_outputs(values, env, files, problems)
+    _check_outputs(values, env, files, problems, credentials)
     if problems:
         raise DeclarationError(problems)
     if remember:
         _remember(unchecked)
-    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs), tuple(events))
+    return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs), tuple(events),
+                       tuple(credentials))
 
 
 def _remember(checked: Sequence[SourceDocument]) -> None:
@@ -521,11 +593,16 @@ def _remember(checked: Sequence[SourceDocument]) -> None:
 
 
 def _check_outputs(
-    values: Mapping[str, ValueSpec], env: Sequence[EnvOutput], files: Sequence[FileOutput], problems: List[str]
+    values: Mapping[str, ValueSpec],
+    env: Sequence[EnvOutput],
+    files: Sequence[FileOutput],
+    problems: List[str],
+    credentials: Sequence[CredentialOutput] = (),
 ) -> None:
     claimed: Dict[str, Origin] = {}
     variables: Dict[str, Tuple[str, Origin]] = {}
-    for output in list(env) + list(files):
+    every: List[OutputSpec] = [*env, *files, *credentials]
+    for output in every:
         where = output.origin
         _check_output_path(output.path, where.child("path"), problems)
         if output.path in claimed:

@@ -14,7 +14,7 @@ from functools import partial
 from typing import AbstractSet, Any, Collection, Dict, FrozenSet, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 from ..deadline import RUN_SECONDS, Deadline
-from ..declaration.build import Declaration, EnvOutput, FileOutput, Origin
+from ..declaration.build import CredentialOutput, Declaration, EnvOutput, FileOutput, Origin, OutputSpec
 from ..errors import RenderError
 from ..formats.env import QUOTERS, FormatProblem, environment_problems, render_env
 from ..formats.names import refused
@@ -149,6 +149,19 @@ def _render_env(output: EnvOutput, values: Values, secret: Exposure, redact: boo
     return b"" if problems else render_env(output.format, pairs).encode("utf-8")
 
 
+def _render_credentials(output: CredentialOutput, values: Values, redact: bool, problems: List[str]) -> bytes:
+    """A role's keys in the format AWS clients read (formats/credentials.py). With `redact`,
+    the real document is checked first, then the keys are replaced."""
+    from ..formats import credentials
+
+    try:
+        return credentials.render(output.format, values.data[output.value_name], output.role, output.profile,
+                                  redact=redact)
+    except credentials.CredentialProblem as exc:
+        problems.append(f"{output.origin}: {exc}")
+        return b""
+
+
 @dataclass(frozen=True)
 class _Plain:
     """A template of text and `{{ name }}` only, with text values: rendered in this process,
@@ -222,8 +235,7 @@ def render(
     """Every output's bytes (only those whose path is in `paths`, when given), or a
     RenderError listing every problem. Templates are bounded by `deadline`, by default
     the declaration's deadline counted from now."""
-    every: List[Union[EnvOutput, FileOutput]] = [*declaration.env, *declaration.files]
-    chosen = [o for o in every if paths is None or o.path in paths]
+    chosen: List[OutputSpec] = [o for o in declaration.outputs if paths is None or o.path in paths]
     secret = exposure(declaration, values)
     problems: List[List[str]] = [[] for _ in chosen]
     contents: Dict[int, bytes] = {}
@@ -232,6 +244,9 @@ def render(
     for index, output in enumerate(chosen):
         if isinstance(output, EnvOutput):
             contents[index] = _render_env(output, values, secret, redact, problems[index])
+            continue
+        if isinstance(output, CredentialOutput):
+            contents[index] = _render_credentials(output, values, redact, problems[index])
             continue
         prepared = _template_job(output, values, secret, redact, problems[index])
         if isinstance(prepared, _Plain):

@@ -493,11 +493,14 @@ def _exported_name(wanted: str, path: str, taken: Mapping[str, str], comments: L
     return renamed
 
 
-def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] = None) -> Suggestion:
+def suggest(
+    findings: List[Finding], env_path: str, names: Optional[ValueNames] = None, text: Optional[str] = None
+) -> Suggestion:
     """One `imds:` declaration covering every IMDSv1 value the findings read: each value
     named by ValueNames, each exported under the script's variable when it had one (renamed
     when cc-imds refuses that name), with the script's own reading of it: a `key` for a jq
-    selector, placement/region for an AZ with its letter cut off."""
+    selector, placement/region for an AZ with its letter cut off. With the script's `text`,
+    a file it copies a role's keys into becomes a `credentials:` output (scan_credentials)."""
     names = names or ValueNames()
     values: Dict[str, Any] = {}
     env_vars: Dict[str, str] = {}
@@ -535,9 +538,17 @@ def suggest(findings: List[Finding], env_path: str, names: Optional[ValueNames] 
             while variable in env_vars:
                 variable, number = f"{wanted}_{number}", number + 1
             env_vars[variable] = name
+    from .scan_credentials import credential_outputs, drop_role_documents
+
+    credentials, notes = credential_outputs(findings, text)
+    if credentials:  # the keys go into the credentials output, not into an environment file too
+        comments.extend(drop_role_documents(values, env_vars))
     declaration: Dict[str, Any] = {"values": values}
     if env_vars:
         declaration["env"] = [{"path": env_path, "format": "shell", "vars": env_vars}]
+    if credentials:
+        declaration["credentials"] = credentials
+    comments.extend(notes)
     return Suggestion(declaration, comments)
 
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from ..declaration.build import Declaration, EnvOutput, EventAction, FileOutput
+from ..declaration.build import Declaration, EventAction
 from ..jsontext import parse
 from .events import EVENT_PATHS
 
@@ -33,7 +33,6 @@ BACKOFF_BASE = 5.0
 BACKOFF_CAP = 300.0
 
 Document = Union[str, bytes, Mapping[str, str]]
-Output = Union[EnvOutput, FileOutput]
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,7 @@ def plan(declaration: Declaration) -> WatchPlan:
     """
     values = declaration.values
     refreshing = {n for n, s in values.items() if s.refresh is not None or s.is_credential}
-    every: List[Output] = [*declaration.env, *declaration.files]
-    outputs = [o for o in every if o.uses & refreshing]
+    outputs = [o for o in declaration.outputs if o.uses & refreshing]
     by_path: Dict[str, Set[str]] = {}
     for output in outputs:
         for name in output.uses:

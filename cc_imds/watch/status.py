@@ -85,7 +85,9 @@ _VALUE: Dict[str, Callable[[Any], bool]] = {
     "last_error": _text, "expires": _text}
 _OUTPUT: Dict[str, Callable[[Any], bool]] = {
     "uses": _texts, "last_change": _text, "last_action": _text, "last_error": _text, "expires": _text,
-    "on_change": _command_record}
+    "on_change": _command_record,
+    # credential outputs only:
+    "format": _text, "role": _text, "holder": _text, "last_refresh": _text}
 _NOTICE: Dict[str, Callable[[Any], bool]] = {
     "id": _text, "seen": _text,
     "fields": lambda v: v is None or (isinstance(v, dict) and all(isinstance(i, str) for i in v.values())),
@@ -234,6 +236,14 @@ def _command(result: Mapping[str, Any], now: float) -> str:
     return f"{outcome} at {_ago(result.get('started'), now)}, {result.get('seconds') or 0:.1f}s"
 
 
+def _credential_lines(output: str, info: Mapping[str, Any], now: float) -> List[str]:
+    """A credential output: its role and format, who can read it, when its keys were fetched."""
+    role = info.get("role") or "not known yet"
+    return [f"credentials {output}: role {role}, format {info.get('format')}, "
+            f"held by {info.get('holder') or 'unknown (not written yet)'}",
+            f"  keys fetched {_ago(info.get('last_refresh'), now)}"]
+
+
 def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) -> str:
     lines: List[str] = []
     if doc is None:
@@ -261,7 +271,10 @@ def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) ->
             if info.get("last_error"):
                 lines.append(f"  last error ({info.get('failures')} failed poll(s)): {info['last_error']}")
         for output, info in sorted((doc.get("outputs") or {}).items()):
-            lines.append(f"output {output}: uses {', '.join(info.get('uses') or [])}")
+            if info.get("format"):
+                lines.extend(_credential_lines(output, info, now))
+            else:
+                lines.append(f"output {output}: uses {', '.join(info.get('uses') or [])}")
             change = _ago(info.get("last_change"), now)
             detail = f"  last change {change}" + (f" ({info['last_action']})" if info.get("last_action") else "")
             if info.get("expires"):

@@ -34,10 +34,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from .. import signals
 from ..deadline import Deadline
 from ..declaration.build import (
+    CredentialOutput,
     Declaration,
-    EnvOutput,
-    FileOutput,
     Origin,
+    OutputSpec,
     SourceDocument,
     ValueSpec,
     build_declaration,
@@ -53,6 +53,7 @@ from ..values import Value, Values, resolve
 from . import rundir
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .events import Notice, notice_env, notices
+from .holders import holder
 from .schedule import (
     EventWatch,
     Group,
@@ -80,8 +81,6 @@ _EXPIRATION = "~expiration "  # hidden value: a credential document, read only f
 _HIDDEN_ORIGIN = "cc-imds watch:"
 _MISSING = object()
 
-OutputSpec = Union[EnvOutput, FileOutput]
-
 
 @dataclass(frozen=True)
 class WatchOptions:
@@ -101,6 +100,7 @@ class _OutputState:
     last_error: Optional[str] = None
     expires: Optional[float] = None
     on_change: Optional[Dict[str, Any]] = None
+    holder: Optional[str] = None  # credential outputs: owner:group and mode of the file as written
 
 
 @dataclass
@@ -348,6 +348,8 @@ class Watcher:
             state = self.outputs[change.path]
             state.last_error = None
             state.expires = self._expiration_of(spec)
+            if isinstance(spec, CredentialOutput):
+                state.holder = holder(change.real_path or change.path)
             self.pending.discard(change.path)
             if change.action == "unchanged":
                 continue
@@ -416,10 +418,21 @@ class Watcher:
         found = [t for t in times if t is not None]
         return min(found) if found else None
 
+    def _credential_status(self, spec: CredentialOutput, output: _OutputState) -> Dict[str, Any]:
+        """What `status` shows of a credential output: which role, who can read it, and when its
+        keys were last fetched. Names, modes and times only."""
+        role = spec.role
+        listing = self.known.get(spec.value_name)
+        if role is None and isinstance(listing, Mapping) and len(listing) == 1:
+            role = next(iter(listing))
+        fetched = [self.polls[g.path].last_success for g in self.plan.groups
+                   if g.names & spec.uses and g.path in self.polls]
+        return {"format": spec.format, "role": role, "holder": output.holder,
+                "last_refresh": iso(max((t for t in fetched if t is not None), default=None))}
+
     def _output_specs(self) -> List[OutputSpec]:
         assert self.declaration is not None
-        every: List[OutputSpec] = [*self.declaration.env, *self.declaration.files]
-        return [o for o in every if o.path in self.plan.outputs]
+        return [o for o in self.declaration.outputs if o.path in self.plan.outputs]
 
     # -- events ----------------------------------------------------------------------------
     def _poll_events(self, due: List[EventWatch], deadline: Deadline, now: float) -> None:
@@ -602,6 +615,8 @@ class Watcher:
                 "expires": iso(output.expires),
                 "on_change": output.on_change,
             }
+            if isinstance(spec, CredentialOutput):
+                outputs[spec.path].update(self._credential_status(spec, output))
         events = {
             watch.event: {
                 "path": watch.path,
