@@ -105,9 +105,9 @@ def test_the_run_directory_writes_through_it(tmp_path: Path, monkeypatch: pytest
     replaced: List[str] = []
     real_replace = atomic.replace
 
-    def replace(dir_fd: int, name: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    def replace(dir_fd: int, name: str, data: bytes, mode: int, uid: int = -1, gid: int = -1, **label: str) -> None:
         replaced.append(name)
-        real_replace(dir_fd, name, data, mode, uid, gid)
+        real_replace(dir_fd, name, data, mode, uid, gid, **label)
 
     monkeypatch.setattr(atomic, "replace", replace)
     rundir.write_atomic(tmp_path / rundir.STATUS, b"{}\n", 0o644)

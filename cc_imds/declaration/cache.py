@@ -143,7 +143,8 @@ def remember(digest: str, documents: Documents) -> None:
     if directory is None:
         return
     try:
-        atomic.replace(directory, digest, data, 0o600)
+        where = os.path.abspath(os.environ.get(CACHE_ENV) or f"{RUN_DIR}/validated")
+        atomic.replace(directory, digest, data, 0o600, path=f"{where}/{digest}")
     except OSError:
         pass
     finally:

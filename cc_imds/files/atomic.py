@@ -9,8 +9,10 @@ written into):
    O_NOFOLLOW (a file or symlink an attacker put at that name is never used; another random
    name is tried), born no wider than owner-only and its final mode.
 2. Its final owner, then its final mode (chown clears setuid bits, so the mode comes
-   after), then its label (`_label`): all before any byte is written, so a secret is never
-   readable by anyone who may not read the final file.
+   after), then its SELinux label (`_label`: the context the policy gives the final path,
+   files/labels.py): all before any byte is written and before the rename, so a secret is
+   never readable by anyone who may not read the final file, and no reader ever sees the
+   final name with another label.
 3. Every byte (streams.write_all), then fsync.
 4. Renamed over the final name, then the directory fsynced: once this returns, the new
    file survives a crash.
@@ -29,7 +31,7 @@ from ..streams import write_all
 
 TYPE_CHECKING = False  # typing costs a cold validate; mypy reads this like typing's
 if TYPE_CHECKING:
-    from typing import Callable, Union
+    from typing import Callable, Optional, Union
 
     Data = Union[bytes, bytearray, memoryview]
 
@@ -38,10 +40,13 @@ _TRIES = 100  # random names tried before giving up (one is enough unless someon
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def replace(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1) -> None:
+def replace(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1, *,
+            path: Optional[str] = None, root: str = "/") -> None:
     """`name` in the directory `dir_fd` holds `data` with `mode` (and owner `uid`:`gid`, -1 for
-    the running user's), or OSError with the old file untouched and nothing left behind."""
-    temp = write_temp(dir_fd, name, data, mode, uid, gid)
+    the running user's), or OSError with the old file untouched and nothing left behind.
+    `path` is where that is, really (under `root`, an image's with --root): its SELinux label
+    is looked up by it; None leaves the label to the directory's default."""
+    temp = write_temp(dir_fd, name, data, mode, uid, gid, path=path, root=root)
     try:
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
@@ -50,10 +55,11 @@ def replace(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: i
     os.fsync(dir_fd)
 
 
-def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1) -> str:
+def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1, *,
+               path: Optional[str] = None, root: str = "/") -> str:
     """Steps 1-3: a new temp file beside `name` holding `data`, fsynced, with its final owner,
-    mode and label; returns its name, for the caller to rename over `name`. Nothing is left
-    behind if it fails."""
+    mode and label (for `path`, as in `replace`); returns its name, for the caller to rename
+    over `name`. Nothing is left behind if it fails."""
     fds = []
 
     def create(temp: str) -> None:
@@ -65,7 +71,7 @@ def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        _label(fd, dir_fd, name)
+        _label(fd, path, root)
         write_all(fd, data)
         os.fsync(fd)
     except BaseException:
@@ -76,10 +82,19 @@ def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid
     return temp
 
 
-def _label(fd: int, dir_fd: int, name: str) -> None:
-    """Where the temp file would get the security label (SELinux) the final `name` should
-    carry, before any byte is written and before it is renamed into place. Today nothing is
-    set: a new file takes its directory's default label, as any file made there would."""
+def _label(fd: int, path: Optional[str], root: str) -> None:
+    """The temp file gets the SELinux context the policy gives its final `path`, before any
+    byte is written and before it is renamed into place; where SELinux is not used, or the
+    policy has no rule for the path, it keeps its directory's default, as any new file."""
+    if path is None:
+        return
+    import stat
+
+    from .labels import for_root  # only once a file is written, as `secrets`
+
+    labels = for_root(root)
+    if labels is not None:
+        labels.label(fd, path, stat.S_IFREG)
 
 
 def make_beside(name: str, kind: str, make: Callable[[str], None]) -> str:

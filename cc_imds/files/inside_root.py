@@ -25,6 +25,9 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # Called with each directory opened on the way (the root included) and its real path.
 DirCheck = Callable[[os.stat_result, str], None]
+# Called with each directory a walk made, open, and its real path, before anything is made in it
+# (where its SELinux label is set).
+DirMade = Callable[[int, str], None]
 
 
 class PathRefused(Exception):
@@ -85,12 +88,12 @@ def split(path: str) -> Tuple[List[str], str]:
 
 
 def open_parent(
-    root: str, path: str, *, create: bool = True, check: Optional[DirCheck] = None
+    root: str, path: str, *, create: bool = True, check: Optional[DirCheck] = None, on_made: Optional[DirMade] = None
 ) -> Tuple[Directory, str]:
     """Open the directory that holds `path` inside `root` (creating directories, 0755, if
     `create`), and return it with the file's name in it."""
     parts, name = split(path)
-    return walk(root, parts, create=create, check=check), name
+    return walk(root, parts, create=create, check=check, on_made=on_made), name
 
 
 def open_directory(root: str, path: str, *, check: Optional[DirCheck] = None) -> Directory:
@@ -98,7 +101,9 @@ def open_directory(root: str, path: str, *, check: Optional[DirCheck] = None) ->
     return walk(root, path.split("/"), create=False, check=check)
 
 
-def walk(root: str, parts: List[str], *, create: bool, check: Optional[DirCheck] = None) -> Directory:
+def walk(
+    root: str, parts: List[str], *, create: bool, check: Optional[DirCheck] = None, on_made: Optional[DirMade] = None
+) -> Directory:
     root_shown = root.rstrip("/") or "/"
     if create and not os.path.isdir(root):
         try:
@@ -124,7 +129,7 @@ def walk(root: str, parts: List[str], *, create: bool, check: Optional[DirCheck]
                 continue
             parent_fd, parent_path = stack[-1]
             shown = f"{parent_path.rstrip('/')}/{part}"
-            opened = _open_dir(parent_fd, part, shown, create, created)
+            opened = _open_dir(parent_fd, part, shown, create, created, on_made)
             if isinstance(opened, int):
                 stack.append((opened, shown))
                 if check is not None:
@@ -151,7 +156,9 @@ def walk(root: str, parts: List[str], *, create: bool, check: Optional[DirCheck]
     return Directory(fd, path, created)
 
 
-def _open_dir(parent_fd: int, name: str, shown: str, create: bool, created: List[Created]) -> Union[int, str]:
+def _open_dir(
+    parent_fd: int, name: str, shown: str, create: bool, created: List[Created], on_made: Optional[DirMade] = None
+) -> Union[int, str]:
     """The directory's descriptor, or the target of a root-owned symlink to follow."""
     flags = DIR_FLAGS | os.O_NOFOLLOW
     try:
@@ -159,14 +166,19 @@ def _open_dir(parent_fd: int, name: str, shown: str, create: bool, created: List
     except FileNotFoundError:
         if not create:
             raise OSError(2, os.strerror(2), shown) from None
+        mine = False
         try:
             os.mkdir(name, 0o755, dir_fd=parent_fd)
             created.append(Created(os.dup(parent_fd), name, shown))
+            mine = True
         except FileExistsError:
             pass  # made meanwhile by a concurrent run
         except OSError as exc:
             raise OSError(exc.errno, f"cannot create the directory: {exc.strerror}", shown) from None
-        return _named(shown, lambda: os.open(name, flags, dir_fd=parent_fd))
+        fd = _named(shown, lambda: os.open(name, flags, dir_fd=parent_fd))
+        if mine and on_made is not None:
+            on_made(fd, shown)
+        return fd
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # a symlink, or not a directory at all
             raise OSError(exc.errno, exc.strerror, shown) from None

@@ -35,6 +35,7 @@ from ..deadline import Deadline
 from ..errors import WriteError
 from ..files import atomic
 from ..files.inside_root import Directory, PathRefused, open_parent
+from ..files.labels import Labels, for_root
 from ..files.lock import default_lock_path, locked
 from ..logs import std_logger
 from .render import Output
@@ -124,11 +125,12 @@ def write_outputs(
     for output in outputs:  # fail on a bad owner before touching anything
         owner_ids(output.owner, output.path)
     with locked(lock_path or default_lock_path(), deadline) if lock else nullcontext():
+        labels = for_root(root)  # SELinux: each file gets its path's context before its rename
         staged: List[_Staged] = []
         directories: Dict[Tuple[int, int], Directory] = {}  # one descriptor per directory, however many outputs
         try:
             for output in outputs:
-                staged.append(_stage(output, root, directories))
+                staged.append(_stage(output, root, directories, labels))
             _commit(staged)
         except BaseException:
             _discard(staged)
@@ -143,11 +145,14 @@ def write_outputs(
 
 
 # -- stage -------------------------------------------------------------------------------
-def _stage(output: Output, root: str, directories: Dict[Tuple[int, int], Directory]) -> _Staged:
+def _stage(
+    output: Output, root: str, directories: Dict[Tuple[int, int], Directory], labels: Optional[Labels] = None
+) -> _Staged:
     uid, gid = owner_ids(output.owner, output.path)
     shown = _shown(root, output.path)
+    on_made = None if labels is None else (lambda fd, path: labels.label(fd, path, stat.S_IFDIR))
     try:
-        directory, name = open_parent(root, output.path)
+        directory, name = open_parent(root, output.path, on_made=on_made)
     except PathRefused as exc:
         raise WriteError(shown, _nothing_changed(exc.reason if exc.path == shown else str(exc))) from None
     except OSError as exc:
@@ -161,12 +166,15 @@ def _stage(output: Output, root: str, directories: Dict[Tuple[int, int], Directo
     item = _Staged(output, shown, directory, name, "unchanged")
     try:
         same = _unchanged(directory.fd, name, item, uid, gid)
+        if same and labels is not None:  # as restorecon would: an unchanged file gets its context too
+            labels.label_file_at(directory.fd, name, item.real)
         if not same:
             item.action = "created" if same is None else "updated"
             _refuse_unreplaceable_dir(item)
             if same is False:
                 item.backup = _link_old(item)
-            item.temp = atomic.write_temp(directory.fd, name, output.content, output.mode, uid, gid)
+            item.temp = atomic.write_temp(directory.fd, name, output.content, output.mode, uid, gid,
+                                          path=item.real, root=root)
     except OSError as exc:
         _discard([item])
         raise WriteError(item.where, _nothing_changed(exc.strerror or str(exc))) from None

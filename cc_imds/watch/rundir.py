@@ -111,7 +111,7 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     try:
         directory = os.open(path.parent, _DIR_FLAGS)
         try:
-            atomic.replace(directory, path.name, data, mode)
+            atomic.replace(directory, path.name, data, mode, path=os.path.abspath(path))
         finally:
             os.close(directory)
     except OSError as exc:
