@@ -61,6 +61,11 @@ system-deps:
 cloud-init: system-deps
 	tests/e2e/fetch-cloud-init
 
+# Debian's SELinux userland, unpacked (never installed) with the reference policy built from it,
+# for the SELinux tests (tests/test_labels.py).
+selinux:
+	tests/selinux/fetch-selinux
+
 # Every test run records what the reliability scenarios did (tests/reliability/report.py),
 # then checks that docs/RELIABILITY.md lists exactly those scenarios with those results.
 RELIABILITY_RUNS := .cache/reliability
@@ -71,14 +76,15 @@ define recorded-pytest
 	CC_IMDS_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_RUNS)/$(1).jsonl $(VENV)/$(1)/bin/python -m pytest -q -p no:cacheprovider --durations=20 $(2)
 endef
 
-test-py39: $(VENV)/py39/.ready cloud-init $(RPM_BUILT)
+test-py39: $(VENV)/py39/.ready cloud-init selinux $(RPM_BUILT)
 	$(call recorded-pytest,py39,-m "not clone")
 	$(VENV)/py39/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py39.jsonl docs/RELIABILITY.md
 
 # The RPM tests run once, in the 3.9 run: they build and install with AL2023's Python 3.9
-# whichever Python runs pytest.
+# whichever Python runs pytest. So do the SELinux tests that load libselinux's binding: the one
+# this host can load is Debian's for Python 3.9 (Debian 13's, for 3.13, needs a newer glibc).
 test-py313: $(VENV)/py313/.ready cloud-init $(RPM_BUILT)
-	$(call recorded-pytest,py313,-m "not clone and not rpm")
+	$(call recorded-pytest,py313,-m "not clone and not rpm and not selinux")
 	$(VENV)/py313/bin/python -m tests.reliability.report check $(RELIABILITY_RUNS)/py313.jsonl docs/RELIABILITY.md
 
 # Once, not per Python: a fresh clone in an empty folder builds and passes the fast suite.
@@ -93,7 +99,7 @@ reliability-doc: $(VENV)/py313/.ready system-deps
 	mv $(RELIABILITY_RUNS)/RELIABILITY.md docs/RELIABILITY.md
 
 # Everything the later parts need, built first so that each part's time is its own.
-test-setup: system-deps cloud-init $(RPM_BUILT) $(VENV)/py39/.ready $(VENV)/py313/.ready $(VENV)/al2023-build/.ready
+test-setup: system-deps cloud-init selinux $(RPM_BUILT) $(VENV)/py39/.ready $(VENV)/py313/.ready $(VENV)/al2023-build/.ready
 
 # After setup and lint, the suites run at the same time: each mostly waits on the processes,
 # servers and VMs it starts, so two cores finish them all well before one after another.
@@ -110,7 +116,7 @@ explore: $(VENV)/py39/.ready $(VENV)/py313/.ready
 	HYPOTHESIS_PROFILE=explore $(VENV)/py39/bin/python -m pytest -q -p no:cacheprovider -m "$(EXPLORE_MARKS)" $(PROPERTY_TESTS)
 	HYPOTHESIS_PROFILE=explore $(VENV)/py313/bin/python -m pytest -q -p no:cacheprovider -m "$(EXPLORE_MARKS)" $(PROPERTY_TESTS)
 
-.PHONY: help demo lint system-deps cloud-init test test-setup test-py39 test-py313 test-clone reliability-doc explore
+.PHONY: help demo lint system-deps cloud-init selinux test test-setup test-py39 test-py313 test-clone reliability-doc explore
 
 # -- the box: real boots under qemu (tests/box) ------------------------------------------
 # Images are built from Debian's packages and cached under .cache/box/; the wheel is built
