@@ -104,10 +104,20 @@ def _acquire(lock_path: str, deadline: Optional[Deadline], other: str) -> int:
                 os.close(fd)
                 raise LockError(lock_path, f"cannot take it: {exc.strerror}") from None
             if _still_at_path(fd, dir_fd, name):
+                _label(fd, os.path.abspath(lock_path))
                 return fd
             os.close(fd)  # replaced while we waited (removed by hand?): take the new one
     finally:
         os.close(dir_fd)
+
+
+def _label(fd: int, path: str) -> None:
+    """SELinux: the lock file gets the context its path has, where the policy gives one."""
+    from .labels import for_root  # only runs that write take the lock
+
+    labels = for_root("/")
+    if labels is not None:
+        labels.label(fd, path, stat.S_IFREG)
 
 
 def _open_lock_dir(directory: str, lock_path: str) -> int:

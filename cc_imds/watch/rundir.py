@@ -53,12 +53,32 @@ def run_dir() -> Path:
 def ensure(directory: Path) -> Path:
     """Create the directory (0755) if needed, and check it can be trusted."""
     try:
+        made = not directory.exists()
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         info = os.lstat(directory)
     except OSError as exc:
         raise RunDirError(f"{directory}: cannot create: {exc.strerror}") from None
     check_dir(directory, info)
+    if made:
+        _label_directory(directory)
     return directory
+
+
+def _label_directory(directory: Path) -> None:
+    """SELinux: a directory made here gets the context the policy gives its path, if it gives one."""
+    from ..files.labels import for_root
+
+    labels = for_root("/")
+    if labels is None:
+        return
+    try:
+        fd = os.open(directory, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        labels.label(fd, os.path.abspath(directory), stat.S_IFDIR)
+    finally:
+        os.close(fd)
 
 
 def check_dir(directory: Path, info: Optional[os.stat_result] = None) -> None:
