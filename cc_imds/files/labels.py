@@ -40,7 +40,6 @@ LOG = std_logger(__name__)
 XATTR = "security.selinux"
 _FILESYSTEMS = "/proc/filesystems"
 _DEFAULT_TYPE = "targeted"  # libselinux's own default when the config names none
-_FILESYSTEMS_MARK = "<kernel>"
 
 _lock = threading.Lock()
 _by_root: Dict[str, Tuple[Tuple[Any, ...], Optional[Labels]]] = {}
@@ -139,19 +138,14 @@ def for_root(root: str = "/") -> Optional[Labels]:
 
 
 def _signature(top: str) -> Tuple[Any, ...]:
-    """What, when it changes, means the policy's file contexts may have changed."""
-    if top == "/":
-        files = [_FILESYSTEMS_MARK, "/etc/selinux/config"]
-    else:
-        files = [f"{top}/etc/selinux/config"]
+    """What, when it changes, means the policy's file contexts may have changed. (A handle
+    replaced is not closed: another thread may be using it, and policies change rarely.)"""
+    files = ["/etc/selinux/config" if top == "/" else f"{top}/etc/selinux/config"]
     found = _config(top)
     if found is not None and found[1] is not None:
         files += [found[1] + suffix for suffix in ("", ".local", ".homedirs", ".subs", ".subs_dist")]
-    signature: List[Any] = []
+    signature: List[Any] = [_kernel_has_selinux() if top == "/" else None]
     for name in files:
-        if name == _FILESYSTEMS_MARK:
-            signature.append(_kernel_has_selinux())
-            continue
         try:
             info = os.stat(name)
             signature.append((name, info.st_ino, info.st_mtime_ns, info.st_size))
