@@ -53,13 +53,13 @@ def test_owner_mode_and_label_come_before_any_byte(tmp_path: Path, directory: in
     needs_root("a file given to another user")
     seen: List[Dict[str, Any]] = []
 
-    def label(fd: int, dir_fd: int, name: str) -> None:
+    def label(fd: int, path: str, root: str) -> None:
         info = os.fstat(fd)
-        seen.append({"name": name, "size": info.st_size, "mode": stat.S_IMODE(info.st_mode), "uid": info.st_uid})
+        seen.append({"path": path, "size": info.st_size, "mode": stat.S_IMODE(info.st_mode), "uid": info.st_uid})
 
     monkeypatch.setattr(atomic, "_label", label)
-    atomic.replace(directory, "secret", b"s3cr3t", 0o440, 65534, 65534)
-    assert seen == [{"name": "secret", "size": 0, "mode": 0o440, "uid": 65534}]
+    atomic.replace(directory, "secret", b"s3cr3t", 0o440, 65534, 65534, path=f"{tmp_path}/secret")
+    assert seen == [{"path": f"{tmp_path}/secret", "size": 0, "mode": 0o440, "uid": 65534}]
     info = (tmp_path / "secret").stat()
     assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o440, 65534, 65534)
 

@@ -257,6 +257,33 @@ def test_a_file_that_cannot_carry_a_label_is_one_warning(binding: Any, image: Pa
     assert "filesystem has no SELinux labels" in warnings[0] and "httpd_config_t" in warnings[0]
 
 
+@pytest.mark.selinux
+def test_the_temp_file_has_its_context_before_its_rename(binding: Any, image: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """files/atomic.py, which every writer uses: at the rename, the temp file already carries the
+    context of the final path, so no reader sees the final name with another label."""
+    needs_root("security.* extended attributes are root's to set")
+    from cc_imds.files import atomic
+
+    (image / "etc/nginx").mkdir(parents=True)
+    at_rename: List[Optional[str]] = []
+    real_rename = os.rename
+
+    def rename(src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        at_rename.append(xattr(Path(f"/proc/self/fd/{src_dir_fd}/{src}")))
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    directory = os.open(image / "etc/nginx", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        atomic.replace(directory, "instance.env", b"A=1\n", 0o640, path=f"{image}/etc/nginx/instance.env",
+                       root=str(image))
+    finally:
+        os.close(directory)
+    assert at_rename == ["system_u:object_r:httpd_config_t:s0"]
+    assert xattr(image / "etc/nginx/instance.env") == "system_u:object_r:httpd_config_t:s0"
+
+
 # -- the proof: cc-imds writes into an image, setfiles finds nothing to change ------------------
 DECLARATION = """\
     imds:
