@@ -370,6 +370,70 @@ def test_outputs_written_into_an_image_carry_its_policys_contexts(
     assert setfiles(image, labeled) == ""
 
 
+# The boot run on `/` with the loaded policy, in a private mount namespace where /etc/selinux holds
+# the reference policy and /var/lib and /run are fresh tmpfs: the binding's lookups (selabel_open
+# with no options: the policy /etc/selinux/config names) and its setting of labels are real; only
+# the kernel's two answers (selinuxfs registered, SELinux enabled) are stood in for, since this
+# kernel has no SELinux.
+ON_HOST = """
+import os, sys
+import selinux
+from cc_imds.files import labels
+from cc_imds.cli import main
+labels._kernel_has_selinux = lambda: True
+selinux.is_selinux_enabled = lambda: 1
+code = main(sys.argv[1:])
+for path in os.environ["LABELED"].split():
+    print("label", path, os.getxattr(path, "security.selinux").rstrip(b"\\0").decode())
+sys.exit(code)
+"""
+HOST_DECLARATION = """\
+    imds:
+      values:
+        instance_id: meta-data/instance-id
+      files:
+        - path: /var/lib/nginx/conf.d/instance.txt
+          content: '{{ instance_id }}'
+        - path: /var/lib/app/instance.txt
+          content: '{{ instance_id }}'
+"""
+
+
+@pytest.mark.selinux
+def test_the_boot_run_on_the_host_labels_with_the_loaded_policy(
+    binding: Any, image: Path, tmp_path: Path, emulator: Emulator
+) -> None:
+    needs_root("mounts in a private mount namespace")
+    require(shutil.which("unshare") is not None, "unshare (util-linux) is missing")
+    require(Path("/etc/selinux").is_dir(), "no /etc/selinux to mount the policy on (libsemanage-common makes it)")
+    declaration = tmp_path / "declaration.yaml"
+    declaration.write_text("#cloud-config\n" + textwrap.dedent(HOST_DECLARATION))
+    expected = {
+        "/var/lib/nginx": "system_u:object_r:httpd_var_lib_t:s0",
+        "/var/lib/nginx/conf.d": "system_u:object_r:httpd_var_lib_t:s0",
+        "/var/lib/nginx/conf.d/instance.txt": "system_u:object_r:httpd_var_lib_t:s0",
+        "/var/lib/app": "system_u:object_r:var_lib_t:s0",
+        "/var/lib/app/instance.txt": "system_u:object_r:var_lib_t:s0",
+    }
+    program = USERLAND / "sbin/setfiles"
+    require(program.is_file(), FETCH)
+    script = ('mount --bind "$0" /etc/selinux && mount -t tmpfs cc-imds-test /var/lib && '
+              'mount -t tmpfs cc-imds-test /run && "$@" || exit; '
+              f'LD_LIBRARY_PATH={USERLAND}/lib/x86_64-linux-gnu {program} -n -v {FILE_CONTEXTS} {" ".join(expected)}')
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(image / "etc/selinux"),
+         sys.executable, "-c", ON_HOST, "apply", str(declaration), "--endpoint", emulator.url],
+        capture_output=True, timeout=120,
+        env=cli_env({"PYTHONPATH": os.pathsep.join([str(REPO), str(BINDING)]), "LABELED": " ".join(expected)}),
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert [line.split()[0] for line in lines] == ["created", "created", *["label"] * len(expected)], lines
+    # the labels the run left, and no line from setfiles after them: nothing to change
+    assert dict(line.split()[1:] for line in lines[2:]) == expected
+    assert "SELinux" not in result.stderr.decode()
+
+
 @pytest.mark.selinux
 def test_outputs_on_a_filesystem_without_labels_are_written_with_one_warning(
     binding: Any, image: Path, tmp_path: Path, emulator: Emulator
