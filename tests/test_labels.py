@@ -8,8 +8,9 @@ Two kinds of test:
 - everything else against the real thing: Debian's libselinux Python binding and the reference
   policy built by semodule (tests/selinux/fetch-selinux, under .cache/selinux), on a real
   filesystem, the result checked by Debian's setfiles. This host's kernel has no SELinux, so the
-  real checks use --root (the image's policy), which is what labels an AMI built in a chroot;
-  docs/selinux.md says what that leaves out.
+  real checks use --root (the image's policy), which is what labels an AMI built in a chroot,
+  and, for the boot run on `/`, a private mount namespace whose /etc/selinux holds the policy,
+  with only the kernel's answers stood in for; docs/selinux.md says what that leaves out.
 
 Debian builds the binding per Python version; the one this host can load is Debian 11's, for
 Python 3.9 (Debian 13's, for 3.13, needs a newer glibc than Debian 12's), so the real checks are
