@@ -73,25 +73,42 @@ def _directory(create: bool) -> Optional[int]:
     else:
         return None
     fd: Optional[int] = None
+    walked = ""
     try:
         for step in steps:
+            made = False
             if create:
                 try:
                     os.mkdir(step, 0o755 if step == RUN_DIR else 0o700, dir_fd=fd)
+                    made = True
                 except FileExistsError:
                     pass
             opened = os.open(step, _DIR_FLAGS, dir_fd=fd)
             if fd is not None:
                 os.close(fd)
             fd = opened
+            walked = os.path.join(walked, step) if walked else os.path.abspath(step)
             if untrusted(os.fstat(fd), VALIDATION_CACHE):
                 os.close(fd)
                 return None
+            if made:
+                _label_directory(fd, walked)
     except OSError:
         if fd is not None:
             os.close(fd)
         return None
     return fd
+
+
+def _label_directory(fd: int, path: str) -> None:
+    """SELinux: a directory made here gets the context the policy gives its path, if it gives one."""
+    import stat
+
+    from ..files.labels import for_root  # only when a directory is made: not on a cold validate
+
+    labels = for_root("/")
+    if labels is not None:
+        labels.label(fd, path, stat.S_IFDIR)
 
 
 def recall(digest: str) -> Optional[Documents]:

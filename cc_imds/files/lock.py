@@ -111,18 +111,20 @@ def _acquire(lock_path: str, deadline: Optional[Deadline], other: str) -> int:
         os.close(dir_fd)
 
 
-def _label(fd: int, path: str) -> None:
-    """SELinux: the lock file gets the context its path has, where the policy gives one."""
+def _label(fd: int, path: str, file_type: int = stat.S_IFREG) -> None:
+    """SELinux: the lock file (or a directory made for it) gets the context its path has, where
+    the policy gives one."""
     from .labels import for_root  # only runs that write take the lock
 
     labels = for_root("/")
     if labels is not None:
-        labels.label(fd, path, stat.S_IFREG)
+        labels.label(fd, path, file_type)
 
 
 def _open_lock_dir(directory: str, lock_path: str) -> int:
     """The lock's directory, made if missing (0755 for root, else 0700), checked after opening."""
-    if not os.path.isdir(directory):
+    made = not os.path.isdir(directory)
+    if made:
         try:
             os.makedirs(directory, 0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
         except OSError as exc:
@@ -131,6 +133,8 @@ def _open_lock_dir(directory: str, lock_path: str) -> int:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError as exc:
         raise LockError(lock_path, f"cannot open {directory}: {exc.strerror}") from None
+    if made:
+        _label(fd, os.path.abspath(directory), stat.S_IFDIR)
     policy = RUN_DIR_LOCK if os.path.abspath(directory) == RUN_DIR else LOCK_DIR
     problem = untrusted(os.fstat(fd), policy)
     if problem:
