@@ -38,6 +38,9 @@ def test_rotated_credentials_reach_the_file_before_the_old_expiration(
     watch = watches(tmp_path, emulator, credentials_declaration(out)).start()
     wait_for(lambda: access_key(out / "credentials") == first, what="the first credentials")
     assert (out / "credentials").stat().st_mode & 0o777 == 0o600
+    # A loaded machine may time out the first token PUT and retry it; once the watcher holds
+    # a token, it keeps it for its whole life.
+    puts = emulator.count("PUT")
     # IMDS publishes new credentials well before the old ones expire.
     time.sleep(max(0.0, old_expiration - 12 - time.time()))
     emulator.rotate_credentials(expires_in=3600)
@@ -50,7 +53,7 @@ def test_rotated_credentials_reach_the_file_before_the_old_expiration(
     assert output["last_action"] == "updated"
     assert output["expires"] > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3000))
     assert watch.stop() == 0
-    assert emulator.count("PUT") == 1  # one token for the watcher's whole life
+    assert emulator.count("PUT") == puts  # the token it started with, through the rotation
 
 
 def test_the_shipped_iam_example_keeps_its_credential_file_fresh(
