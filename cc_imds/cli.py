@@ -13,7 +13,8 @@ import gc
 import os
 import sys
 
-from .errors import CcImdsError, DeclarationError, WriteError
+from .errors import CcImdsError, DeclarationError, OutputStreamError
+from .logs import say
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a user can act on
 
@@ -379,7 +380,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 print(notes + command)
             print(f"\n# {shown(name)}: the IMDSv1 values above, as a cc-imds declaration")
             print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
-    _say("\n".join(result.problems))
+    say("\n".join(result.problems))
     return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
 
 
@@ -569,14 +570,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class OutputStreamError(WriteError):
-    """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
-
-    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
-        super().__init__("standard output", f"cannot write: {reason}")
-        self.broken_pipe = broken_pipe  # the reader went away (`| head`)
-
-
 class _GuardedStream:
     """Standard output whose failed writes become one OutputStreamError, not a traceback,
     and whose every byte is written or reported: what is printed is kept here and written
@@ -660,18 +653,6 @@ def _discard_stdout(stream: Optional[IO[str]]) -> None:
         pass
 
 
-def _say(lines: str) -> None:
-    """Errors to stderr, one line each; a stderr that cannot be written is given up on."""
-    from .logs import shown
-
-    try:
-        for line in lines.splitlines():
-            print(f"cc-imds: {shown(line)}", file=sys.stderr)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 def _internal_error(exc: BaseException, debug: bool) -> None:
     """A bug: one line naming the exception's type and where it was raised in cc_imds. The
     exception's message is never shown: it may quote a token or a value. --debug lists
@@ -685,9 +666,9 @@ def _internal_error(exc: BaseException, debug: bool) -> None:
     if ours:
         frame = ours[-1]
         where = f" at {os.path.relpath(frame.filename, os.path.dirname(package))}:{frame.lineno} in {frame.name}"
-    _say(f"internal error: {type(exc).__name__}{where}; this is a bug, please report it with --debug output")
+    say(f"internal error: {type(exc).__name__}{where}; this is a bug, please report it with --debug output")
     if debug:
-        _say("\n".join(f"debug:   at {f.filename}:{f.lineno} in {f.name}" for f in frames))
+        say("\n".join(f"debug:   at {f.filename}:{f.lineno} in {f.name}" for f in frames))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -713,10 +694,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
     except OutputStreamError as exc:
         _discard_stdout(original)
-        _say(str(exc))
+        say(str(exc))
         return exc.exit_code
     except CcImdsError as exc:
-        _say(str(exc))
+        say(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
