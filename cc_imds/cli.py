@@ -128,36 +128,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def normalise_get_path(raw: str) -> str:
-    """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
-    from .tools.get import imds_path
-
-    return imds_path(raw)
-
-
-def _endpoint_hosts(endpoint: str) -> List[str]:
-    """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
-    from .imds.client import candidate_urls
-
-    if endpoint in ("auto", "ipv4", "ipv6"):
-        return []
-    # Validated there, with a clear message, and written back as http://HOST[:PORT], an IPv6
-    # HOST in brackets.
-    netloc = candidate_urls(endpoint)[0][len("http://"):]
-    return [netloc if ":" in netloc.rpartition("]")[2] else f"{netloc}:80"]
-
-
 def cmd_get(args: argparse.Namespace) -> int:
-    from .imds.client import ClientSettings, ImdsClient, choose_endpoint
-    from .tools.get import RAW, get, parse_requests, write_stdout
+    from .tools.get import get_command
 
-    endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
-    requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
-    settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
-    with ImdsClient(settings) as client:
-        data = get(client, requests, args.output or RAW)
-    write_stdout(data)
-    return 0
+    return get_command(args)
 
 
 def _log_for_the_journal(debug: bool) -> None:
