@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Union
 
     from .declaration.build import SourceDocument
-    from .pipeline import RunOptions
 
 
 def _lifetime(text: str) -> float:
@@ -46,86 +45,22 @@ def _lifetime(text: str) -> float:
     return seconds
 
 
-def _conf_dir(args: argparse.Namespace) -> Optional[str]:
-    if args.no_conf_dir:
-        return None
-    if args.conf_dir:
-        return str(args.conf_dir)
-    from .declaration.dropins import CONF_DIR_ENV, DEFAULT_CONF_DIR
-
-    default = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
-    root = getattr(args, "root", None) or "/"
-    return os.path.join(root, default.lstrip("/"))
-
-
-def _documents(args: argparse.Namespace) -> List[SourceDocument]:
-    from pathlib import Path
-
-    from .declaration.build import documents_from_file
-    from .pipeline import gather
-
-    docs = documents_from_file(Path(args.file)) if args.file else []
-    merged = gather(conf_dir=_conf_dir(args), documents=docs)
-    if not merged:
-        raise DeclarationError([f"no declaration: give a FILE, or put *.yaml files in {_conf_dir(args)}"])
-    return merged
-
-
-def _options(args: argparse.Namespace) -> RunOptions:
-    from .pipeline import RunOptions
-
-    return RunOptions(endpoint=args.endpoint, root=getattr(args, "root", None) or "/", lock_path=_lock(args))
-
-
-def _lock(args: argparse.Namespace) -> str:
-    from .files.lock import default_lock_path
-
-    return getattr(args, "lock", None) or default_lock_path()
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .tools.declare import validate_command
 
-    from .declaration.build import build_declaration, documents_from_dir, documents_from_file
-
-    problems: List[str] = []
-    for name in args.file:
-        path = Path(name)
-        try:
-            docs = documents_from_dir(path) if path.is_dir() else documents_from_file(path)
-            build_declaration(docs)
-        except DeclarationError as exc:
-            problems.extend(exc.problems)
-    for line in problems:
-        print(line, file=sys.stderr)
-    if not problems:
-        print(f"{len(args.file)} declaration(s) valid")
-    return 1 if problems else 0
+    return validate_command(args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .imds.tree import load_tree
-    from .pipeline import preview
+    from .tools.declare import plan_command
 
-    tree = load_tree(args.metadata) if args.metadata else None
-    outputs = preview(_documents(args), _options(args), tree)
-    for output in outputs:
-        owner = output.owner or "(running user)"
-        flag = ", sensitive values redacted" if output.sensitive else ""
-        print(f"--- {output.path}  mode {output.mode:04o}  owner {owner}  from {output.origin}{flag}")
-        text = output.content.decode("utf-8")
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n(no newline at end of file)\n")
-    return 0
+    return plan_command(args)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .pipeline import apply
+    from .tools.declare import apply_command
 
-    changes = apply(_documents(args), _options(args))
-    for change in changes:
-        really = f" -> {change.real_path}" if change.real_path else ""
-        print(f"{change.action:9} {change.path}{really} ({change.mode:04o})")
-    return 0
+    return apply_command(args)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -162,7 +97,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .watch.watcher import Watcher, WatchOptions
 
     _log_for_the_journal(args.debug)
-    conf_dir = _conf_dir(args)
+    conf_dir = args.conf_dir
     explicit = Path(args.file) if args.file else None
 
     def load() -> List[SourceDocument]:
@@ -176,7 +111,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
                                     "imds: key (give a FILE to watch another declaration)"])
         return docs
 
-    options = WatchOptions(endpoint=args.endpoint, lock_path=_lock(args), owns_marker=explicit is None)
+    from .files.lock import default_lock_path
+
+    options = WatchOptions(endpoint=args.endpoint, lock_path=args.lock or default_lock_path(),
+                           owns_marker=explicit is None)
     return Watcher(load, options).run()
 
 
@@ -725,6 +663,20 @@ class _Arguments:
         self.__dict__.update(fields)
 
 
+def _conf_dir(args: argparse.Namespace) -> Optional[str]:
+    """The drop-in directory the declaration commands' options name: none (--no-conf-dir),
+    --conf-dir as given, else $CC_IMDS_CONF_DIR or the default, under --root."""
+    if args.no_conf_dir:
+        return None
+    if args.conf_dir:
+        return str(args.conf_dir)
+    from .declaration.dropins import CONF_DIR_ENV, DEFAULT_CONF_DIR
+
+    default = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
+    root = getattr(args, "root", None) or "/"
+    return os.path.join(root, default.lstrip("/"))
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     try:
@@ -733,6 +685,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
             args.values = rest
         elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if hasattr(args, "no_conf_dir"):
+            # One directory, or None for none, as every declaration command reads it: its default
+            # depends on --root, which argparse cannot express.
+            args.conf_dir = _conf_dir(args)
     except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
         sys.stdout.flush()
         raise
