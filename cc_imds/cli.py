@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 
-from .errors import CcImdsError, DeclarationError, OutputStreamError
+from .errors import CcImdsError, OutputStreamError
 from .logs import say
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a user can act on
@@ -27,9 +27,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
-    from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Union
+    from typing import IO, Any, Callable, NoReturn, Optional, Sequence, Union
 
-    from .declaration.build import SourceDocument
 
 
 def _lifetime(text: str) -> float:
@@ -69,87 +68,16 @@ def cmd_get(args: argparse.Namespace) -> int:
     return get_command(args)
 
 
-def _log_for_the_journal(debug: bool) -> None:
-    """The watcher logs every change (INFO). Under systemd (JOURNAL_STREAM is set), a <N>
-    prefix gives each line its journal priority."""
-    import logging
-
-    class JournalFormatter(logging.Formatter):
-        PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-        def format(self, record: logging.LogRecord) -> str:
-            return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
-
-    logging.basicConfig(format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)  # no-op after --debug
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if os.environ.get("JOURNAL_STREAM"):
-        for handler in root.handlers:
-            handler.setFormatter(JournalFormatter("%(message)s"))
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .watch.start import watch_command
 
-    from .declaration.build import documents_from_file
-    from .pipeline import gather
-    from .watch.handoff import saved_cloud_config
-    from .watch.watcher import Watcher, WatchOptions
-
-    _log_for_the_journal(args.debug)
-    conf_dir = args.conf_dir
-    explicit = Path(args.file) if args.file else None
-
-    def load() -> List[SourceDocument]:
-        """Drop-ins, then FILE or this boot's saved `imds:` key: the boot run's own order."""
-        if explicit is not None:
-            docs = gather(conf_dir=conf_dir, documents=documents_from_file(explicit))
-        else:
-            docs = gather(saved_cloud_config(), conf_dir)
-        if not docs:
-            raise DeclarationError([f"no declaration: no *.yaml in {conf_dir}, and the boot run saved no "
-                                    "imds: key (give a FILE to watch another declaration)"])
-        return docs
-
-    from .files.lock import default_lock_path
-
-    options = WatchOptions(endpoint=args.endpoint, lock_path=args.lock or default_lock_path(),
-                           owns_marker=explicit is None)
-    return Watcher(load, options).run()
+    return watch_command(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-    import time
+    from .watch.status import status_command
 
-    from .watch import rundir
-    from .watch.handoff import watcher_needed
-    from .watch.status import NOT_RUNNING, as_json, assess, render_text, status_problem
-
-    directory = rundir.run_dir()
-    try:
-        document = rundir.read_json(directory / rundir.STATUS)
-    except rundir.RunDirError as exc:
-        print(f"cc-imds: {exc}", file=sys.stderr)
-        return NOT_RUNNING
-    problem = status_problem(document) if document is not None else None
-    if problem is not None:
-        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version ({problem})",
-              file=sys.stderr)
-        return NOT_RUNNING
-    now = time.time()
-    health = assess(document, watcher_needed(directory), now)
-    text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
-        render_text(document, health, now))
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OutputStreamError as exc:  # main() guards sys.stdout; any other failure is exit 4 there
-        if not exc.broken_pipe:
-            raise
-        # `cc-imds status | head`: the reader has what it wanted; nothing left to flush at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return health.code
+    return status_command(args)
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
