@@ -26,24 +26,11 @@ INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a use
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from pathlib import Path
     from typing import IO, Any, Callable, NoReturn, Optional, Sequence, Union
 
 
-
-def _lifetime(text: str) -> float:
-    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
-    import argparse
-
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if seconds != 0 and not 1 <= seconds <= 10**9:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
-    return seconds
-
-
+# Each command's body lives with its feature and is imported when that command runs, so
+# building the parser (help, wrong usage) or running `get` imports no other command's modules.
 def cmd_validate(args: argparse.Namespace) -> int:
     from .tools.declare import validate_command
 
@@ -81,159 +68,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from .imds.tree import load_tree
-    from .signals import StopRequest
-    from .testing.emulator import Emulator
+    from .testing.commands import emulate_command
 
-    tree = load_tree(args.tree, tags_enabled=not args.no_tags)
-    # SIGTERM and SIGINT stop it cleanly from here on, whatever the process inherited (a
-    # background job starts with SIGINT ignored).
-    with StopRequest() as stop:
-        try:
-            emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
-        except OSError as exc:
-            raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
-        emulator.latency = args.latency
-        if args.credential_lifetime:
-            emulator.rotate_credentials_every(args.credential_lifetime)
-        control = None
-        try:
-            if args.control_port is not None:
-                from .testing.control import ControlServer
-
-                try:
-                    control = ControlServer(emulator, host=args.host, port=args.control_port).start()
-                except (ValueError, OSError) as exc:
-                    print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
-                    return 2
-            emulator.start()  # listening before the banner says so
-            print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
-            if control is not None:
-                print(f"control endpoint on {control.url} (see docs/after-boot.md: Rehearsing after-boot changes)",
-                      flush=True)
-            stop.wait()
-        finally:
-            if control is not None:
-                control.stop()
-            emulator.stop()
-    return 0
-
-
-def examples_dir() -> Path:
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "examples", here.parent / "examples"):
-        if candidate.is_dir():
-            return candidate
-    raise CcImdsError("the bundled examples are not installed")
+    return emulate_command(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import tempfile
-    from pathlib import Path
+    from .testing.commands import demo_command
 
-    from .declaration.build import documents_from_file
-    from .imds.tree import load_tree
-    from .pipeline import RunOptions, apply, gather
-    from .testing.emulator import Emulator
-
-    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="cc-imds-demo-"))
-    with Emulator(load_tree()) as emulator:
-        print(f"IMDS emulator on {emulator.url} (bundled tree); writing under {root}\n")
-        for example in sorted(examples_dir().glob("*.yaml")):
-            options = RunOptions(endpoint=emulator.url, root=str(root), lock_path=str(root / ".cc-imds.lock"))
-            changes = apply(gather(documents=documents_from_file(example)), options)
-            print(f"== {example.name}: {emulator.count('PUT')} PUT, {emulator.count('GET')} GET")
-            emulator.clear_log()
-            for change in changes:
-                print(f"--- {change.path} ({change.action}, mode {change.mode:04o})")
-                if change.sensitive:
-                    print("(holds sensitive values: not shown)")
-                else:
-                    print(Path(change.path).read_text(encoding="utf-8"), end="")
-            print()
-    print(f"Files are under {root}")
-    return 0
+    return demo_command(args)
 
 
 def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .tools.enable import CLOUD_CFG, DROPIN, check, disable, enable
+    from .tools.enable import enable_module_command
 
-    dropin = args.dropin or DROPIN
-    if args.check:
-        print(check(args.root, args.cloud_cfg or CLOUD_CFG, dropin))
-        return 0
-    if args.remove:
-        removed = disable(args.root, dropin)
-        print(f"removed {removed}" if removed else "nothing to remove")
-        return 0
-    content = enable(args.root, args.cloud_cfg or CLOUD_CFG, dropin, dry_run=args.print)
-    if args.print:
-        sys.stdout.write(content)
-    else:
-        print(f"wrote {os.path.join(args.root, dropin.lstrip('/'))}")
-    return 0
+    return enable_module_command(args)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    import json
+    from .tools.scan import scan_command
 
-    from .logs import shown
-    from .tools.scan import as_dicts, failing, scan_files
-
-    result = scan_files(args.path)
-    findings = [finding for found in result.findings.values() for finding in found]
-    if args.json:
-        print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
-    elif findings:
-        # The scanned files are untrusted: what they contain is shown with control characters escaped.
-        rows = [(shown(f"{f.file}:{f.line}"), f.kind, shown(f.tool), shown(f.path or "?"), shown(f.replacement))
-                for f in findings]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    elif not result.problems:
-        print("no IMDS access found")
-    if args.suggest:
-        import re
-
-        import yaml
-
-        from .declaration.build import SourceDocument, build_declaration
-        from .tools.scan import ValueNames, suggest, suggest_get
-
-        for name, found in result.findings.items():
-            stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
-            text = _script_text(name)
-            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames(), text)
-            declaration = suggestion.declaration
-            notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
-            if not declaration["values"] and not declaration.get("credentials"):
-                if notes:
-                    print(f"\n# {shown(name)}: no IMDSv1 value that can be suggested exactly\n" + notes, end="")
-                continue
-            build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
-            command = suggest_get(declaration)
-            if command:
-                print(f"\n# {shown(name)}: the IMDSv1 values above in one call, one token, in the script itself")
-                print(notes + command)
-            print(f"\n# {shown(name)}: the IMDSv1 values above, as a cc-imds declaration")
-            print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
-    say("\n".join(result.problems))
-    return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
-
-
-def _script_text(name: str) -> Optional[str]:
-    """A scanned file's text, for the suggestions that look at what it writes (None for a part of
-    a container, or a file that cannot be read again)."""
-    from .tools.scan import MAX_SCAN_BYTES
-    from .untrusted import InputError, read_bytes
-
-    try:
-        return read_bytes(name, MAX_SCAN_BYTES).decode("utf-8", "replace")
-    except InputError:
-        return None
+    return scan_command(args)
 
 
 def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:
@@ -267,6 +122,19 @@ def endpoint(text: str) -> str:
     except ValueError as exc:  # urllib.parse's own complaints, such as "Invalid IPv6 URL"
         raise argparse.ArgumentTypeError(f"endpoint {text!r}: {exc}") from None
     return text
+
+
+def _lifetime(text: str) -> float:
+    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
+    import argparse
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if seconds != 0 and not 1 <= seconds <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
+    return seconds
 
 
 def _columns() -> int:
