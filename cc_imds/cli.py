@@ -26,6 +26,7 @@ INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a use
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
     from typing import IO, Any, Callable, NoReturn, Optional, Sequence, Union
 
 
@@ -73,12 +74,6 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     return emulate_command(args)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .testing.commands import demo_command
-
-    return demo_command(args)
-
-
 def cmd_enable_module(args: argparse.Namespace) -> int:
     from .tools.enable import enable_module_command
 
@@ -89,6 +84,49 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .tools.scan import scan_command
 
     return scan_command(args)
+
+
+# `demo` runs the product (the pipeline) against the emulator (testing/), and only the entry
+# point sees both, so it is composed here.
+def examples_dir() -> Path:
+    """The bundled example declarations: installed in the package, or in a source tree."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "examples", package.parent / "examples"):
+        if candidate.is_dir():
+            return candidate
+    raise CcImdsError("the bundled examples are not installed")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The bundled examples applied, as the boot run would, against the emulator serving the
+    bundled tree; each file written, and the requests it took, shown."""
+    import tempfile
+    from pathlib import Path
+
+    from .declaration.build import documents_from_file
+    from .imds.tree import load_tree
+    from .pipeline import RunOptions, apply, gather
+    from .testing.emulator import Emulator
+
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="cc-imds-demo-"))
+    with Emulator(load_tree()) as emulator:
+        print(f"IMDS emulator on {emulator.url} (bundled tree); writing under {root}\n")
+        for example in sorted(examples_dir().glob("*.yaml")):
+            options = RunOptions(endpoint=emulator.url, root=str(root), lock_path=str(root / ".cc-imds.lock"))
+            changes = apply(gather(documents=documents_from_file(example)), options)
+            print(f"== {example.name}: {emulator.count('PUT')} PUT, {emulator.count('GET')} GET")
+            emulator.clear_log()
+            for change in changes:
+                print(f"--- {change.path} ({change.action}, mode {change.mode:04o})")
+                if change.sensitive:
+                    print("(holds sensitive values: not shown)")
+                else:
+                    print(Path(change.path).read_text(encoding="utf-8"), end="")
+            print()
+    print(f"Files are under {root}")
+    return 0
 
 
 def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:

@@ -1,11 +1,10 @@
-"""`cc-imds emulate` (the IMDS emulator as a server of its own) and `cc-imds demo` (the boot
-run's pipeline, applied to the bundled examples against the emulator).
+"""`cc-imds emulate`: the IMDS emulator as a server of its own, with its control endpoint.
+(`cc-imds demo` runs the product against the emulator: it is composed in cli.py, which sees both.)
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CcImdsError
@@ -50,40 +49,4 @@ def emulate_command(args: argparse.Namespace) -> int:
             if control is not None:
                 control.stop()
             emulator.stop()
-    return 0
-
-
-def examples_dir() -> Path:
-    """The bundled example declarations: installed in the package, or in a source tree."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "examples", package.parent / "examples"):
-        if candidate.is_dir():
-            return candidate
-    raise CcImdsError("the bundled examples are not installed")
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    """The bundled examples applied, as the boot run would, against the emulator serving the
-    bundled tree; each file written, and the requests it took, shown."""
-    import tempfile
-
-    from ..declaration.build import documents_from_file
-    from ..pipeline import RunOptions, apply, gather
-
-    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="cc-imds-demo-"))
-    with Emulator(load_tree()) as emulator:
-        print(f"IMDS emulator on {emulator.url} (bundled tree); writing under {root}\n")
-        for example in sorted(examples_dir().glob("*.yaml")):
-            options = RunOptions(endpoint=emulator.url, root=str(root), lock_path=str(root / ".cc-imds.lock"))
-            changes = apply(gather(documents=documents_from_file(example)), options)
-            print(f"== {example.name}: {emulator.count('PUT')} PUT, {emulator.count('GET')} GET")
-            emulator.clear_log()
-            for change in changes:
-                print(f"--- {change.path} ({change.action}, mode {change.mode:04o})")
-                if change.sensitive:
-                    print("(holds sensitive values: not shown)")
-                else:
-                    print(Path(change.path).read_text(encoding="utf-8"), end="")
-            print()
-    print(f"Files are under {root}")
     return 0
