@@ -13,7 +13,8 @@ import gc
 import os
 import sys
 
-from .errors import CcImdsError, DeclarationError, WriteError
+from .errors import CcImdsError, OutputStreamError
+from .logs import say
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE: distinct from every failure a user can act on
 
@@ -26,269 +27,81 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
-    from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Union
-
-    from .declaration.build import SourceDocument
-    from .pipeline import RunOptions
+    from typing import IO, Any, Callable, NoReturn, Optional, Sequence, Union
 
 
-def _lifetime(text: str) -> float:
-    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
-    import argparse
-
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if seconds != 0 and not 1 <= seconds <= 10**9:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
-    return seconds
-
-
-def _conf_dir(args: argparse.Namespace) -> Optional[str]:
-    if args.no_conf_dir:
-        return None
-    if args.conf_dir:
-        return str(args.conf_dir)
-    from .declaration.dropins import CONF_DIR_ENV, DEFAULT_CONF_DIR
-
-    default = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
-    root = getattr(args, "root", None) or "/"
-    return os.path.join(root, default.lstrip("/"))
-
-
-def _documents(args: argparse.Namespace) -> List[SourceDocument]:
-    from pathlib import Path
-
-    from .declaration.build import documents_from_file
-    from .pipeline import gather
-
-    docs = documents_from_file(Path(args.file)) if args.file else []
-    merged = gather(conf_dir=_conf_dir(args), documents=docs)
-    if not merged:
-        raise DeclarationError([f"no declaration: give a FILE, or put *.yaml files in {_conf_dir(args)}"])
-    return merged
-
-
-def _options(args: argparse.Namespace) -> RunOptions:
-    from .pipeline import RunOptions
-
-    return RunOptions(endpoint=args.endpoint, root=getattr(args, "root", None) or "/", lock_path=_lock(args))
-
-
-def _lock(args: argparse.Namespace) -> str:
-    from .files.lock import default_lock_path
-
-    return getattr(args, "lock", None) or default_lock_path()
-
-
+# Each command's body lives with its feature and is imported when that command runs, so
+# building the parser (help, wrong usage) or running `get` imports no other command's modules.
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .tools.declare import validate_command
 
-    from .declaration.build import build_declaration, documents_from_dir, documents_from_file
-
-    problems: List[str] = []
-    for name in args.file:
-        path = Path(name)
-        try:
-            docs = documents_from_dir(path) if path.is_dir() else documents_from_file(path)
-            build_declaration(docs)
-        except DeclarationError as exc:
-            problems.extend(exc.problems)
-    for line in problems:
-        print(line, file=sys.stderr)
-    if not problems:
-        print(f"{len(args.file)} declaration(s) valid")
-    return 1 if problems else 0
+    return validate_command(args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .imds.tree import load_tree
-    from .pipeline import preview
+    from .tools.declare import plan_command
 
-    tree = load_tree(args.metadata) if args.metadata else None
-    outputs = preview(_documents(args), _options(args), tree)
-    for output in outputs:
-        owner = output.owner or "(running user)"
-        flag = ", sensitive values redacted" if output.sensitive else ""
-        print(f"--- {output.path}  mode {output.mode:04o}  owner {owner}  from {output.origin}{flag}")
-        text = output.content.decode("utf-8")
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n(no newline at end of file)\n")
-    return 0
+    return plan_command(args)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .pipeline import apply
+    from .tools.declare import apply_command
 
-    changes = apply(_documents(args), _options(args))
-    for change in changes:
-        really = f" -> {change.real_path}" if change.real_path else ""
-        print(f"{change.action:9} {change.path}{really} ({change.mode:04o})")
-    return 0
-
-
-def normalise_get_path(raw: str) -> str:
-    """Accept what old scripts pass to curl: a full URL, /latest/..., or a bare path."""
-    from .tools.get import imds_path
-
-    return imds_path(raw)
-
-
-def _endpoint_hosts(endpoint: str) -> List[str]:
-    """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
-    from .imds.client import candidate_urls
-
-    if endpoint in ("auto", "ipv4", "ipv6"):
-        return []
-    # Validated there, with a clear message, and written back as http://HOST[:PORT], an IPv6
-    # HOST in brackets.
-    netloc = candidate_urls(endpoint)[0][len("http://"):]
-    return [netloc if ":" in netloc.rpartition("]")[2] else f"{netloc}:80"]
+    return apply_command(args)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from .imds.client import ClientSettings, ImdsClient, choose_endpoint
-    from .tools.get import RAW, get, parse_requests, write_stdout
+    from .tools.get import get_command
 
-    endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
-    requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
-    settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
-    with ImdsClient(settings) as client:
-        data = get(client, requests, args.output or RAW)
-    write_stdout(data)
-    return 0
-
-
-def _log_for_the_journal(debug: bool) -> None:
-    """The watcher logs every change (INFO). Under systemd (JOURNAL_STREAM is set), a <N>
-    prefix gives each line its journal priority."""
-    import logging
-
-    class JournalFormatter(logging.Formatter):
-        PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-        def format(self, record: logging.LogRecord) -> str:
-            return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
-
-    logging.basicConfig(format="cc-imds: %(levelname)s: %(message)s", stream=sys.stderr)  # no-op after --debug
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if os.environ.get("JOURNAL_STREAM"):
-        for handler in root.handlers:
-            handler.setFormatter(JournalFormatter("%(message)s"))
+    return get_command(args)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .watch.start import watch_command
 
-    from .declaration.build import documents_from_file
-    from .pipeline import gather
-    from .watch.handoff import saved_cloud_config
-    from .watch.watcher import Watcher, WatchOptions
-
-    _log_for_the_journal(args.debug)
-    conf_dir = _conf_dir(args)
-    explicit = Path(args.file) if args.file else None
-
-    def load() -> List[SourceDocument]:
-        """Drop-ins, then FILE or this boot's saved `imds:` key: the boot run's own order."""
-        if explicit is not None:
-            docs = gather(conf_dir=conf_dir, documents=documents_from_file(explicit))
-        else:
-            docs = gather(saved_cloud_config(), conf_dir)
-        if not docs:
-            raise DeclarationError([f"no declaration: no *.yaml in {conf_dir}, and the boot run saved no "
-                                    "imds: key (give a FILE to watch another declaration)"])
-        return docs
-
-    options = WatchOptions(endpoint=args.endpoint, lock_path=_lock(args), owns_marker=explicit is None)
-    return Watcher(load, options).run()
+    return watch_command(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-    import time
+    from .watch.status import status_command
 
-    from .watch import rundir
-    from .watch.handoff import watcher_needed
-    from .watch.status import NOT_RUNNING, as_json, assess, render_text, status_problem
-
-    directory = rundir.run_dir()
-    try:
-        document = rundir.read_json(directory / rundir.STATUS)
-    except rundir.RunDirError as exc:
-        print(f"cc-imds: {exc}", file=sys.stderr)
-        return NOT_RUNNING
-    problem = status_problem(document) if document is not None else None
-    if problem is not None:
-        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version ({problem})",
-              file=sys.stderr)
-        return NOT_RUNNING
-    now = time.time()
-    health = assess(document, watcher_needed(directory), now)
-    text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
-        render_text(document, health, now))
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OutputStreamError as exc:  # main() guards sys.stdout; any other failure is exit 4 there
-        if not exc.broken_pipe:
-            raise
-        # `cc-imds status | head`: the reader has what it wanted; nothing left to flush at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return health.code
+    return status_command(args)
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from .imds.tree import load_tree
-    from .signals import StopRequest
-    from .testing.emulator import Emulator
+    from .testing.commands import emulate_command
 
-    tree = load_tree(args.tree, tags_enabled=not args.no_tags)
-    # SIGTERM and SIGINT stop it cleanly from here on, whatever the process inherited (a
-    # background job starts with SIGINT ignored).
-    with StopRequest() as stop:
-        try:
-            emulator = Emulator(tree, host=args.host, port=args.port, mode=args.mode)
-        except OSError as exc:
-            raise CcImdsError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
-        emulator.latency = args.latency
-        if args.credential_lifetime:
-            emulator.rotate_credentials_every(args.credential_lifetime)
-        control = None
-        try:
-            if args.control_port is not None:
-                from .testing.control import ControlServer
-
-                try:
-                    control = ControlServer(emulator, host=args.host, port=args.control_port).start()
-                except (ValueError, OSError) as exc:
-                    print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
-                    return 2
-            emulator.start()  # listening before the banner says so
-            print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
-            if control is not None:
-                print(f"control endpoint on {control.url} (see docs/after-boot.md: Rehearsing after-boot changes)",
-                      flush=True)
-            stop.wait()
-        finally:
-            if control is not None:
-                control.stop()
-            emulator.stop()
-    return 0
+    return emulate_command(args)
 
 
+def cmd_enable_module(args: argparse.Namespace) -> int:
+    from .tools.enable import enable_module_command
+
+    return enable_module_command(args)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .tools.scan import scan_command
+
+    return scan_command(args)
+
+
+# `demo` runs the product (the pipeline) against the emulator (testing/), and only the entry
+# point sees both, so it is composed here.
 def examples_dir() -> Path:
+    """The bundled example declarations: installed in the package, or in a source tree."""
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "examples", here.parent / "examples"):
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "examples", package.parent / "examples"):
         if candidate.is_dir():
             return candidate
     raise CcImdsError("the bundled examples are not installed")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The bundled examples applied, as the boot run would, against the emulator serving the
+    bundled tree; each file written, and the requests it took, shown."""
     import tempfile
     from pathlib import Path
 
@@ -314,85 +127,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print()
     print(f"Files are under {root}")
     return 0
-
-
-def cmd_enable_module(args: argparse.Namespace) -> int:
-    from .tools.enable import CLOUD_CFG, DROPIN, check, disable, enable
-
-    dropin = args.dropin or DROPIN
-    if args.check:
-        print(check(args.root, args.cloud_cfg or CLOUD_CFG, dropin))
-        return 0
-    if args.remove:
-        removed = disable(args.root, dropin)
-        print(f"removed {removed}" if removed else "nothing to remove")
-        return 0
-    content = enable(args.root, args.cloud_cfg or CLOUD_CFG, dropin, dry_run=args.print)
-    if args.print:
-        sys.stdout.write(content)
-    else:
-        print(f"wrote {os.path.join(args.root, dropin.lstrip('/'))}")
-    return 0
-
-
-def cmd_scan(args: argparse.Namespace) -> int:
-    import json
-
-    from .logs import shown
-    from .tools.scan import as_dicts, failing, scan_files
-
-    result = scan_files(args.path)
-    findings = [finding for found in result.findings.values() for finding in found]
-    if args.json:
-        print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
-    elif findings:
-        # The scanned files are untrusted: what they contain is shown with control characters escaped.
-        rows = [(shown(f"{f.file}:{f.line}"), f.kind, shown(f.tool), shown(f.path or "?"), shown(f.replacement))
-                for f in findings]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    elif not result.problems:
-        print("no IMDS access found")
-    if args.suggest:
-        import re
-
-        import yaml
-
-        from .declaration.build import SourceDocument, build_declaration
-        from .tools.scan import ValueNames, suggest, suggest_get
-
-        for name, found in result.findings.items():
-            stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
-            text = _script_text(name)
-            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames(), text)
-            declaration = suggestion.declaration
-            notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
-            if not declaration["values"] and not declaration.get("credentials"):
-                if notes:
-                    print(f"\n# {shown(name)}: no IMDSv1 value that can be suggested exactly\n" + notes, end="")
-                continue
-            build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
-            command = suggest_get(declaration)
-            if command:
-                print(f"\n# {shown(name)}: the IMDSv1 values above in one call, one token, in the script itself")
-                print(notes + command)
-            print(f"\n# {shown(name)}: the IMDSv1 values above, as a cc-imds declaration")
-            print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
-    _say("\n".join(result.problems))
-    return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
-
-
-def _script_text(name: str) -> Optional[str]:
-    """A scanned file's text, for the suggestions that look at what it writes (None for a part of
-    a container, or a file that cannot be read again)."""
-    from .tools.scan import MAX_SCAN_BYTES
-    from .untrusted import InputError, read_bytes
-
-    try:
-        return read_bytes(name, MAX_SCAN_BYTES).decode("utf-8", "replace")
-    except InputError:
-        return None
 
 
 def number(low: float, high: float, *, integer: bool = False) -> Callable[[str], Union[int, float]]:
@@ -426,6 +160,19 @@ def endpoint(text: str) -> str:
     except ValueError as exc:  # urllib.parse's own complaints, such as "Invalid IPv6 URL"
         raise argparse.ArgumentTypeError(f"endpoint {text!r}: {exc}") from None
     return text
+
+
+def _lifetime(text: str) -> float:
+    """--credential-lifetime: 0 (never) or a finite number of seconds of at least 1."""
+    import argparse
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if seconds != 0 and not 1 <= seconds <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (never) or 1 to 1e9 seconds")
+    return seconds
 
 
 def _columns() -> int:
@@ -569,14 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class OutputStreamError(WriteError):
-    """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
-
-    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
-        super().__init__("standard output", f"cannot write: {reason}")
-        self.broken_pipe = broken_pipe  # the reader went away (`| head`)
-
-
 class _GuardedStream:
     """Standard output whose failed writes become one OutputStreamError, not a traceback,
     and whose every byte is written or reported: what is printed is kept here and written
@@ -660,18 +399,6 @@ def _discard_stdout(stream: Optional[IO[str]]) -> None:
         pass
 
 
-def _say(lines: str) -> None:
-    """Errors to stderr, one line each; a stderr that cannot be written is given up on."""
-    from .logs import shown
-
-    try:
-        for line in lines.splitlines():
-            print(f"cc-imds: {shown(line)}", file=sys.stderr)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 def _internal_error(exc: BaseException, debug: bool) -> None:
     """A bug: one line naming the exception's type and where it was raised in cc_imds. The
     exception's message is never shown: it may quote a token or a value. --debug lists
@@ -685,9 +412,9 @@ def _internal_error(exc: BaseException, debug: bool) -> None:
     if ours:
         frame = ours[-1]
         where = f" at {os.path.relpath(frame.filename, os.path.dirname(package))}:{frame.lineno} in {frame.name}"
-    _say(f"internal error: {type(exc).__name__}{where}; this is a bug, please report it with --debug output")
+    say(f"internal error: {type(exc).__name__}{where}; this is a bug, please report it with --debug output")
     if debug:
-        _say("\n".join(f"debug:   at {f.filename}:{f.lineno} in {f.name}" for f in frames))
+        say("\n".join(f"debug:   at {f.filename}:{f.lineno} in {f.name}" for f in frames))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -713,10 +440,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
     except OutputStreamError as exc:
         _discard_stdout(original)
-        _say(str(exc))
+        say(str(exc))
         return exc.exit_code
     except CcImdsError as exc:
-        _say(str(exc))
+        say(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -770,6 +497,20 @@ class _Arguments:
         self.__dict__.update(fields)
 
 
+def _conf_dir(args: argparse.Namespace) -> Optional[str]:
+    """The drop-in directory the declaration commands' options name: none (--no-conf-dir),
+    --conf-dir as given, else $CC_IMDS_CONF_DIR or the default, under --root."""
+    if args.no_conf_dir:
+        return None
+    if args.conf_dir:
+        return str(args.conf_dir)
+    from .declaration.dropins import CONF_DIR_ENV, DEFAULT_CONF_DIR
+
+    default = os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR)
+    root = getattr(args, "root", None) or "/"
+    return os.path.join(root, default.lstrip("/"))
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     try:
@@ -778,6 +519,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
             args.values = rest
         elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if hasattr(args, "no_conf_dir"):
+            # One directory, or None for none, as every declaration command reads it: its default
+            # depends on --root, which argparse cannot express.
+            args.conf_dir = _conf_dir(args)
     except SystemExit:  # --help, --version or wrong usage: what argparse printed must get out too
         sys.stdout.flush()
         raise

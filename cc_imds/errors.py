@@ -90,3 +90,11 @@ class WriteError(CcImdsError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class OutputStreamError(WriteError):
+    """Standard output cannot be written: a full disk, a closed pipe. Exit 4, as for any output."""
+
+    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
+        super().__init__("standard output", f"cannot write: {reason}")
+        self.broken_pipe = broken_pipe  # the reader went away (`| head`)

@@ -12,7 +12,8 @@ and `cc-imds status`. Where it leaves the process, it is shown with `shown`: con
 other unprintable characters escaped, so a notice's ESC sequence cannot rewrite the
 operator's terminal and a line break cannot forge a log line. One filter on every cc_imds
 logger (`std_logger`, and the lazy Logger below) does it for log lines; the CLI's error
-printer, `status` and the cloud-init module's re-raised error call `shown` themselves.
+printer (`say`, below), `status` and the cloud-init module's re-raised error call `shown`
+themselves.
 It runs after secrets are scrubbed, so it never changes what the scrubber looks for.
 """
 
@@ -40,6 +41,17 @@ def shown(text: str) -> str:
     return "".join(c if c.isprintable() else _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else
                                                                f"\\u{ord(c):04x}" if ord(c) < 0x10000 else
                                                                f"\\U{ord(c):08x}") for c in text)
+
+
+def say(lines: str) -> None:
+    """Errors to stderr, one line each, as `cc-imds: ...`, each shown with `shown`; a stderr
+    that cannot be written is given up on."""
+    try:
+        for line in lines.splitlines():
+            print(f"cc-imds: {shown(line)}", file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def shown_lines(text: str) -> str:

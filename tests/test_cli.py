@@ -13,9 +13,10 @@ from typing import Callable
 
 import pytest
 
-from cc_imds.cli import main, normalise_get_path
+from cc_imds.cli import main
 from cc_imds.imds.tree import MetadataTree
 from cc_imds.testing.emulator import Emulator
+from cc_imds.tools.get import imds_path
 from tests.conftest import CLI, EXAMPLES, REPO, SIGINT_STARTS, cli_env, sigint_at
 
 BROKEN = """#cloud-config
@@ -208,7 +209,7 @@ def test_enable_module_refuses_a_config_it_cannot_read_and_writes_nothing(cli: C
     ],
 )
 def test_get_path_forms(given: str, expected: str) -> None:
-    assert normalise_get_path(given) == expected
+    assert imds_path(given) == expected
 
 
 @pytest.mark.parametrize("start", SIGINT_STARTS, ids=list(SIGINT_STARTS))

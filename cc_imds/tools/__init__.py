@@ -1,2 +1,3 @@
-"""Commands for people and scripts that are not the boot path: `get`, `scan`, `enable-module`.
+"""Commands for people and scripts: `validate`, `plan` and `apply` (the boot path's pipeline,
+from the command line), and `get`, `scan`, `enable-module`, which are not the boot path.
 """

@@ -24,14 +24,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from ..declaration.build import Origin
 from ..errors import ProblemsError, WriteError
 from ..outputs.render import Output
 from ..outputs.write import write_outputs
 from ..untrusted import InputError, load_yaml, read_text
+
+if TYPE_CHECKING:
+    import argparse
 
 CLOUD_CFG = "/etc/cloud/cloud.cfg"
 DROPIN = "/etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
@@ -208,3 +212,22 @@ def check(root: str = "/", cloud_cfg: str = CLOUD_CFG, dropin: str = DROPIN) -> 
     if problems:
         raise NotEnabled(problems)
     return f"imds runs first in {STAGE} ({len(stage)} modules, from {cloud_cfg} and {len(files) - 1} drop-in(s))"
+
+
+def enable_module_command(args: argparse.Namespace) -> int:
+    """Write, print (--print), remove (--remove) or check (--check) the drop-in that puts imds
+    first in cloud-init's config stage."""
+    dropin = args.dropin or DROPIN
+    if args.check:
+        print(check(args.root, args.cloud_cfg or CLOUD_CFG, dropin))
+        return 0
+    if args.remove:
+        removed = disable(args.root, dropin)
+        print(f"removed {removed}" if removed else "nothing to remove")
+        return 0
+    content = enable(args.root, args.cloud_cfg or CLOUD_CFG, dropin, dry_run=args.print)
+    if args.print:
+        sys.stdout.write(content)
+    else:
+        print(f"wrote {os.path.join(args.root, dropin.lstrip('/'))}")
+    return 0

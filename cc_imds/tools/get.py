@@ -20,6 +20,7 @@ from ..errors import ImdsError, ImdsNotFound, ProblemsError, WriteError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is a cost every call would pay
 if TYPE_CHECKING:
+    import argparse
     from typing import Any, Dict, List, Optional, Sequence, Union
 
     from ..imds.client import ImdsClient
@@ -407,3 +408,30 @@ def write_stdout(data: bytes) -> None:
         except OSError:
             pass
         raise WriteError("standard output", f"cannot write: {exc.strerror or exc}") from None
+
+
+def get_command(args: argparse.Namespace) -> int:
+    """`cc-imds get`: the values asked for on standard output, all of them or none."""
+    import os
+
+    from ..imds.client import ClientSettings, ImdsClient, choose_endpoint
+
+    endpoint, _ = choose_endpoint(args.endpoint, None, os.environ)
+    requests = parse_requests(args.values, args.output or RAW, _endpoint_hosts(endpoint))
+    settings = ClientSettings(endpoint=endpoint, imdsv1=args.imdsv1, timeout=args.timeout, deadline=args.deadline)
+    with ImdsClient(settings) as client:
+        data = get(client, requests, args.output or RAW)
+    write_stdout(data)
+    return 0
+
+
+def _endpoint_hosts(endpoint: str) -> List[str]:
+    """`host:port` of an explicit endpoint (the emulator, say): URLs given to `get` may name it."""
+    from ..imds.client import candidate_urls
+
+    if endpoint in ("auto", "ipv4", "ipv6"):
+        return []
+    # Validated there, with a clear message, and written back as http://HOST[:PORT], an IPv6
+    # HOST in brackets.
+    netloc = candidate_urls(endpoint)[0][len("http://"):]
+    return [netloc if ":" in netloc.rpartition("]")[2] else f"{netloc}:80"]

@@ -23,7 +23,7 @@ import os
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ProblemsError
 from ..untrusted import InputError, check_yaml_shape, default_loader, read_bytes
@@ -44,8 +44,11 @@ from .scan_readers import (
     sweep,
 )
 
+if TYPE_CHECKING:
+    import argparse
+
 __all__ = ["IMDSV1", "IMDSV2", "MAX_FINDINGS", "REFERENCE", "UNKNOWN", "UNREAD", "Derived", "Finding", "ScanError",
-           "failing", "scan_bytes", "scan_files", "scan_paths", "scan_text", "suggest", "suggest_get"]
+           "failing", "scan_bytes", "scan_command", "scan_files", "scan_paths", "scan_text", "suggest", "suggest_get"]
 
 MAX_SCAN_BYTES = 8 * 1024 * 1024  # EC2 user-data is at most 16 KiB; scripts are small
 MAX_DECODED_BYTES = 16 * 1024 * 1024  # all that one file's gzip, base64 and MIME parts decode to
@@ -575,3 +578,61 @@ def suggest_get(declaration: Dict[str, Any]) -> Optional[str]:
 def as_dicts(findings: List[Finding], accept_unknown: bool = False) -> List[Dict[str, Any]]:
     return [{**asdict(f), "replacement": f.replacement if f.kind == IMDSV1 else "",
              "fails_gate": failing(f, accept_unknown)} for f in findings]
+
+
+def scan_command(args: argparse.Namespace) -> int:
+    """Every IMDS call found in the files (or under the directories) given, as a table or
+    --json, with --suggest the declaration and `get` call replacing the IMDSv1 ones; exit 1
+    if the gate fails or a file cannot be scanned."""
+    import json
+
+    from ..logs import say, shown
+
+    result = scan_files(args.path)
+    findings = [finding for found in result.findings.values() for finding in found]
+    if args.json:
+        print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
+    elif findings:
+        # The scanned files are untrusted: what they contain is shown with control characters escaped.
+        rows = [(shown(f"{f.file}:{f.line}"), f.kind, shown(f.tool), shown(f.path or "?"), shown(f.replacement))
+                for f in findings]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    elif not result.problems:
+        print("no IMDS access found")
+    if args.suggest:
+        import re
+
+        import yaml
+
+        from ..declaration.build import SourceDocument, build_declaration
+
+        for name, found in result.findings.items():
+            stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
+            text = _script_text(name)
+            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames(), text)
+            declaration = suggestion.declaration
+            notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
+            if not declaration["values"] and not declaration.get("credentials"):
+                if notes:
+                    print(f"\n# {shown(name)}: no IMDSv1 value that can be suggested exactly\n" + notes, end="")
+                continue
+            build_declaration([SourceDocument(name, "imds", declaration)])  # never suggest an invalid one
+            command = suggest_get(declaration)
+            if command:
+                print(f"\n# {shown(name)}: the IMDSv1 values above in one call, one token, in the script itself")
+                print(notes + command)
+            print(f"\n# {shown(name)}: the IMDSv1 values above, as a cc-imds declaration")
+            print(notes + "#cloud-config\n" + yaml.safe_dump({"imds": declaration}, sort_keys=False), end="")
+    say("\n".join(result.problems))
+    return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
+
+
+def _script_text(name: str) -> Optional[str]:
+    """A scanned file's text, for the suggestions that look at what it writes (None for a part of
+    a container, or a file that cannot be read again)."""
+    try:
+        return read_bytes(name, MAX_SCAN_BYTES).decode("utf-8", "replace")
+    except InputError:
+        return None

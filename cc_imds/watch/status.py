@@ -18,12 +18,20 @@ import datetime
 import json
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..errors import OutputStreamError
 from ..logs import shown
+from . import rundir
+from .handoff import watcher_needed
 from .schedule import parse_time
+
+if TYPE_CHECKING:
+    import argparse
 
 FORMAT = 1
 OK = 0
@@ -314,3 +322,31 @@ def as_json(doc: Optional[Mapping[str, Any]], health: Health) -> Dict[str, Any]:
         "problems": [{"exit": code, "message": message} for code, message in health.problems],
         "status": doc,
     }
+
+
+def status_command(args: argparse.Namespace) -> int:
+    """What the watcher last wrote, judged now, as text or --json; the exit status says how healthy it is."""
+    directory = rundir.run_dir()
+    try:
+        document = rundir.read_json(directory / rundir.STATUS)
+    except rundir.RunDirError as exc:
+        print(f"cc-imds: {exc}", file=sys.stderr)
+        return NOT_RUNNING
+    problem = status_problem(document) if document is not None else None
+    if problem is not None:
+        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version ({problem})",
+              file=sys.stderr)
+        return NOT_RUNNING
+    now = time.time()
+    health = assess(document, watcher_needed(directory), now)
+    text = json.dumps(as_json(document, health), indent=2, sort_keys=True) + "\n" if args.json else (
+        render_text(document, health, now))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OutputStreamError as exc:  # main() guards sys.stdout; any other failure is exit 4 there
+        if not exc.broken_pipe:
+            raise
+        # `cc-imds status | head`: the reader has what it wanted; nothing left to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return health.code
