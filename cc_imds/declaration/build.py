@@ -26,6 +26,7 @@ ALWAYS_SENSITIVE_PREFIXES = (
 # Documents under these paths carry an `Expiration`: `cc-imds watch` refreshes them before it.
 CREDENTIAL_PREFIXES = ("meta-data/iam/security-credentials/", "meta-data/identity-credentials/")
 ON_CHANGE_TIMEOUT = 60.0
+WAIT_MAX_TIMES_MIN = 4  # `wait: {min}` alone: at the latest 4 times min after the first change (consul-template's)
 EVENT_TIMEOUT = 120.0  # a spot interruption notice comes two minutes ahead
 EVENT_POLL = 5.0  # AWS suggests checking for the spot notice every 5 s
 # A credential output reads its role's document through a value of its own, named so that no
@@ -82,11 +83,23 @@ class ValueSpec:
 
 
 @dataclass(frozen=True)
+class Quiet:
+    """When an `on_change` command runs after a change (all zero: at once). `wait_min`:
+    once the output has not changed for that long; `wait_max`: at the latest that long
+    after the first change not yet acted on; then a random delay of up to `splay`."""
+
+    wait_min: float = 0.0
+    wait_max: float = 0.0
+    splay: float = 0.0
+
+
+@dataclass(frozen=True)
 class Command:
     """An argv list run without a shell, killed after `timeout` seconds."""
 
     argv: Tuple[str, ...]
     timeout: float
+    quiet: Quiet = Quiet()  # events' commands never wait
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,14 @@ OutputSpec = Union[EnvOutput, FileOutput, CredentialOutput]
 
 
 @dataclass(frozen=True)
+class MetricsFile:
+    """`metrics:` where the watcher writes Prometheus metrics."""
+
+    path: str
+    origin: Origin
+
+
+@dataclass(frozen=True)
 class Declaration:
     settings: Mapping[str, Any]  # connection settings, merged by precedence
     values: Mapping[str, ValueSpec]
@@ -161,6 +182,7 @@ class Declaration:
     sources: Tuple[str, ...]
     events: Tuple[EventAction, ...] = ()
     credentials: Tuple[CredentialOutput, ...] = ()
+    metrics: Optional[MetricsFile] = None
 
     @property
     def outputs(self) -> Tuple[OutputSpec, ...]:
@@ -444,12 +466,24 @@ def _command(raw: Mapping[str, Any], default_timeout: float, where: Origin, prob
 
 
 def _on_change(raw: Any, where: Origin, problems: List[str]) -> Optional[Command]:
-    """`on_change`: an argv list, or {run: argv, timeout: seconds}."""
+    """`on_change`: an argv list, or {run: argv, timeout: seconds, wait: {min, max}, splay: seconds}."""
     if raw is None:
         return None
     if isinstance(raw, list):
         return _command({"run": raw}, ON_CHANGE_TIMEOUT, where, problems)
-    return _command(raw, ON_CHANGE_TIMEOUT, where, problems)
+    return replace(_command(raw, ON_CHANGE_TIMEOUT, where, problems), quiet=_quiet(raw, where, problems))
+
+
+def _quiet(raw: Mapping[str, Any], where: Origin, problems: List[str]) -> Quiet:
+    """`wait` and `splay` of an `on_change` object; the schema checked types and ranges."""
+    wait = raw.get("wait") or {}
+    low = _seconds(wait.get("min"), 0.0, where.child("wait").child("min"), problems)
+    high = _seconds(wait.get("max"), low * WAIT_MAX_TIMES_MIN, where.child("wait").child("max"), problems)
+    if high < low:
+        problems.append(f"{where.child('wait').child('max')}: {high:g} is less than wait.min ({low:g}): the "
+                        "longest a command may wait cannot be shorter than the quiet time it waits for")
+        high = low
+    return Quiet(low, high, _seconds(raw.get("splay"), 0.0, where.child("splay"), problems))
 
 
 def _events_from(doc: SourceDocument, problems: List[str]) -> List[EventAction]:
@@ -553,10 +587,14 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
     files: List[FileOutput] = []
     events: List[EventAction] = []
     credentials: List[CredentialOutput] = []
+    metrics: Optional[MetricsFile] = None
     for doc in docs:
         for key in CONNECTION_KEYS:
             if key in doc.document:
                 settings[key] = _setting(doc, key, schema, problems)
+        if doc.document.get("metrics") is not None:  # later sources win, as for connection settings
+            metrics = MetricsFile(doc.document["metrics"]["path"],
+                                  Origin(doc.source, doc.root).child("metrics").child("path"))
         for spec in _values_from(doc, problems):
             earlier = values.get(spec.name)
             if earlier is None:
@@ -572,12 +610,18 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
             values.setdefault(credential.value_name, credential_value(credential))
 
     _check_outputs(values, env, files, problems, credentials)
+    if metrics is not None:
+        _check_output_path(metrics.path, metrics.origin, problems)
+        outputs: List[OutputSpec] = [*env, *files, *credentials]
+        taken = {o.path: o.origin for o in outputs}
+        if metrics.path in taken:
+            problems.append(f"{metrics.origin}: {metrics.path} is also written by {taken[metrics.path].child('path')}")
     if problems:
         raise DeclarationError(problems)
     if remember:
         _remember(unchecked)
     return Declaration(settings, values, tuple(env), tuple(files), tuple(d.source for d in docs), tuple(events),
-                       tuple(credentials))
+                       tuple(credentials), metrics)
 
 
 def _remember(checked: Sequence[SourceDocument]) -> None:

@@ -45,6 +45,9 @@ AFTER_EXIT = 0.5  # keep reading output this long after the command exited (a ch
 MAX_RUNNING = 4  # commands at once, events and on_change together
 MAX_QUEUED = 16  # runs waiting for a free slot
 STARTED, QUEUED, MERGED, REFUSED = "started", "queued", "merged", "refused"
+# How a run ended (Result.outcome): the exit-code buckets the metrics file counts. REFUSED
+# (never queued) has no Result; the watcher counts it when start() returns it.
+EXIT_0, EXIT_NONZERO, TIMEOUT, SIGNAL, NOT_STARTED = "exit_0", "exit_nonzero", "timeout", "signal", "not_started"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Result:
     seconds: float
     exit_code: Optional[int]  # None when it could not start, or was killed
     error: Optional[str]  # None on exit 0
+    outcome: str = EXIT_0  # EXIT_0, EXIT_NONZERO, TIMEOUT, SIGNAL or NOT_STARTED
 
     @property
     def ok(self) -> bool:
@@ -194,7 +198,7 @@ class Runner:
         except OSError as exc:
             problem = f"cannot run {command.argv[0]}: {exc.strerror or exc}"
             LOG.error("%s: %s", request.label, problem)
-            return Result(request.key, request.label, started, 0.0, None, problem)
+            return Result(request.key, request.label, started, 0.0, None, problem, NOT_STARTED)
         with self._lock:
             self._running[request.key] = proc
             stopping, grace = self._stopping, self._stop_grace
@@ -210,11 +214,13 @@ class Runner:
             _end_groups([proc], KILL_GRACE)
         code: Optional[int] = proc.returncode
         error: Optional[str]
+        outcome = EXIT_0
         if timed_out:
             error = f"timed out after {command.timeout:g}s; its process group was killed"
-            code = None
+            code, outcome = None, TIMEOUT
         elif code:
             error = f"killed by signal {-code}" if code < 0 else f"exited {code}"
+            outcome = SIGNAL if code < 0 else EXIT_NONZERO
             code = code if code > 0 else None
         else:
             error = None
@@ -222,7 +228,7 @@ class Runner:
             LOG.error("%s: failed: %s (%.1fs)", request.label, error, seconds)
         else:
             LOG.info("%s: done in %.1fs", request.label, seconds)
-        return Result(request.key, request.label, started, seconds, code, error)
+        return Result(request.key, request.label, started, seconds, code, error, outcome)
 
 
 def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
