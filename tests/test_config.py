@@ -77,7 +77,7 @@ def test_every_schema_problem_is_reported_with_its_location() -> None:
 def test_unknown_top_level_key_suggests_the_right_one() -> None:
     assert problems_of(doc({"valeus": {}})) == [
         "user-data: imds: unknown key(s) 'valeus' (did you mean 'values'?); allowed: concurrency, credentials, "
-        "deadline, endpoint, env, events, files, imdsv1, timeout, token_ttl, values"
+        "deadline, endpoint, env, events, files, imdsv1, metrics, timeout, token_ttl, values"
     ]
 
 

@@ -145,7 +145,7 @@ def test_wrong_on_change_values_are_refused_with_their_location() -> None:
         "user-data: imds.files[0].on_change: expected object, got a string: must be an argv list such as "
         "[systemctl, try-reload-or-restart, myapp.service], or {run: [...], timeout: seconds}",
         EitherWording("user-data: imds.files[1].on_change: [] ", ("is too short", "should be non-empty")),
-        "user-data: imds.files[2].on_change: unknown key(s) 'shell'; allowed: run, timeout",
+        "user-data: imds.files[2].on_change: unknown key(s) 'shell'; allowed: run, splay, timeout, wait",
         "user-data: imds.files[2].on_change.timeout: 0 is less than the minimum of 1",
         "user-data: imds.files[3].on_change: missing required key(s) 'run'",
         "user-data: imds.files[4].on_change[1]: expected string, got int",

@@ -99,7 +99,7 @@ class Command:
 
     argv: Tuple[str, ...]
     timeout: float
-    quiet: Quiet = Quiet()  # events' commands never wait
+    quiet: Quiet = field(default_factory=Quiet)  # events' commands never wait
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Optional
@@ -53,6 +52,8 @@ def default_lock_path(environ: Optional[Mapping[str, str]] = None) -> str:
     runtime = env.get("XDG_RUNTIME_DIR", "")
     if runtime.startswith("/"):
         return os.path.join(runtime, "cc-imds.lock")
+    import tempfile  # only here: it brings shutil, bz2 and lzma, which the watcher would keep resident
+
     return os.path.join(tempfile.gettempdir(), f"cc-imds-{os.geteuid()}", "lock")
 
 

@@ -8,7 +8,6 @@ Pure: bytes in, notices out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -43,8 +42,22 @@ def _canonical(item: Any) -> str:
     return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 from Python's own implementation when it has one: hashlib would load OpenSSL's
+    libcrypto into the watcher (3.5 MiB resident, for good) for a digest of a few hundred
+    bytes. The module's name changed in 3.12; a Python built without it uses hashlib's."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # Python 3.9 to 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]  # 3.12 on
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+    return str(sha256(data).hexdigest())
+
+
 def _notice(event: str, path: str, item: Any, text: str) -> Notice:
-    digest = hashlib.sha256(_canonical(item).encode("utf-8")).hexdigest()[:16]
+    digest = _sha256_hex(_canonical(item).encode("utf-8"))[:16]
     fields: Dict[str, str] = {}
     if isinstance(item, dict):
         # Names that become one variable (`action` and `Action`) are ambiguous: neither is set.

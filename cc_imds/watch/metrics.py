@@ -139,8 +139,8 @@ def render(snapshot: Snapshot) -> str:
     for name, (kind, text) in FAMILIES.items():
         lines.append(f"# HELP {name} {escape_help(text)}")
         lines.append(f"# TYPE {name} {kind}")
-        for labels, number in sorted(samples[name], key=lambda sample: sorted(sample[0].items())):
-            lines.append(f"{name}{format_labels(labels)} {format_number(number)}")
+        for shown, number in sorted(samples[name], key=lambda sample: sorted(sample[0].items())):
+            lines.append(f"{name}{format_labels(shown)} {format_number(number)}")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,6 @@ from ..declaration.build import (
     OutputSpec,
     SourceDocument,
     ValueSpec,
-    build_declaration,
 )
 from ..errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
 from ..files.lock import locked_alone
@@ -51,6 +50,7 @@ from ..outputs.write import Change, write_outputs
 from ..pipeline import RunOptions, client_settings, scrubber_for
 from ..values import Value, Values, resolve
 from . import rundir
+from .build_child import build_in_child
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .events import Notice, notice_env, notices
 from .holders import holder
@@ -149,7 +149,7 @@ class Watcher:
         directory = rundir.ensure(self.options.run_dir)
         # One watcher per run directory: a second one would run every command twice.
         with locked_alone(str(directory / "watch.lock"), "another cc-imds watch"):
-            declaration = build_declaration(self._load())
+            declaration = build_in_child(self._load)
             if not self._adopt(declaration):
                 return 0
             self.handled = _load_handled(directory)
@@ -228,7 +228,7 @@ class Watcher:
     def _reload(self) -> None:
         LOG.info("reloading the declarations")
         try:
-            declaration = build_declaration(self._load())
+            declaration = build_in_child(self._load)
             adopted = self._adopt(declaration)  # changes nothing if it raises
         except CcImdsError as exc:
             self.reload_problems = str(exc).splitlines()
