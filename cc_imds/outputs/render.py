@@ -173,7 +173,7 @@ class _Plain:
 
 
 def _template_job(
-    output: FileOutput, values: Values, secret: Exposure, redact: bool, problems: List[str]
+    output: FileOutput, values: Values, secret: Exposure, redact: bool, problems: List[str], compile_in_child: bool
 ) -> Union[_Plain, template_child.Job, None]:
     where = output.origin.child("content")
     context: Dict[str, Any] = {}
@@ -188,12 +188,15 @@ def _template_job(
     size = plain_size(output.template, context)
     if size is not None:
         return _Plain(output.template, context, size)
+    sensitive = secret.touches(output.uses) and not redact
+    if compile_in_child:
+        late = _CompiledInChild(output.template)
+        return template_child.Job(pieces=partial(late.pieces, context), describe=partial(late.describe, sensitive))
     try:
         compiled = compile_template(output.template)
     except TemplateProblem as exc:
         problems.append(f"{where}: {exc}")
         return None
-    sensitive = secret.touches(output.uses) and not redact
     return template_child.Job(pieces=partial(_pieces, compiled, context),
                               describe=partial(_describe, compiled, sensitive))
 
@@ -220,6 +223,25 @@ def _describe(compiled: Compiled, sensitive: bool, exc: BaseException) -> str:
     return failure_message(exc, compiled.literals, sensitive)
 
 
+class _CompiledInChild:
+    """A template compiled in the renderer child, so that Jinja2 is imported there and never
+    in the calling process: for the watcher, which would otherwise keep it resident. The
+    declaration's checks compiled it once already; a failure here is reported as any other."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.compiled: Optional[Compiled] = None
+
+    def pieces(self, context: Mapping[str, Any]) -> Iterator[str]:
+        self.compiled = compile_template(self.source)
+        return self.compiled.generate(context)
+
+    def describe(self, sensitive: bool, exc: BaseException) -> str:
+        if isinstance(exc, TemplateProblem):
+            return str(exc)
+        return failure_message(exc, self.compiled.literals if self.compiled else frozenset(), sensitive)
+
+
 def _default_deadline(declaration: Declaration) -> Deadline:
     return Deadline(float(declaration.settings.get("deadline", RUN_SECONDS)))
 
@@ -231,10 +253,13 @@ def render(
     redact: bool = False,
     paths: Optional[Collection[str]] = None,
     deadline: Optional[Deadline] = None,
+    compile_in_child: bool = False,
 ) -> List[Output]:
     """Every output's bytes (only those whose path is in `paths`, when given), or a
     RenderError listing every problem. Templates are bounded by `deadline`, by default
-    the declaration's deadline counted from now."""
+    the declaration's deadline counted from now. With `compile_in_child`, templates that
+    need Jinja2 are also compiled in the renderer child, so this process never imports it
+    (the watcher: a process with no other thread importing meanwhile)."""
     chosen: List[OutputSpec] = [o for o in declaration.outputs if paths is None or o.path in paths]
     secret = exposure(declaration, values)
     problems: List[List[str]] = [[] for _ in chosen]
@@ -248,7 +273,7 @@ def render(
         if isinstance(output, CredentialOutput):
             contents[index] = _render_credentials(output, values, redact, problems[index])
             continue
-        prepared = _template_job(output, values, secret, redact, problems[index])
+        prepared = _template_job(output, values, secret, redact, problems[index], compile_in_child)
         if isinstance(prepared, _Plain):
             plains.append((index, prepared))
         elif prepared is not None:

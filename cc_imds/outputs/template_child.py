@@ -14,7 +14,10 @@ can interrupt a single C-level call. So templates render in a forked child:
 The fork happens only when there is a template to render, and templates are compiled
 before it. The child renders, writes frames to a pipe and leaves with os._exit: it
 imports nothing, logs nothing, runs no atexit handler and flushes no inherited buffer,
-so forking a process that has other threads (cloud-init, a test runner) is safe.
+so forking a process that has other threads (cloud-init, a test runner) is safe. The
+one exception is the watcher's (render's `compile_in_child`): it compiles in the child,
+which imports Jinja2 there, so that the long-lived watcher never holds it; no other of
+its threads imports anything meanwhile, and the deadline bounds the child whatever it does.
 """
 
 from __future__ import annotations

@@ -336,7 +336,8 @@ class Watcher:
         failed = False
         for output in ready:
             try:
-                rendered.extend(render(declaration, values, paths={output.path}, deadline=deadline))
+                rendered.extend(render(declaration, values, paths={output.path}, deadline=deadline,
+                                       compile_in_child=True))
             except RenderError as exc:
                 failed = True
                 self._output_failed(output.path, exc.problems)
