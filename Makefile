@@ -12,9 +12,10 @@ VENV := .venv
 # The RPM built from the tree as it is (see the RPM section).
 RPM_BUILT := rpm/build/.built
 PIP_FLAGS := --quiet --disable-pip-version-check
-# Runtime libraries, test tools, what real cloud-init needs to run in the end-to-end tests, and
-# the real AWS clients that read credential outputs (botocore, the AWS CLI v1).
-TEST_DEPS := PyYAML jsonschema Jinja2 pytest hypothesis requests configobj jsonpatch botocore awscli
+# Runtime libraries, test tools, what real cloud-init needs to run in the end-to-end tests,
+# the real AWS clients that read credential outputs (botocore, the AWS CLI v1), and the
+# Prometheus text parser that reads the watcher's metrics file.
+TEST_DEPS := PyYAML jsonschema Jinja2 pytest hypothesis prometheus_client requests configobj jsonpatch botocore awscli
 # The end-to-end tests must run, not skip, when `make test` runs them.
 export CC_IMDS_REQUIRE_E2E := 1
 

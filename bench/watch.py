@@ -13,6 +13,10 @@ credentials before their Expiration, which the emulator sets 6 hours ahead) and 
 2. Notice to command: a spot notice appears at a random moment, 10 times; the time from the
    notice appearing in IMDS to the command starting (the command's first act is to write
    the time).
+3. Beside it, in the same run: the same watcher with the libraries it used to keep resident
+   loaded at its start (PyYAML, jsonschema, Jinja2, hashlib's OpenSSL, tempfile, pickle), as
+   it held them before it read its declaration in a child process: resident memory,
+   sampled the same way for BASELINE_SECONDS. That is the figure the watcher is compared with.
 
 Writes bench/watch-results.json, then regenerates bench/RESULTS.md (its "Watcher" section).
 """
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import IO, Any, Dict, List, Tuple
 
 import yaml
 
@@ -42,6 +46,11 @@ from cc_imds.testing.emulator import Emulator  # noqa: E402
 PY39 = REPO / ".venv/py39/bin/python"
 IDLE = max(300.0, float(os.environ.get("BENCH_WATCH_SECONDS", "300")))
 WARMUP = 30.0
+BASELINE_SECONDS = 60.0
+# What the watcher held before it read its declaration in a child (watch/build_child.py):
+# the libraries reading and checking a declaration needs, and those its helpers imported.
+HELD_BEFORE = ("yaml", "jsonschema", "jinja2", "jinja2.sandbox", "jinja2.meta", "hashlib", "secrets", "tempfile",
+               "pickle")
 NOTICES = 10
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CREDS = "meta-data/iam/security-credentials/app-server"
@@ -103,14 +112,9 @@ def requests(emulator: Emulator, since: int) -> Dict[str, int]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cc-imds-bench-watch-"))
     out = work / "out"
-    (work / "declaration.yaml").write_text(yaml.safe_dump(declaration(out)))
     emulator = Emulator(load_tree()).start()
     emulator.rotate_credentials(expires_in=6 * 3600)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CC_IMDS_RUN_DIR": str(work / "run"),
-           "CC_IMDS_LOCK": str(work / "lock"), "CC_IMDS_CONF_DIR": "/nonexistent"}
-    log = open(work / "watch.log", "wb")  # open for the watcher's whole life
-    watcher = subprocess.Popen([str(PY39), "-m", "cc_imds", "watch", str(work / "declaration.yaml"), "--no-conf-dir",
-                                "--endpoint", emulator.url], stdout=log, stderr=subprocess.STDOUT, env=env)
+    watcher, log = start_watcher(work, emulator, held=())
     try:
         results = measure(watcher, emulator, out)
     finally:
@@ -118,6 +122,7 @@ def main() -> None:
         watcher.wait(timeout=60)
         log.close()
         emulator.stop()
+    results["rss_kib_libraries_held"] = baseline(Path(tempfile.mkdtemp(prefix="cc-imds-bench-held-")))
     python = subprocess.run([str(PY39), "-c", "import platform; print(platform.python_version())"],
                             capture_output=True, text=True, check=True).stdout.strip()
     results["machine"] = {"date": time.strftime("%Y-%m-%d"), "load": round(os.getloadavg()[1], 1), "python": python}
@@ -128,12 +133,56 @@ def main() -> None:
     write_report(json.loads((REPO / "bench/results.json").read_text()))
 
 
-def measure(watcher: subprocess.Popen[bytes], emulator: Emulator, out: Path) -> Dict[str, Any]:
+def start_watcher(work: Path, emulator: Emulator, held: Tuple[str, ...]) -> Tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """`cc-imds watch` on the bench's declaration in `work`; with `held`, those modules are
+    imported first, as the watcher used to hold them."""
+    out = work / "out"
+    (work / "declaration.yaml").write_text(yaml.safe_dump(declaration(out)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CC_IMDS_RUN_DIR": str(work / "run"),
+           "CC_IMDS_LOCK": str(work / "lock"), "CC_IMDS_CONF_DIR": "/nonexistent"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules, not compiled at each start
+    args = ["watch", str(work / "declaration.yaml"), "--no-conf-dir", "--endpoint", emulator.url]
+    preload = "".join(f"import {name}; " for name in held)
+    log = open(work / "watch.log", "wb")  # open for the watcher's whole life
+    watcher = subprocess.Popen([str(PY39), "-c", f"{preload}import sys; from cc_imds.cli import main; "
+                                                 f"sys.exit(main({args!r}))"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    return watcher, log
+
+
+def wait_for_outputs(out: Path) -> float:
     started = time.monotonic()
     while not (out / "credentials").exists():
         if time.monotonic() - started > 60:
             raise SystemExit("the watcher wrote nothing within 60 s")
         time.sleep(0.1)
+    return started
+
+
+def baseline(work: Path) -> Dict[str, Any]:
+    """Resident memory of the watcher holding HELD_BEFORE, idle, sampled every 5 s."""
+    emulator = Emulator(load_tree()).start()
+    emulator.rotate_credentials(expires_in=6 * 3600)
+    watcher, log = start_watcher(work, emulator, HELD_BEFORE)
+    try:
+        started = wait_for_outputs(work / "out")
+        time.sleep(max(0.0, WARMUP - (time.monotonic() - started)))
+        samples = []
+        sampled_from = time.monotonic()
+        while time.monotonic() - sampled_from < BASELINE_SECONDS:
+            samples.append(rss_kib(watcher.pid)["VmRSS"])
+            time.sleep(5)
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=60)
+        log.close()
+        emulator.stop()
+    return {"median": int(statistics.median(samples)), "max": max(samples), "samples": len(samples),
+            "held": list(HELD_BEFORE)}
+
+
+def measure(watcher: subprocess.Popen[bytes], emulator: Emulator, out: Path) -> Dict[str, Any]:
+    started = wait_for_outputs(out)
     time.sleep(max(0.0, WARMUP - (time.monotonic() - started)))
     pid = watcher.pid
     idle_from, cpu_from, seen_from = time.monotonic(), cpu_seconds(pid), len(emulator.requests)
@@ -174,6 +223,17 @@ def measure(watcher: subprocess.Popen[bytes], emulator: Emulator, out: Path) -> 
     }
 
 
+def held_line(results: Dict[str, Any]) -> str:
+    """Today's watcher beside the watcher as it was, from the same run."""
+    held = results.get("rss_kib_libraries_held")
+    if held is None:
+        return ""
+    return (f" In the same run, the same watcher holding what it used to keep resident after reading its "
+            f"declaration ({', '.join(held['held'])}) took {held['median'] / 1024:.1f} MiB (median of "
+            f"{held['samples']} samples): reading the declaration in a child process saves "
+            f"{(held['median'] - results['rss_kib']['median']) / 1024:.1f} MiB.")
+
+
 def report_lines(results: Dict[str, Any]) -> List[str]:
     """The "Watcher" section of bench/RESULTS.md."""
     rss = results["rss_kib"]
@@ -193,7 +253,7 @@ def report_lines(results: Dict[str, Any]) -> List[str]:
         "",
         f"- **Idle memory** over {results['idle_seconds']:.0f} s: resident {rss['median'] / 1024:.1f} MiB "
         f"(median of {rss['samples']} samples, max {rss['max'] / 1024:.1f} MiB, peak {rss['peak_hwm'] / 1024:.1f} "
-        f"MiB); {results['children_while_idle']} child processes while idle.",
+        f"MiB); {results['children_while_idle']} child processes while idle.{held_line(results)}",
         f"- **CPU time**: {results['cpu_seconds_per_hour']:.2f} s per hour of idle (user + system).",
         f"- **IMDS requests**: {results['requests_per_hour_total']} per hour, {spot} of them the spot notice poll "
         f"(the price of a command within 10 s); {puts} token requests (one token serves the watcher's life).",

@@ -16,6 +16,9 @@ from cc_imds.declaration.build import (
     ON_CHANGE_TIMEOUT,
     Command,
     Declaration,
+    MetricsFile,
+    Origin,
+    Quiet,
     SourceDocument,
     build_declaration,
 )
@@ -192,3 +195,86 @@ def test_wrong_events_are_refused_with_their_location() -> None:
         "user-data: imds.events[2].poll: 0.5 is less than the minimum of 1",
         EitherWording("user-data: imds.events[2].run[0]: '' ", ("is too short", "should be non-empty")),
     ]
+
+
+# -- quiet changes: on_change wait and splay -------------------------------------------------
+def on_change_with(**extra: Any) -> Dict[str, Any]:
+    return {"values": {"name": {"path": "meta-data/tags/instance/Name", "refresh": 60}},
+            "files": [{"path": "/etc/app.conf", "content": "{{ name }}",
+                       "on_change": {"run": ["systemctl", "reload", "app"], **extra}}]}
+
+
+@pytest.mark.parametrize(("extra", "quiet"), [
+    ({}, Quiet()),  # run at once, as before
+    ({"wait": {"min": 10}}, Quiet(10.0, 40.0, 0.0)),  # max defaults to 4 times min
+    ({"wait": {"min": 10, "max": 10}}, Quiet(10.0, 10.0, 0.0)),
+    ({"wait": {"min": 5, "max": 120}, "splay": 30}, Quiet(5.0, 120.0, 30.0)),
+    ({"splay": 3600}, Quiet(0.0, 0.0, 3600.0)),
+])
+def test_wait_and_splay_are_parsed(extra: Dict[str, Any], quiet: Quiet) -> None:
+    on_change = build(on_change_with(**extra)).files[0].on_change
+    assert on_change is not None
+    assert on_change == Command(("systemctl", "reload", "app"), ON_CHANGE_TIMEOUT, quiet)
+
+
+def test_an_argv_on_change_and_event_commands_never_wait() -> None:
+    declaration = build({"values": {"name": {"path": "meta-data/tags/instance/Name", "refresh": 60}},
+                         "files": [{"path": "/etc/a", "content": "{{ name }}", "on_change": ["true"]}],
+                         "events": [{"event": "spot-interruption", "run": ["true"]}]})
+    assert declaration.files[0].on_change is not None and declaration.files[0].on_change.quiet == Quiet()
+    assert declaration.events[0].command.quiet == Quiet()
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ({"wait": {"min": 10, "max": 5}}, "imds.files[0].on_change.wait.max: 5 is less than wait.min (10): the longest "
+                                      "a command may wait cannot be shorter than the quiet time it waits for"),
+    ({"wait": {"min": 0}}, "imds.files[0].on_change.wait.min: 0 is less than the minimum of 1"),
+    ({"wait": {"min": 3601}}, "imds.files[0].on_change.wait.min: 3601 is greater than the maximum of 3600"),
+    ({"wait": {"min": 1, "max": 86401}}, "imds.files[0].on_change.wait.max: 86401 is greater than the maximum of "
+                                         "86400"),
+    ({"wait": {"max": 5}}, "imds.files[0].on_change.wait: missing required key(s) 'min'"),
+    ({"wait": {"min": 1, "quiet": 2}}, "imds.files[0].on_change.wait: unknown key(s) 'quiet'; allowed: max, min"),
+    ({"wait": 5}, "imds.files[0].on_change.wait: expected object, got int: must be {min: seconds} or "
+                  "{min: seconds, max: seconds}"),
+    ({"wait": {"min": math.nan}}, "imds.files[0].on_change.wait.min: nan must be a finite number of seconds"),
+    ({"splay": 0.5}, "imds.files[0].on_change.splay: 0.5 is less than the minimum of 1"),
+    ({"splay": 3601}, "imds.files[0].on_change.splay: 3601 is greater than the maximum of 3600"),
+    ({"splay": math.inf}, "imds.files[0].on_change.splay: inf is greater than the maximum of 3600"),
+    ({"splay": "30s"}, "imds.files[0].on_change.splay: expected number, got a string"),
+])
+def test_wrong_wait_and_splay_are_refused_with_their_location(extra: Dict[str, Any], problem: str) -> None:
+    assert problems_of(on_change_with(**extra)) == [f"user-data: {problem}"]
+
+
+# -- metrics -----------------------------------------------------------------------------------
+METRICS = "/var/lib/node_exporter/textfile_collector/cc_imds.prom"
+
+
+def test_the_metrics_file_is_declared_once_and_the_last_source_wins() -> None:
+    assert build({"values": {}}).metrics is None
+    drop_in = SourceDocument("/etc/cc-imds/conf.d/10-metrics.yaml", "", {"metrics": {"path": "/srv/a.prom"}})
+    cloud_config = SourceDocument("user-data", "imds", {"metrics": {"path": METRICS}})
+    declaration = build_declaration([drop_in, cloud_config])
+    assert declaration.metrics == MetricsFile(METRICS, Origin("user-data", "imds.metrics.path"))
+
+
+@pytest.mark.parametrize(("metrics", "problem"), [
+    ({"path": "/var/lib/node_exporter/textfile_collector/cc_imds.txt"},
+     "imds.metrics.path: '/var/lib/node_exporter/textfile_collector/cc_imds.txt' must be an absolute path ending "
+     "in .prom (node_exporter's textfile collector reads only those)"),
+    ({"path": "cc_imds.prom"}, "imds.metrics.path: 'cc_imds.prom' must be an absolute path ending in .prom "
+                               "(node_exporter's textfile collector reads only those)"),
+    ({"path": "/var/lib/../x.prom"}, "imds.metrics.path: '/var/lib/../x.prom' must be a normalised absolute file path "
+                                     "(no //, . or .. parts)"),
+    ({}, "imds.metrics: missing required key(s) 'path'"),
+    ({"path": METRICS, "labels": {}}, "imds.metrics: unknown key(s) 'labels'; allowed: path"),
+    ("/x.prom", "imds.metrics: expected object, got a string"),
+])
+def test_a_wrong_metrics_file_is_refused_with_its_location(metrics: Any, problem: str) -> None:
+    assert problems_of({"metrics": metrics}) == [f"user-data: {problem}"]
+
+
+def test_the_metrics_file_is_not_an_output_too() -> None:
+    assert problems_of({"values": {"iid": "meta-data/instance-id"}, "metrics": {"path": "/etc/iid.prom"},
+                        "files": [{"path": "/etc/iid.prom", "content": "{{ iid }}"}]}) == [
+        "user-data: imds.metrics.path: /etc/iid.prom is also written by user-data: imds.files[0].path"]
