@@ -38,6 +38,7 @@ from ..declaration.build import (
     Declaration,
     Origin,
     OutputSpec,
+    Quiet,
     SourceDocument,
     ValueSpec,
 )
@@ -49,7 +50,8 @@ from ..outputs.render import Output, render
 from ..outputs.write import Change, write_outputs
 from ..pipeline import RunOptions, client_settings, scrubber_for
 from ..values import Value, Values, resolve
-from . import rundir
+from ..version import __version__
+from . import metrics, quiet, rundir
 from .build_child import build_in_child
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .events import Notice, notice_env, notices
@@ -91,6 +93,7 @@ class WatchOptions:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     clock: Callable[[], float] = time.time  # wall clock: Expiration is wall-clock time
     jitter: Callable[[], float] = random.random
+    splay: Callable[[], float] = random.random  # on_change's splay: seeded per process, so instances differ
 
 
 @dataclass
@@ -113,6 +116,7 @@ class _EventState:
     listed: int = 0  # notices in the last answer
     acted: List[float] = field(default_factory=list)  # when notices were acted on, the last minute's
     waiting: int = 0  # new notices the last poll left for later (NOTICES_PER_MINUTE, or no room for commands)
+    seen: List[str] = field(default_factory=list)  # ids counted as seen (metrics), the latest HANDLED_KEPT
 
 
 class Watcher:
@@ -140,6 +144,9 @@ class Watcher:
         self.reload_requested = False
         self.dirty = True
         self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self.bursts: Dict[str, quiet.Burst] = {}  # outputs whose on_change waits (wait, splay)
+        self.counters = metrics.Counters()
+        self.metrics_file: Optional[metrics.MetricsFile] = None
         self._wake_r = self._wake_w = -1
         self.runner = Runner(self._command_done, options.environ)
 
@@ -212,6 +219,13 @@ class Watcher:
         self.dues = {p: d for p, d in self.dues.items() if p in kept}
         self.errors = {p: e for p, e in self.errors.items() if p in kept}
         self.outputs = {p: self.outputs.get(p, _OutputState()) for p in watch.outputs}
+        commanded = {o.path for o in declaration.outputs if o.on_change is not None}
+        self.bursts = {p: b for p, b in self.bursts.items() if p in watch.outputs and p in commanded}
+        wanted = declaration.metrics.path if declaration.metrics is not None else None
+        if wanted is None:
+            self.metrics_file = None
+        elif self.metrics_file is None or self.metrics_file.path != wanted:
+            self.metrics_file = metrics.MetricsFile(wanted)
         self.events = {e.event: self.events.get(e.event, _EventState()) for e in watch.events}
         self.pending = set(watch.outputs)  # rendered once more: unchanged files are left alone
         self.write_due, self.write_failures = -math.inf, 0
@@ -234,9 +248,12 @@ class Watcher:
             self.reload_problems = str(exc).splitlines()
             for line in self.reload_problems:
                 LOG.error("reload refused, the running declaration stays: %s", line)
+            self.counters.add(self.counters.reloads, metrics.RELOAD_REFUSED)
             self.dirty = True
             return
         self.reload_problems = []
+        self.counters.add(self.counters.reloads, metrics.RELOAD_ADOPTED)
+        self.dirty = True
         if adopted:
             LOG.info("reloaded: watching %s", _summary(self.plan))
 
@@ -244,6 +261,7 @@ class Watcher:
     def _pass(self) -> None:
         now = self.options.clock()
         self._follow_clock(now)
+        self._start_waiting_commands(now)
         due_events = [e for e in self.plan.events if self.events[e.event].due <= now]
         due_groups = [g for g in self.plan.groups if self.dues.get(g.path, -math.inf) <= now]
         retry_writes = bool(self.pending) and self.write_due <= now
@@ -277,6 +295,7 @@ class Watcher:
         for state in self.events.values():
             state.due -= step
         self.write_due -= step
+        self.bursts = {path: quiet.moved(burst, step) for path, burst in self.bursts.items()}
 
     def _until_stopped(self, seconds: float) -> Deadline:
         """A poll's deadline for asking IMDS and for waiting for apply's lock, passed as soon
@@ -303,6 +322,7 @@ class Watcher:
                 return set()  # cut short by the stop: not a failure of IMDS
             state = state.failed(at)
             self._set_poll(group, state)
+            self.counters.add(self.counters.poll_failures, group.path)
             problems = self._scrubbed(exc.problems if isinstance(exc, ProblemsError) else str(exc).splitlines())
             shown = [p for p in problems if not p.startswith(_HIDDEN_ORIGIN)] or problems
             problem = "; ".join(shown)
@@ -359,10 +379,7 @@ class Watcher:
             LOG.info("%s %s (mode %04o)%s", change.action, change.path, change.mode,
                      f": {', '.join(because)} changed" if because else "")
             if spec.on_change is not None:
-                label = f"on_change {change.path}"
-                started = self.runner.start(change.path, label, spec.on_change,
-                                            env={"CC_IMDS_OUTPUT": change.path, "CC_IMDS_CHANGE": change.action})
-                state.on_change = _command_record(label, started, self.options.clock())
+                self._on_change(spec, change.action)
         self.dirty = True
         if failed:
             self.write_failures += 1
@@ -395,7 +412,55 @@ class Watcher:
                 self._output_failed(output.path, [str(exc)])
         return changes
 
+    def _on_change(self, spec: OutputSpec, action: str) -> None:
+        """The output changed: run its command now, or once its `wait` and `splay` have passed."""
+        assert spec.on_change is not None
+        timing = spec.on_change.quiet
+        now = self.options.clock()
+        burst = self.bursts.get(spec.path)
+        if burst is None and timing == Quiet():
+            self._run_on_change(spec, action)
+            return
+        self.bursts[spec.path] = burst = quiet.changed(burst, timing, now, action, self.options.splay())
+        due = burst.due(timing)
+        self.dirty = True
+        LOG.info("on_change %s: runs in %.0fs%s", spec.path, due - now,
+                 ", or later if it changes again" if timing.wait_min and due < burst.first + timing.wait_max else "")
+
+    def _waiting(self, path: str, record: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """The status record of an output's command: the last run (if any) and, while a newer
+        change's run waits out `wait` and `splay`, when that one is due."""
+        burst = self.bursts.get(path)
+        specs = {o.path: o for o in self._output_specs()}
+        on_change = specs[path].on_change if path in specs else None
+        if burst is None or on_change is None:
+            return record
+        shown = dict(record) if record is not None else {"label": f"on_change {path}", "running": False}
+        shown["due"] = iso(burst.due(on_change.quiet))
+        return shown
+
+    def _start_waiting_commands(self, now: float) -> None:
+        specs = {o.path: o for o in self._output_specs()}
+        for path, burst in list(self.bursts.items()):
+            spec = specs.get(path)
+            if spec is None or spec.on_change is None:
+                del self.bursts[path]
+            elif burst.due(spec.on_change.quiet) <= now:
+                del self.bursts[path]
+                self._run_on_change(spec, burst.action)
+
+    def _run_on_change(self, spec: OutputSpec, action: str) -> None:
+        assert spec.on_change is not None
+        label = f"on_change {spec.path}"
+        started = self.runner.start(spec.path, label, spec.on_change,
+                                    env={"CC_IMDS_OUTPUT": spec.path, "CC_IMDS_CHANGE": action})
+        if started == REFUSED:
+            self.counters.command_ended(metrics.ON_CHANGE, spec.path, REFUSED)
+        self.outputs[spec.path].on_change = _command_record(label, started, self.options.clock())
+        self.dirty = True
+
     def _output_failed(self, path: str, problems: List[str]) -> None:
+        self.counters.add(self.counters.write_failures, path)
         problems = self._scrubbed(problems)
         message = "; ".join(problems)
         state = self.outputs[path]
@@ -469,6 +534,7 @@ class Watcher:
                 found = found[:NOTICES_CONSIDERED]
             else:
                 state.failures += 1
+                self.counters.add(self.counters.event_failures, watch.event)
                 problem = "; ".join(self._scrubbed(str(outcome).splitlines()))
                 if state.last_error is None:
                     LOG.warning("%s: cannot poll %s (%s); polling on every %gs", watch.event, watch.path,
@@ -481,6 +547,11 @@ class Watcher:
                 state.last_error, state.failures = None, 0
                 self.dirty = True
             new = [n for n in found if n.id not in self.handled.get(watch.event, [])]
+            unseen = [n.id for n in new if n.id not in state.seen]
+            if unseen:
+                self.counters.add(self.counters.notices_seen, watch.event, len(unseen))
+                state.seen = [*state.seen, *unseen][-HANDLED_KEPT:]
+                self.dirty = True
             if len(new) > NEW_NOTICES_PER_POLL:
                 LOG.warning("%s: %d new notices at once; acting on %d now, the rest on the next polls",
                             watch.event, len(new), NEW_NOTICES_PER_POLL)
@@ -513,11 +584,14 @@ class Watcher:
         except rundir.RunDirError as exc:
             LOG.error("%s: %s (this notice may be acted on again after a restart)", watch.event, exc)
         LOG.warning("%s: notice %s: %s", watch.event, notice.id, " ".join(notice.text.split()))
+        self.counters.add(self.counters.notices_handled, watch.event)
         commands = []
         for index, action in enumerate(watch.actions):
             label = f"{watch.event} notice {notice.id} ({action.origin})"
             started = self.runner.start(f"{watch.event}:{notice.id}:{index}", label, action.command,
                                         env=notice_env(notice), stdin=notice.text.encode("utf-8") + b"\n")
+            if started == REFUSED:
+                self.counters.command_ended(metrics.EVENT, watch.event, REFUSED)
             commands.append(_command_record(label, started, self.options.clock()))
         state = self.events[watch.event]
         state.recent.append({"id": notice.id, "seen": iso(now), "fields": dict(notice.fields),
@@ -540,8 +614,10 @@ class Watcher:
             record = {"label": result.label, "started": iso(result.started), "seconds": round(result.seconds, 3),
                       "exit": result.exit_code, "error": result.error}
             if result.key in self.outputs:
+                self.counters.command_ended(metrics.ON_CHANGE, result.key, result.outcome)
                 self.outputs[result.key].on_change = record
             else:
+                self.counters.command_ended(metrics.EVENT, result.key.split(":", 1)[0], result.outcome)
                 for state in self.events.values():
                     for notice in state.recent:
                         notice["commands"] = [record if c["label"] == result.label else c
@@ -553,6 +629,11 @@ class Watcher:
         times = [*self.dues.values(), *(s.due for s in self.events.values())]
         if self.pending:
             times.append(self.write_due)
+        specs = {o.path: o for o in self._output_specs()} if self.bursts else {}
+        for path, burst in self.bursts.items():
+            on_change = specs[path].on_change if path in specs else None
+            if on_change is not None:
+                times.append(burst.due(on_change.quiet))
         return min(times, default=math.inf)
 
     def _sleep_until(self, when: float) -> None:
@@ -580,6 +661,10 @@ class Watcher:
 
     # -- status --------------------------------------------------------------------------
     def _save_status(self, stopped: bool = False) -> None:
+        behind = self.metrics_file is not None and self.metrics_file.behind
+        if not (self.dirty or stopped or behind):
+            return
+        self._save_metrics()
         if not (self.dirty or stopped):
             return
         try:
@@ -587,6 +672,34 @@ class Watcher:
             self.dirty = False
         except rundir.RunDirError as exc:
             LOG.error("%s", exc)
+
+    def _save_metrics(self) -> None:
+        """The metrics file, when declared: rewritten only if its text changed."""
+        if self.metrics_file is None:
+            return
+        previous = self.metrics_file.problem
+        problem = self.metrics_file.update(metrics.render(self.metrics_snapshot()))
+        if problem is not None and problem != previous:
+            LOG.error("%s", problem)
+        elif problem is None and previous is not None:
+            LOG.info("%s: written again", self.metrics_file.path)
+
+    def metrics_snapshot(self) -> metrics.Snapshot:
+        """Names, paths, times and counts: never a declared value."""
+        values = []
+        for group in self.plan.groups:
+            state = self.polls.get(group.path, PollState())
+            for name in sorted(group.names):
+                values.append(metrics.ValueRow(name, group.path, state.last_success, state.failures,
+                                               state.expiration if group.credential else None))
+        outputs = []
+        for spec in self._output_specs():
+            output = self.outputs[spec.path]
+            burst = self.bursts.get(spec.path)
+            due = burst.due(spec.on_change.quiet) if burst is not None and spec.on_change is not None else None
+            outputs.append(metrics.OutputRow(spec.path, output.last_change, output.expires, due))
+        return metrics.Snapshot(__version__, self.started, bool(self.reload_problems), values, outputs,
+                                [e.event for e in self.plan.events], self.counters)
 
     def status_document(self, stopped: bool = False) -> Dict[str, Any]:
         """Names, paths, times, event notices and messages: never a declared value, so never a secret."""
@@ -614,7 +727,7 @@ class Watcher:
                 "last_action": output.last_action,
                 "last_error": output.last_error,
                 "expires": iso(output.expires),
-                "on_change": output.on_change,
+                "on_change": self._waiting(spec.path, output.on_change),
             }
             if isinstance(spec, CredentialOutput):
                 outputs[spec.path].update(self._credential_status(spec, output))
@@ -640,6 +753,8 @@ class Watcher:
                 "sources": list(self.declaration.sources) if self.declaration else [],
                 "reload_problems": self.reload_problems,
                 "commands": self.runner.counts(),
+                "metrics": None if self.metrics_file is None else {
+                    "path": self.metrics_file.path, "last_error": self.metrics_file.problem},
             },
             "values": values,
             "outputs": outputs,
