@@ -22,12 +22,19 @@ PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 def reference_rows() -> Dict[str, str]:
-    """The declaration page's reference table, and the rows of the pages that document a part of the schema."""
+    """The declaration page's reference table, and the rows of the pages that document a part of
+    the schema (a row for a key the table has adds to its text)."""
     page = (DOCS / "declaration.md").read_text(encoding="utf-8")
-    section = page.split("\n## Declaration reference\n", 1)[1].split("\n## ", 1)[0]
+    sections = [page.split("\n## Declaration reference\n", 1)[1].split("\n## ", 1)[0]]
     credentials = (DOCS / "credentials.md").read_text(encoding="utf-8")
-    rows = credentials.split("### Reference", 1)[1].split("\n## ", 1)[0]
-    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section + rows, flags=re.M))
+    sections.append(credentials.split("### Reference", 1)[1].split("\n## ", 1)[0])
+    fleet = (DOCS / "fleet.md").read_text(encoding="utf-8")
+    sections.append(fleet.split("\n## Declaration keys\n", 1)[1].split("\n## ", 1)[0])
+    rows: Dict[str, str] = {}
+    for section in sections:
+        for key, meaning in re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M):
+            rows[key] = f"{rows[key]} {meaning}" if key in rows else meaning
+    return rows
 
 
 def schema_keys() -> Set[str]:
