@@ -529,3 +529,34 @@ def test_a_token_that_is_not_a_header_value_is_refused_without_repeating_it(emul
     assert "not a usable token" in message
     assert "evil" not in message and "eeeee" not in message
     assert emulator.count("GET") == 0
+
+
+# -- listings that name more paths ------------------------------------------------------------
+def test_listings_expand_into_more_fetches_each_path_once(make_emulator: Callable[..., Emulator]) -> None:
+    """fetch_all with `expand`: a listing's entries are fetched as it arrives, each once, by at
+    most `concurrency` requests at a time."""
+    tree = MetadataTree({**{f"meta-data/dir/{i:02d}/leaf": f"leaf-{i}".encode() for i in range(20)},
+                         "meta-data/other": b"other"})
+    emulator = make_emulator(tree)
+
+    def expand(path: str, body: bytes) -> List[str]:
+        if not path.endswith("/"):
+            return []
+        return [path + line for line in body.decode().splitlines()] + ["meta-data/other"]
+
+    with client_for(emulator, concurrency=3) as client:
+        results = client.fetch_all(["meta-data/dir/", "meta-data/other"], expand)
+    assert results["meta-data/other"] == b"other"
+    assert all(results[f"meta-data/dir/{i:02d}/leaf"] == f"leaf-{i}".encode() for i in range(20))
+    assert len(results) == 1 + 20 + 20 + 1  # the listing, each entry's listing and leaf, and other
+    assert emulator.count("GET") == len(results)
+
+
+def test_a_failure_while_expanding_reaches_the_caller(make_emulator: Callable[..., Emulator]) -> None:
+    emulator = make_emulator(fifty_paths_tree())
+
+    def expand(path: str, body: bytes) -> List[str]:
+        raise ValueError(f"cannot read the listing of {path}")
+
+    with client_for(emulator) as client, pytest.raises(ValueError, match="cannot read the listing"):
+        client.fetch_all([f"meta-data/item/{i:02d}" for i in range(10)], expand)

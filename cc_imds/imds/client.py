@@ -43,7 +43,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
     from _thread import LockType
-    from concurrent.futures import Future
     from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
     Outcome = Union[bytes, ImdsError]
@@ -161,28 +160,69 @@ class ImdsClient:
         self._token_for(deadline)  # one PUT before the fan-out; raises if IMDS is unusable
         if expand is _no_children:
             return self._fetch_each(wanted, deadline)
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        return self._fetch_expanding(wanted, expand, deadline)
 
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="imds") as pool:
-            pending: Dict[Future[Outcome], str] = {}
-            seen = set(wanted)
+    def _fetch_expanding(self, wanted: List[str], expand: Expander, deadline: Deadline) -> Dict[str, Outcome]:
+        """Paths whose listings name more paths: up to `concurrency` threads (this one among
+        them, the others started with _thread, as in _fetch_each) each take the next path; a listing's entries join the
+        queue as soon as it arrives, and more threads start while there is work for them. No
+        thread pool: concurrent.futures would stay resident in the watcher (0.7 MiB), which
+        refreshes a tag directory this way."""
+        results: Dict[str, Outcome] = {}
+        failures: List[BaseException] = []
+        todo = list(wanted)  # every path to fetch, in order; `taken` of them are taken
+        taken = [0]
+        seen = set(wanted)
+        lock = allocate_lock()
+        running = [0]  # threads that may still take a path
+        finished = allocate_lock()
+        finished.acquire()  # released by the last thread to leave
 
-            def submit(p: str) -> None:
-                pending[pool.submit(self._outcome, p, deadline)] = p
-
-            for path in wanted:
-                submit(path)
-            while pending:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for future in done:
-                    path = pending.pop(future)
-                    outcome = future.result()
+        def work() -> None:
+            while True:
+                with lock:
+                    if failures or taken[0] >= len(todo):
+                        running[0] -= 1
+                        if running[0] == 0:
+                            finished.release()
+                        return
+                    path = todo[taken[0]]
+                    taken[0] += 1
+                try:
+                    outcome = self._outcome(path, deadline)
+                    children = expand(path, outcome) if isinstance(outcome, bytes) else []
+                except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+                    with lock:
+                        failures.append(exc)
+                    continue
+                with lock:
                     results[path] = outcome
-                    if isinstance(outcome, bytes):
-                        for child in expand(path, outcome):
-                            if child not in seen:
-                                seen.add(child)
-                                submit(child)
+                    for child in children:
+                        if child not in seen:
+                            seen.add(child)
+                            todo.append(child)
+                    more = max(0, min(self.settings.concurrency - running[0], len(todo) - taken[0]))
+                    running[0] += more
+                helpers(more)
+
+        def helpers(count: int) -> None:
+            """Start `count` more threads, already counted in `running`. The calling thread is
+            counted too and goes on working, so the work is done even if none can start."""
+            for started in range(count):
+                try:
+                    start_new_thread(work, ())
+                except RuntimeError:  # no more threads: fewer do the work
+                    with lock:
+                        running[0] -= count - started
+                    return
+
+        with lock:
+            running[0] = min(self.settings.concurrency, len(todo))  # this thread among them
+        helpers(running[0] - 1)
+        work()
+        finished.acquire()  # every thread left: every request ended by the deadline
+        if failures:
+            raise failures[0]
         return results
 
     def _fetch_each(self, paths: List[str], deadline: Deadline) -> Dict[str, Outcome]:
