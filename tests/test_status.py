@@ -187,6 +187,33 @@ def test_the_text_shows_command_limits_waiting_notices_and_queued_runs() -> None
     assert f"    spot-interruption notice 1a2b (cloud-config): waiting for a command slot since {iso(NOW - 5)}" in text
 
 
+def test_the_text_shows_a_waiting_on_change_and_the_metrics_file() -> None:
+    prom = "/var/lib/node_exporter/textfile_collector/cc_imds.prom"
+
+    def edit(doc: Dict[str, Any]) -> None:
+        doc["watcher"]["metrics"] = {"path": prom, "last_error": None}
+        doc["outputs"]["/etc/agent/credentials"]["on_change"]["due"] = iso(NOW + 90)
+        doc["outputs"]["/etc/app.env"] = {"uses": ["tags"], "last_change": iso(NOW - 5), "last_action": "created",
+                                          "last_error": None, "expires": None,
+                                          "on_change": {"label": "on_change /etc/app.env", "running": False,
+                                                        "due": iso(NOW + 25)}}
+
+    doc = changed(edit)
+    assert status_problem(doc) is None
+    health = assess(doc, True, NOW, alive)
+    assert health.code == OK  # a run waiting out its quiet time is no problem
+    text = render_text(doc, health, NOW)
+    assert f"  metrics: {prom} (written on change)\n" in text
+    assert f"  on_change: exit 0 at {iso(NOW - 59)} (59s ago), 0.2s; next run due {iso(NOW + 90)} (in 1m30s) " \
+           "(wait, splay)\n" in text
+    assert f"  on_change: next run due {iso(NOW + 25)} (in 25s) (wait, splay)\n" in text
+    failing = changed(lambda d: d["watcher"].update(metrics={"path": prom, "last_error": "Permission denied"}))
+    assert f"  metrics: {prom} (cannot write: Permission denied)\n" in render_text(
+        failing, assess(failing, True, NOW, alive), NOW)
+    assert status_problem(changed(lambda d: d["watcher"].update(metrics={"path": 3}))) == \
+        "watcher.metrics: unexpected content"
+
+
 def test_the_text_escapes_control_characters_from_outside() -> None:
     doc = changed(lambda d: d["events"]["spot-interruption"].update(
         last_error="/latest/meta-data/spot/instance-action: \x1b]0;owned\x07\r\nforged line"))

@@ -192,7 +192,7 @@ class MetricsFile:
         try:
             write_file(self.path, text.encode("utf-8"))
         except OSError as exc:
-            self.written, self.problem = None, f"{self.path}: cannot write the metrics: {exc.strerror or exc}"
+            self.written, self.problem = None, exc.strerror or str(exc)
             return self.problem
         self.written, self.problem = text, None
         return None

@@ -83,11 +83,13 @@ def _command_record(value: Any) -> bool:
 
 _COMMAND: Dict[str, Callable[[Any], bool]] = {
     "label": _text, "started": _text, "seconds": lambda v: v is None or _number(v),
-    "exit": lambda v: v is None or type(v) is int, "error": _text, "running": lambda v: v is None or type(v) is bool}
+    "exit": lambda v: v is None or type(v) is int, "error": _text, "running": lambda v: v is None or type(v) is bool,
+    "due": _text}
 _WATCHER: Dict[str, Callable[[Any], bool]] = {
     "pid": lambda v: type(v) is int and 0 < v < MAX_PID, "started": _text, "updated": _text, "stopped": _text,
     "sources": _texts, "reload_problems": _texts,
-    "commands": lambda v: v is None or (isinstance(v, dict) and all(_count(c) for c in v.values()))}
+    "commands": lambda v: v is None or (isinstance(v, dict) and all(_count(c) for c in v.values())),
+    "metrics": lambda v: v is None or (isinstance(v, dict) and _text(v.get("path")) and _text(v.get("last_error")))}
 _VALUE: Dict[str, Callable[[Any], bool]] = {
     "path": _text, "refresh": _text, "last_refresh": _text, "next_due": _text, "failures": _count,
     "last_error": _text, "expires": _text}
@@ -236,12 +238,18 @@ def _span(seconds: float) -> str:
 
 
 def _command(result: Mapping[str, Any], now: float) -> str:
+    due = f"next run due {_ago(result['due'], now)} (wait, splay)" if result.get("due") else None
     if result.get("running"):
         if result.get("queued"):
-            return f"waiting for a command slot since {_ago(result.get('started'), now)}"
-        return f"running since {_ago(result.get('started'), now)}"
-    outcome = f"failed: {result['error']}" if result.get("error") else "exit 0"
-    return f"{outcome} at {_ago(result.get('started'), now)}, {result.get('seconds') or 0:.1f}s"
+            shown = f"waiting for a command slot since {_ago(result.get('started'), now)}"
+        else:
+            shown = f"running since {_ago(result.get('started'), now)}"
+    elif result.get("started") is None and due:
+        return due  # changed, not run yet
+    else:
+        outcome = f"failed: {result['error']}" if result.get("error") else "exit 0"
+        shown = f"{outcome} at {_ago(result.get('started'), now)}, {result.get('seconds') or 0:.1f}s"
+    return f"{shown}; {due}" if due else shown
 
 
 def _credential_lines(output: str, info: Mapping[str, Any], now: float) -> List[str]:
@@ -263,6 +271,10 @@ def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) ->
         if watcher.get("stopped"):
             lines.append(f"  stopped {_ago(watcher.get('stopped'), now)}")
         lines.append(f"  declarations: {', '.join(watcher.get('sources') or []) or '(none)'}")
+        metrics = watcher.get("metrics")
+        if metrics:
+            written = f"cannot write: {metrics['last_error']}" if metrics.get("last_error") else "written on change"
+            lines.append(f"  metrics: {metrics.get('path')} ({written})")
         commands = watcher.get("commands")
         if commands:
             lines.append(f"  commands: {commands.get('running', 0)} running, {commands.get('queued', 0)} waiting "

@@ -680,7 +680,7 @@ class Watcher:
         previous = self.metrics_file.problem
         problem = self.metrics_file.update(metrics.render(self.metrics_snapshot()))
         if problem is not None and problem != previous:
-            LOG.error("%s", problem)
+            LOG.error("%s: cannot write the metrics: %s", self.metrics_file.path, problem)
         elif problem is None and previous is not None:
             LOG.info("%s: written again", self.metrics_file.path)
 
