@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -68,7 +67,7 @@ def test_a_planted_temp_name_is_never_used(tmp_path: Path, directory: int, monke
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
-    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(atomic, "random_part", lambda: next(names))
     (tmp_path / ".f.cc-imds-aaaaaaaaaaaa").symlink_to(victim)  # an attacker guessed the first name
     atomic.replace(directory, "f", b"new", 0o600)
     assert victim.read_bytes() == b"precious"

@@ -7,7 +7,6 @@ import grp
 import os
 import pwd
 import resource
-import secrets
 import stat
 import subprocess
 import threading
@@ -18,6 +17,7 @@ import pytest
 
 from cc_imds.declaration.build import Origin
 from cc_imds.errors import WriteError
+from cc_imds.files import atomic
 from cc_imds.outputs import write as write_module
 from cc_imds.outputs.render import Output
 from cc_imds.outputs.write import write_outputs
@@ -147,7 +147,7 @@ def test_existing_temp_names_are_never_used(tmp_path: Path, monkeypatch: pytest.
     victim.write_bytes(b"precious")
     (tmp_path / "root").mkdir()
     names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
-    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))  # files/atomic.py names temp files
+    monkeypatch.setattr(atomic, "random_part", lambda: next(names))  # files/atomic.py names temp files
     (tmp_path / "root/.out.cc-imds-aaaaaaaaaaaa").symlink_to(victim)  # an attacker guessed the first name
     write(tmp_path, [out("/out", b"new")])
     assert victim.read_bytes() == b"precious"

@@ -18,8 +18,9 @@ written into):
    file survives a crash.
 On any failure the temp file is removed and the final name is untouched.
 
-Standard library and the kernel only, and no `secrets` until a file is written: the
-validation cache imports this on a declaration's cold path.
+Standard library and the kernel only, and not `secrets`: the validation cache imports this
+on a declaration's cold path, and `secrets` would keep `hmac` and OpenSSL resident in the
+watcher (3.5 MiB) for the names of its temp files.
 """
 
 from __future__ import annotations
@@ -97,13 +98,16 @@ def _label(fd: int, path: Optional[str], root: str) -> None:
         labels.label(fd, path, stat.S_IFREG)
 
 
+def random_part() -> str:
+    """12 random hex digits: what secrets.token_hex(6) returns, without importing secrets."""
+    return os.urandom(6).hex()
+
+
 def make_beside(name: str, kind: str, make: Callable[[str], None]) -> str:
     """A new hidden name beside `name`, made with `make(candidate)`: fresh random candidates
     are tried while `make` raises FileExistsError. Returns the name made."""
-    import secrets  # only once a file is written: it brings `random` and `hmac`
-
     for _ in range(_TRIES):
-        candidate = f".{name}{TEMP_MARK}{kind}{secrets.token_hex(6)}"
+        candidate = f".{name}{TEMP_MARK}{kind}{random_part()}"
         try:
             make(candidate)
             return candidate
