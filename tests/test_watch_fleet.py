@@ -161,6 +161,7 @@ def test_the_metrics_file_follows_what_the_watcher_does(clocked: Any, emulator: 
     prom = tmp_path / "textfile" / "cc_imds.prom"
     prom.parent.mkdir()
     document = quiet_declaration(out)
+    document["values"]["environment"]["refresh"] = 60
     document["values"]["key"] = {"path": CREDS, "key": "AccessKeyId"}
     document["files"] = [{"path": f"{out}/credentials", "content": "{{ key }}\n",
                           "on_change": ["sh", "-c", "exit 3"]}]
@@ -186,19 +187,19 @@ def test_the_metrics_file_follows_what_the_watcher_does(clocked: Any, emulator: 
         json.dumps({"kind": "on_change", "name": f"{out}/credentials", "outcome": "exit_nonzero"},
                    sort_keys=True): 1}
     written = prom.stat().st_mtime_ns
-    for seconds in (5, 10):  # polls that change nothing leave the file alone
+    for seconds in (5, 10):  # event polls that find no notice change nothing: the file is left alone
         watcher.at(seconds)
         watcher.watcher._save_status()
     assert prom.stat().st_mtime_ns == written
     emulator.outage()
-    watcher.at(15)
+    watcher.at(60)  # the tag's period: its poll fails, and the spot poll
     watcher.watcher._save_status()
     emulator.restore()
     emulator.spot_interruption()
-    watcher.at(20)
+    watcher.at(65)  # polled again after 5 s of backoff; the spot poll sees the notice
     wait_for(lambda: (out / "notice").exists(), what="the spot command")
     wait_for(lambda: watcher.watcher.runner.busy() == 0, what="the command's end")
-    watcher.at(20.5)
+    watcher.at(65.5)
     watcher.watcher._save_status()
     found = families(prom)
     tag = json.dumps({"path": TAG, "value": "environment"}, sort_keys=True)
