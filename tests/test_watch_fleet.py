@@ -165,6 +165,7 @@ def test_the_metrics_file_follows_what_the_watcher_does(clocked: Any, emulator: 
     document["values"]["key"] = {"path": CREDS, "key": "AccessKeyId"}
     document["files"] = [{"path": f"{out}/credentials", "content": "{{ key }}\n",
                           "on_change": ["sh", "-c", "exit 3"]}]
+    document["credentials"] = [{"path": f"{out}/app-server.json", "format": "process", "role": "app-server"}]
     document["metrics"] = {"path": str(prom)}
     emulator.rotate_credentials(expires_in=6 * 3600)
     watcher = clocked(document)
@@ -177,11 +178,15 @@ def test_the_metrics_file_follows_what_the_watcher_does(clocked: Any, emulator: 
     assert samples(found, "cc_imds_watcher_start_timestamp_seconds") == {"{}": START}
     assert samples(found, "cc_imds_value_last_success_timestamp_seconds") == {
         json.dumps({"path": TAG, "value": "environment"}, sort_keys=True): START,
+        json.dumps({"path": CREDS, "value": "iam-role:app-server"}, sort_keys=True): START,  # the output's value
         json.dumps({"path": CREDS, "value": "key"}, sort_keys=True): START}
     expires = samples(found, "cc_imds_value_expiration_timestamp_seconds")
-    assert list(expires) == [json.dumps({"path": CREDS, "value": "key"}, sort_keys=True)]
+    assert list(expires) == [json.dumps({"path": CREDS, "value": name}, sort_keys=True)
+                             for name in ("iam-role:app-server", "key")]  # the credential output's own value
+    expiration = next(iter(expires.values()))
     assert samples(found, "cc_imds_output_expiration_timestamp_seconds") == {
-        json.dumps({"output": f"{out}/credentials"}): next(iter(expires.values()))}
+        json.dumps({"output": f"{out}/app-server.json"}): expiration,  # a credential output
+        json.dumps({"output": f"{out}/credentials"}): expiration}  # a template that uses a credential value
     assert samples(found, "cc_imds_command_exits") == {
         json.dumps({"kind": "on_change", "name": f"{out}/app.env", "outcome": "exit_0"}, sort_keys=True): 1,
         json.dumps({"kind": "on_change", "name": f"{out}/credentials", "outcome": "exit_nonzero"},
