@@ -29,7 +29,7 @@ def snapshot(**changes: object) -> Snapshot:
         "values": [ValueRow("token", CREDS, 1_800_000_100.5, 1, 1_800_021_600.0),
                    ValueRow("name", "meta-data/tags/instance/Name", None, 0, None)],
         "outputs": [OutputRow("/etc/app.conf", 1_800_000_101.0, None, 1_800_000_130.0),
-                    OutputRow("/root/.aws/credentials", None, 1_800_021_600.0, None)],
+                    OutputRow("/etc/app/credentials", None, 1_800_021_600.0, None)],
         "events": ["spot-interruption"], "counters": counters}
     fields.update(changes)
     return Snapshot(**fields)  # type: ignore[arg-type]
@@ -77,7 +77,7 @@ def test_the_samples_say_what_the_watcher_knows() -> None:
     assert families["cc_imds_value_expiration_timestamp_seconds"][2] == [
         ("cc_imds_value_expiration_timestamp_seconds", token, 1_800_021_600.0)]
     assert families["cc_imds_output_expiration_timestamp_seconds"][2] == [
-        ("cc_imds_output_expiration_timestamp_seconds", {"output": "/root/.aws/credentials"}, 1_800_021_600.0)]
+        ("cc_imds_output_expiration_timestamp_seconds", {"output": "/etc/app/credentials"}, 1_800_021_600.0)]
     assert families["cc_imds_output_last_change_timestamp_seconds"][2] == [
         ("cc_imds_output_last_change_timestamp_seconds", {"output": "/etc/app.conf"}, 1_800_000_101.0)]
     assert families["cc_imds_on_change_due_timestamp_seconds"][2] == [

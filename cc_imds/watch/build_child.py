@@ -34,10 +34,10 @@ from ..streams import write_all
 BUILD_SECONDS = 120.0  # reading and checking every document; the watcher waits no longer
 _CHUNK = 65536
 
-# The classes a Declaration is made of: the only ones that can come back from the child.
-_CLASSES: Dict[str, Any] = {cls.__name__: cls for cls in (
-    build.Declaration, build.ValueSpec, build.EnvOutput, build.FileOutput, build.EventAction, build.Command,
-    build.Quiet, build.Origin, build.MetricsFile)}
+# The classes a Declaration is made of, the dataclasses of declaration/build.py (so a new kind of
+# output comes back without a change here): the only classes that can come back from the child.
+_CLASSES: Dict[str, Any] = {name: cls for name, cls in vars(build).items()
+                            if isinstance(cls, type) and is_dataclass(cls) and cls.__module__ == build.__name__}
 _OBJECT = "\0dataclass"  # first item of an encoded dataclass; no tuple of a declaration starts so
 
 
