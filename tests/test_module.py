@@ -73,7 +73,7 @@ def test_handle_raises_a_clear_error_and_logs_each_problem(caplog: pytest.LogCap
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [
         "imds: cloud-config: imds: unknown key(s) 'tokn_ttl' (did you mean 'token_ttl'?); allowed: concurrency, "
-        "credentials, deadline, endpoint, env, events, files, imdsv1, timeout, token_ttl, values",
+        "credentials, deadline, endpoint, env, events, files, imdsv1, metrics, timeout, token_ttl, values",
         "imds: cloud-config: imds.values.x: '/latest/meta-data/x' must be an IMDS path such as "
         "meta-data/instance-id, dynamic/instance-identity/document or user-data, without a leading / or latest/",
     ]
