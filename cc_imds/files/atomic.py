@@ -91,7 +91,7 @@ def _label(fd: int, path: Optional[str], root: str) -> None:
         return
     import stat
 
-    from .labels import for_root  # only once a file is written, as `secrets`
+    from .labels import for_root  # only once a file is written
 
     labels = for_root(root)
     if labels is not None:
