@@ -13,7 +13,13 @@ come back.
 The child is a fork of the watcher, so it reads what the watcher would have read, as the
 same user, and its log lines go where the watcher's go. It exits with os._exit: no atexit
 handler, no flush of a buffer it inherited. The watcher's signal handlers are undone in
-it first, so a SIGTERM sent to the whole unit ends it. It is bounded by BUILD_SECONDS.
+it first, so a SIGTERM sent to the whole unit ends it.
+
+Forking a process with threads is safe here because of what the other threads do: on a
+reload, only command runners may be running (IMDS requests end with each pass), and they
+hold no lock the child needs but logging's, which logging re-creates in a forked child;
+CPython holds its import lock across the fork. Whatever happens, the child is bounded by
+BUILD_SECONDS: a child that hangs is killed, and the reload refused.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ..declaration.build import Declaration, SourceDocument, build_declaration
 from ..errors import CcImdsError, DeclarationError
 from ..streams import write_all
 
-BUILD_SECONDS = 120.0  # reading and checking every document; the watcher waits no longer
+BUILD_SECONDS = 30.0  # reading and checking every document takes well under a second; the loop waits no longer
 _CHUNK = 65536
 
 # The classes a Declaration is made of, the dataclasses of declaration/build.py (so a new kind of
