@@ -37,8 +37,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 import yaml
 
-from cc_imds.testing.emulator import Emulator
 from cc_imds.imds.tree import load_tree
+from cc_imds.testing.emulator import Emulator
 from tests.conftest import PACKAGE, PROCESS_SLACK, REPO, cli_env
 
 # RELIABILITY.md is generated from a run and holds no code block; it is checked like the others.
@@ -69,8 +69,8 @@ class Block:
 
     def leading_comments(self) -> List[str]:
         lines = self.text.splitlines()
-        return [line for line in lines[:next((i for i, x in enumerate(lines) if not x.startswith(("#", "//"))),
-                                                len(lines))]]
+        first_other = next((i for i, line in enumerate(lines) if not line.startswith(("#", "//"))), len(lines))
+        return lines[:first_other]
 
     @property
     def illustrative(self) -> Optional[str]:
@@ -120,7 +120,7 @@ def later_blocks(block: Block) -> List[Block]:
 
 def used_later(block: Block) -> bool:
     name = block.file_name
-    return bool(name) and any(name in other.text for other in later_blocks(block) if other.illustrative is None)
+    return name is not None and any(name in other.text for other in later_blocks(block) if other.illustrative is None)
 
 
 def declaration_kind(block: Block) -> Optional[str]:
@@ -191,7 +191,7 @@ class Sandbox:
             text = re.sub(rf"(?<![\d]){shown}(?![\d])", real, text)
         return re.sub(r"/tmp/(?=[\w.-])", f"{self.dir}/tmp/", text)
 
-    def run(self, text: str) -> subprocess.CompletedProcess:
+    def run(self, text: str) -> "subprocess.CompletedProcess[str]":
         script = self.dir / ".block.sh"
         script.write_text(PRELUDE + self.script(text))
         return subprocess.run(["sh", "-e", str(script)], cwd=self.dir, env=self.env(), stdin=subprocess.DEVNULL,
@@ -239,12 +239,12 @@ def wait_for_background(text: str) -> str:
     """A line starting the emulator in the background waits until its ports listen, one starting the
     watcher until its status file is written."""
 
-    def emulator(match: "re.Match[str]") -> str:
+    def emulator(match: re.Match[str]) -> str:
         ports = re.findall(r"--(?:control-)?port (\d+)", match.group(1))
         assert ports, f"give `cc-imds emulate` its --port, so that the tests can make it a free one: {match.group(0)}"
         return f"{match.group(0)}\ndocs-wait-ready {' '.join(ports)}"
 
-    def watcher(match: "re.Match[str]") -> str:
+    def watcher(match: re.Match[str]) -> str:
         run_dir = re.search(r"CC_IMDS_RUN_DIR=(\S+)", match.group(1))
         status = f"{run_dir.group(1) if run_dir else '$CC_IMDS_RUN_DIR'}/status.json"
         return f"{match.group(0)}\ndocs-wait-ready {status}"
