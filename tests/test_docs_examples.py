@@ -8,7 +8,8 @@ A block is one of (docs/development.md, "Examples in the docs"):
   test, against an emulator on loopback;
 - a **Python block** (```python): run by pytest with the plugin loaded;
 - a **transcript** (```text whose first line is `$ COMMAND`): each command is run as in a shell block
-  and its output (stdout and stderr together) must be what the block shows after it;
+  and its output (stdout and stderr together) must be what the block shows after it; `cc-imds status`
+  reports on a watcher of the page's first cloud-config declaration, started as at boot;
 - a **file** (a leading comment line `# NAME`, such as `# boot.sh`): written into the directory of every
   later block of its page, which must use it;
 - **illustrative**: a leading comment line `# illustrative: WHY`, WHY not empty.
@@ -39,7 +40,7 @@ import yaml
 
 from cc_imds.imds.tree import load_tree
 from cc_imds.testing.emulator import Emulator
-from tests.conftest import PACKAGE, PROCESS_SLACK, REPO, cli_env
+from tests.conftest import PACKAGE, PROCESS_SLACK, REPO, cli_env, wait_for
 
 # RELIABILITY.md is generated from a run and holds no code block; it is checked like the others.
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -191,7 +192,7 @@ class Sandbox:
             text = re.sub(rf"(?<![\d]){shown}(?![\d])", real, text)
         return re.sub(r"/tmp/(?=[\w.-])", f"{self.dir}/tmp/", text)
 
-    def run(self, text: str) -> "subprocess.CompletedProcess[str]":
+    def run(self, text: str) -> subprocess.CompletedProcess[str]:
         script = self.dir / ".block.sh"
         script.write_text(PRELUDE + self.script(text))
         return subprocess.run(["sh", "-e", str(script)], cwd=self.dir, env=self.env(), stdin=subprocess.DEVNULL,
@@ -282,6 +283,7 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     (tmp_path / "my-declaration.yaml").write_text(MY_DECLARATION.format(dir=tmp_path))
     (tmp_path / "tmp").mkdir()
     with Emulator(load_tree()) as emulator:
+        emulator.rotate_credentials_every(21600)  # as `cc-imds emulate` does: never expired
         yield Sandbox(tmp_path, emulator, {"1338": str(free_port()), "1339": str(free_port())})
 
 
@@ -391,15 +393,61 @@ def unvarying(text: str) -> str:
 
 def check_transcript(block: Block, sandbox: Sandbox) -> None:
     actual = ""
-    for command, _ in transcript_steps(block.text):
-        assert not command.rstrip().endswith("&"), f"{block.where}: a transcript runs no background job"
-        output = sandbox.shown(sandbox.run(command).stdout)
-        actual += f"$ {command}\n{output}"
+    watcher: Optional[subprocess.Popen[bytes]] = None
+    try:
+        for command, _ in transcript_steps(block.text):
+            assert not command.rstrip().endswith("&"), f"{block.where}: a transcript runs no background job"
+            if re.match(r"cc-imds status\b", command) and watcher is None:
+                watcher = start_watcher(block, sandbox)
+            output = sandbox.shown(sandbox.run(command).stdout)
+            actual += f"$ {command}\n{output}"
+    finally:
+        if watcher is not None:
+            watcher.terminate()
+            assert watcher.wait(timeout=BLOCK_TIMEOUT) == 0, (sandbox.dir / ".watch.log").read_text()
     if os.environ.get("CC_IMDS_REGENERATE_DOCS") == "1" and actual != block.text:
         regenerate(block, actual)
         return
     assert unvarying(actual) == unvarying(block.text), (
         f"{block.where}: the transcript is not what its commands print (CC_IMDS_REGENERATE_DOCS=1 rewrites it)")
+
+
+def start_watcher(block: Block, sandbox: Sandbox) -> subprocess.Popen[bytes]:
+    """What `cc-imds status` reports on: the page's first cloud-config declaration run as at boot
+    (`apply`, then the hand-off to the watcher), and `cc-imds watch` started as systemd starts it.
+    Its files are written under the block's directory, and its commands are stubs that exit 0."""
+    from cc_imds.declaration.build import SourceDocument, build_declaration
+    from cc_imds.watch.handoff import hand_off
+
+    source = next((other for other in BLOCKS if other.page == block.page and other.line < block.line
+                   and kind(other) == "declaration" and declaration_kind(other) == "cloud-config"), None)
+    assert source is not None, f"{block.where}: `cc-imds status` needs a cloud-config declaration above it on its page"
+    key = yaml.safe_load(source.text)["imds"]
+    for output in key.get("env", []) + key.get("files", []):
+        output["path"] = f"{sandbox.dir}{output['path']}"
+    commands = [output.get("on_change") for output in key.get("env", []) + key.get("files", [])]
+    commands += [event.get("run") for event in key.get("events", [])]
+    for command in commands:
+        argv = command.get("run") if isinstance(command, dict) else command
+        if argv:
+            stub = Path(f"{sandbox.dir}{argv[0]}") if argv[0].startswith("/") else sandbox.dir / ".bin" / argv[0]
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.write_text("#!/bin/sh\nexit 0\n")
+            stub.chmod(0o755)
+            argv[0] = str(stub)
+    (sandbox.dir / ".cloud-config.yaml").write_text(yaml.safe_dump({"imds": key}))
+    env = sandbox.env()
+    booted = subprocess.run(["cc-imds", "apply", ".cloud-config.yaml", "--no-conf-dir"], cwd=sandbox.dir, env=env,
+                            capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
+    assert booted.returncode == 0, f"{source.where}: the boot run failed: {booted.stderr}"
+    run_dir = Path(env["CC_IMDS_RUN_DIR"])
+    hand_off(key, build_declaration([SourceDocument("cloud-config", "imds", key)]), run_dir)
+    with open(sandbox.dir / ".watch.log", "wb") as log:
+        watcher = subprocess.Popen(["cc-imds", "watch"], cwd=sandbox.dir, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: (run_dir / "status.json").exists() or watcher.poll() is not None,
+             timeout=BLOCK_TIMEOUT, what="the watcher's status file")
+    return watcher
 
 
 def regenerate(block: Block, actual: str) -> None:
