@@ -45,6 +45,7 @@ from tests.conftest import PACKAGE, PROCESS_SLACK, REPO, cli_env, wait_for
 # RELIABILITY.md is generated from a run and holds no code block; it is checked like the others.
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 TREE = PACKAGE / "data" / "default-tree.json"
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens there
 IMDS_ADDRESSES = ("169.254.169.254", "fd00:ec2::254", "instance-data")
 # A block's commands start, import and talk to a local emulator: seconds, not minutes.
 BLOCK_TIMEOUT = 30 + PROCESS_SLACK
@@ -181,6 +182,12 @@ class Sandbox:
             "CC_IMDS_LOCK": str(self.dir / ".lock"),
             "CC_IMDS_CACHE_DIR": str(self.dir / ".validated"),
             "PYTHONUNBUFFERED": "1",  # stdout and stderr interleave as on a terminal
+            # Should a block reach past loopback all the same (running a file block that curls IMDS,
+            # say), curl, wget and Python's urllib go to a proxy that is not there; cc-imds ignores
+            # proxies, and goes to the emulator.
+            **{name: DEAD_PROXY for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY",
+                                             "HTTPS_PROXY", "ALL_PROXY")},
+            "no_proxy": "127.0.0.1,localhost,::1", "NO_PROXY": "127.0.0.1,localhost,::1",
         })
         env.pop("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", None)
         env.pop("AWS_EC2_METADATA_DISABLED", None)
@@ -192,9 +199,11 @@ class Sandbox:
             text = re.sub(rf"(?<![\d]){shown}(?![\d])", real, text)
         return re.sub(r"/tmp/(?=[\w.-])", f"{self.dir}/tmp/", text)
 
-    def run(self, text: str) -> subprocess.CompletedProcess[str]:
+    def run(self, text: str, *, from_the_docs: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `text` by `sh -e`; `from_the_docs=False` for the tests' own commands, which name
+        real paths and are never rewritten."""
         script = self.dir / ".block.sh"
-        script.write_text(PRELUDE + self.script(text))
+        script.write_text(PRELUDE + (self.script(text) if from_the_docs else text))
         return subprocess.run(["sh", "-e", str(script)], cwd=self.dir, env=self.env(), stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=BLOCK_TIMEOUT)
@@ -340,10 +349,46 @@ def check_declaration(block: Block, sandbox: Sandbox) -> None:
         (sandbox.dir / name).write_text(content)
         for command in (f"cc-imds validate {name}",
                         f"cc-imds plan {name} --no-conf-dir --metadata {TREE}"):
-            result = sandbox.run(command)
+            result = sandbox.run(command, from_the_docs=False)
             assert result.returncode == 0, (
                 f"{block.where}: a YAML declaration must validate and plan against the bundled tree "
                 f"(or be marked `# illustrative: WHY`); `{command}` exited {result.returncode}:\n{result.stdout}")
+    run_consumers(block, sandbox, documents)
+
+
+def run_consumers(block: Block, sandbox: Sandbox, documents: List[Tuple[str, str]]) -> None:
+    """The block's `runcmd` entries that read one of its outputs run after the outputs are written
+    (`apply --root` into the block's directory, each output's path moved there), under `sh -u`:
+    what the consumer reads must be there. Other entries (a `systemctl ...`) need the instance."""
+    cloud_config = yaml.safe_load(block.text)
+    root = sandbox.dir / "root"
+    outputs: List[str] = []
+    for _, content in documents:
+        document = yaml.safe_load(content)
+        declaration = document.get("imds", document)
+        outputs += [str(output["path"]) for output in declaration.get("env", []) + declaration.get("files", [])]
+    consumers = [entry for entry in cloud_config.get("runcmd", [])
+                 if any(path in (entry if isinstance(entry, str) else " ".join(entry)) for path in outputs)]
+    if not consumers:
+        return
+    conf_dir = root / "etc" / "cc-imds" / "conf.d"
+    conf_dir.mkdir(parents=True)
+    if declaration_kind(block) == "write_files":
+        for name, content in documents:
+            (conf_dir / name).write_text(content)
+        applied = sandbox.run(f"cc-imds apply --root {root} --conf-dir {conf_dir}", from_the_docs=False)
+    else:
+        applied = sandbox.run(f"cc-imds apply {documents[0][0]} --root {root} --no-conf-dir", from_the_docs=False)
+    assert applied.returncode == 0, f"{block.where}: applying it against the emulator failed:\n{applied.stdout}"
+    for entry in consumers:
+        argv = ["sh", "-c", entry] if isinstance(entry, str) else [str(arg) for arg in entry]
+        if argv[0] in ("sh", "bash", "dash") and argv[1] == "-c":
+            argv.insert(1, "-u")  # an unset variable is an error: the file did not define it
+        for path in outputs:
+            argv = [arg.replace(path, f"{root}{path}") for arg in argv]
+        result = subprocess.run(argv, cwd=sandbox.dir, env=sandbox.env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=BLOCK_TIMEOUT)
+        assert result.returncode == 0, f"{block.where}: runcmd {entry!r} exited {result.returncode}:\n{result.stdout}"
 
 
 # What the Python examples call: `run_my_script` stands for the reader's own code.
