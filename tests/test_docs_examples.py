@@ -122,7 +122,8 @@ def later_blocks(block: Block) -> List[Block]:
 
 def used_later(block: Block) -> bool:
     name = block.file_name
-    return name is not None and any(name in other.text for other in later_blocks(block) if other.illustrative is None)
+    return name is not None and any(Path(name).name in other.text for other in later_blocks(block)
+                                    if other.illustrative is None)
 
 
 def declaration_kind(block: Block) -> Optional[str]:
