@@ -131,6 +131,13 @@ def used_later(block: Block) -> bool:
                                     if other.illustrative is None)
 
 
+def shown_invalid(block: Block) -> bool:
+    """A declaration file whose errors a later transcript shows (`cc-imds validate broken.yaml`)."""
+    name = Path(block.file_name or "").name
+    return any(other.is_transcript and re.search(rf"^\$ cc-imds validate .*\b{re.escape(name)}\b", other.text, re.M)
+               for other in later_blocks(block))
+
+
 def declaration_kind(block: Block) -> Optional[str]:
     """"cloud-config", "drop-in", "write_files" for a YAML declaration; None for any other YAML."""
     try:
@@ -336,14 +343,14 @@ def test_every_block_is_run_or_marked(block: Block, sandbox: Sandbox) -> None:
     if what == "illustrative":
         assert block.illustrative, f"{block.where}: `# illustrative:` without a reason: say what it needs"
         return
-    if what == "file":
+    if what == "file" and not (block.lang == "yaml" and declaration_kind(block) and not shown_invalid(block)):
         return  # used, and so checked, by a later block
     text = block.text
     for address in IMDS_ADDRESSES:
         assert address not in text, (f"{block.where}: names the IMDS address {address}; a block the tests run "
                                      f"never does: {HOW_TO}")
     put_files(block, sandbox)
-    if what == "declaration":
+    if what in ("declaration", "file"):  # a file here is a declaration: it validates like any other
         check_declaration(block, sandbox)
     elif what == "shell":
         result = sandbox.run(wait_for_background(text))
