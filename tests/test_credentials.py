@@ -336,8 +336,9 @@ def test_systemd_accepts_the_docs_page_service(tmp_path: Path) -> None:
 
     require(shutil.which("systemd-analyze") is not None, "systemd-analyze is missing (install systemd)")
     page = (REPO / "docs/credentials.md").read_text()
-    (unit,) = [b.split("```", 1)[0] for b in page.split("```ini\n")[1:] if "LoadCredential=" in b]
-    assert unit.startswith("# /etc/systemd/system/myapp.service\n")
+    (block,) = [b.split("```", 1)[0] for b in page.split("```ini\n")[1:] if "LoadCredential=" in b]
+    marker, unit = block.split("\n", 1)  # the docs' mark: a unit, not a command the docs tests run
+    assert marker.startswith("# illustrative: ") and unit.startswith("# /etc/systemd/system/myapp.service\n")
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
