@@ -197,6 +197,11 @@ def test_requires_python_3_9_cloud_init_and_the_libraries(binary_rpm: Path) -> N
     assert other == []
 
 
+def test_recommends_the_selinux_binding_without_requiring_it(binary_rpm: Path) -> None:
+    assert rpm_query(binary_rpm, "--recommends").splitlines() == ["python3-libselinux"]
+    assert not [r for r in rpm_query(binary_rpm, "--requires").splitlines() if "selinux" in r]
+
+
 def test_scriptlet_dependencies_are_declared_for_the_scriptlets(binary_rpm: Path) -> None:
     """%post runs cc-imds with cloud-init's reader; %preun runs cc-imds: rpm must order them."""
     kinds: Dict[str, Set[str]] = {}
