@@ -157,7 +157,7 @@ def test_control_injects_and_withdraws_answers(emulator: Emulator, control: Cont
     assert fetch(emulator, "meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"  # retried past both 503s
     assert [r.status for r in emulator.requests if r.path.endswith("/instance-id")] == [503, 503, 200]
     assert call(control.url, "POST", "/faults/status?code=500&count=3") == (200, {"pending": 3})
-    assert call(control.url, "DELETE", "/faults") == (200, {"pending": 0})
+    assert call(control.url, "DELETE", "/faults") == (200, {"pending": 0, "throttle": None, "drop_token_puts": False})
     assert emulator.pending_faults() == 0
 
 

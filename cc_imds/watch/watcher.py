@@ -635,8 +635,9 @@ class Watcher:
             except ImdsError as exc:
                 return exc
         if self.instance_id is None:
-            if isinstance(instance, ImdsError):
-                return instance
+            if isinstance(instance, ImdsError):  # a 404 too: a failed poll here, never "no state"
+                return ImdsError(f"/latest/{INSTANCE_ID_PATH}", "needed before a lifecycle transition: "
+                                 + str(instance).split(": ", 1)[-1])
             text = (instance or b"").decode("utf-8", "replace").strip()
             if not (0 < len(text) <= 64 and text.isascii() and text.isprintable() and " " not in text):
                 return ImdsError(f"/latest/{INSTANCE_ID_PATH}", f"not an instance id: {text[:80]!r}")
