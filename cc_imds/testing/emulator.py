@@ -126,7 +126,7 @@ class Emulator:
         self._issued: List[str] = []
         self._faults: List[_StatusFault] = []
         self._throttle: Optional[Tuple[int, Optional[str]]] = None  # (requests per second, Retry-After)
-        self._answered: Deque[float] = deque()  # monotonic times of the last second's answered requests
+        self._answered: Deque[float] = deque()  # when the last second's answered requests came (clock)
         # Wall clock of timed changes (`at`, `after`): the time AEMM's trigger times are written in.
         self.clock: Callable[[], float] = time.time
         self._timed: List[TimedChange] = []
@@ -334,7 +334,7 @@ class Emulator:
     def rotate_credentials(self, expires_in: float = 21600.0) -> List[str]:
         """New keys for every role's credentials, expiring `expires_in` seconds from now, as
         EC2 rotates them. Returns the paths rotated."""
-        now = time.time()
+        now = self._now()
         rotated = []
         for path, body in sorted(self.tree.leaves().items()):
             if not path.startswith(CREDENTIAL_DIRS):
@@ -378,7 +378,7 @@ class Emulator:
         for path, body in self.tree.leaves().items():
             if path.startswith(CREDENTIAL_DIRS):
                 expiration = _expiration(body)
-                if expiration is not None and expiration - time.time() < lead:
+                if expiration is not None and expiration - self.clock() < lead:
                     self.rotate_credentials(lifetime)
                     return
 
@@ -408,7 +408,7 @@ class Emulator:
         event = {
             "NotBefore": _maintenance_time(start),
             "Code": code,
-            "Description": f"scheduled {code}",
+            "Description": f"The instance is scheduled for {code}",
             "EventId": "instance-event-" + secrets.token_hex(9)[:17],
             "NotAfter": _maintenance_time(start + duration),
             "NotBeforeDeadline": _maintenance_time(start + duration + 2 * 86400.0),
@@ -473,7 +473,7 @@ class Emulator:
             if self._throttle is None:
                 return None
             rate, retry_after = self._throttle
-            now = time.monotonic()
+            now = self.clock()
             while self._answered and self._answered[0] <= now - 1.0:
                 self._answered.popleft()
             if len(self._answered) >= rate:
@@ -678,8 +678,10 @@ def _iso(epoch: float) -> str:
 
 
 def _maintenance_time(epoch: float) -> str:
-    """Scheduled events use another format: `21 Jan 2019 09:00:43 GMT`."""
-    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%d %b %Y %H:%M:%S GMT")
+    """Scheduled events use another format: `21 Jan 2019 09:00:43 GMT`, `7 Dec 2026 ...` (no
+    leading zero, as amazon-ec2-metadata-mock writes it)."""
+    when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    return f"{when.day} {when:%b %Y %H:%M:%S} GMT"
 
 
 def _expiration(body: bytes) -> Optional[float]:
