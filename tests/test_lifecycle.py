@@ -16,9 +16,10 @@ import pytest
 
 from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.errors import DeclarationError, ImdsError
+from cc_imds.imds.autoscaling import LIFECYCLE_PATH
 from cc_imds.testing.emulator import Emulator
 from cc_imds.watch import lifecycle
-from cc_imds.watch.events import LIFECYCLE_PATH, lifecycle_state, notice_env, state_chosen, transition_notice
+from cc_imds.watch.events import lifecycle_state, notice_env, state_chosen, transition_notice
 from cc_imds.watch.status import assess, render_text, status_problem
 from cc_imds.watch.watcher import Watcher, WatchOptions
 from tests.conftest import wait_for

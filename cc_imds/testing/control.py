@@ -47,10 +47,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..jsontext import parse
 from ..untrusted import InputError, load_yaml
-from ..watch.schedule import parse_time
-from ..watch.status import iso
 from . import scenario
-from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator
+from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator, iso
 
 MAX_BODY = 1024 * 1024
 
@@ -272,7 +270,7 @@ def _when(emulator: Emulator, query: Dict[str, str]) -> Optional[float]:
     if "after" in query and "at" in query:
         raise ControlError("give after= or at=, not both")
     if "at" in query:
-        when = parse_time(query["at"])
+        when = scenario.parse_time(query["at"])
         if when is None:
             raise ControlError(f"at={query['at']!r}: expected a time in RFC 3339, such as 2026-12-07T08:00:00Z")
         return when

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ..imds.autoscaling import LIFECYCLE_PATH, LIFECYCLE_STATES
 from ..imds.tree import MetadataTree, as_leaf
 from ..jsontext import parse
-from ..watch.events import LIFECYCLE_PATH, LIFECYCLE_STATES
 
 TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -351,8 +351,8 @@ class Emulator:
                 AccessKeyId="ASIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
                 SecretAccessKey=secret,
                 Token=token,
-                LastUpdated=_iso(now),
-                Expiration=_iso(now + expires_in),
+                LastUpdated=iso(now),
+                Expiration=iso(now + expires_in),
             )
             with self._lock:
                 self._issued_credentials.extend([secret, token])
@@ -389,13 +389,13 @@ class Emulator:
 
     def spot_interruption(self, action: str = "terminate", in_seconds: float = 120.0) -> Dict[str, str]:
         """Announce a spot interruption: `action` (terminate, stop or hibernate) in `in_seconds`."""
-        notice = {"action": action, "time": _iso(self._now() + in_seconds)}
+        notice = {"action": action, "time": iso(self._now() + in_seconds)}
         self.set_value(SPOT_ACTION, notice)
         self.set_value(SPOT_TERMINATION_TIME, notice["time"])
         return notice
 
     def rebalance_recommendation(self) -> Dict[str, str]:
-        notice = {"noticeTime": _iso(self._now())}
+        notice = {"noticeTime": iso(self._now())}
         self.set_value(REBALANCE, notice)
         return notice
 
@@ -673,7 +673,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-def _iso(epoch: float) -> str:
+def iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -33,14 +33,14 @@ place (`steps[2].throttle.rate: ...`), never when the step falls due.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ..imds.autoscaling import LIFECYCLE_STATES
 from ..untrusted import InputError, load_yaml_file
-from ..watch.events import LIFECYCLE_STATES
-from ..watch.schedule import parse_time
 from .emulator import Emulator
 
 MAX_SCENARIO_BYTES = 1024 * 1024
@@ -150,11 +150,22 @@ def _whole(raw: Any, where: str, low: int, high: int) -> int:
     return int(raw)
 
 
-def _time(raw: Any, where: str) -> float:
-    # YAML reads an unquoted 2026-12-07T08:00:00Z as a datetime already.
-    import datetime
+def parse_time(text: str) -> Optional[float]:
+    """An RFC 3339 time (`2026-12-07T08:00:00Z`, or with an offset) -> epoch seconds, or None."""
+    try:
+        when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None  # a time without its zone names no moment
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError):
+        return None
 
-    if isinstance(raw, datetime.datetime):
+
+def _time(raw: Any, where: str) -> float:
+    if isinstance(raw, datetime.datetime):  # YAML reads an unquoted 2026-12-07T08:00:00Z as one
         raw = raw.replace(tzinfo=raw.tzinfo or datetime.timezone.utc).isoformat()
     when = parse_time(raw) if isinstance(raw, str) else None
     if when is None:

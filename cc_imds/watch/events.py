@@ -14,21 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import ImdsError
+from ..imds.autoscaling import LIFECYCLE_PATH, WARMED
 from ..jsontext import JsonRefused, parse
 
 LIFECYCLE = "lifecycle"
-LIFECYCLE_PATH = "meta-data/autoscaling/target-lifecycle-state"
 EVENT_PATHS = {
     "spot-interruption": "meta-data/spot/instance-action",
     "rebalance-recommendation": "meta-data/events/recommendations/rebalance",
     "scheduled-maintenance": "meta-data/events/maintenance/scheduled",
     LIFECYCLE: LIFECYCLE_PATH,
 }
-# The steady states Auto Scaling moves an instance to; `Warmed:*` ones only with a warm pool.
-LIFECYCLE_STATES = ("InService", "Terminated", "Detached", "Standby",
-                    "Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated", "Warmed:Terminated")
-WARMED = "Warmed:"
-WARMED_ANY = "Warmed:*"
+WARMED_ANY = WARMED + "*"  # in a declaration's `states`: every warm-pool state
 # A state IMDS may add later is still a state, but only text shaped like one: it is logged,
 # shown by status and put in a command's environment.
 _STATE_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9:_-]{0,63}")

@@ -44,6 +44,7 @@ from ..declaration.build import (
 )
 from ..errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
 from ..files.lock import locked_alone
+from ..imds.autoscaling import LIFECYCLE_PATH
 from ..imds.client import ImdsClient
 from ..logs import std_logger
 from ..outputs.render import Output, render
@@ -56,7 +57,6 @@ from .build_child import build_in_child
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
 from .events import (
     LIFECYCLE,
-    LIFECYCLE_PATH,
     Notice,
     lifecycle_state,
     notice_env,
