@@ -375,3 +375,33 @@ def test_a_scenario_file_is_read_as_every_outside_input_is(tmp_path: Path) -> No
     os.mkfifo(fifo)
     with pytest.raises(scenario.ScenarioError, match="not a regular file|FIFO"):
         scenario.load(str(fifo))
+
+
+# -- docs/emulator-control.md ----------------------------------------------------------------------
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "emulator-control.md"
+
+
+def test_every_scenario_on_the_page_is_one() -> None:
+    import yaml
+
+    blocks = re.findall(r"```yaml\n(.*?)```", PAGE.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        assert scenario.steps_from(yaml.safe_load(block))
+
+
+def test_every_call_the_page_lists_exists_and_every_call_is_documented(
+        clocked: Tuple[Emulator, Clock], control: ControlServer) -> None:
+    page = PAGE.read_text()
+    readme = (PAGE.parent.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", page + readme, flags=re.M))
+    options = {"/autoscaling/target-lifecycle-state": "?state=InService", "/tags": "?enabled=false",
+               "/faults/throttle": "?rate=5", "/faults/status": "?code=429"}
+    for method, target in re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", page, flags=re.M):
+        body = b"- tags: true\n" if target == "/scenario" else None
+        status, answer = call(control.url, method, target + (options.get(target, "") if method == "POST" else ""),
+                              body)
+        assert status == 200, (method, target, answer)
+    _, refusal = call(control.url, "GET", "/no-such-call")
+    every = set(refusal["calls"])
+    assert every - {p.replace("/tree/meta-data/tags/instance/Name", "/tree/PATH") for _, p in documented} == set()
