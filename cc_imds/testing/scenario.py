@@ -324,3 +324,36 @@ CHANGES: Dict[str, Callable[[Any, str], Change]] = {
     "delete": _delete,
     "rotate-credentials": _rotate,
 }
+
+
+def steps_from_flags(*, spot_interruption: Optional[str] = None, rebalance_recommendation: bool = False,
+                     scheduled_maintenance: Optional[str] = None, lifecycle_state: Optional[str] = None,
+                     delay: Optional[float] = None, at: Optional[str] = None) -> List[Step]:
+    """`cc-imds emulate`'s notice flags as steps: each notice (and the lifecycle state) appears
+    `delay` seconds after the start, or at `at` (RFC 3339), or at once; before, its path is a
+    404, as amazon-ec2-metadata-mock's --mock-delay-sec and --mock-trigger-time make it."""
+    if delay is not None and at is not None:
+        raise ScenarioError("give --notice-delay or --notice-time, not both")
+    timing: Dict[str, Any] = {"at": at} if at is not None else {"after": delay or 0}
+    wanted: List[Dict[str, Any]] = []
+    if spot_interruption is not None:
+        wanted.append({"spot-interruption": {"action": spot_interruption}})
+    if rebalance_recommendation:
+        wanted.append({"rebalance-recommendation": {}})
+    if scheduled_maintenance is not None:
+        wanted.append({"scheduled-maintenance": {"code": scheduled_maintenance}})
+    if lifecycle_state is not None:
+        wanted.append({"lifecycle-state": lifecycle_state})
+    if not wanted and (delay is not None or at is not None):
+        raise ScenarioError("--notice-delay and --notice-time time the notices given with them "
+                            "(--spot-interruption, --rebalance-recommendation, --scheduled-maintenance, "
+                            "--lifecycle-state): give one")
+    steps = []
+    for change in wanted:
+        [name] = change
+        try:
+            steps.append(step_from({**timing, **change}, f"--{name}"))
+        except ScenarioError as exc:
+            raise ScenarioError(str(exc).replace(f"--{name}.{name}", f"--{name}").replace(
+                f"--{name}.at", "--notice-time").replace(f"--{name}.after", "--notice-delay")) from None
+    return steps
