@@ -393,8 +393,8 @@ def test_every_scenario_on_the_page_is_one() -> None:
 def test_every_call_the_page_lists_exists_and_every_call_is_documented(
         clocked: Tuple[Emulator, Clock], control: ControlServer) -> None:
     page = PAGE.read_text()
-    readme = (PAGE.parent.parent / "README.md").read_text()
-    documented = set(re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", page + readme, flags=re.M))
+    everywhere = "".join(p.read_text() for p in [PAGE.parent.parent / "README.md", *PAGE.parent.glob("*.md")])
+    documented = set(re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", everywhere, flags=re.M))
     options = {"/autoscaling/target-lifecycle-state": "?state=InService", "/tags": "?enabled=false",
                "/faults/throttle": "?rate=5", "/faults/status": "?code=429"}
     for method, target in re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", page, flags=re.M):
