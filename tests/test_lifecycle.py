@@ -93,6 +93,16 @@ def test_wrong_states_are_refused_with_their_location(event: Dict[str, Any], pro
     assert str(caught.value).startswith(problem), str(caught.value)
 
 
+def test_lifecycle_commands_alone_need_a_watcher() -> None:
+    """The boot run leaves the marker that starts `cc-imds watch` for them."""
+    from cc_imds.watch.schedule import plan
+
+    watch = plan(build([{"event": "lifecycle", "states": ["InService"], "run": ["register"]}]))
+    assert not watch.idle
+    [event] = watch.events
+    assert (event.event, event.path, event.poll) == ("lifecycle", LIFECYCLE_PATH, 5.0)
+
+
 # -- the watcher, in-process, on an injected clock -------------------------------------------------
 class Instance:
     """One instance's watcher across restarts and reboots: a run directory per boot, one

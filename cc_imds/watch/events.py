@@ -3,6 +3,10 @@
 A notice is identified by its content: the same notice polled twice is one notice, and a
 changed one (a spot notice whose action changes, maintenance rescheduled) is a new one.
 `meta-data/events/maintenance/scheduled` is a list: each entry is a notice of its own.
+
+The Auto Scaling lifecycle is not a notice but a state (`InService`, `Warmed:Stopped`...):
+a transition is a state other than the one last acted on (watch/lifecycle.py keeps that),
+and it is handed to its commands as a notice, so they get what event commands get.
 Pure: bytes in, notices out.
 """
 

@@ -5,6 +5,7 @@ Not a second pipeline: a loop around the boot run's own, run again for what chan
     schedule (due paths) -> resolve those values -> render the outputs that use them
         -> write (the same writer, the same lock) -> on_change for outputs that changed
     schedule (due events) -> fetch the notices -> run each new notice's commands once
+    schedule (lifecycle) -> fetch the state -> a transition runs its states' commands once
 
 - One IMDS client for the watcher's life: one token, reused, renewed before it expires.
   Every poll has a deadline of its own.
