@@ -357,3 +357,24 @@ def steps_from_flags(*, spot_interruption: Optional[str] = None, rebalance_recom
             raise ScenarioError(str(exc).replace(f"--{name}.{name}", f"--{name}").replace(
                 f"--{name}.at", "--notice-time").replace(f"--{name}.after", "--notice-delay")) from None
     return steps
+
+
+def steps_from_arguments(args: Any) -> List[Step]:
+    """Everything `cc-imds emulate` is told to change, as steps from its start: the scenario
+    file's (`--scenario`), then the notices, the lifecycle state and the faults of its flags
+    (made after the scenario's own steps of the same time, so a flag has the last word)."""
+    steps = load(args.scenario) if args.scenario else []
+    steps += steps_from_flags(spot_interruption=args.spot_interruption,
+                              rebalance_recommendation=args.rebalance_recommendation,
+                              scheduled_maintenance=args.scheduled_maintenance,
+                              lifecycle_state=args.lifecycle_state, delay=args.notice_delay, at=args.notice_time)
+    retry_after = args.retry_after
+    if args.throttle_rate is not None:
+        steps.append(step_from({"throttle": {"rate": args.throttle_rate, "retry_after": retry_after}},
+                               "--throttle-rate"))
+    if args.throttle_count is not None:
+        steps.append(step_from({"fail": {"code": 429, "count": args.throttle_count, "retry_after": retry_after}},
+                               "--throttle-count"))
+    if args.drop_token_puts:
+        steps.append(step_from({"drop-token-puts": True}, "--drop-token-puts"))
+    return steps
