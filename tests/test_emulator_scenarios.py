@@ -217,6 +217,17 @@ def test_a_scenario_posted_to_the_control_endpoint_counts_from_then(
     assert call(control.url, "POST", "/events/rebalance-recommendation?after=5&at=2027-01-15T08:00:00Z")[0] == 400
 
 
+def test_a_timed_change_that_cannot_be_made_is_shown_and_the_request_answered(
+        clocked: Tuple[Emulator, Clock], control: ControlServer) -> None:
+    emulator, clock = clocked
+    emulator.set_value(SCHEDULED, "not a list")
+    assert call(control.url, "POST", "/events/scheduled-maintenance?after=5")[0] == 200
+    clock.now = START + 5
+    assert fetch(emulator, "meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"
+    [failed] = call(control.url, "GET", "/schedule")[1]["failed"]
+    assert failed["change"].startswith("scheduled-maintenance") and "holds no list" in failed["error"]
+
+
 def test_scheduled_changes_can_be_cancelled(clocked: Tuple[Emulator, Clock], control: ControlServer) -> None:
     emulator, clock = clocked
     assert call(control.url, "POST", "/events/spot-interruption?after=30")[0] == 200

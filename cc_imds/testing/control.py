@@ -26,7 +26,7 @@ list the calls:
     POST   /outage?seconds=S                      drop every IMDS connection (for S seconds)
     DELETE /outage                                answer again
     POST   /scenario                              timed changes, the body a scenario (cc_imds.testing.scenario)
-    GET    /schedule                              the timed changes still to come
+    GET    /schedule                              the timed changes still to come (and any that failed)
     DELETE /schedule                              cancel them
     GET    /requests                              how many requests IMDS answered, by method
 
@@ -185,7 +185,9 @@ class ControlServer:
             return {"code": query.get("code", "system-reboot"), "in": _seconds(query, "in", 7 * 86400.0)}
 
         def schedule() -> Any:
-            return {"scheduled": [{"at": iso(when), "change": label} for when, label in emu.scheduled()]}
+            return {"scheduled": [{"at": iso(when), "change": label} for when, label in emu.scheduled()],
+                    **({"failed": [{"change": label, "error": why} for label, why in emu.failed_changes]}
+                       if emu.failed_changes else {})}
 
         routes: Dict[Tuple[str, str], Callable[[], Any]] = {
             ("GET", "/tree"): lambda: _flat(emu.tree.leaves()),

@@ -132,6 +132,7 @@ class Emulator:
         self._timed: List[TimedChange] = []
         self._applying = threading.Lock()  # one thread makes the changes that fell due, in order
         self._change_time = threading.local()  # the time a timed change was due: its notices carry it
+        self.failed_changes: List[Tuple[str, str]] = []  # (label, why) of timed changes that could not be made
         self._tokens: Dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -289,6 +290,9 @@ class Emulator:
                 self._change_time.when = due.when
                 try:
                     due.change()
+                except Exception as exc:  # noqa: BLE001 - the request that brought it due is still answered
+                    with self._lock:
+                        self.failed_changes.append((due.label, f"{type(exc).__name__}: {exc}"))
                 finally:
                     self._change_time.when = None
 
