@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -210,6 +211,20 @@ def test_each_transition_runs_the_commands_of_its_new_state(instance: Instance, 
         "Warmed:Running", "InService", "Standby", "InService", "Terminated"]  # the last five
 
 
+def test_each_transition_keeps_its_own_commands_results(instance: Instance, emulator: Emulator) -> None:
+    """The same transition twice (Standby -> InService) is two transitions, each with its result."""
+    for state in ("InService", "Standby", "InService", "Standby", "InService"):
+        emulator.set_lifecycle_state(state)
+        instance.poll()
+    notices = instance.status()["notices"]
+    assert [(n["fields"]["previous"], n["fields"]["state"]) for n in notices] == [
+        ("", "InService"), ("InService", "Standby"), ("Standby", "InService"), ("InService", "Standby"),
+        ("Standby", "InService")]
+    labels = [c["label"] for n in notices for c in n["commands"]]
+    assert len(labels) == len(set(labels)) == 3 and all(
+        c["exit"] == 0 for n in notices for c in n["commands"])
+
+
 def test_a_404_between_two_polls_is_no_transition(instance: Instance, emulator: Emulator) -> None:
     emulator.set_lifecycle_state("InService")
     instance.poll()
@@ -336,7 +351,8 @@ def test_status_shows_the_state_and_the_commands_run(instance: Instance, emulato
     assert "  state InService; last acted on InService, seen " in text
     assert "  transition (none) -> Warmed:Running seen " in text
     assert "  transition Warmed:Running -> InService seen " in text
-    assert "    lifecycle Warmed:Running -> InService (user-data: imds.events[0]): exit 0 at " in text
+    assert re.search(r"^    lifecycle Warmed:Running -> InService, transition [0-9a-f]{16} "
+                     r"\(user-data: imds\.events\[0\]\): exit 0 at ", text, re.M), text
     assert health.code == 0
 
 

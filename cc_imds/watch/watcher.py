@@ -684,7 +684,9 @@ class Watcher:
         self.counters.add(self.counters.notices_handled, LIFECYCLE)
         commands = []
         for index, action in enumerate(actions):
-            label = f"lifecycle {last or '(none)'} -> {current} ({action.origin})"
+            # The transition's id makes the label unique: its result is matched back by label,
+            # and the same transition (Standby -> InService) may come again later.
+            label = f"lifecycle {last or '(none)'} -> {current}, transition {notice.id} ({action.origin})"
             started = self.runner.start(f"{LIFECYCLE}:{notice.id}:{index}", label, action.command,
                                         env=notice_env(notice), stdin=notice.text.encode("utf-8") + b"\n")
             if started == REFUSED:
