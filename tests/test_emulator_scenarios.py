@@ -228,6 +228,22 @@ def test_a_timed_change_that_cannot_be_made_is_shown_and_the_request_answered(
     assert failed["change"].startswith("scheduled-maintenance") and "holds no list" in failed["error"]
 
 
+def test_a_whole_tree_replaced_as_a_config_file_reloaded(clocked: Tuple[Emulator, Clock],
+                                                         control: ControlServer) -> None:
+    emulator, _ = clocked
+    aemm = {"metadata": {"paths": {"instance-id": "/latest/meta-data/instance-id"},
+                         "values": {"instance-id": "i-0fromaemmconfig"}}}
+    assert call(control.url, "PUT", "/tree", json.dumps(aemm).encode()) == (200, {"leaves": 1})
+    assert fetch(emulator, "meta-data/instance-id") == b"i-0fromaemmconfig"
+    assert fetch(emulator, "meta-data/placement/region") is None
+    assert call(control.url, "PUT", "/tree", b'{"meta-data/instance-id": "i-0flat"}') == (200, {"leaves": 1})
+    assert fetch(emulator, "meta-data/instance-id") == b"i-0flat"
+    for body in (b"[]", b"not json", b"[" * 100 + b"]" * 100, b'{"meta-data/x": true}'):
+        status, answer = call(control.url, "PUT", "/tree", body)
+        assert status == 400 and answer["error"].startswith("the body must be a metadata tree"), answer
+    assert fetch(emulator, "meta-data/instance-id") == b"i-0flat"  # a refused body changes nothing
+
+
 def test_scheduled_changes_can_be_cancelled(clocked: Tuple[Emulator, Clock], control: ControlServer) -> None:
     emulator, clock = clocked
     assert call(control.url, "POST", "/events/spot-interruption?after=30")[0] == 200
@@ -408,8 +424,9 @@ def test_every_call_the_page_lists_exists_and_every_call_is_documented(
     documented = set(re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", everywhere, flags=re.M))
     options = {"/autoscaling/target-lifecycle-state": "?state=InService", "/tags": "?enabled=false",
                "/faults/throttle": "?rate=5", "/faults/status": "?code=429"}
+    bodies = {"/scenario": b"- tags: true\n", "/tree": b'{"meta-data/instance-id": "i-0"}'}
     for method, target in re.findall(r"^\| `(GET|PUT|POST|DELETE) (/[^`?\s]*)[^`]*` \|", page, flags=re.M):
-        body = b"- tags: true\n" if target == "/scenario" else None
+        body = bodies.get(target)
         status, answer = call(control.url, method, target + (options.get(target, "") if method == "POST" else ""),
                               body)
         assert status == 200, (method, target, answer)

@@ -6,6 +6,7 @@ JSON. `cc-imds emulate --control-port N` runs it; docs/after-boot.md and docs/em
 list the calls:
 
     GET    /tree                                  the tree, as a flat {path: value} document
+    PUT    /tree                                  serve the tree in the body instead (flat, or AEMM's format)
     PUT    /tree/PATH                             serve the request body at PATH
     DELETE /tree/PATH                             make PATH (a leaf or a directory) a 404
     POST   /credentials/rotate?expires_in=S       new credentials, expiring S seconds from now
@@ -45,6 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..imds.tree import MetadataTree, TreeError, tree_from_document
 from ..jsontext import parse
 from ..untrusted import InputError, load_yaml
 from . import scenario
@@ -115,6 +117,8 @@ class ControlServer:
             return 200, {"deleted": leaf, "leaves": emu.delete_value(leaf)}
         if (method, path.rstrip("/")) == ("POST", "/scenario"):
             return 200, _scenario(emu, body)
+        if (method, path.rstrip("/")) == ("PUT", "/tree"):
+            return 200, {"leaves": emu.tree.replace(_tree(body))}
         if body:
             raise ControlError(f"{method} {path} takes no body (options go in the query string)")
         def clear_events() -> Any:
@@ -278,6 +282,15 @@ def _when(emulator: Emulator, query: Dict[str, str]) -> Optional[float]:
         return when
     after = _seconds(query, "after", None)
     return None if after is None else emulator.clock() + after
+
+
+def _tree(body: bytes) -> MetadataTree:
+    """A whole tree as the body (flat, or AEMM's format), as `--tree` reads one: AEMM's config
+    file reloaded, here by whoever changed it."""
+    try:
+        return tree_from_document(parse(body, MAX_BODY))
+    except (ValueError, TreeError) as exc:  # not JSON, refused unread (JsonRefused), or not a tree
+        raise ControlError(f"the body must be a metadata tree (a JSON object): {exc}") from None
 
 
 def _scenario(emulator: Emulator, body: bytes) -> Any:
