@@ -34,6 +34,7 @@ place (`steps[2].throttle.rate: ...`), never when the step falls due.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def schedule(emulator: Emulator, steps: Sequence[Step], start: Optional[float] =
     whose time has passed is made at once."""
     origin = emulator.clock() if start is None else start
     for step in steps:
-        emulator.at(step.when(origin), step.label, lambda step=step: step.change(emulator))  # type: ignore[misc]
+        emulator.at(step.when(origin), step.label, functools.partial(step.change, emulator))
 
 
 def load(path: str) -> List[Step]:
