@@ -28,8 +28,8 @@ from cc_imds.testing.emulator import Emulator
 from cc_imds.watch.schedule import parse_time
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-EVENT_TIME = re.compile(r"[1-9]\d? [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT")  # AEMM: "2 Jan 2006 15:04:05 GMT"
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+EVENT_TIME = re.compile(r"[1-9][0-9]? [A-Z][a-z]{2} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT")  # AEMM: "2 Jan 2006 15:04:05 GMT"
 SPOT = "meta-data/spot/instance-action"
 TERMINATION_TIME = "meta-data/spot/termination-time"
 REBALANCE = "meta-data/events/recommendations/rebalance"
