@@ -29,7 +29,8 @@ from cc_imds.watch.schedule import parse_time
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-EVENT_TIME = re.compile(r"[1-9][0-9]? [A-Z][a-z]{2} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT")  # AEMM: "2 Jan 2006 15:04:05 GMT"
+# AEMM writes "2 Jan 2006 15:04:05 GMT"
+EVENT_TIME = re.compile(r"[1-9][0-9]? [A-Z][a-z]{2} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT")
 SPOT = "meta-data/spot/instance-action"
 TERMINATION_TIME = "meta-data/spot/termination-time"
 REBALANCE = "meta-data/events/recommendations/rebalance"

@@ -225,6 +225,15 @@ def test_each_transition_keeps_its_own_commands_results(instance: Instance, emul
         c["exit"] == 0 for n in notices for c in n["commands"])
 
 
+def test_a_transition_counts_as_a_lifecycle_notice_in_the_metrics(instance: Instance, emulator: Emulator) -> None:
+    emulator.set_lifecycle_state("InService")
+    instance.poll()
+    instance.poll()
+    assert instance.watcher is not None
+    counters = instance.watcher.counters
+    assert (counters.notices_seen.get("lifecycle"), counters.notices_handled.get("lifecycle")) == (1, 1)
+
+
 def test_a_404_between_two_polls_is_no_transition(instance: Instance, emulator: Emulator) -> None:
     emulator.set_lifecycle_state("InService")
     instance.poll()
