@@ -289,6 +289,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the control endpoint (change values, rotate credentials, announce events) on N")
     p.add_argument("--credential-lifetime", type=_lifetime, default=21600.0, metavar="SECONDS",
                    help="rotate credentials by themselves, each set living SECONDS (default 21600, as EC2; 0: never)")
+    # What amazon-ec2-metadata-mock offers from its command line (docs/emulator-control.md).
+    timed = p.add_argument_group("notices and Auto Scaling, at start or later (as amazon-ec2-metadata-mock's)")
+    timed.add_argument("--spot-interruption", choices=("terminate", "stop", "hibernate"), metavar="ACTION",
+                       help="announce a spot interruption: terminate, stop or hibernate in two minutes")
+    timed.add_argument("--rebalance-recommendation", action="store_true", help="announce a rebalance recommendation")
+    timed.add_argument("--scheduled-maintenance", metavar="CODE",
+                       help="schedule maintenance (system-reboot, instance-stop, ...) in a week")
+    timed.add_argument("--lifecycle-state", metavar="STATE",  # checked with the other timed changes
+                       help="serve STATE (InService, Terminated, Warmed:Running...) at "
+                            "meta-data/autoscaling/target-lifecycle-state")
+    timed.add_argument("--notice-delay", type=number(0, 10**9), metavar="SECONDS",
+                       help="the notices and lifecycle state above appear SECONDS after the start (404s until then)")
+    timed.add_argument("--notice-time", metavar="TIME",
+                       help="... or at TIME (RFC 3339, such as 2026-12-07T08:00:00Z)")
+    timed.add_argument("--scenario", metavar="FILE",
+                       help="timed changes from a YAML or JSON file (docs/emulator-control.md: Scenarios)")
+    faults = p.add_argument_group("faults from the start")
+    faults.add_argument("--throttle-rate", type=number(1, 10**6, integer=True), metavar="N",
+                        help="answer at most N requests a second; the others get 429 with Retry-After")
+    faults.add_argument("--throttle-count", type=number(1, 10**9, integer=True), metavar="N",
+                        help="answer the first N requests with 429 and Retry-After")
+    faults.add_argument("--retry-after", type=number(0, 3600), default=1.0, metavar="SECONDS",
+                        help="the Retry-After of throttled answers (default 1)")
+    faults.add_argument("--drop-token-puts", action="store_true",
+                        help="leave token PUTs unanswered: the symptom of a hop limit too low for a container")
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("enable-module", help="add imds to cloud-init's effective module list via a generated drop-in")

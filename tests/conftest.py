@@ -153,6 +153,12 @@ def _private_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setenv("CC_IMDS_RUN_DIR", str(tmp_path_factory.mktemp("run") / "cc-imds"))
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the host's /var/lib/cc-imds (the lifecycle state last acted on)."""
+    monkeypatch.setenv("CC_IMDS_STATE_DIR", str(tmp_path_factory.mktemp("state") / "cc-imds"))
+
+
 @pytest.fixture
 def watches() -> Iterator[Callable[..., Any]]:
     """Make `cc-imds watch` processes (tests/watch_harness.py); each is killed after the test."""

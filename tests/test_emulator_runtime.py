@@ -157,7 +157,7 @@ def test_control_injects_and_withdraws_answers(emulator: Emulator, control: Cont
     assert fetch(emulator, "meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"  # retried past both 503s
     assert [r.status for r in emulator.requests if r.path.endswith("/instance-id")] == [503, 503, 200]
     assert call(control.url, "POST", "/faults/status?code=500&count=3") == (200, {"pending": 3})
-    assert call(control.url, "DELETE", "/faults") == (200, {"pending": 0})
+    assert call(control.url, "DELETE", "/faults") == (200, {"pending": 0, "throttle": None, "drop_token_puts": False})
     assert emulator.pending_faults() == 0
 
 
@@ -225,15 +225,19 @@ def test_emulate_refuses_a_wrong_credential_lifetime(cli: Callable[..., subproce
 
 
 def test_every_call_the_docs_list_exists(control: ControlServer) -> None:
-    """The table in docs/after-boot.md names every call the control server has, and each is answered."""
+    """The tables in docs/after-boot.md and docs/emulator-control.md (faults, lifecycle, timed
+    changes) name every call the control server has, and each of the first is answered (the
+    second's: tests/test_emulator_scenarios.py)."""
     import re
 
     section = (REPO / "docs/after-boot.md").read_text().split("\n## Rehearsing after-boot changes locally\n", 1)[1]
     calls = re.findall(r"^\| `(GET|PUT|POST|DELETE) ([^`?]+)[^`]*` \|", section, flags=re.M)
+    more = re.findall(r"^\| `(GET|PUT|POST|DELETE) ([^`?]+)[^`]*` \|",
+                      (REPO / "docs/emulator-control.md").read_text(), flags=re.M)
     # The server lists its calls' paths when asked for one it does not have.
     status, answer = call(control.url, "GET", "/no-such-call")
     assert status == 404
-    assert sorted({target for _, target in calls}) == answer["calls"]
+    assert sorted({target for _, target in calls + more}) == answer["calls"]
     for method, target in calls:
         target = target.replace("PATH", "meta-data/tags/instance/Name")
         query = "?code=503" if target == "/faults/status" else ""

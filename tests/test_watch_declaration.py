@@ -190,7 +190,7 @@ def test_wrong_events_are_refused_with_their_location() -> None:
         {"event": "spot-interruption", "run": [""], "poll": 0.5},
     ]}) == [
         "user-data: imds.events[0].event: 'spot' is not one of 'spot-interruption', 'rebalance-recommendation', "
-        "'scheduled-maintenance'",
+        "'scheduled-maintenance', 'lifecycle'",
         "user-data: imds.events[1]: missing required key(s) 'run'",
         "user-data: imds.events[2].poll: 0.5 is less than the minimum of 1",
         EitherWording("user-data: imds.events[2].run[0]: '' ", ("is too short", "should be non-empty")),

@@ -28,11 +28,12 @@ class Watch:
         self.tmp = tmp
         self.emulator = emulator
         self.run_dir = tmp / "run"
+        self.state_dir = tmp / "state"  # survives a simulated reboot, which empties run_dir
         self.file = tmp / "declaration.yaml"
         self.log_path = tmp / "watch.log"
         tmp.mkdir(parents=True, exist_ok=True)
         self.env = cli_env({"CC_IMDS_RUN_DIR": str(self.run_dir), "CC_IMDS_LOCK": str(tmp / "lock"),
-                            "CC_IMDS_CONF_DIR": str(tmp / "no-conf.d")})
+                            "CC_IMDS_CONF_DIR": str(tmp / "no-conf.d"), "CC_IMDS_STATE_DIR": str(self.state_dir)})
         self.declare(declaration)
         self.proc: Optional[subprocess.Popen[bytes]] = None
 

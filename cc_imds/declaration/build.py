@@ -35,6 +35,7 @@ EVENT_POLL = 5.0  # AWS suggests checking for the spot notice every 5 s
 CREDENTIAL_VALUE_PREFIX = "iam-role:"
 ONLY_ROLE = "*"
 ROLE_CREDENTIALS_DIR = "meta-data/iam/security-credentials/"
+LIFECYCLE_EVENT = "lifecycle"  # the event whose commands run on Auto Scaling lifecycle transitions
 
 
 # -- the typed declaration ----------------------------------------------------
@@ -104,12 +105,14 @@ class Command:
 
 @dataclass(frozen=True)
 class EventAction:
-    """`events[]`: run `command` once per notice of `event`, polled every `poll` seconds."""
+    """`events[]`: run `command` once per notice of `event`, polled every `poll` seconds.
+    For `lifecycle`, once per transition to a state that `states` names (every state when empty)."""
 
     event: str
     command: Command
     poll: float
     origin: Origin
+    states: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -493,7 +496,11 @@ def _events_from(doc: SourceDocument, problems: List[str]) -> List[EventAction]:
         where = origin.child(f"[{index}]")
         command = _command(raw, EVENT_TIMEOUT, where, problems)
         poll = _seconds(raw.get("poll"), EVENT_POLL, where.child("poll"), problems)
-        actions.append(EventAction(raw["event"], command, poll, where))
+        states = tuple(raw.get("states") or ())
+        if "states" in raw and raw["event"] != LIFECYCLE_EVENT:
+            problems.append(f"{where.child('states')}: only `event: {LIFECYCLE_EVENT}` has states "
+                            f"(this is `event: {raw['event']}`)")
+        actions.append(EventAction(raw["event"], command, poll, where, states))
     return actions
 
 

@@ -49,6 +49,14 @@ class MetadataTree:
         with self._lock:
             self._leaves[leaf] = body
 
+    def replace(self, other: MetadataTree) -> int:
+        """Serve `other`'s leaves instead of these, all at once (a tree file reloaded); whether
+        tags are served stays as it is. Returns how many leaves there are now."""
+        leaves = other.leaves()
+        with self._lock:
+            self._leaves = leaves
+        return len(leaves)
+
     def delete(self, path: str) -> int:
         """Remove the leaf at `path`, or every leaf under it when it is a directory.
         Returns how many leaves went."""

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
 def emulate_command(args: argparse.Namespace) -> int:
     """Serve a metadata tree on loopback (or --host) as IMDS does, until SIGTERM or SIGINT."""
+    from . import scenario
+
     tree = load_tree(args.tree, tags_enabled=not args.no_tags)
+    try:  # every timed change is checked before the port is taken: a mistake is wrong usage
+        steps = scenario.steps_from_arguments(args)
+    except scenario.ScenarioError as exc:
+        print(f"cc-imds: {exc}", file=sys.stderr)
+        return 2
     # SIGTERM and SIGINT stop it cleanly from here on, whatever the process inherited (a
     # background job starts with SIGINT ignored).
     with StopRequest() as stop:
@@ -39,6 +46,7 @@ def emulate_command(args: argparse.Namespace) -> int:
                 except (ValueError, OSError) as exc:
                     print(f"cc-imds: control endpoint: {exc}", file=sys.stderr)
                     return 2
+            scenario.schedule(emulator, steps)  # `after` counts from now; what is due now is made now
             emulator.start()  # listening before the banner says so
             print(f"IMDS emulator ({args.mode}) listening on {emulator.url}", flush=True)
             if control is not None:

@@ -2,22 +2,37 @@
 
 It listens on a loopback port of its own, never on the IMDS port, and takes no IMDS
 token: nothing that can talk to the emulated IMDS can reach it through IMDS. Answers are
-JSON. `cc-imds emulate --control-port N` runs it; docs/after-boot.md lists the calls:
+JSON. `cc-imds emulate --control-port N` runs it; docs/after-boot.md and docs/emulator-control.md
+list the calls:
 
     GET    /tree                                  the tree, as a flat {path: value} document
+    PUT    /tree                                  serve the tree in the body instead (flat, or AEMM's format)
     PUT    /tree/PATH                             serve the request body at PATH
     DELETE /tree/PATH                             make PATH (a leaf or a directory) a 404
     POST   /credentials/rotate?expires_in=S       new credentials, expiring S seconds from now
-    POST   /events/spot-interruption?action=A&in=S
-    POST   /events/rebalance-recommendation
-    POST   /events/scheduled-maintenance?code=C&in=S
+    POST   /events/spot-interruption?action=A&in=S          *
+    POST   /events/rebalance-recommendation                 *
+    POST   /events/scheduled-maintenance?code=C&in=S        *
     DELETE /events                                withdraw every notice
+    POST   /autoscaling/target-lifecycle-state?state=S      * serve an Auto Scaling lifecycle state
+    DELETE /autoscaling/target-lifecycle-state              * a 404: in no Auto Scaling group
+    POST   /tags?enabled=true|false               instance tags in metadata on or off
     POST   /faults/status?code=C&count=N&method=M&path=P&retry_after=R
                                                   answer the next N matching requests with C
-    DELETE /faults                                withdraw every injected answer not yet given
+    POST   /faults/throttle?rate=N&retry_after=R  answer at most N requests a second, 429 to the rest
+    DELETE /faults/throttle                       stop throttling
+    POST   /faults/drop-token-puts                leave token PUTs unanswered (the hop-limit symptom)
+    DELETE /faults/drop-token-puts                answer them again
+    DELETE /faults                                withdraw every fault: injected answers, throttle, dropped PUTs
     POST   /outage?seconds=S                      drop every IMDS connection (for S seconds)
     DELETE /outage                                answer again
+    POST   /scenario                              timed changes, the body a scenario (cc_imds.testing.scenario)
+    GET    /schedule                              the timed changes still to come (and any that failed)
+    DELETE /schedule                              cancel them
     GET    /requests                              how many requests IMDS answered, by method
+
+* also takes `after=S` (seconds from now) or `at=TIME` (RFC 3339): the change is made then,
+  as amazon-ec2-metadata-mock's delays and trigger times make theirs.
 """
 
 from __future__ import annotations
@@ -31,8 +46,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..imds.tree import MetadataTree, TreeError, tree_from_document
 from ..jsontext import parse
-from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator
+from ..untrusted import InputError, load_yaml
+from . import scenario
+from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator, iso
 
 MAX_BODY = 1024 * 1024
 
@@ -97,6 +115,10 @@ class ControlServer:
                 emu.set_value(leaf, body)
                 return 200, {"set": leaf, "bytes": len(body)}
             return 200, {"deleted": leaf, "leaves": emu.delete_value(leaf)}
+        if (method, path.rstrip("/")) == ("POST", "/scenario"):
+            return 200, _scenario(emu, body)
+        if (method, path.rstrip("/")) == ("PUT", "/tree"):
+            return 200, {"leaves": emu.tree.replace(_tree(body))}
         if body:
             raise ControlError(f"{method} {path} takes no body (options go in the query string)")
         def clear_events() -> Any:
@@ -117,28 +139,90 @@ class ControlServer:
 
         def clear_faults() -> Any:
             emu.clear_faults()
-            return {"pending": 0}
+            emu.throttle(None)
+            emu.drop_token_puts(False)
+            return {"pending": 0, "throttle": None, "drop_token_puts": False}
+
+        def throttle(on: bool) -> Any:
+            if not on:
+                emu.throttle(None)
+                return {"throttle": None}
+            rate = _whole(query, "rate", None)
+            if rate < 1:
+                raise ControlError("rate=0: at least 1 request per second (DELETE /faults/throttle stops it)")
+            emu.throttle(rate, query.get("retry_after", "1") or None)
+            return {"throttle": rate, "retry_after": query.get("retry_after", "1") or None}
+
+        def drop_puts(on: bool) -> Any:
+            emu.drop_token_puts(on)
+            return {"drop_token_puts": on}
+
+        def tags() -> Any:
+            enabled = {"true": True, "false": False}.get(query.get("enabled", "").lower())
+            if enabled is None:
+                raise ControlError("give enabled=true or enabled=false")
+            emu.set_tags_enabled(enabled)
+            return {"tags": enabled}
+
+        def timed(name: str, options: Any) -> Callable[[], Any]:
+            """A change now, or at `at`/`after` when the query gives one."""
+            try:
+                change = scenario.CHANGES[name](options, name)
+            except scenario.ScenarioError as exc:
+                raise ControlError(str(exc)) from None
+
+            def make() -> Any:
+                when = _when(emu, query)
+                if when is None:
+                    result = change(emu)
+                    return result if isinstance(result, dict) else {name: result}
+                label = scenario.describe(name, options)
+                emu.at(when, label, lambda: change(emu))
+                return {"scheduled": label, "at": iso(when)}
+
+            return make
+
+        def spot_options() -> Any:
+            return {"action": query.get("action", "terminate"), "in": _seconds(query, "in", 120.0)}
+
+        def maintenance_options() -> Any:
+            return {"code": query.get("code", "system-reboot"), "in": _seconds(query, "in", 7 * 86400.0)}
+
+        def schedule() -> Any:
+            return {"scheduled": [{"at": iso(when), "change": label} for when, label in emu.scheduled()],
+                    **({"failed": [{"change": label, "error": why} for label, why in emu.failed_changes]}
+                       if emu.failed_changes else {})}
 
         routes: Dict[Tuple[str, str], Callable[[], Any]] = {
             ("GET", "/tree"): lambda: _flat(emu.tree.leaves()),
             ("POST", "/credentials/rotate"): lambda: {
                 "rotated": emu.rotate_credentials(_seconds(query, "expires_in", 21600.0))},
-            ("POST", "/events/spot-interruption"): lambda: emu.spot_interruption(
-                query.get("action", "terminate"), _seconds(query, "in", 120.0)),
-            ("POST", "/events/rebalance-recommendation"): emu.rebalance_recommendation,
-            ("POST", "/events/scheduled-maintenance"): lambda: emu.schedule_maintenance(
-                query.get("code", "system-reboot"), _seconds(query, "in", 7 * 86400.0)),
+            ("POST", "/events/spot-interruption"): lambda: timed("spot-interruption", spot_options())(),
+            ("POST", "/events/rebalance-recommendation"): lambda: timed("rebalance-recommendation", {})(),
+            ("POST", "/events/scheduled-maintenance"): lambda: timed("scheduled-maintenance",
+                                                                     maintenance_options())(),
             ("DELETE", "/events"): clear_events,
+            ("POST", "/autoscaling/target-lifecycle-state"): lambda: timed("lifecycle-state",
+                                                                           _required(query, "state"))(),
+            ("DELETE", "/autoscaling/target-lifecycle-state"): lambda: timed("lifecycle-state", None)(),
+            ("POST", "/tags"): tags,
             ("POST", "/faults/status"): fail_next,
+            ("POST", "/faults/throttle"): lambda: throttle(True),
+            ("DELETE", "/faults/throttle"): lambda: throttle(False),
+            ("POST", "/faults/drop-token-puts"): lambda: drop_puts(True),
+            ("DELETE", "/faults/drop-token-puts"): lambda: drop_puts(False),
             ("DELETE", "/faults"): clear_faults,
+            ("GET", "/schedule"): schedule,
+            ("DELETE", "/schedule"): lambda: {"cancelled": emu.cancel_scheduled()},
             ("POST", "/outage"): lambda: outage(True),
             ("DELETE", "/outage"): lambda: outage(False),
             ("GET", "/requests"): lambda: _counts(emu),
         }
         route = routes.get((method, path.rstrip("/") or "/"))
         if route is None:
-            known = sorted({p for _, p in routes} | {"/tree/PATH"})
+            known = sorted({p for _, p in routes} | {"/tree/PATH", "/scenario"})
             return 404, {"error": f"no such call: {method} {path}", "calls": known}
+        emu.apply_due()  # what GET /tree shows includes the changes that fell due
         return 200, route()
 
 
@@ -179,6 +263,47 @@ def _seconds(query: Dict[str, str], name: str, default: Optional[float]) -> Any:
     if not 0 <= value < 10**9:
         raise ControlError(f"{name}={query[name]!r}: out of range")
     return value
+
+
+def _required(query: Dict[str, str], name: str) -> str:
+    if name not in query:
+        raise ControlError(f"give {name}=...")
+    return query[name]
+
+
+def _when(emulator: Emulator, query: Dict[str, str]) -> Optional[float]:
+    """`after=S` (seconds from now) or `at=TIME` (RFC 3339), or None: now."""
+    if "after" in query and "at" in query:
+        raise ControlError("give after= or at=, not both")
+    if "at" in query:
+        when = scenario.parse_time(query["at"])
+        if when is None:
+            raise ControlError(f"at={query['at']!r}: expected a time in RFC 3339, such as 2026-12-07T08:00:00Z")
+        return when
+    after = _seconds(query, "after", None)
+    return None if after is None else emulator.clock() + after
+
+
+def _tree(body: bytes) -> MetadataTree:
+    """A whole tree as the body (flat, or AEMM's format), as `--tree` reads one: AEMM's config
+    file reloaded, here by whoever changed it."""
+    try:
+        return tree_from_document(parse(body, MAX_BODY))
+    except (ValueError, TreeError) as exc:  # not JSON, refused unread (JsonRefused), or not a tree
+        raise ControlError(f"the body must be a metadata tree (a JSON object): {exc}") from None
+
+
+def _scenario(emulator: Emulator, body: bytes) -> Any:
+    """A scenario document (YAML or JSON) as the body: its `after` times count from now."""
+    try:
+        steps = scenario.steps_from(load_yaml("scenario", body.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise ControlError("the scenario must be UTF-8 text") from None
+    except (InputError, scenario.ScenarioError) as exc:
+        raise ControlError(str(exc)) from None
+    start = emulator.clock()
+    scenario.schedule(emulator, steps, start)
+    return {"scheduled": [{"at": iso(step.when(start)), "change": step.label} for step in steps]}
 
 
 def _whole(query: Dict[str, str], name: str, default: Optional[int]) -> int:

@@ -2,13 +2,18 @@
 
 It enforces the token rules of the real service, serves a metadata tree, records
 every request so tests can assert exactly what a client did, and injects faults on
-demand: latency, a late start, 429/503 bursts, revoked tokens, a dropped PUT response
-(the hop-limit symptom), slow or truncated bodies, an outage.
+demand: latency, a late start, 429/503 bursts, throttling at a rate (429 with Retry-After),
+revoked tokens, a dropped PUT response (the hop-limit symptom), slow or truncated bodies, an
+outage.
 
 What changes while an instance runs changes here too, at any time: values edited
 (tags), credentials rotated with a new Expiration (by hand, or by themselves before
-they expire, as EC2 does), instance event notices appearing. `cc_imds.testing.control` offers
-the same over a loopback HTTP endpoint of its own.
+they expire, as EC2 does), instance event notices appearing, the Auto Scaling lifecycle state
+moving, instance tags turned off. Any change can also be made at a later time (`at`, `after`):
+it happens before the first request at or after that time is answered, as
+amazon-ec2-metadata-mock's trigger times and delays do. `cc_imds.testing.control` offers the
+same over a loopback HTTP endpoint of its own, and `cc_imds.testing.scenario` reads timed
+changes from a file.
 
 It is also what `cc-imds emulate` and `cc-imds demo` run.
 """
@@ -22,10 +27,12 @@ import string
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ..imds.autoscaling import LIFECYCLE_PATH, LIFECYCLE_STATES
 from ..imds.tree import MetadataTree, as_leaf
 from ..jsontext import parse
 
@@ -38,6 +45,7 @@ SPOT_ACTION = "meta-data/spot/instance-action"
 SPOT_TERMINATION_TIME = "meta-data/spot/termination-time"
 REBALANCE = "meta-data/events/recommendations/rebalance"
 MAINTENANCE = "meta-data/events/maintenance/scheduled"
+LIFECYCLE = LIFECYCLE_PATH
 
 _NOT_FOUND_BODY = b"""<?xml version="1.0" encoding="iso-8859-1"?>
 <!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
@@ -81,6 +89,15 @@ class _StatusFault:
         return path.startswith(self.path) if self.path.endswith("/") else path == self.path
 
 
+@dataclass(frozen=True)
+class TimedChange:
+    """A change to make once the emulator's clock reaches `when` (wall-clock epoch seconds)."""
+
+    when: float
+    label: str  # what it does, as GET /schedule shows it
+    change: Callable[[], Any]
+
+
 class Emulator:
     """The server. Use as a context manager, or call start() and stop()."""
 
@@ -108,6 +125,14 @@ class Emulator:
         self._issued_credentials: List[str] = []
         self._issued: List[str] = []
         self._faults: List[_StatusFault] = []
+        self._throttle: Optional[Tuple[int, Optional[str]]] = None  # (requests per second, Retry-After)
+        self._answered: Deque[float] = deque()  # when the last second's answered requests came (clock)
+        # Wall clock of timed changes (`at`, `after`): the time AEMM's trigger times are written in.
+        self.clock: Callable[[], float] = time.time
+        self._timed: List[TimedChange] = []
+        self._applying = threading.Lock()  # one thread makes the changes that fell due, in order
+        self._change_time = threading.local()  # the time a timed change was due: its notices carry it
+        self.failed_changes: List[Tuple[str, str]] = []  # (label, why) of timed changes that could not be made
         self._tokens: Dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -194,6 +219,89 @@ class Emulator:
         with self._lock:
             return sum(f.left for f in self._faults)
 
+    def throttle(self, per_second: Optional[int], retry_after: Optional[str] = "1") -> None:
+        """Answer at most `per_second` requests in any second (token PUTs included); the others
+        get 429 with `Retry-After: retry_after` (none when None), as a throttled IMDS does.
+        None stops throttling. For a number of 429s instead of a rate, see fail_next."""
+        if per_second is not None and per_second < 1:
+            raise ValueError(f"a rate of {per_second} requests per second must be at least 1")
+        with self._lock:
+            self._throttle = None if per_second is None else (per_second, retry_after)
+            self._answered.clear()
+
+    def drop_token_puts(self, drop: bool = True) -> None:
+        """Leave token PUTs unanswered (connection held open, then closed), as when the PUT's
+        response dies on the way back through one network hop too many (hop limit 1 in a
+        container): GETs are still answered."""
+        self.drop_put = drop
+
+    def set_tags_enabled(self, enabled: bool) -> None:
+        """Instance tags in metadata on or off, as `aws ec2 modify-instance-metadata-options
+        --instance-metadata-tags` turns them: off, every path under tags/instance/ is a 404."""
+        self.tree.tags_enabled = enabled
+
+    def set_lifecycle_state(self, state: Optional[str]) -> Optional[str]:
+        """Serve `state` at meta-data/autoscaling/target-lifecycle-state (InService, Terminated,
+        Detached, Standby, Warmed:Stopped, Warmed:Running, Warmed:Hibernated, Warmed:Terminated);
+        None makes it a 404, as on an instance in no Auto Scaling group."""
+        if state is None:
+            self.tree.delete(LIFECYCLE)
+            return None
+        if state not in LIFECYCLE_STATES:
+            raise ValueError(f"{state!r} is not a lifecycle state: one of {', '.join(LIFECYCLE_STATES)}")
+        self.set_value(LIFECYCLE, state)
+        return state
+
+    # -- timed changes -----------------------------------------------------------------------
+    def at(self, when: float, label: str, change: Callable[[], Any]) -> None:
+        """Make `change` once the clock reaches `when` (epoch seconds): before the first request
+        answered at or after it (or at once, when it has passed). Changes due together are made
+        in the order they were given."""
+        with self._lock:
+            self._timed.append(TimedChange(when, label, change))
+            self._timed.sort(key=lambda t: t.when)  # stable: equal times keep their order
+        self.apply_due()
+
+    def after(self, seconds: float, label: str, change: Callable[[], Any]) -> None:
+        """`at`, `seconds` from now."""
+        self.at(self.clock() + seconds, label, change)
+
+    def scheduled(self) -> List[Tuple[float, str]]:
+        """The timed changes still to make: (when, label), earliest first."""
+        with self._lock:
+            return [(t.when, t.label) for t in self._timed]
+
+    def cancel_scheduled(self) -> int:
+        """Drop every timed change not yet made; returns how many."""
+        with self._lock:
+            count = len(self._timed)
+            self._timed.clear()
+        return count
+
+    def apply_due(self) -> None:
+        """Make the timed changes that fell due. Called before every request is answered."""
+        with self._applying:
+            while True:
+                now = self.clock()
+                with self._lock:
+                    if not self._timed or self._timed[0].when > now:
+                        return
+                    due = self._timed.pop(0)
+                self._change_time.when = due.when
+                try:
+                    due.change()
+                except Exception as exc:  # noqa: BLE001 - the request that brought it due is still answered
+                    with self._lock:
+                        self.failed_changes.append((due.label, f"{type(exc).__name__}: {exc}"))
+                finally:
+                    self._change_time.when = None
+
+    def _now(self) -> float:
+        """When a change happens: the time it was due, for a timed one (a notice says when it
+        appeared, however late the request that brought it), else the clock."""
+        when = getattr(self._change_time, "when", None)
+        return when if when is not None else self.clock()
+
     def revoke_tokens(self) -> None:
         with self._lock:
             self._tokens.clear()
@@ -230,7 +338,7 @@ class Emulator:
     def rotate_credentials(self, expires_in: float = 21600.0) -> List[str]:
         """New keys for every role's credentials, expiring `expires_in` seconds from now, as
         EC2 rotates them. Returns the paths rotated."""
-        now = time.time()
+        now = self._now()
         rotated = []
         for path, body in sorted(self.tree.leaves().items()):
             if not path.startswith(CREDENTIAL_DIRS):
@@ -247,8 +355,8 @@ class Emulator:
                 AccessKeyId="ASIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
                 SecretAccessKey=secret,
                 Token=token,
-                LastUpdated=_iso(now),
-                Expiration=_iso(now + expires_in),
+                LastUpdated=iso(now),
+                Expiration=iso(now + expires_in),
             )
             with self._lock:
                 self._issued_credentials.extend([secret, token])
@@ -274,7 +382,7 @@ class Emulator:
         for path, body in self.tree.leaves().items():
             if path.startswith(CREDENTIAL_DIRS):
                 expiration = _expiration(body)
-                if expiration is not None and expiration - time.time() < lead:
+                if expiration is not None and expiration - self.clock() < lead:
                     self.rotate_credentials(lifetime)
                     return
 
@@ -285,27 +393,29 @@ class Emulator:
 
     def spot_interruption(self, action: str = "terminate", in_seconds: float = 120.0) -> Dict[str, str]:
         """Announce a spot interruption: `action` (terminate, stop or hibernate) in `in_seconds`."""
-        notice = {"action": action, "time": _iso(time.time() + in_seconds)}
+        notice = {"action": action, "time": iso(self._now() + in_seconds)}
         self.set_value(SPOT_ACTION, notice)
         self.set_value(SPOT_TERMINATION_TIME, notice["time"])
         return notice
 
     def rebalance_recommendation(self) -> Dict[str, str]:
-        notice = {"noticeTime": _iso(time.time())}
+        notice = {"noticeTime": iso(self._now())}
         self.set_value(REBALANCE, notice)
         return notice
 
     def schedule_maintenance(
         self, code: str = "system-reboot", in_seconds: float = 7 * 86400.0, duration: float = 7200.0
     ) -> Dict[str, str]:
-        """Add a scheduled event (as `aws ec2 describe-instance-status` would list it)."""
-        start = time.time() + in_seconds
+        """Add a scheduled event (as `aws ec2 describe-instance-status` would list it), with the
+        fields IMDS gives one: a NotBeforeDeadline two days after NotAfter, as AEMM's defaults."""
+        start = self._now() + in_seconds
         event = {
             "NotBefore": _maintenance_time(start),
             "Code": code,
-            "Description": f"scheduled {code}",
+            "Description": f"The instance is scheduled for {code}",
             "EventId": "instance-event-" + secrets.token_hex(9)[:17],
             "NotAfter": _maintenance_time(start + duration),
+            "NotBeforeDeadline": _maintenance_time(start + duration + 2 * 86400.0),
             "State": "active",
         }
         body = self.tree.lookup(MAINTENANCE)
@@ -360,6 +470,20 @@ class Emulator:
                 self._truncate_next -= 1
                 return True
             return False
+
+    def _throttled(self) -> Optional[str]:
+        """None when this request may be answered; else its Retry-After ("" for none)."""
+        with self._lock:
+            if self._throttle is None:
+                return None
+            rate, retry_after = self._throttle
+            now = self.clock()
+            while self._answered and self._answered[0] <= now - 1.0:
+                self._answered.popleft()
+            if len(self._answered) >= rate:
+                return retry_after or ""
+            self._answered.append(now)
+            return None
 
     def _down(self) -> bool:
         with self._lock:
@@ -441,6 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if int(length):
             self.rfile.read(int(length))
+        emu.apply_due()
         token = self.headers.get(TOKEN_HEADER)
         token_state = emu._token_state(token)
         if emu._down():
@@ -451,6 +576,10 @@ class _Handler(BaseHTTPRequestHandler):
         if emu.latency:
             time.sleep(emu.latency)
 
+        throttled = emu._throttled()
+        if throttled is not None:
+            self._send(method, 429, b"", token_state, {"Retry-After": throttled} if throttled else {})
+            return
         injected = emu._next_injected(method, self.path)
         if injected is not None:
             status, retry_after = injected
@@ -548,13 +677,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-def _iso(epoch: float) -> str:
+def iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _maintenance_time(epoch: float) -> str:
-    """Scheduled events use another format: `21 Jan 2019 09:00:43 GMT`."""
-    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).strftime("%d %b %Y %H:%M:%S GMT")
+    """Scheduled events use another format: `21 Jan 2019 09:00:43 GMT`, `7 Dec 2026 ...` (no
+    leading zero, as amazon-ec2-metadata-mock writes it)."""
+    when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    return f"{when.day} {when:%b %Y %H:%M:%S} GMT"
 
 
 def _expiration(body: bytes) -> Optional[float]:

@@ -3,6 +3,10 @@
 A notice is identified by its content: the same notice polled twice is one notice, and a
 changed one (a spot notice whose action changes, maintenance rescheduled) is a new one.
 `meta-data/events/maintenance/scheduled` is a list: each entry is a notice of its own.
+
+The Auto Scaling lifecycle is not a notice but a state (`InService`, `Warmed:Stopped`...):
+a transition is a state other than the one last acted on (watch/lifecycle.py keeps that),
+and it is handed to its commands as a notice, so they get what event commands get.
 Pure: bytes in, notices out.
 """
 
@@ -11,16 +15,23 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import ImdsError
+from ..imds.autoscaling import LIFECYCLE_PATH, WARMED
 from ..jsontext import JsonRefused, parse
 
+LIFECYCLE = "lifecycle"
 EVENT_PATHS = {
     "spot-interruption": "meta-data/spot/instance-action",
     "rebalance-recommendation": "meta-data/events/recommendations/rebalance",
     "scheduled-maintenance": "meta-data/events/maintenance/scheduled",
+    LIFECYCLE: LIFECYCLE_PATH,
 }
+WARMED_ANY = WARMED + "*"  # in a declaration's `states`: every warm-pool state
+# A state IMDS may add later is still a state, but only text shaped like one: it is logged,
+# shown by status and put in a command's environment.
+_STATE_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9:_-]{0,63}")
 ENV_PREFIX = "CC_IMDS_"
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 _MAX_FIELD = 4096  # bytes: a longer field is left to the full notice (stdin, CC_IMDS_NOTICE)
@@ -113,3 +124,30 @@ def notice_env(notice: Notice) -> Dict[str, str]:
 def _utf8_size(text: str) -> int:
     """Bytes in the environment: what Linux's limit counts, not characters (4 for one emoji)."""
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+# -- Auto Scaling lifecycle -------------------------------------------------------------------
+def lifecycle_state(body: bytes) -> str:
+    """The state IMDS serves at LIFECYCLE_PATH (`InService`, `Warmed:Stopped`...). Anything
+    that is not shaped like a state name is a failed poll, never a transition."""
+    text = body.decode("utf-8", "replace").strip()
+    if not _STATE_TEXT.fullmatch(text):
+        raise ImdsError(f"/latest/{LIFECYCLE_PATH}", f"not a lifecycle state: {text[:80]!r}")
+    return text
+
+
+def state_chosen(states: Sequence[str], state: str) -> bool:
+    """Does a command declared for `states` run on a transition to `state`? No states: every
+    state; `Warmed:*`: every warm-pool state."""
+    if not states:
+        return True
+    return state in states or (WARMED_ANY in states and state.startswith(WARMED))
+
+
+def transition_notice(previous: Optional[str], state: str, instance_id: str, seen: str) -> Notice:
+    """A transition as a notice, so its commands get what event commands get: the JSON on
+    stdin and in CC_IMDS_NOTICE, and CC_IMDS_NOTICE_STATE, CC_IMDS_NOTICE_PREVIOUS (empty
+    on the instance's first observation), CC_IMDS_NOTICE_INSTANCEID and CC_IMDS_NOTICE_TIME."""
+    item = {"state": state, "previous": previous, "instanceId": instance_id, "time": seen}
+    notice = _notice(LIFECYCLE, LIFECYCLE_PATH, item, json.dumps(item, indent=2, ensure_ascii=False))
+    return Notice(notice.event, notice.path, notice.id, notice.text, {**notice.fields, "previous": previous or ""})

@@ -101,10 +101,11 @@ def read(path: Path, limit: int = 4 * 1024 * 1024) -> Optional[bytes]:
         return None
     except OSError as exc:
         raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which refuses a directory with its own error
+        os.close(fd)
+        raise RunDirError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise RunDirError(f"{path}: not a regular file")
         problem = untrusted(info, RUN_STATE)
         if problem:
             raise RunDirError(f"{path}: refusing to read it: {problem}")

@@ -104,6 +104,7 @@ _NOTICE: Dict[str, Callable[[Any], bool]] = {
     "commands": lambda v: v is None or (isinstance(v, list) and all(c is not None and _command_record(c) for c in v))}
 _EVENT: Dict[str, Callable[[Any], bool]] = {
     "path": _text, "poll": _number, "commands": _count, "failures": _count, "last_error": _text, "waiting": _count,
+    "state": _text, "acted_on": _text, "acted_on_seen": _text,
     "notices": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, dict) and
                                                                    _bad_field(n, _NOTICE) is None for n in v))}
 
@@ -307,14 +308,24 @@ def render_text(doc: Optional[Mapping[str, Any]], health: Health, now: float) ->
         for event, info in sorted((doc.get("events") or {}).items()):
             lines.append(f"event {event}: {info.get('path')}, polled every {info.get('poll'):g}s")
             notices = info.get("notices") or []
+            lifecycle = "acted_on" in info or "state" in info
+            if lifecycle:
+                lines.append(f"  state {info.get('state') or 'none (not in an Auto Scaling group)'}; last acted on "
+                             + (f"{info['acted_on']}, seen {_ago(info.get('acted_on_seen'), now)}"
+                                if info.get("acted_on") else "none"))
             if not notices:
-                lines.append("  no notice")
+                lines.append("  no transition in this watcher's life" if lifecycle else "  no notice")
             if info.get("waiting"):
                 lines.append(f"  {info['waiting']} new notice(s) wait for a later poll (a limit per minute, or no "
                              "free command slot)")
             for notice in notices:
-                lines.append(f"  notice {notice.get('id')} seen {_ago(notice.get('seen'), now)}: "
-                             f"{json.dumps(notice.get('fields') or {}, sort_keys=True)}")
+                fields = notice.get("fields") or {}
+                if lifecycle:
+                    lines.append(f"  transition {fields.get('previous') or '(none)'} -> {fields.get('state')} "
+                                 f"seen {_ago(notice.get('seen'), now)}")
+                else:
+                    lines.append(f"  notice {notice.get('id')} seen {_ago(notice.get('seen'), now)}: "
+                                 f"{json.dumps(fields, sort_keys=True)}")
                 for command in notice.get("commands") or []:
                     lines.append(f"    {command.get('label')}: {_command(command, now)}")
             if info.get("last_error"):

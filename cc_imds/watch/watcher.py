@@ -5,6 +5,7 @@ Not a second pipeline: a loop around the boot run's own, run again for what chan
     schedule (due paths) -> resolve those values -> render the outputs that use them
         -> write (the same writer, the same lock) -> on_change for outputs that changed
     schedule (due events) -> fetch the notices -> run each new notice's commands once
+    schedule (lifecycle) -> fetch the state -> a transition runs its states' commands once
 
 - One IMDS client for the watcher's life: one token, reused, renewed before it expires.
   Every poll has a deadline of its own.
@@ -44,6 +45,7 @@ from ..declaration.build import (
 )
 from ..errors import CcImdsError, ImdsError, ImdsNotFound, ProblemsError, RenderError, WriteError
 from ..files.lock import locked_alone
+from ..imds.autoscaling import LIFECYCLE_PATH
 from ..imds.client import ImdsClient
 from ..logs import std_logger
 from ..outputs.render import Output, render
@@ -51,10 +53,18 @@ from ..outputs.write import Change, write_outputs
 from ..pipeline import RunOptions, client_settings, scrubber_for
 from ..values import Value, Values, resolve
 from ..version import __version__
-from . import metrics, quiet, rundir
+from . import lifecycle, metrics, quiet, rundir
 from .build_child import build_in_child
 from .commands import MERGED, QUEUED, REFUSED, STARTED, Result, Runner
-from .events import Notice, notice_env, notices
+from .events import (
+    LIFECYCLE,
+    Notice,
+    lifecycle_state,
+    notice_env,
+    notices,
+    state_chosen,
+    transition_notice,
+)
 from .holders import holder
 from .schedule import (
     EventWatch,
@@ -79,6 +89,7 @@ NEW_NOTICES_PER_POLL = 10  # more than this in one answer waits for the next pol
 NOTICES_CONSIDERED = HANDLED_KEPT // 2  # of one answer: all of them stay remembered, so none runs twice
 NOTICES_SHOWN = 5  # recent notices per event in the status file
 NOTICES_PER_MINUTE = 60  # per event: acted on in any 60 s; more wait for later polls (IMDS still lists them)
+INSTANCE_ID_PATH = "meta-data/instance-id"  # lifecycle memory belongs to one instance
 _EXPIRATION = "~expiration "  # hidden value: a credential document, read only for its Expiration
 _HIDDEN_ORIGIN = "cc-imds watch:"
 _MISSING = object()
@@ -89,6 +100,7 @@ class WatchOptions:
     endpoint: Optional[str] = None  # overrides the declaration (CLI --endpoint)
     lock_path: Optional[str] = None  # the lock apply uses (write.default_lock_path)
     run_dir: Path = field(default_factory=rundir.run_dir)
+    state_dir: Path = field(default_factory=lifecycle.state_dir)  # what outlives a reboot (lifecycle)
     owns_marker: bool = True  # reading the boot's declarations: remove the marker when idle
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     clock: Callable[[], float] = time.time  # wall clock: Expiration is wall-clock time
@@ -117,6 +129,7 @@ class _EventState:
     acted: List[float] = field(default_factory=list)  # when notices were acted on, the last minute's
     waiting: int = 0  # new notices the last poll left for later (NOTICES_PER_MINUTE, or no room for commands)
     seen: List[str] = field(default_factory=list)  # ids counted as seen (metrics), the latest HANDLED_KEPT
+    state: Optional[str] = None  # lifecycle: the state IMDS served at the last good poll (None: 404)
 
 
 class Watcher:
@@ -137,6 +150,8 @@ class Watcher:
         self.outputs: Dict[str, _OutputState] = {}
         self.events: Dict[str, _EventState] = {}
         self.handled: Dict[str, List[str]] = {}
+        self.instance_id: Optional[str] = None  # fetched with the first lifecycle poll
+        self.lifecycle: Optional[lifecycle.Memory] = None  # the lifecycle state last acted on
         self.started = options.clock()
         self._last_pass: Optional[float] = None
         self.reload_problems: List[str] = []
@@ -504,6 +519,8 @@ class Watcher:
     def _poll_events(self, due: List[EventWatch], deadline: Deadline, now: float) -> None:
         assert self.client is not None
         paths = [e.path for e in due]
+        if self.instance_id is None and any(e.event == LIFECYCLE for e in due):
+            paths.append(INSTANCE_ID_PATH)  # once: which instance the remembered lifecycle state is of
         outcomes: Dict[str, Union[bytes, ImdsError]] = {}
         try:
             if len(paths) == 1:  # the usual case, every few seconds: no thread pool for one request
@@ -519,13 +536,16 @@ class Watcher:
             state.last_poll = now
             state.due = event_due(watch, now, self.options.jitter())
             outcome = outcomes.get(watch.path)
-            if isinstance(outcome, bytes):
+            found: List[Notice] = []
+            if watch.event == LIFECYCLE:
+                outcome = self._lifecycle_outcome(outcome, outcomes.get(INSTANCE_ID_PATH))
+            elif isinstance(outcome, bytes):
                 try:
                     found = notices(watch.event, watch.path, outcome)
                 except ImdsError as exc:  # a document refused unread (nested too deeply): a failed poll
                     outcome = exc
-            if isinstance(outcome, ImdsNotFound):
-                found = []
+            if isinstance(outcome, ImdsNotFound) or (watch.event == LIFECYCLE and isinstance(outcome, bytes)):
+                pass  # no notice, or a lifecycle state: acted on below
             elif isinstance(outcome, bytes):
                 if len(found) > NOTICES_CONSIDERED and len(found) != state.listed:
                     LOG.warning("%s: IMDS lists %d notices; acting on the first %d, the others once earlier "
@@ -546,6 +566,9 @@ class Watcher:
                 LOG.info("%s: polled again after %d failed poll(s)", watch.event, state.failures)
                 state.last_error, state.failures = None, 0
                 self.dirty = True
+            if watch.event == LIFECYCLE:
+                self._lifecycle_poll(watch, state, outcome, now)
+                continue
             new = [n for n in found if n.id not in self.handled.get(watch.event, [])]
             unseen = [n.id for n in new if n.id not in state.seen]
             if unseen:
@@ -596,6 +619,80 @@ class Watcher:
         state = self.events[watch.event]
         state.recent.append({"id": notice.id, "seen": iso(now), "fields": dict(notice.fields),
                              "commands": commands})
+        del state.recent[:-NOTICES_SHOWN]
+        self.dirty = True
+
+    # -- Auto Scaling lifecycle -------------------------------------------------------------
+    def _lifecycle_outcome(self, outcome: Union[bytes, ImdsError, None],
+                           instance: Union[bytes, ImdsError, None]) -> Union[bytes, ImdsError]:
+        """The lifecycle poll's answer, with the state checked, and the instance id taken in
+        the first time. A poll without the instance id is a failed poll: which instance a
+        remembered state belongs to must be known before any transition runs a command."""
+        if outcome is None:
+            return ImdsError(f"/latest/{LIFECYCLE_PATH}", "no answer")
+        if isinstance(outcome, bytes):
+            try:
+                outcome = lifecycle_state(outcome).encode("ascii")
+            except ImdsError as exc:
+                return exc
+        if self.instance_id is None:
+            if isinstance(instance, ImdsError):  # a 404 too: a failed poll here, never "no state"
+                return ImdsError(f"/latest/{INSTANCE_ID_PATH}", "needed before a lifecycle transition: "
+                                 + str(instance).split(": ", 1)[-1])
+            text = (instance or b"").decode("utf-8", "replace").strip()
+            if not (0 < len(text) <= 64 and text.isascii() and text.isprintable() and " " not in text):
+                return ImdsError(f"/latest/{INSTANCE_ID_PATH}", f"not an instance id: {text[:80]!r}")
+            self.instance_id = text
+            self.lifecycle = lifecycle.recall(self.options.state_dir, text)
+            if self.lifecycle is not None:
+                LOG.info("lifecycle: last state acted on: %s, seen %s", self.lifecycle.state, self.lifecycle.seen)
+        return outcome
+
+    def _lifecycle_poll(self, watch: EventWatch, state: _EventState, outcome: Union[bytes, ImdsError],
+                        now: float) -> None:
+        """A state other than the one last acted on is a transition: its commands run once.
+        A 404 (not in an Auto Scaling group) is no state, and no transition."""
+        assert self.instance_id is not None
+        current = outcome.decode("ascii") if isinstance(outcome, bytes) else None
+        if current != state.state:
+            state.state = current
+            self.dirty = True
+        last = self.lifecycle.state if self.lifecycle is not None else None
+        if current is None or current == last:
+            if state.waiting:
+                state.waiting, self.dirty = 0, True
+            return
+        actions = [a for a in watch.actions if state_chosen(a.states, current)]
+        if self.runner.room() < len(actions):
+            LOG.warning("lifecycle: %s -> %s waits for a later poll: every command slot is busy and the queue "
+                        "is full", last or "(none)", current)
+            if not state.waiting:
+                state.waiting, self.dirty = 1, True
+            return
+        state.waiting = 0
+        seen = iso(now) or ""
+        notice = transition_notice(last, current, self.instance_id, seen)
+        # Remembered before its commands are asked for: a restart never runs them twice.
+        self.lifecycle = lifecycle.Memory(self.instance_id, current, seen)
+        try:
+            lifecycle.remember(self.options.state_dir, self.lifecycle)
+        except rundir.RunDirError as exc:
+            LOG.error("lifecycle: %s (this transition may be acted on again after a restart)", exc)
+        LOG.warning("lifecycle: %s -> %s: %d command(s)", last or "(none)", current, len(actions))
+        # In the metrics file a transition is a notice of event `lifecycle`: seen, and handled.
+        self.counters.add(self.counters.notices_seen, LIFECYCLE)
+        self.counters.add(self.counters.notices_handled, LIFECYCLE)
+        commands = []
+        for index, action in enumerate(actions):
+            # The transition's id makes the label unique: its result is matched back by label,
+            # and the same transition (Standby -> InService) may come again later.
+            label = f"lifecycle {last or '(none)'} -> {current}, transition {notice.id} ({action.origin})"
+            started = self.runner.start(f"{LIFECYCLE}:{notice.id}:{index}", label, action.command,
+                                        env=notice_env(notice), stdin=notice.text.encode("utf-8") + b"\n")
+            if started == REFUSED:
+                self.counters.command_ended(metrics.EVENT, LIFECYCLE, REFUSED)
+            commands.append(_command_record(label, started, self.options.clock()))
+        state.recent.append({"id": notice.id, "seen": seen, "fields": dict(notice.fields), "commands": commands})
         del state.recent[:-NOTICES_SHOWN]
         self.dirty = True
 
@@ -743,6 +840,12 @@ class Watcher:
             }
             for watch in self.plan.events
         }
+        if LIFECYCLE in events:
+            # What IMDS serves now, and the state last acted on (perhaps at an earlier boot).
+            memory = self.lifecycle
+            events[LIFECYCLE].update(state=self.events[LIFECYCLE].state,
+                                     acted_on=memory.state if memory else None,
+                                     acted_on_seen=memory.seen if memory else None)
         return {
             "format": FORMAT,
             "watcher": {

@@ -60,6 +60,12 @@ imds:
   events:
     - event: spot-interruption
       run: [/usr/local/lib/box/record.py, spot-interruption]
+    - event: lifecycle
+      states: ["Warmed:*"]
+      run: [/usr/local/lib/box/record.py, lifecycle-warm]
+    - event: lifecycle
+      states: [InService]
+      run: [/usr/local/lib/box/record.py, lifecycle-in-service]
 write_files:
   - path: /etc/cc-imds/conf.d/60-app.yaml
     permissions: "0644"
@@ -100,7 +106,9 @@ DROPIN = "/etc/cc-imds/conf.d/60-app.yaml"
 RUNCMD_ENV = "/var/lib/box/runcmd.env"
 MODULE_DROPIN = "/etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
 WATCH_MARKER = "/run/cc-imds/watch"  # left by the boot run when a watcher is needed
-INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN, WATCH_MARKER)
+LIFECYCLE_MEMORY = "/var/lib/cc-imds/lifecycle.json"  # the lifecycle state acted on: it outlives a reboot
+INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN, WATCH_MARKER, LIFECYCLE_MEMORY)
+LIFECYCLE_PATH = "meta-data/autoscaling/target-lifecycle-state"
 
 
 # The after-boot commands the tests look for by name.
@@ -108,6 +116,8 @@ GET_NAME = "cc-imds get meta-data/tags/instance/Name"
 STATUS = "cc-imds status"
 STATUS_JSON = "cc-imds status --json"
 STOP_WATCHER = "systemctl stop cc-imds-watch.path cc-imds-watch.service"
+WAIT_WARM = f"/usr/local/lib/box/record.py wait lifecycle-warm 1 {LIFECYCLE_PATH} 2"
+WAIT_IN_SERVICE = f"/usr/local/lib/box/record.py wait lifecycle-in-service 1 {LIFECYCLE_PATH} 2"
 # Hidden files where the watcher writes: its temp files (outputs, status) are named so.
 LEFTOVERS = "find /etc/box-app /etc/cc-imds /run/cc-imds -name '.*'"
 
@@ -119,6 +129,7 @@ class Boot:
     tags: Dict[str, Optional[str]] = field(default_factory=dict)  # changes from the chain's tags (None: removed)
     outage: Optional[float] = None  # seconds IMDS stays down once cc-imds first tries (see imds_box.py)
     after_boot: Tuple[str, ...] = ()
+    lifecycle: Optional[str] = None  # the Auto Scaling lifecycle state served this boot (None: a 404)
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,9 @@ class Chain:
                                   "Expiration": _iso(ISSUED + LIFETIME)}
         for key, value in self.tags(upto).items():
             tree[f"meta-data/tags/instance/{key}"] = value
+        lifecycle = self.boot(upto).lifecycle
+        if lifecycle is not None:
+            tree[LIFECYCLE_PATH] = lifecycle
         return tree
 
     def boot_config(self, name: str) -> Dict[str, Any]:
@@ -198,8 +212,9 @@ CHAINS = {
             instance_id="i-0b0c5e1f7a2d3e4f5",
             uuid="ec2b0c5e-1f7a-2d3e-4f50-0123456789ab",
             boots=(
-                # Launch: IMDS on IPv4, as EC2 serves it by default.
-                Boot("first"),
+                # Launch into a warm pool (Warmed:Running), IMDS on IPv4, as EC2 serves it by
+                # default: the watcher runs the Warmed:* lifecycle command once.
+                Boot("first", lifecycle="Warmed:Running", after_boot=(WAIT_WARM,)),
                 # Stopped, the Name tag edited, started again: IMDS now answers on IPv6
                 # alone (as in an IPv6-only subnet), and only some seconds after cc-imds
                 # first tries, as if the network came up late.
@@ -208,12 +223,17 @@ CHAINS = {
                 # feeds and runs its on_change once (two more polls show it is not run
                 # again); then a spot notice runs its command once. `cc-imds status`, then
                 # the watcher is stopped and nothing it wrote is left half-done.
+                # Auto Scaling moved it into service while it was stopped: the InService
+                # lifecycle command runs once, with the state acted on at the first boot
+                # (remembered on disk, where /run is not) as the previous one.
                 Boot(
                     "second",
                     listen=(IPV6,),
                     tags={"Name": "web-2"},
                     outage=8.0,
+                    lifecycle="InService",
                     after_boot=(
+                        WAIT_IN_SERVICE,
                         GET_NAME,
                         "/usr/local/lib/box/imds_box.py set meta-data/tags/instance/Name web-3",
                         GET_NAME,

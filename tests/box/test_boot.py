@@ -24,6 +24,7 @@ from tests.box.scenarios import (
     INSTANCE_ENV,
     IPV6,
     LEFTOVERS,
+    LIFECYCLE_MEMORY,
     MODULE_DROPIN,
     NAME_ENV,
     OUTPUTS,
@@ -35,6 +36,8 @@ from tests.box.scenarios import (
     TAGS_SH,
     TEAM,
     USER_DATA,
+    WAIT_IN_SERVICE,
+    WAIT_WARM,
     WATCH_MARKER,
 )
 
@@ -311,9 +314,41 @@ def test_the_path_unit_starts_the_watcher_in_the_boot_that_asks_for_it(boot: Boo
     marker = boot.outputs[WATCH_MARKER]
     assert marker is not None and "meta-data/tags/instance/Name" in marker["content"], marker
     assert max(r["t"] for r in cc_imds_requests(boot)) < service["started"]
-    # Nothing changed in this boot: polls that find nothing new run nothing.
+    # Nothing changed in this boot: polls that find nothing new run nothing (but the
+    # lifecycle state seen first, a transition: test_a_warm_pool_launch_...).
     assert by_client(boot)["watcher"], "the watcher made no request"
-    assert boot.watch_commands == []
+    assert [r["name"] for r in boot.watch_commands] == ["lifecycle-warm"]
+
+
+def lifecycle_runs(boot: BootResult) -> List[Any]:
+    return [(r["name"], r["env"]["CC_IMDS_NOTICE_STATE"], r["env"]["CC_IMDS_NOTICE_PREVIOUS"],
+             r["env"]["CC_IMDS_NOTICE_INSTANCEID"]) for r in boot.watch_commands if r["name"].startswith("lifecycle")]
+
+
+@pytest.mark.boots("stop-start/first")
+def test_a_warm_pool_launch_runs_the_warmed_lifecycle_command_once(boot: BootResult) -> None:
+    """Under the real units: the first state seen is a transition (from none), run once; two
+    more polls run nothing; the state acted on is kept in /var/lib, root's alone to write."""
+    [waited] = boot.ran(WAIT_WARM)
+    assert (waited["rc"], waited["stderr"]) == (0, ""), waited
+    assert lifecycle_runs(boot) == [("lifecycle-warm", "Warmed:Running", "", boot.chain.instance_id)]
+    memory = boot.outputs[LIFECYCLE_MEMORY]
+    assert memory is not None and (memory["mode"], memory["owner"]) == ("0o644", "root"), memory
+    assert {k: v for k, v in json.loads(memory["content"]).items() if k != "seen"} == {
+        "instance_id": boot.chain.instance_id, "state": "Warmed:Running"}
+
+
+@pytest.mark.boots("stop-start/second")
+def test_started_again_into_service_it_runs_the_in_service_command_once(boot: BootResult) -> None:
+    """Moved to InService while stopped: at the next boot (/run empty, /var/lib kept), that
+    transition runs once, with the first boot's state as the previous one."""
+    [waited] = boot.ran(WAIT_IN_SERVICE)
+    assert (waited["rc"], waited["stderr"]) == (0, ""), waited
+    assert lifecycle_runs(boot) == [("lifecycle-in-service", "InService", "Warmed:Running", boot.chain.instance_id)]
+    [text] = boot.ran(STATUS)
+    assert "event lifecycle: meta-data/autoscaling/target-lifecycle-state, polled every 5s" in text["stdout"]
+    assert "  state InService; last acted on InService, seen " in text["stdout"]
+    assert "  transition Warmed:Running -> InService seen " in text["stdout"]
 
 
 @pytest.mark.boots("stop-start/second")
