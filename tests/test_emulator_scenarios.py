@@ -26,6 +26,7 @@ from cc_imds.testing import scenario
 from cc_imds.testing.control import ControlServer
 from cc_imds.testing.emulator import Emulator
 from cc_imds.watch.schedule import parse_time
+from tests.test_emulator_runtime import call
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -72,17 +73,6 @@ def fetch(emulator: Emulator, path: str) -> Optional[bytes]:
 def document(emulator: Emulator, path: str) -> Any:
     body = fetch(emulator, path)
     return None if body is None else json.loads(body)
-
-
-def call(url: str, method: str, target: str, body: Optional[bytes] = None) -> Tuple[int, Any]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
-    try:
-        conn.request(method, target, body=body)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def raw(emulator: Emulator, method: str, path: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
