@@ -126,6 +126,8 @@ def for_root(root: str = "/") -> Optional[Labels]:
     Open once and kept for the process, reopened when the policy's files change (a long-running
     watcher sees `semanage fcontext -a` and a policy update)."""
     top = root.rstrip("/") or "/"
+    if top == "/" and _kernel_runs_selinux() is False:
+        return None  # a kernel without SELinux: nothing to read or stat for each file written
     signature = _signature(top)
     with _lock:
         known = _by_root.get(top)
@@ -152,6 +154,16 @@ def _signature(top: str) -> Tuple[Any, ...]:
         except OSError:
             signature.append((name, None))
     return tuple(signature)
+
+
+_kernel_answer: List[Optional[bool]] = []  # asked once per process: a kernel does not gain SELinux while it runs
+
+
+def _kernel_runs_selinux() -> Optional[bool]:
+    with _lock:
+        if not _kernel_answer:
+            _kernel_answer.append(_kernel_has_selinux())
+        return _kernel_answer[0]
 
 
 def _kernel_has_selinux() -> Optional[bool]:
@@ -259,3 +271,4 @@ def forget() -> None:
     with _lock:
         _by_root.clear()
         _warned.clear()
+        _kernel_answer.clear()
