@@ -74,10 +74,12 @@ RELEASES = {
 # What an EC2 image of the release needs to boot cloud-init and run cc-imds: systemd,
 # cloud-init and cc-imds's three libraries, `ip` (the emulator's addresses), ifupdown
 # (cloud-init's network renderer on Debian), e2fsprogs and openssh-client (cloud-init's
-# resizefs and host keys), the kernel, and python3-installer to install the wheel.
+# resizefs and host keys), the kernel, and python3-installer to install the wheel. And
+# node_exporter, which reads the watcher's metrics file where operators would.
 PACKAGES = (
     "systemd", "systemd-sysv", "udev", "cloud-init", "python3-yaml", "python3-jsonschema", "python3-jinja2",
     "python3-installer", "iproute2", "ifupdown", "e2fsprogs", "openssh-client", "linux-image-cloud-amd64",
+    "prometheus-node-exporter",
 )
 # Documentation, translations and kernel modules are left out: smaller, faster to build.
 DPKG_EXCLUDES = (
@@ -337,7 +339,7 @@ def _install(root: Path, release: Release, wheel: Path, log: Path) -> None:
     shutil.copyfile(GUEST / "01-box.cfg", cfg)
     scripts = root / "usr/local/lib/box"
     scripts.mkdir(parents=True)
-    for script in ("imds_box.py", "collect.py", "record.py"):
+    for script in ("imds_box.py", "collect.py", "record.py", "agent.py", "scrape.py"):
         shutil.copyfile(GUEST / script, scripts / script)
         (scripts / script).chmod(0o755)
     units = sorted((GUEST / "units").glob("*.service"))

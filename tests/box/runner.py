@@ -95,7 +95,13 @@ class BootResult:
 
     @property
     def outputs(self) -> Dict[str, Optional[Dict[str, Any]]]:
+        """Each inspected path once the after-boot commands are done."""
         return dict(self.json("outputs.json"))
+
+    @property
+    def outputs_at_boot(self) -> Dict[str, Optional[Dict[str, Any]]]:
+        """Each inspected path as the boot left it, before the after-boot commands."""
+        return dict(self.json("outputs-at-boot.json"))
 
     @property
     def consumer(self) -> Dict[str, Any]:
@@ -132,6 +138,16 @@ class BootResult:
     def user_data(self) -> str:
         path = self.results / "user-data.txt"
         return path.read_text() if path.exists() else ""
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """What the boot was given (/etc/box/boot.json): the tree IMDS served, among others."""
+        return dict(json.loads((self.dir / "boot.json").read_text()))
+
+    @property
+    def journal(self) -> str:
+        """This boot's whole journal: every unit's log, the watcher's included."""
+        return (self.results / "journal.txt").read_text(errors="replace")
 
     @property
     def log(self) -> str:

@@ -29,7 +29,10 @@ TEAM = """Platform & SRE's "core" $HOME `id` \\ 100%"""
 # User-data as a user would give it at launch: an `imds:` declaration, a drop-in that
 # `write_files` delivers, and runcmd using the outputs. No endpoint anywhere. The Name tag is
 # refreshed after boot into a file of its own, with an on_change, and a spot interruption
-# runs a command: so the boot run leaves the marker that starts `cc-imds watch`.
+# runs a command: so the boot run leaves the marker that starts `cc-imds watch`. The role's
+# credentials go to a service as docs/credentials.md's systemd recipe hands them over
+# (box-agent.service reads them with LoadCredential=; on_change restarts it), and the
+# watcher's metrics go where Debian's node_exporter reads text files.
 USER_DATA = """\
 #cloud-config
 imds:
@@ -66,6 +69,12 @@ imds:
     - event: lifecycle
       states: [InService]
       run: [/usr/local/lib/box/record.py, lifecycle-in-service]
+  credentials:
+    - path: /run/aws-credentials/box-agent
+      format: shared
+      on_change: [systemctl, try-restart, box-agent.service]
+  metrics:
+    path: /var/lib/prometheus/node-exporter/cc_imds.prom
 write_files:
   - path: /etc/cc-imds/conf.d/60-app.yaml
     permissions: "0644"
@@ -98,16 +107,20 @@ APP_CONF = "/etc/box-app/app.conf"
 PLACEMENT_ENV = "/etc/box-app/placement.env"
 CREDENTIALS = "/etc/box-app/credentials.json"
 NAME_ENV = "/etc/box-app/name.env"  # the one the watcher keeps current
+AGENT_CREDENTIALS = "/run/aws-credentials/box-agent"  # box-agent.service's LoadCredential= source
 OUTPUTS = {
     INSTANCE_ENV: "0o644", TAGS_SH: "0o644", APP_CONF: "0o640", PLACEMENT_ENV: "0o644", CREDENTIALS: "0o600",
-    NAME_ENV: "0o644",
+    NAME_ENV: "0o644", AGENT_CREDENTIALS: "0o600",
 }
+AGENT_UNIT = "box-agent.service"
+AGENT_READS = "/run/box-agent.jsonl"  # one line per start of box-agent.service (guest/agent.py)
+METRICS = "/var/lib/prometheus/node-exporter/cc_imds.prom"  # Debian's node_exporter's textfile directory
 DROPIN = "/etc/cc-imds/conf.d/60-app.yaml"
 RUNCMD_ENV = "/var/lib/box/runcmd.env"
 MODULE_DROPIN = "/etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
 WATCH_MARKER = "/run/cc-imds/watch"  # left by the boot run when a watcher is needed
 LIFECYCLE_MEMORY = "/var/lib/cc-imds/lifecycle.json"  # the lifecycle state acted on: it outlives a reboot
-INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN, WATCH_MARKER, LIFECYCLE_MEMORY)
+INSPECT = (*OUTPUTS, DROPIN, RUNCMD_ENV, MODULE_DROPIN, WATCH_MARKER, LIFECYCLE_MEMORY, AGENT_READS, METRICS)
 LIFECYCLE_PATH = "meta-data/autoscaling/target-lifecycle-state"
 
 
@@ -118,8 +131,12 @@ STATUS_JSON = "cc-imds status --json"
 STOP_WATCHER = "systemctl stop cc-imds-watch.path cc-imds-watch.service"
 WAIT_WARM = f"/usr/local/lib/box/record.py wait lifecycle-warm 1 {LIFECYCLE_PATH} 2"
 WAIT_IN_SERVICE = f"/usr/local/lib/box/record.py wait lifecycle-in-service 1 {LIFECYCLE_PATH} 2"
-# Hidden files where the watcher writes: its temp files (outputs, status) are named so.
-LEFTOVERS = "find /etc/box-app /etc/cc-imds /run/cc-imds -name '.*'"
+ROTATE = "/usr/local/lib/box/imds_box.py rotate"
+WAIT_AGENT = f"/usr/local/lib/box/record.py wait-lines {AGENT_READS} 2"
+# What node_exporter serves, as Prometheus scrapes it.
+SCRAPE = "/usr/local/lib/box/scrape.py http://127.0.0.1:9100/metrics"
+# Hidden files where the watcher writes: its temp files (outputs, status, metrics) are named so.
+LEFTOVERS = "find /etc/box-app /etc/cc-imds /run/cc-imds /run/aws-credentials /var/lib/prometheus -name '.*'"
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,9 @@ class Boot:
     outage: Optional[float] = None  # seconds IMDS stays down once cc-imds first tries (see imds_box.py)
     after_boot: Tuple[str, ...] = ()
     lifecycle: Optional[str] = None  # the Auto Scaling lifecycle state served this boot (None: a 404)
+    # Seconds after the boot starts that the role's credentials (the same keys) expire: the
+    # instance runs late in their life, so the watcher asks IMDS for new ones every minute.
+    credentials_expire_in: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -174,12 +194,18 @@ class Chain:
             tree[LIFECYCLE_PATH] = lifecycle
         return tree
 
-    def boot_config(self, name: str) -> Dict[str, Any]:
-        """/etc/box/boot.json for a boot: read by the guest's emulator and collector."""
+    def boot_config(self, name: str, now: Optional[float] = None) -> Dict[str, Any]:
+        """/etc/box/boot.json for a boot, written just before it starts (at `now`): read by
+        the guest's emulator and collector."""
         boot = self.boot(name)
+        tree = self.tree(name)
+        if boot.credentials_expire_in is not None:
+            expires = int(time.time() if now is None else now) + boot.credentials_expire_in
+            tree[ROLE_CREDENTIALS] = {**tree[ROLE_CREDENTIALS], "LastUpdated": _iso(expires - LIFETIME),
+                                      "Expiration": _iso(expires)}
         return {
             "name": boot.name,
-            "tree": self.tree(name),
+            "tree": tree,
             "listen": list(boot.listen),
             "outage": boot.outage,
             "after_boot": list(boot.after_boot),
@@ -226,12 +252,18 @@ CHAINS = {
                 # Auto Scaling moved it into service while it was stopped: the InService
                 # lifecycle command runs once, with the state acted on at the first boot
                 # (remembered on disk, where /run is not) as the previous one.
+                # The role's keys are late in their life (they expire 25 minutes into the
+                # boot, longer than a boot may take): after the spot notice, IMDS rotates
+                # them; the watcher rewrites the agent's credentials and restarts it, and
+                # the agent reads the new keys through LoadCredential=. node_exporter is
+                # scraped, as Prometheus would, before the watcher is stopped.
                 Boot(
                     "second",
                     listen=(IPV6,),
                     tags={"Name": "web-2"},
                     outage=8.0,
                     lifecycle="InService",
+                    credentials_expire_in=25 * 60,
                     after_boot=(
                         WAIT_IN_SERVICE,
                         GET_NAME,
@@ -240,8 +272,11 @@ CHAINS = {
                         "/usr/local/lib/box/record.py wait on-change 1 meta-data/tags/instance/Name 2",
                         "/usr/local/lib/box/imds_box.py spot terminate 120",
                         "/usr/local/lib/box/record.py wait spot-interruption 1 meta-data/spot/instance-action 2",
+                        ROTATE,
+                        WAIT_AGENT,
                         STATUS,
                         STATUS_JSON,
+                        SCRAPE,
                         STOP_WATCHER,
                         LEFTOVERS,
                     ),

@@ -6,18 +6,25 @@ Each test reads one boot's results (see scenarios.py); boots run once per sessio
 
 from __future__ import annotations
 
+import calendar
+import configparser
 import json
 import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.box.image import RELEASES
 from tests.box.runner import ENABLED, BootResult, cloud_init_schema
 from tests.box.scenarios import (
+    AGENT_CREDENTIALS,
+    AGENT_READS,
+    AGENT_UNIT,
     APP_CONF,
     CREDENTIALS,
     GET_NAME,
@@ -25,17 +32,22 @@ from tests.box.scenarios import (
     IPV6,
     LEFTOVERS,
     LIFECYCLE_MEMORY,
+    METRICS,
     MODULE_DROPIN,
     NAME_ENV,
     OUTPUTS,
     PLACEMENT_ENV,
+    ROLE_CREDENTIALS,
+    ROTATE,
     RUNCMD_ENV,
+    SCRAPE,
     STATUS,
     STATUS_JSON,
     STOP_WATCHER,
     TAGS_SH,
     TEAM,
     USER_DATA,
+    WAIT_AGENT,
     WAIT_IN_SERVICE,
     WAIT_WARM,
     WATCH_MARKER,
@@ -232,12 +244,14 @@ def test_second_boot_rerenders_what_the_tag_change_affects(
 
 @pytest.mark.boots("stop-start/second", "stop-start/first")
 def test_second_boot_leaves_unchanged_files_untouched(boot: BootResult, boots: Callable[[str], BootResult]) -> None:
-    first, second = boots("stop-start/first").outputs, boot.outputs
+    """As the boot left them: after it, the watcher rewrites credentials.json with rotated keys."""
+    first, second = boots("stop-start/first").outputs, boot.outputs_at_boot
     for path in (INSTANCE_ENV, PLACEMENT_ENV, CREDENTIALS):
         before, after = first[path], second[path]
         assert (after["inode"], after["mtime_ns"]) == (before["inode"], before["mtime_ns"]), path
         assert after["content"] == before["content"]
-    assert re.search(r"imds: 3 file\(s\) written, 3 unchanged", boot.log)
+    # Written: the three the tag feeds, and the agent's credentials in /run (empty at each boot).
+    assert re.search(r"imds: 4 file\(s\) written, 3 unchanged", boot.log)
     assert boot.consumer["environment"]["INSTANCE_ID"] == boot.chain.instance_id
 
 
@@ -419,3 +433,171 @@ def test_systemctl_stop_leaves_no_temp_files(boot: BootResult) -> None:
     assert (after["ActiveState"], after["Result"]) == ("inactive", "success"), after
     [leftovers] = boot.ran(LEFTOVERS)
     assert (leftovers["rc"], leftovers["stdout"]) == (0, ""), leftovers
+
+
+# -- the role's credentials handed to a service (LoadCredential=, on_change) ----------------
+def shared_file(text: str) -> Dict[str, str]:
+    """A shared credentials file's [default] profile, read as an SDK reads it."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return dict(parser["default"])
+
+
+def agent_reads(boot: BootResult) -> List[Dict[str, Any]]:
+    """Each start of box-agent.service: what guest/agent.py read, and as whom."""
+    found = boot.outputs[AGENT_READS]
+    assert found is not None, f"{AGENT_UNIT} never ran"
+    return [json.loads(line) for line in found["content"].splitlines()]
+
+
+def served_role(boot: BootResult) -> Dict[str, str]:
+    """The role's credentials IMDS served as the boot started."""
+    return dict(boot.config["tree"][ROLE_CREDENTIALS])
+
+
+def epoch(iso: str) -> float:
+    return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def assert_read_through_load_credential(read: Dict[str, Any]) -> None:
+    """As docs/credentials.md's recipe promises: the service reads systemd's copy, as a user of
+    its own (DynamicUser=: 61184 to 65519), and cannot read the file cc-imds keeps."""
+    assert 61184 <= read["uid"] <= 65519, read
+    assert (read["credentials_directory"], read["read"]) == (
+        f"/run/credentials/{AGENT_UNIT}", f"/run/credentials/{AGENT_UNIT}/aws"), read
+    assert (read["has_secret"], read["has_token"], read["source_readable"]) == (True, True, False), read
+
+
+@pytest.mark.boots("stop-start/first")
+def test_a_service_reads_the_role_credentials_through_load_credential(boot: BootResult) -> None:
+    role = served_role(boot)
+    written = boot.outputs[AGENT_CREDENTIALS]
+    assert written is not None
+    assert (written["mode"], written["owner"], written["group"]) == ("0o600", "root", "root"), written
+    assert shared_file(written["content"]) == {
+        "aws_access_key_id": role["AccessKeyId"],
+        "aws_secret_access_key": role["SecretAccessKey"],
+        "aws_session_token": role["Token"],
+    }
+    [read] = agent_reads(boot)
+    assert_read_through_load_credential(read)
+    assert read["access_key_id"] == role["AccessKeyId"]
+
+
+@pytest.mark.boots("stop-start/second")
+def test_rotated_credentials_reach_the_service_through_its_restart(boot: BootResult) -> None:
+    """IMDS rotates the role's keys while the instance runs: the watcher, which asks every
+    minute for keys this close to their Expiration, rewrites the file and runs its on_change
+    (`systemctl try-restart`) once; the service starts again and reads the new keys."""
+    [rotation] = [e for e in boot.events if e["event"] == "credentials-rotated"]
+    [rotated] = boot.ran(ROTATE)
+    assert (rotated["rc"], rotated["stderr"]) == (0, ""), rotated
+    [waited] = boot.ran(WAIT_AGENT)
+    assert (waited["rc"], waited["stderr"]) == (0, ""), waited
+    served = served_role(boot)
+    at_boot, after = agent_reads(boot)
+    for read in (at_boot, after):
+        assert_read_through_load_credential(read)
+    assert at_boot["access_key_id"] == served["AccessKeyId"] != rotation["access_key_id"]
+    assert after["access_key_id"] == rotation["access_key_id"]
+    assert after["invocation"] != at_boot["invocation"] and after["t"] > rotation["before"]
+    written = boot.outputs[AGENT_CREDENTIALS]
+    assert written is not None
+    assert (written["mode"], written["owner"], written["group"]) == ("0o600", "root", "root"), written
+    assert shared_file(written["content"])["aws_access_key_id"] == rotation["access_key_id"]
+    # Replaced (a new inode: the rename), before the keys it replaced expired.
+    assert written["inode"] != boot.outputs_at_boot[AGENT_CREDENTIALS]["inode"]
+    assert written["mtime_ns"] / 1e9 < epoch(served["Expiration"])
+    [ran] = boot.ran(STATUS_JSON)
+    status = json.loads(ran["stdout"])["status"]["outputs"][AGENT_CREDENTIALS]
+    assert (status["role"], status["format"], status["holder"]) == ("app-server", "shared", "root:root 0600"), status
+    assert (status["last_action"], status["on_change"]["exit"]) == ("updated", 0), status
+    assert status["expires"] == rotation["expiration"]
+    [text] = boot.ran(STATUS)
+    assert (f"credentials {AGENT_CREDENTIALS}: role app-server, format shared, held by root:root 0600"
+            in text["stdout"]), text["stdout"]
+
+
+def secrets_of(boot: BootResult) -> List[str]:
+    """Every secret key and session token the boot's IMDS handed out: the served ones, and the
+    rotated ones, as the agent's file holds them at the end."""
+    served = served_role(boot)
+    rotated = shared_file(boot.outputs[AGENT_CREDENTIALS]["content"])  # type: ignore[index]
+    return [served["SecretAccessKey"], served["Token"],
+            rotated["aws_secret_access_key"], rotated["aws_session_token"]]
+
+
+@pytest.mark.boots("stop-start/second")
+def test_no_secret_reaches_the_journal_status_or_metrics(boot: BootResult) -> None:
+    secrets = secrets_of(boot)
+    [status], [status_json], [scrape] = boot.ran(STATUS), boot.ran(STATUS_JSON), boot.ran(SCRAPE)
+    metrics = boot.outputs[METRICS]
+    assert metrics is not None
+    for where, text in (("journal", boot.journal), ("status", status["stdout"] + status["stderr"]),
+                        ("status --json", status_json["stdout"]), ("metrics file", metrics["content"]),
+                        ("node_exporter", scrape["stdout"])):
+        assert text, where
+        shown = [secret[:6] + "..." for secret in secrets if secret in text]
+        assert shown == [], f"{where} shows secrets: {shown}"
+
+
+# -- metrics where operators look: node_exporter's textfile collector -------------------------
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]  # (name, labels) -> value
+
+
+def samples(text: str, prefix: str) -> Samples:
+    """Every sample whose name starts with `prefix`, parsed by Prometheus's own text parser."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith(prefix)}
+
+
+def sample(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.mark.boots("stop-start/second")
+def test_node_exporter_serves_what_the_watcher_did(boot: BootResult) -> None:
+    """The user-data declares the metrics file in the directory Debian's node_exporter reads.
+    The watcher writes it under its real unit; a scrape of node_exporter, as Prometheus does,
+    returns what the watcher did in this boot: the lifecycle transition, the tag's on_change,
+    the spot notice, the rotated credentials."""
+    written = boot.outputs[METRICS]
+    assert written is not None, f"{METRICS} was not written"
+    assert (written["mode"], written["owner"], written["group"]) == ("0o644", "root", "root"), written
+    [scrape] = boot.ran(SCRAPE)
+    assert scrape["rc"] == 0, scrape
+    served = samples(scrape["stdout"], "cc_imds_")
+    textfile = samples(scrape["stdout"], "node_textfile_")
+    assert sample(textfile, "node_textfile_scrape_error") == 0, textfile
+    # The file it read: by name up to node_exporter 1.3 (Debian 11), by path from 1.4.
+    read = {dict(labels)["file"] for (name, labels) in textfile if name == "node_textfile_mtime_seconds"}
+    assert read in ({METRICS}, {Path(METRICS).name}), textfile
+    # What the scrape served is what the file held when the watcher stopped, but for the
+    # times of the polls since (the Name tag is polled every 3 s).
+    held = samples(written["content"], "cc_imds_")
+    assert served.keys() == held.keys()
+    polled = "cc_imds_value_last_success_timestamp_seconds"
+    assert {k: v for k, v in served.items() if k[0] != polled} == {k: v for k, v in held.items() if k[0] != polled}
+
+    started = boot.watcher["before"]["cc-imds-watch.service"]["started"]
+    assert started - 1 <= sample(served, "cc_imds_watcher_start_timestamp_seconds") <= boot.after_boot["started"]
+    for event in ("spot-interruption", "lifecycle"):
+        assert sample(served, "cc_imds_event_notices_seen_total", event=event) == 1, event
+        assert sample(served, "cc_imds_event_notices_handled_total", event=event) == 1, event
+    exits = {labels: value for (name, labels), value in served.items() if name == "cc_imds_command_exits_total"}
+    assert exits == {
+        (("kind", "event"), ("name", "lifecycle"), ("outcome", "exit_0")): 1,
+        (("kind", "event"), ("name", "spot-interruption"), ("outcome", "exit_0")): 1,
+        (("kind", "on_change"), ("name", AGENT_CREDENTIALS), ("outcome", "exit_0")): 1,
+        (("kind", "on_change"), ("name", NAME_ENV), ("outcome", "exit_0")): 1,
+    }, exits
+    [rotation] = [e for e in boot.events if e["event"] == "credentials-rotated"]
+    for output in (AGENT_CREDENTIALS, CREDENTIALS):
+        assert sample(served, "cc_imds_output_expiration_timestamp_seconds", output=output) == epoch(
+            rotation["expiration"]), output
+    failures = {k: v for k, v in served.items() if "failures" in k[0] and v != 0}
+    assert failures == {}
+    # Labels name values, paths and events: never a value.
+    labels = {value for (_, pairs) in served for (_, value) in pairs}
+    assert not labels & {"web-2", "web-3", TEAM, rotation["access_key_id"], served_role(boot)["AccessKeyId"]}

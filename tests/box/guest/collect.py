@@ -12,6 +12,7 @@ into /var/lib/box/results/NAME/, which the host reads from the disk once the VM 
                     22.3, which has no --format, `cloud-init status --long` and the
                     /run/cloud-init/status.json it reads (`status_v1`)
   outputs.json      for each path the scenario inspects: inode, mtime, mode, owner, content
+  outputs-at-boot.json   the same, before the after-boot commands (what the boot left)
   consumer.json     the consumer unit's state and the environment it ran with
   user-data.txt     the user-data cloud-init's datasource found
   journal.txt       this boot's journal
@@ -104,6 +105,8 @@ def watcher() -> Dict[str, Any]:
 
 def collect(config: Dict[str, Any], out: Path) -> None:
     before = watcher()
+    at_boot = {path: describe(path) for path in config.get("inspect", [])}
+    (out / "outputs-at-boot.json").write_text(json.dumps(at_boot, indent=1))
     started = time.time()
     after_boot = [run(["/bin/sh", "-c", command], AFTER_BOOT_TIMEOUT) for command in config.get("after_boot", [])]
     (out / "after-boot.json").write_text(json.dumps({"started": started, "commands": after_boot}, indent=1))

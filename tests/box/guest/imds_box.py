@@ -24,6 +24,9 @@ notice is issued. Its clients in the box:
   imds_box.py set PATH VALUE       serve VALUE at PATH (VALUE `-` deletes it)
   imds_box.py spot ACTION SECONDS  issue a spot interruption notice; its time goes to
                                    imds-events.jsonl (`spot-notice`)
+  imds_box.py rotate               new keys for the role, expiring in six hours, as EC2
+                                   rotates them; the new key id and Expiration go to
+                                   imds-events.jsonl (`credentials-rotated`)
 """
 
 from __future__ import annotations
@@ -313,14 +316,33 @@ def spot(action: str, seconds: str) -> int:
     return 0
 
 
+def rotate() -> int:
+    """New credentials for every role; what each role's document now says (its key id and
+    Expiration: never the secret) goes to the events."""
+    before = time.time()
+    rotated = control("POST", "/credentials/rotate")["rotated"]
+    tree = control("GET", "/tree")
+    config = json.loads(CONFIG.read_text())
+    for path in rotated:
+        document = tree[path] if isinstance(tree[path], dict) else json.loads(tree[path])
+        JsonLines(RESULTS / config["name"] / "imds-events.jsonl").write(
+            event="credentials-rotated", before=before, at=time.time(), path=path,
+            access_key_id=document["AccessKeyId"], expiration=document["Expiration"],
+        )
+    print(json.dumps(rotated))
+    return 0
+
+
 def main(argv: List[str]) -> int:
     if argv[:1] == ["set"] and len(argv) == 3:
         return set_value(argv[1], argv[2])
     if argv[:1] == ["spot"] and len(argv) == 3:
         return spot(argv[1], argv[2])
+    if argv == ["rotate"]:
+        return rotate()
     if not argv:
         return serve()
-    print("usage: imds_box.py [set PATH VALUE | spot ACTION SECONDS]", file=sys.stderr)
+    print("usage: imds_box.py [set PATH VALUE | spot ACTION SECONDS | rotate]", file=sys.stderr)
     return 2
 
 

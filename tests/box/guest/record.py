@@ -11,6 +11,11 @@
       Wait until NAME has run COUNT times, then until the watcher has polled IMDS PATH POLLS
       more times after the last run (so that a second run would have shown by then). Prints
       what it saw; exits 1 if that did not happen within a minute.
+
+  record.py wait-lines FILE COUNT
+      Wait until FILE has COUNT lines (box-agent.service's starts, say). Prints the last;
+      exits 1 if that did not happen within three minutes: the watcher asks IMDS for
+      credentials that are close to their Expiration once a minute.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ CONFIG = Path("/etc/box/boot.json")
 RESULTS = Path("/var/lib/box/results")
 WATCHER_UNIT = "cc-imds-watch.service"
 WAIT_SECONDS = 60.0
+WAIT_LINES_SECONDS = 180.0
 
 
 def results() -> Path:
@@ -77,12 +83,29 @@ def wait(name: str, count: int, imds_path: str, polls: int) -> int:
     return 1
 
 
+def wait_lines(path: Path, count: int) -> int:
+    give_up = time.monotonic() + WAIT_LINES_SECONDS
+    found: List[str] = []
+    while time.monotonic() < give_up:
+        found = path.read_text().splitlines() if path.exists() else []
+        if len(found) >= count:
+            print(found[-1])
+            return 0
+        time.sleep(0.5)
+    print(f"record.py: {path} has {len(found)} line(s) after {WAIT_LINES_SECONDS:.0f} s; wanted {count}",
+          file=sys.stderr)
+    return 1
+
+
 def main(argv: List[str]) -> int:
     if argv[:1] == ["wait"] and len(argv) == 5:
         return wait(argv[1], int(argv[2]), argv[3], int(argv[4]))
+    if argv[:1] == ["wait-lines"] and len(argv) == 3:
+        return wait_lines(Path(argv[1]), int(argv[2]))
     if len(argv) == 1:
         return record(argv[0])
-    print("usage: record.py NAME | record.py wait NAME COUNT PATH POLLS", file=sys.stderr)
+    print("usage: record.py NAME | record.py wait NAME COUNT PATH POLLS | record.py wait-lines FILE COUNT",
+          file=sys.stderr)
     return 2
 
 
