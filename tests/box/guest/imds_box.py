@@ -74,6 +74,7 @@ class _Handler(emulator_module._Handler):
     def setup(self) -> None:
         super().setup()
         _client.address = self.client_address
+        _client.server = self.request.getsockname()
 
 
 class LoggedEmulator(Emulator):
@@ -88,7 +89,8 @@ class LoggedEmulator(Emulator):
         agent = request.user_agent or ""
         # Only cc-imds's requests are attributed: cloud-init's crawl is told by its agent,
         # and the lookup is cheap but not free under emulation.
-        unit = client_unit(getattr(_client, "address", None)) if agent.startswith("cc-imds/") else ""
+        unit = client_unit(getattr(_client, "address", None), getattr(_client, "server", None)) \
+            if agent.startswith("cc-imds/") else ""
         self._log.write(
             listener=self._listener,
             method=request.method,
@@ -110,18 +112,21 @@ def _proc_address(address: Tuple[Any, ...]) -> str:
     return "".join(int.from_bytes(w, sys.byteorder).to_bytes(4, "big").hex() for w in words).upper() + f":{port:04X}"
 
 
-def client_pid(address: Optional[Tuple[Any, ...]]) -> Optional[int]:
-    """The process that holds the client end of a loopback connection: the socket's inode
-    from /proc/net, then the process with it open (newest first: the client is a recent
-    process). None when it cannot be told."""
-    if address is None:
+def client_pid(address: Optional[Tuple[Any, ...]], server: Optional[Tuple[Any, ...]]) -> Optional[int]:
+    """The process that holds the client end of a loopback connection from `address` to
+    `server`: the socket's inode from /proc/net, then the process with it open (newest
+    first: the client is a recent process). None when it cannot be told.
+
+    Both ends are matched: the client's port alone may also be the local end of an older
+    connection to another port, left in TIME_WAIT (inode 0), on a busy machine."""
+    if address is None or server is None:
         return None
-    wanted = _proc_address(address)
+    local, remote = _proc_address(address), _proc_address(server)
     inode = ""
     for table in ("/proc/net/tcp6", "/proc/net/tcp"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[1] == wanted:
+            if fields[1] == local and fields[2] == remote and fields[9] != "0":
                 inode = fields[9]
     if not inode:
         return None
@@ -135,10 +140,10 @@ def client_pid(address: Optional[Tuple[Any, ...]]) -> Optional[int]:
     return None
 
 
-def client_unit(address: Optional[Tuple[Any, ...]]) -> str:
+def client_unit(address: Optional[Tuple[Any, ...]], server: Optional[Tuple[Any, ...]]) -> str:
     """The systemd unit (the cgroup's last part) of the process on the other end; "?" when
     it cannot be told."""
-    pid = client_pid(address)
+    pid = client_pid(address, server)
     try:
         return "?" if pid is None else Path(f"/proc/{pid}/cgroup").read_text().strip().rsplit("/", 1)[-1]
     except OSError:
