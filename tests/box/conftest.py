@@ -16,8 +16,8 @@ import pytest
 
 from tests.box import vm
 from tests.box.image import RELEASES, BuildError
-from tests.box.runner import RUNS, UNPACKED_CLOUD_INIT, BootResult, Box, host_python
-from tests.box.scenarios import boots_needed
+from tests.box.runner import BOOT_TIMEOUT, RUNS, UNPACKED_CLOUD_INIT, BootResult, Box, host_python
+from tests.box.scenarios import boots_needed, credential_lifetime_problems
 
 _boxes: List[Box] = []
 
@@ -30,6 +30,7 @@ def prerequisites() -> List[str]:
     problems = [f"{tool} is missing (tests/install-system-deps)" for tool in vm.have_tools()]
     if os.geteuid() != 0:
         problems.append("building images needs root (mmdebstrap, chroot)")
+    problems.extend(credential_lifetime_problems(BOOT_TIMEOUT))
     for release in RELEASES.values():
         if not (UNPACKED_CLOUD_INIT / release.cloud_init / ".complete").exists():
             problems.append(f"cloud-init {release.cloud_init} is not unpacked (tests/e2e/fetch-cloud-init)")

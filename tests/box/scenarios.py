@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from cc_imds.imds.tree import default_tree_path
+from cc_imds.watch.schedule import CREDENTIAL_WINDOW
 
 IPV4 = "169.254.169.254"
 IPV6 = "fd00:ec2::254"
@@ -107,7 +108,9 @@ APP_CONF = "/etc/box-app/app.conf"
 PLACEMENT_ENV = "/etc/box-app/placement.env"
 CREDENTIALS = "/etc/box-app/credentials.json"
 NAME_ENV = "/etc/box-app/name.env"  # the one the watcher keeps current
-AGENT_CREDENTIALS = "/run/aws-credentials/box-agent"  # box-agent.service's LoadCredential= source
+# box-agent.service's LoadCredential= source. The emulator's keys are made up: the results
+# hold the file's content (as they hold every inspected file's) for the tests to compare.
+AGENT_CREDENTIALS = "/run/aws-credentials/box-agent"
 OUTPUTS = {
     INSTANCE_ENV: "0o644", TAGS_SH: "0o644", APP_CONF: "0o640", PLACEMENT_ENV: "0o644", CREDENTIALS: "0o600",
     NAME_ENV: "0o644", AGENT_CREDENTIALS: "0o600",
@@ -133,6 +136,9 @@ WAIT_WARM = f"/usr/local/lib/box/record.py wait lifecycle-warm 1 {LIFECYCLE_PATH
 WAIT_IN_SERVICE = f"/usr/local/lib/box/record.py wait lifecycle-in-service 1 {LIFECYCLE_PATH} 2"
 ROTATE = "/usr/local/lib/box/imds_box.py rotate"
 WAIT_AGENT = f"/usr/local/lib/box/record.py wait-lines {AGENT_READS} 2"
+# The agent's second start is written while `systemctl try-restart` still runs: then wait
+# for the watcher to record how the on_change ended (status and metrics are written then).
+WAIT_AGENT_RESTARTED = f"/usr/local/lib/box/record.py wait-on-change {AGENT_CREDENTIALS}"
 # What node_exporter serves, as Prometheus scrapes it.
 SCRAPE = "/usr/local/lib/box/scrape.py http://127.0.0.1:9100/metrics"
 # Hidden files where the watcher writes: its temp files (outputs, status, metrics) are named so.
@@ -149,6 +155,7 @@ class Boot:
     lifecycle: Optional[str] = None  # the Auto Scaling lifecycle state served this boot (None: a 404)
     # Seconds after the boot starts that the role's credentials (the same keys) expire: the
     # instance runs late in their life, so the watcher asks IMDS for new ones every minute.
+    # (See credential_lifetime_problems.)
     credentials_expire_in: Optional[int] = None
 
 
@@ -194,13 +201,13 @@ class Chain:
             tree[LIFECYCLE_PATH] = lifecycle
         return tree
 
-    def boot_config(self, name: str, now: Optional[float] = None) -> Dict[str, Any]:
-        """/etc/box/boot.json for a boot, written just before it starts (at `now`): read by
-        the guest's emulator and collector."""
+    def boot_config(self, name: str) -> Dict[str, Any]:
+        """/etc/box/boot.json for a boot, written just before it starts: read by the guest's
+        emulator and collector."""
         boot = self.boot(name)
         tree = self.tree(name)
         if boot.credentials_expire_in is not None:
-            expires = int(time.time() if now is None else now) + boot.credentials_expire_in
+            expires = int(time.time()) + boot.credentials_expire_in
             tree[ROLE_CREDENTIALS] = {**tree[ROLE_CREDENTIALS], "LastUpdated": _iso(expires - LIFETIME),
                                       "Expiration": _iso(expires)}
         return {
@@ -229,7 +236,7 @@ def base_tags() -> Dict[str, str]:
 
 # Every boot of the box costs about 100 s of CPU under emulation, and CI has two cores: the
 # scenarios share boots where they can. The first boot is the plain one (and gives the
-# figures in docs/compatibility.md); the second combines three changes, each checked by its own tests.
+# figures in docs/compatibility.md); the second combines five changes, each checked by its own tests.
 CHAINS = {
     chain.name: chain
     for chain in (
@@ -256,7 +263,8 @@ CHAINS = {
                 # boot, longer than a boot may take): after the spot notice, IMDS rotates
                 # them; the watcher rewrites the agent's credentials and restarts it, and
                 # the agent reads the new keys through LoadCredential=. node_exporter is
-                # scraped, as Prometheus would, before the watcher is stopped.
+                # scraped, as Prometheus would, before the watcher is stopped. (Five
+                # changes in one boot, each checked by its own tests.)
                 Boot(
                     "second",
                     listen=(IPV6,),
@@ -274,6 +282,7 @@ CHAINS = {
                         "/usr/local/lib/box/record.py wait spot-interruption 1 meta-data/spot/instance-action 2",
                         ROTATE,
                         WAIT_AGENT,
+                        WAIT_AGENT_RESTARTED,
                         STATUS,
                         STATUS_JSON,
                         SCRAPE,
@@ -285,6 +294,21 @@ CHAINS = {
         ),
     )
 }
+
+
+def credential_lifetime_problems(boot_timeout: float) -> List[str]:
+    """Credentials served close to their Expiration must outlive the longest a boot may take
+    (or the watcher would rightly call them expired, whatever the product does), and be
+    within twice the watcher's window, where it asks for new ones every minute (or it would
+    not see the rotation for hours)."""
+    problems = []
+    for chain in CHAINS.values():
+        for boot in chain.boots:
+            lifetime = boot.credentials_expire_in
+            if lifetime is not None and not boot_timeout < lifetime <= 2 * CREDENTIAL_WINDOW:
+                problems.append(f"{chain.name}/{boot.name}: credentials_expire_in {lifetime} s must be more than the "
+                                f"boot timeout ({boot_timeout:.0f} s) and at most {2 * CREDENTIAL_WINDOW:.0f} s")
+    return problems
 
 
 def boots_needed(wanted: List[Tuple[str, str]]) -> Dict[str, List[str]]:

@@ -16,6 +16,11 @@
       Wait until FILE has COUNT lines (box-agent.service's starts, say). Prints the last;
       exits 1 if that did not happen within three minutes: the watcher asks IMDS for
       credentials that are close to their Expiration once a minute.
+
+  record.py wait-on-change OUTPUT
+      Wait until `cc-imds status --json` shows how OUTPUT's on_change ended (the watcher
+      writes its status and metrics then). Prints that record; exits 1 if it did not
+      within a minute.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 CONFIG = Path("/etc/box/boot.json")
 RESULTS = Path("/var/lib/box/results")
@@ -97,15 +103,40 @@ def wait_lines(path: Path, count: int) -> int:
     return 1
 
 
+def on_change_result(output: str) -> Optional[Dict[str, Any]]:
+    """OUTPUT's last on_change as `cc-imds status --json` shows it, once it has ended."""
+    shown = subprocess.run(["cc-imds", "status", "--json"], capture_output=True, text=True, timeout=60)
+    try:
+        outputs = json.loads(shown.stdout)["status"]["outputs"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    record = (outputs.get(output) or {}).get("on_change")
+    return record if isinstance(record, dict) and "exit" in record else None
+
+
+def wait_on_change(output: str) -> int:
+    give_up = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < give_up:
+        record = on_change_result(output)
+        if record is not None:
+            print(json.dumps(record))
+            return 0
+        time.sleep(0.5)
+    print(f"record.py: no on_change of {output} ended within {WAIT_SECONDS:.0f} s", file=sys.stderr)
+    return 1
+
+
 def main(argv: List[str]) -> int:
     if argv[:1] == ["wait"] and len(argv) == 5:
         return wait(argv[1], int(argv[2]), argv[3], int(argv[4]))
     if argv[:1] == ["wait-lines"] and len(argv) == 3:
         return wait_lines(Path(argv[1]), int(argv[2]))
+    if argv[:1] == ["wait-on-change"] and len(argv) == 2:
+        return wait_on_change(argv[1])
     if len(argv) == 1:
         return record(argv[0])
-    print("usage: record.py NAME | record.py wait NAME COUNT PATH POLLS | record.py wait-lines FILE COUNT",
-          file=sys.stderr)
+    print("usage: record.py NAME | record.py wait NAME COUNT PATH POLLS | record.py wait-lines FILE COUNT"
+          " | record.py wait-on-change OUTPUT", file=sys.stderr)
     return 2
 
 
