@@ -18,6 +18,7 @@ import yaml
 from tests.conftest import HUNG_AFTER, REPO, require
 from tests.e2e.harness import unpacked
 from tests.rpm.scratch import SITE_PACKAGES, build_root, chroot, diff, rpm, snapshot
+from tests.test_readme import links
 
 pytestmark = pytest.mark.rpm
 BUILD = REPO / "rpm" / "build"
@@ -28,6 +29,8 @@ NOTESTS_PYTHON = REPO / ".venv" / "al2023-build-notests" / "bin" / "python"
 CI_MACROS = ["--load", str(REPO / "rpm/ci/macros.debian"), "--define", f"_cc_imds_ci {REPO / 'rpm/ci'}"]
 DROPIN = "etc/cloud/cloud.cfg.d/zz-cc-imds.cfg"
 SITE = f"/{SITE_PACKAGES}"
+# rpmbuild's %doc directory here (NAME-VERSION: Debian's rpm has no _docdir_fmt; AL2023's is NAME).
+DOC_DIR = "/usr/share/doc/cc-imds-0.1.0"
 IMDS_FIRST = ["imds", "always"]
 
 
@@ -151,8 +154,9 @@ def expected_files() -> Set[str]:
     """What the package must hold, derived from the source tree rather than kept as a list."""
     dist = f"{SITE}/cc_imds-{version()}.dist-info"
     files = {
-        "/usr/bin/cc-imds", "/usr/share/man/man1/cc-imds.1.gz", "/usr/share/doc/cc-imds-0.1.0",
-        "/usr/share/doc/cc-imds-0.1.0/README.md", "/etc/cc-imds", "/etc/cc-imds/conf.d", f"/{DROPIN}",
+        "/usr/bin/cc-imds", "/usr/share/man/man1/cc-imds.1.gz", DOC_DIR, f"{DOC_DIR}/docs",
+        "/etc/cc-imds", "/etc/cc-imds/conf.d", f"/{DROPIN}",
+        *documentation(),
         dist, *(f"{dist}/{name}" for name in ("INSTALLER", "LICENSE", "METADATA", "WHEEL", "top_level.txt")),
         f"{SITE}/cc_imds", f"{SITE}/cc_imds/__pycache__", f"{SITE}/cc_imds/data",
         f"{SITE}/cc_imds/data/default-tree.json", f"{SITE}/cc_imds/schemas", f"{SITE}/cc_imds/examples",
@@ -171,6 +175,11 @@ def expected_files() -> Set[str]:
     return files
 
 
+def documentation() -> List[str]:
+    """The README and every page under docs/, where the README's relative links find them."""
+    return [f"{DOC_DIR}/README.md", *(f"{DOC_DIR}/docs/{page.name}" for page in sorted((REPO / "docs").iterdir()))]
+
+
 def version() -> str:
     match = re.search(r'^__version__ = "(.*)"$', (REPO / "cc_imds/version.py").read_text(), re.MULTILINE)
     assert match
@@ -183,8 +192,27 @@ def test_holds_exactly_what_the_source_tree_makes(binary_rpm: Path) -> None:
     assert sorted(expected_files() - listed) == []
     # %pyproject_save_files marks the wheel's License-File; RECORD and REQUESTED are not shipped.
     assert rpm_query(binary_rpm, "-L").split() == [f"{SITE}/cc_imds-{version()}.dist-info/LICENSE"]
-    assert rpm_query(binary_rpm, "-d").split() == ["/usr/share/doc/cc-imds-0.1.0/README.md",
-                                                     "/usr/share/man/man1/cc-imds.1.gz"]
+    assert sorted(rpm_query(binary_rpm, "-d").split()) == sorted([*documentation(), "/usr/share/man/man1/cc-imds.1.gz"])
+
+
+def test_the_readme_s_links_to_its_pages_resolve_where_it_is_installed(binary_rpm: Path) -> None:
+    """An instance has no checkout: the README's links to its pages (docs/NAME.md) and the
+    pages' links to each other find their targets in the installed documentation. (Links
+    into the source tree, such as tests/ or bench/, are to the project's repository.)"""
+    listed = set(rpm_query(binary_rpm, "-l").splitlines())
+    checked, broken = 0, []
+    for page in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))):
+        installed = f"{DOC_DIR}/{page.relative_to(REPO)}"
+        assert installed in listed, installed
+        for target in links(page):
+            path = target.partition("#")[0]
+            resolved = os.path.normpath(os.path.join(os.path.dirname(installed), path)) if path else installed
+            if resolved == f"{DOC_DIR}/README.md" or resolved.startswith(f"{DOC_DIR}/docs/"):
+                checked += 1
+                if resolved not in listed:
+                    broken.append(f"{page.name}: {target}")
+    assert broken == []
+    assert checked >= len(list((REPO / "docs").iterdir()))  # at least the README's link to every page
 
 
 def test_requires_python_3_9_cloud_init_and_the_libraries(binary_rpm: Path) -> None:
