@@ -49,7 +49,8 @@ def problems(*outputs: Dict[str, Any]) -> List[str]:
 # -- the declaration -----------------------------------------------------------------------------
 def test_a_credential_output_reads_a_hidden_sensitive_value_of_its_role() -> None:
     declaration = build_declaration(declare({"path": "/run/aws/credentials.json", "format": "process"},
-                                            {"path": "/run/aws/credentials", "format": "shared", "role": "app"}))
+                                            {"path": "/run/aws/credentials", "format": "credentials-file",
+                                             "role": "app"}))
     only, named = declaration.credentials
     assert declaration.values[only.value_name].path == ROLES
     assert declaration.values[named.value_name].path == ROLES + "app"
@@ -59,10 +60,11 @@ def test_a_credential_output_reads_a_hidden_sensitive_value_of_its_role() -> Non
 
 
 @pytest.mark.parametrize("output, expected", [
-    ({"path": "/a", "format": "ini"}, "credentials[0].format: 'ini' is not one of 'process', 'shared'"),
+    ({"path": "/a", "format": "ini"}, "credentials[0].format: 'ini' is not one of 'process', 'credentials-file'"),
     ({"path": "/a", "format": "process", "role": "a/b"}, "credentials[0].role: 'a/b' must be an IAM role name"),
-    ({"path": "/a", "format": "shared", "profile": "x]\n[y"}, "credentials[0].profile: 'x]\\n[y' must be 1 to 64"),
-    ({"path": "/a", "format": "process", "profile": "p"}, "credentials[0].profile: only the `shared` format"),
+    ({"path": "/a", "format": "credentials-file", "profile": "x]\n[y"},
+     "credentials[0].profile: 'x]\\n[y' must be 1 to 64"),
+    ({"path": "/a", "format": "process", "profile": "p"}, "credentials[0].profile: only the `credentials-file` format"),
     ({"path": "/a", "format": "process", "permissions": "0644"}, "credentials[0].permissions: 0644 lets every user"),
     ({"path": "/a", "format": "process", "permissions": "0640"}, "0640 lets a group read the role's keys, but "
                                                                   "`owner` names no group"),
@@ -76,12 +78,12 @@ def test_what_a_credential_output_may_not_be(output: Dict[str, Any], expected: s
 
 
 def test_two_outputs_may_not_write_one_path() -> None:
-    found = problems({"path": "/a", "format": "process"}, {"path": "/a", "format": "shared"})
+    found = problems({"path": "/a", "format": "process"}, {"path": "/a", "format": "credentials-file"})
     assert any("/a is also written by test.yaml: credentials[0]" in p for p in found), found
 
 
 def test_a_group_may_read_when_the_owner_names_it() -> None:
-    (output,) = build_declaration(declare({"path": "/a", "format": "shared", "owner": "root:app",
+    (output,) = build_declaration(declare({"path": "/a", "format": "credentials-file", "owner": "root:app",
                                            "permissions": "0640"})).credentials
     assert output.permissions == 0o640
 
@@ -101,7 +103,7 @@ def test_the_process_document_is_what_credential_process_prints() -> None:
 
 
 def test_the_shared_file_is_one_profile() -> None:
-    body = formats.render("shared", json.dumps(DOCUMENT), "app", "ci-agent")
+    body = formats.render("credentials-file", json.dumps(DOCUMENT), "app", "ci-agent")
     assert body == (
         b"[ci-agent]\n"
         b"aws_access_key_id = ASIAEXAMPLEACCESSKEY\n"
@@ -118,7 +120,7 @@ def test_fractions_of_a_second_are_dropped_from_the_expiration() -> None:
 
 # -- the role ------------------------------------------------------------------------------------
 def test_the_only_role_is_taken_when_none_is_named() -> None:
-    body = formats.render("shared", {"app-server": json.dumps(DOCUMENT)}, None, "default")
+    body = formats.render("credentials-file", {"app-server": json.dumps(DOCUMENT)}, None, "default")
     assert b"ASIAEXAMPLEACCESSKEY" in body
 
 
@@ -195,7 +197,7 @@ def test_apply_writes_both_formats_with_mode_0600(emulator: Emulator, tmp_path: 
     emulator.rotate_credentials(expires_in=3600)
     served = json.loads(emulator.tree.lookup(CREDS) or b"")
     changes = apply(declare({"path": "/run/aws/credentials.json", "format": "process"},
-                            {"path": "/run/aws/credentials", "format": "shared", "role": "app-server"}),
+                            {"path": "/run/aws/credentials", "format": "credentials-file", "role": "app-server"}),
                     RunOptions(endpoint=emulator.url, root=str(tmp_path)))
     assert [(c.action, c.mode, c.sensitive) for c in changes] == [("created", 0o600, True)] * 2
     process = json.loads((tmp_path / "run/aws/credentials.json").read_text())
@@ -212,7 +214,8 @@ def test_apply_writes_both_formats_with_mode_0600(emulator: Emulator, tmp_path: 
 
 def test_a_named_group_gets_group_read(emulator: Emulator, tmp_path: Path) -> None:
     group = os.getgid()
-    apply(declare({"path": "/creds", "format": "shared", "owner": f"{os.getuid()}:{group}", "permissions": "0640"}),
+    apply(declare({"path": "/creds", "format": "credentials-file", "owner": f"{os.getuid()}:{group}",
+                   "permissions": "0640"}),
           RunOptions(endpoint=emulator.url, root=str(tmp_path)))
     info = (tmp_path / "creds").stat()
     assert (info.st_mode & 0o777, info.st_gid) == (0o640, group)
@@ -220,7 +223,7 @@ def test_a_named_group_gets_group_read(emulator: Emulator, tmp_path: Path) -> No
 
 def test_plan_shows_no_key(emulator: Emulator, tmp_path: Path) -> None:
     shown = preview(declare({"path": "/creds.json", "format": "process"},
-                            {"path": "/creds", "format": "shared"}),
+                            {"path": "/creds", "format": "credentials-file"}),
                     RunOptions(endpoint=emulator.url, root=str(tmp_path)))
     text = "".join(o.content.decode() for o in shown)
     assert '"AccessKeyId": "<redacted>"' in text and "aws_session_token = <redacted>" in text
@@ -250,7 +253,7 @@ def test_the_watcher_rewrites_both_formats_before_the_old_keys_expire(
     first = served()
     declaration = {"deadline": 2, "credentials": [
         {"path": f"{out}/credentials.json", "format": "process"},
-        {"path": f"{out}/credentials", "format": "shared", "role": "app-server",
+        {"path": f"{out}/credentials", "format": "credentials-file", "role": "app-server",
          "on_change": ["sh", "-c", f"echo restart >> {tmp_path}/restarts"]}]}
     watch = watches(tmp_path, emulator, declaration).start()
     wait_for(lambda: key_in_process_file() == first, what="the first credentials")

@@ -8,7 +8,7 @@ emulator's port from in there fails; the credentials the client gets came from t
   emulator rotates the role's keys, the watcher rewrites the file before the old keys
   expire, and the same long-running botocore session returns the new keys, with no restart:
   its own refresh runs `cat` again as Expiration nears.
-- `shared`: botocore reads AWS_SHARED_CREDENTIALS_FILE once. After the rewrite, the running
+- `credentials-file`: botocore reads AWS_SHARED_CREDENTIALS_FILE once. After the rewrite, the running
   session still holds the old keys; the output's `on_change` ran, and a restarted client
   gets the new ones. That is what `on_change` (a restart) is for.
 - The AWS CLI (v1, from PyPI, which has no `configure export-credentials`): `aws configure
@@ -104,7 +104,7 @@ def test_botocore_follows_rotations_through_credential_process_and_the_shared_fi
     first = _served(emulator)
     declaration = {"deadline": 2, "credentials": [
         {"path": f"{out}/credentials.json", "format": "process"},
-        {"path": f"{out}/credentials", "format": "shared", "profile": "default",
+        {"path": f"{out}/credentials", "format": "credentials-file", "profile": "default",
          "on_change": ["sh", "-c", f"echo \"$CC_IMDS_CHANGE\" >> {restarts}"]}]}
     watch = watches(tmp_path, emulator, declaration).start()
     wait_for(lambda: (out / "credentials").exists() and (out / "credentials.json").exists(), what="both files")
@@ -162,7 +162,8 @@ def test_the_aws_cli_reads_both_files_without_imds(emulator: Emulator, tmp_path:
     key = _served(emulator)["AccessKeyId"]
     apply([SourceDocument("test.yaml", "", {"credentials": [
         {"path": "/aws/credentials.json", "format": "process"},
-        {"path": "/aws/credentials", "format": "shared"}]})], RunOptions(endpoint=emulator.url, root=str(tmp_path)))
+        {"path": "/aws/credentials", "format": "credentials-file"}]})],
+          RunOptions(endpoint=emulator.url, root=str(tmp_path)))
     config = tmp_path / "config"
     config.write_text(f"[default]\ncredential_process = cat {tmp_path}/aws/credentials.json\n")
     for files, source in (({"AWS_CONFIG_FILE": str(config)}, "custom-process"),

@@ -204,7 +204,7 @@ def test_renamed_names_are_said_in_both_forms(cli: Callable) -> None:
 
 
 @pytest.mark.parametrize("name, output", [
-    ("sh-credentials-to-file.sh", {"path": "/etc/legacy-agent/credentials", "format": "shared",
+    ("sh-credentials-to-file.sh", {"path": "/etc/legacy-agent/credentials", "format": "credentials-file",
                                    "on_change": ["systemctl", "try-restart", "legacy-agent.service"]}),
     ("py-credentials-process.py", {"path": "/run/aws/credentials.json", "format": "process", "role": "app-server"}),
 ])

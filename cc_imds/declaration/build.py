@@ -544,8 +544,8 @@ def _credential_from(
     doc: SourceDocument, index: int, raw: Mapping[str, Any], problems: List[str]
 ) -> CredentialOutput:
     where = Origin(doc.source, doc.root).child("credentials").child(f"[{index}]")
-    if "profile" in raw and raw["format"] != "shared":
-        problems.append(f"{where.child('profile')}: only the `shared` format has profiles")
+    if "profile" in raw and raw["format"] != "credentials-file":
+        problems.append(f"{where.child('profile')}: only the `credentials-file` format has profiles")
     output = CredentialOutput(
         path=raw["path"],
         format=raw["format"],

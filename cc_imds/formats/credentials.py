@@ -6,7 +6,7 @@ credentials with an external process" contract): a JSON object with `Version: 1`
 A client that reads it through `credential_process = cat FILE` runs the command again once
 `Expiration` comes near, and so picks up the keys the watcher wrote in the meantime.
 
-`shared` is the shared credentials file (`.aws/credentials` in a home directory): one
+`credentials-file` is the shared credentials file (`.aws/credentials` in a home directory): one
 `[profile]` section with `aws_access_key_id`, `aws_secret_access_key` and `aws_session_token`.
 SDKs read it once, at start: a process holding it must be restarted (`on_change`) to see
 new keys.
@@ -27,7 +27,7 @@ from typing import Mapping, Optional, Tuple, Union
 
 from ..jsontext import parse
 
-FORMATS = ("process", "shared")
+FORMATS = ("process", "credentials-file")
 DEFAULT_PROFILE = "default"
 CREDENTIALS_DIR = "meta-data/iam/security-credentials/"
 PLACEHOLDER = "<redacted>"
@@ -176,6 +176,6 @@ def render(fmt: str, value: Union[str, bytes, Mapping[str, str]], role: Optional
         credentials = credentials.redacted()
     if fmt == "process":
         return render_process(credentials)
-    if fmt == "shared":
+    if fmt == "credentials-file":
         return render_shared(credentials, profile)
     raise CredentialProblem(f"unknown credentials format {fmt!r}")

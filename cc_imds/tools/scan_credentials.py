@@ -4,7 +4,7 @@ A script that reads meta-data/iam/security-credentials/ and writes the keys into
 (a shared credentials file for an agent, a `credential_process` document) does by hand,
 once, what a `credentials:` output does and keeps doing before the keys expire. This finds
 such files in the script's text and suggests that output instead: its path, its format
-(`shared` when the script writes `aws_access_key_id`, `process` when it writes a JSON
+(`credentials-file` when the script writes `aws_access_key_id`, `process` when it writes a JSON
 document with `"Version"`), and the role when the script names one.
 
 It reads the text only to find where keys go; the IMDS accesses are the scanner's findings.
@@ -84,12 +84,12 @@ def credential_outputs(findings: Sequence[Any], text: Optional[str]) -> Tuple[Li
         if line < first or not _KEY_WORDS.search(body):
             continue
         if _SHARED_KEYS.search(body):
-            fmt = "shared"
+            fmt = "credentials-file"
         elif _PROCESS_KEYS.search(body):
             fmt = "process"
         else:
             notes.append(f"line {line}: the role's keys go into {path} in a form cc-imds does not write; a "
-                         "`credentials:` output (format shared or process) may replace it")
+                         "`credentials:` output (format credentials-file or process) may replace it")
             continue
         if any(o["path"] == path for o in outputs):
             continue

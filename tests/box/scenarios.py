@@ -72,7 +72,7 @@ imds:
       run: [/usr/local/lib/box/record.py, lifecycle-in-service]
   credentials:
     - path: /run/aws-credentials/box-agent
-      format: shared
+      format: credentials-file
       on_change: [systemctl, try-restart, box-agent.service]
   metrics:
     path: /var/lib/prometheus/node-exporter/cc_imds.prom

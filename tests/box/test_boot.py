@@ -519,11 +519,12 @@ def test_rotated_credentials_reach_the_service_through_its_restart(boot: BootRes
     assert written["mtime_ns"] / 1e9 < epoch(served["Expiration"])
     [ran] = boot.ran(STATUS_JSON)
     status = json.loads(ran["stdout"])["status"]["outputs"][AGENT_CREDENTIALS]
-    assert (status["role"], status["format"], status["holder"]) == ("app-server", "shared", "root:root 0600"), status
+    assert (status["role"], status["format"], status["holder"]) == (
+        "app-server", "credentials-file", "root:root 0600"), status
     assert (status["last_action"], status["on_change"]["exit"]) == ("updated", 0), status
     assert status["expires"] == rotated_keys["expiration"]
     [text] = boot.ran(STATUS)
-    assert (f"credentials {AGENT_CREDENTIALS}: role app-server, format shared, held by root:root 0600"
+    assert (f"credentials {AGENT_CREDENTIALS}: role app-server, format credentials-file, held by root:root 0600"
             in text["stdout"]), text["stdout"]
 
 
