@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import OutputStreamError
-from ..logs import shown
+from ..logs import say, shown
 from . import rundir
 from .handoff import watcher_needed
 from .schedule import parse_time
@@ -353,12 +353,11 @@ def status_command(args: argparse.Namespace) -> int:
     try:
         document = rundir.read_json(directory / rundir.STATUS)
     except rundir.RunDirError as exc:
-        print(f"cc-imds: {exc}", file=sys.stderr)
+        say(str(exc))
         return NOT_RUNNING
     problem = status_problem(document) if document is not None else None
     if problem is not None:
-        print(f"cc-imds: {directory / rundir.STATUS}: not a status document of this version ({problem})",
-              file=sys.stderr)
+        say(f"{directory / rundir.STATUS}: not a status document of this version ({problem})")
         return NOT_RUNNING
     now = time.time()
     health = assess(document, watcher_needed(directory), now)
