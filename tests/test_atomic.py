@@ -37,7 +37,7 @@ def test_replace_gives_the_bytes_and_mode_and_leaves_nothing_else(tmp_path: Path
     (tmp_path / "f").write_bytes(b"old")
     old_umask = os.umask(0o077)  # the mode is exact, whatever the umask
     try:
-        atomic.replace(directory, "f", b"new", 0o644)
+        atomic.replace(directory, "f", b"new", 0o644, path=f"{tmp_path}/f")
     finally:
         os.umask(old_umask)
     assert (tmp_path / "f").read_bytes() == b"new"
@@ -52,7 +52,7 @@ def test_owner_mode_and_label_come_before_any_byte(tmp_path: Path, directory: in
     needs_root("a file given to another user")
     seen: List[Dict[str, Any]] = []
 
-    def label(fd: int, path: str, root: str) -> None:
+    def label(fd: int, path: str, root: str, labels: object) -> None:
         info = os.fstat(fd)
         seen.append({"path": path, "size": info.st_size, "mode": stat.S_IMODE(info.st_mode), "uid": info.st_uid})
 
@@ -69,7 +69,7 @@ def test_a_planted_temp_name_is_never_used(tmp_path: Path, directory: int, monke
     names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
     monkeypatch.setattr(atomic, "random_part", lambda: next(names))
     (tmp_path / ".f.cc-imds-aaaaaaaaaaaa").symlink_to(victim)  # an attacker guessed the first name
-    atomic.replace(directory, "f", b"new", 0o600)
+    atomic.replace(directory, "f", b"new", 0o600, path=f"{tmp_path}/f")
     assert victim.read_bytes() == b"precious"
     assert (tmp_path / "f").read_bytes() == b"new"
 
@@ -84,7 +84,7 @@ def test_file_and_directory_are_fsynced_before_it_returns(tmp_path: Path, direct
         real_fsync(fd)
 
     monkeypatch.setattr(atomic.os, "fsync", fsync)
-    atomic.replace(directory, "f", b"new", 0o600)
+    atomic.replace(directory, "f", b"new", 0o600, path=f"{tmp_path}/f")
     assert synced == ["file", "directory"]
 
 
@@ -94,7 +94,7 @@ def test_a_failing_step_leaves_the_old_file_and_no_temp(tmp_path: Path, director
     (tmp_path / "f").write_bytes(b"old")
     monkeypatch.setattr(atomic.os, step, fails_with(errno.ENOSPC))
     with pytest.raises(OSError, match="No space left on device"):
-        atomic.replace(directory, "f", b"new", 0o600)
+        atomic.replace(directory, "f", b"new", 0o600, path=f"{tmp_path}/f")
     monkeypatch.undo()
     assert (tmp_path / "f").read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f"]

@@ -4,12 +4,14 @@ project's own parser (prometheus_client, a test dependency only)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cc_imds.watch.metrics import FAMILIES, Counters, OutputRow, Snapshot, ValueRow, render
+from cc_imds.files import atomic
+from cc_imds.watch.metrics import FAMILIES, Counters, OutputRow, Snapshot, ValueRow, render, write_file
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -103,3 +105,15 @@ def test_label_values_are_escaped_as_the_format_requires(path: str) -> None:
 
 def test_the_same_state_gives_the_same_text() -> None:
     assert render(snapshot()) == render(snapshot())
+
+
+def test_the_metrics_file_gets_its_label_like_every_file_written(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELinux: the metrics file goes through the one atomic replace, with its path, so the
+    policy's context for that path is set before the rename (files/atomic.py)."""
+    seen: List[str] = []
+    monkeypatch.setattr(atomic, "_label", lambda fd, path, root, labels: seen.append(path))
+    target = tmp_path / "cc_imds.prom"
+    write_file(str(target), b"cc_imds_reload_refused 0\n")
+    assert seen == [str(target)]
+    assert target.read_bytes() == b"cc_imds_reload_refused 0\n"

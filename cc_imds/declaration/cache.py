@@ -102,13 +102,9 @@ def _directory(create: bool) -> Optional[int]:
 
 def _label_directory(fd: int, path: str) -> None:
     """SELinux: a directory made here gets the context the policy gives its path, if it gives one."""
-    import stat
+    from ..files.labels import label_new  # only when a directory is made: not on a cold validate
 
-    from ..files.labels import for_root  # only when a directory is made: not on a cold validate
-
-    labels = for_root("/")
-    if labels is not None:
-        labels.label(fd, path, stat.S_IFDIR)
+    label_new(fd, path, stat.S_IFDIR)
 
 
 def recall(digest: str) -> Optional[Documents]:

@@ -34,20 +34,23 @@ TYPE_CHECKING = False  # typing costs a cold validate; mypy reads this like typi
 if TYPE_CHECKING:
     from typing import Callable, Optional, Union
 
+    from .labels import Labels
+
     Data = Union[bytes, bytearray, memoryview]
 
 TEMP_MARK = ".cc-imds-"  # in every name this module makes beside a file: `.NAME.cc-imds-[KIND]RANDOM`
 _TRIES = 100  # random names tried before giving up (one is enough unless someone plants names)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_S_IFREG = 0o100000  # stat.S_IFREG, without importing stat on the cold path
 
 
 def replace(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1, *,
-            path: Optional[str] = None, root: str = "/") -> None:
+            path: str, root: str = "/", labels: Optional[Labels] = None) -> None:
     """`name` in the directory `dir_fd` holds `data` with `mode` (and owner `uid`:`gid`, -1 for
     the running user's), or OSError with the old file untouched and nothing left behind.
     `path` is where that is, really (under `root`, an image's with --root): its SELinux label
-    is looked up by it; None leaves the label to the directory's default."""
-    temp = write_temp(dir_fd, name, data, mode, uid, gid, path=path, root=root)
+    is looked up by it, in `labels` when the caller holds the run's, else in `root`'s policy."""
+    temp = write_temp(dir_fd, name, data, mode, uid, gid, path=path, root=root, labels=labels)
     try:
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
@@ -57,7 +60,7 @@ def replace(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: i
 
 
 def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid: int = -1, *,
-               path: Optional[str] = None, root: str = "/") -> str:
+               path: str, root: str = "/", labels: Optional[Labels] = None) -> str:
     """Steps 1-3: a new temp file beside `name` holding `data`, fsynced, with its final owner,
     mode and label (for `path`, as in `replace`); returns its name, for the caller to rename
     over `name`. Nothing is left behind if it fails."""
@@ -72,7 +75,7 @@ def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        _label(fd, path, root)
+        _label(fd, path, root, labels)
         write_all(fd, data)
         os.fsync(fd)
     except BaseException:
@@ -83,19 +86,16 @@ def write_temp(dir_fd: int, name: str, data: Data, mode: int, uid: int = -1, gid
     return temp
 
 
-def _label(fd: int, path: Optional[str], root: str) -> None:
+def _label(fd: int, path: str, root: str, labels: Optional[Labels]) -> None:
     """The temp file gets the SELinux context the policy gives its final `path`, before any
     byte is written and before it is renamed into place; where SELinux is not used, or the
     policy has no rule for the path, it keeps its directory's default, as any new file."""
-    if path is None:
-        return
-    import stat
-
-    from .labels import for_root  # only once a file is written
-
-    labels = for_root(root)
     if labels is not None:
-        labels.label(fd, path, stat.S_IFREG)
+        labels.label(fd, path, _S_IFREG)
+        return
+    from .labels import label_new  # only once a file is written
+
+    label_new(fd, path, _S_IFREG, root)
 
 
 def random_part() -> str:

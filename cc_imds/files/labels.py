@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..logs import std_logger
 
-__all__ = ["Labels", "for_root", "inside"]
+__all__ = ["Labels", "for_root", "inside", "label_new"]
 
 LOG = std_logger(__name__)
 
@@ -139,21 +139,49 @@ def for_root(root: str = "/") -> Optional[Labels]:
     return labels
 
 
+def label_new(fd: int, real_path: str, file_type: int, root: str = "/") -> None:
+    """What every writer does with a file or directory it has just made, open at `fd`: the
+    context the policy of `root` gives `real_path`; nothing where SELinux is not used."""
+    labels = for_root(root)
+    if labels is not None:
+        labels.label(fd, real_path, file_type)
+
+
 def _signature(top: str) -> Tuple[Any, ...]:
-    """What, when it changes, means the policy's file contexts may have changed. (A handle
-    replaced is not closed: another thread may be using it, and policies change rarely.)"""
-    files = ["/etc/selinux/config" if top == "/" else f"{top}/etc/selinux/config"]
-    found = _config(top)
+    """What, when it changes, means the policy's file contexts may have changed: stats only,
+    and the config read again only when its own stat changed. (A handle replaced is not
+    closed: another thread may be using it, and policies change rarely.)"""
+    config = _config_path(top)
+    config_stat = _stat_key(config)
+    found = _config_seen(top, config_stat)
+    signature: List[Any] = [_kernel_runs_selinux() if top == "/" else None, (config, config_stat)]
     if found is not None and found[1] is not None:
-        files += [found[1] + suffix for suffix in ("", ".local", ".homedirs", ".subs", ".subs_dist")]
-    signature: List[Any] = [_kernel_has_selinux() if top == "/" else None]
-    for name in files:
-        try:
-            info = os.stat(name)
-            signature.append((name, info.st_ino, info.st_mtime_ns, info.st_size))
-        except OSError:
-            signature.append((name, None))
+        signature += [(name, _stat_key(name)) for name in (found[1] + suffix for suffix in (
+            "", ".local", ".homedirs", ".subs", ".subs_dist"))]
     return tuple(signature)
+
+
+def _stat_key(name: str) -> Optional[Tuple[int, int, int]]:
+    try:
+        info = os.stat(name)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+_configs: Dict[str, Tuple[Any, Optional[Tuple[str, Optional[str]]]]] = {}  # top -> (config's stat, what it says)
+
+
+def _config_seen(top: str, config_stat: Any) -> Optional[Tuple[str, Optional[str]]]:
+    """_config(top), read again only when the config's stat is not the one it was read at."""
+    with _lock:
+        known = _configs.get(top)
+    if known is not None and known[0] == config_stat:
+        return known[1]
+    found = _config(top)
+    with _lock:
+        _configs[top] = (config_stat, found)
+    return found
 
 
 _kernel_answer: List[Optional[bool]] = []  # asked once per process: a kernel does not gain SELinux while it runs
@@ -176,12 +204,16 @@ def _kernel_has_selinux() -> Optional[bool]:
         return None
 
 
+def _config_path(top: str) -> str:
+    return "/etc/selinux/config" if top == "/" else f"{top}/etc/selinux/config"
+
+
 def _config(top: str) -> Optional[Tuple[str, Optional[str]]]:
-    """(policy type, its file_contexts path or None if absent) from TOP/etc/selinux/config;
-    None when the config is absent or says SELinux is disabled."""
+    """(policy type, where its file_contexts is, or None for a type that names no directory)
+    from TOP/etc/selinux/config; None when the config is absent or says SELinux is disabled."""
     base = "" if top == "/" else top
     try:
-        with open(f"{base}/etc/selinux/config", encoding="utf-8", errors="replace") as handle:
+        with open(_config_path(top), encoding="utf-8", errors="replace") as handle:
             text = handle.read(64 * 1024)
     except OSError:
         return None
@@ -195,8 +227,7 @@ def _config(top: str) -> Optional[Tuple[str, Optional[str]]]:
     policy_type = settings.get("SELINUXTYPE") or _DEFAULT_TYPE
     if "/" in policy_type or policy_type in (".", ".."):
         return policy_type, None
-    path = f"{base}/etc/selinux/{policy_type}/contexts/files/file_contexts"
-    return policy_type, path if os.path.isfile(path) else None
+    return policy_type, f"{base}/etc/selinux/{policy_type}/contexts/files/file_contexts"
 
 
 def _binding() -> Any:
@@ -210,11 +241,11 @@ def _binding() -> Any:
 def _open(top: str) -> Optional[Labels]:
     if top == "/":
         return _open_loaded()
-    found = _config(top)
+    found = _config_seen(top, _stat_key(_config_path(top)))
     if found is None:
         return None  # the image does not use SELinux
     policy_type, file_contexts = found
-    if file_contexts is None:
+    if file_contexts is None or not os.path.isfile(file_contexts):
         warn_once(f"no-contexts:{top}", "SELinux: %s/etc/selinux/config names the policy %r, which has no "
                   "contexts/files/file_contexts in the image: files are written without its labels",
                   top, policy_type)
@@ -242,11 +273,11 @@ def _open(top: str) -> Optional[Labels]:
 
 
 def _open_loaded() -> Optional[Labels]:
-    if _kernel_has_selinux() is False:
+    if _kernel_runs_selinux() is False:
         return None  # no SELinux in this kernel: nothing to import, nothing to call
     binding = _binding()
     if binding is None:
-        if _kernel_has_selinux():
+        if _kernel_runs_selinux():
             warn_once("no-binding", "SELinux: this host runs SELinux but has no libselinux Python binding "
                       "(python3-libselinux, python3-selinux): files get their directory's label, not their own "
                       "file context; restorecon sets it")
@@ -272,3 +303,4 @@ def forget() -> None:
         _by_root.clear()
         _warned.clear()
         _kernel_answer.clear()
+        _configs.clear()

@@ -115,11 +115,9 @@ def _acquire(lock_path: str, deadline: Optional[Deadline], other: str) -> int:
 def _label(fd: int, path: str, file_type: int = stat.S_IFREG) -> None:
     """SELinux: the lock file (or a directory made for it) gets the context its path has, where
     the policy gives one."""
-    from .labels import for_root  # only runs that write take the lock
+    from .labels import label_new  # only runs that write take the lock
 
-    labels = for_root("/")
-    if labels is not None:
-        labels.label(fd, path, file_type)
+    label_new(fd, path, file_type)
 
 
 def _open_lock_dir(directory: str, lock_path: str) -> int:

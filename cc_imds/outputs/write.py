@@ -174,7 +174,7 @@ def _stage(
             if same is False:
                 item.backup = _link_old(item)
             item.temp = atomic.write_temp(directory.fd, name, output.content, output.mode, uid, gid,
-                                          path=item.real, root=root)
+                                          path=item.real, root=root, labels=labels)
     except OSError as exc:
         _discard([item])
         raise WriteError(item.where, _nothing_changed(exc.strerror or str(exc))) from None

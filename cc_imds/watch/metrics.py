@@ -204,6 +204,6 @@ def write_file(path: str, data: bytes) -> None:
 
     directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        atomic.replace(directory, os.path.basename(path), data, 0o644)
+        atomic.replace(directory, os.path.basename(path), data, 0o644, path=os.path.abspath(path))
     finally:
         os.close(directory)

@@ -66,17 +66,14 @@ def ensure(directory: Path) -> Path:
 
 def _label_directory(directory: Path) -> None:
     """SELinux: a directory made here gets the context the policy gives its path, if it gives one."""
-    from ..files.labels import for_root
+    from ..files.labels import label_new
 
-    labels = for_root("/")
-    if labels is None:
-        return
     try:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError:
         return
     try:
-        labels.label(fd, os.path.abspath(directory), stat.S_IFDIR)
+        label_new(fd, os.path.abspath(directory), stat.S_IFDIR)
     finally:
         os.close(fd)
 
