@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, FrozenSet, Mapping, Optional, Set, Tuple, Union
 
 from ..declaration.build import Declaration, EventAction
 from ..jsontext import parse
@@ -181,10 +181,6 @@ def event_due(watch: EventWatch, last_poll: Optional[float], jitter: float) -> f
     if last_poll is None:
         return -math.inf
     return last_poll + max(FLOOR, watch.poll * (1 - JITTER * jitter))
-
-
-def due_groups(groups: Sequence[Group], dues: Mapping[str, float], now: float) -> List[Group]:
-    return [g for g in groups if dues.get(g.path, -math.inf) <= now]
 
 
 # -- Expiration ----------------------------------------------------------------------------

@@ -523,10 +523,7 @@ class Watcher:
             paths.append(INSTANCE_ID_PATH)  # once: which instance the remembered lifecycle state is of
         outcomes: Dict[str, Union[bytes, ImdsError]] = {}
         try:
-            if len(paths) == 1:  # the usual case, every few seconds: no thread pool for one request
-                outcomes[paths[0]] = self.client.fetch(paths[0], deadline=deadline)
-            else:
-                outcomes.update(self.client.fetch_all(paths, deadline=deadline))
+            outcomes.update(self.client.fetch_all(paths, deadline=deadline))  # one path: no thread
         except ImdsError as exc:
             outcomes = {p: exc for p in paths}
         if self.stopping:
