@@ -616,13 +616,7 @@ def build_declaration(docs: Sequence[SourceDocument], *, remember: bool = False)
             credentials.append(credential)
             values.setdefault(credential.value_name, credential_value(credential))
 
-    _check_outputs(values, env, files, problems, credentials)
-    if metrics is not None:
-        _check_output_path(metrics.path, metrics.origin, problems)
-        outputs: List[OutputSpec] = [*env, *files, *credentials]
-        taken = {o.path: o.origin for o in outputs}
-        if metrics.path in taken:
-            problems.append(f"{metrics.origin}: {metrics.path} is also written by {taken[metrics.path].child('path')}")
+    _check_outputs(values, env, files, problems, credentials, metrics)
     if problems:
         raise DeclarationError(problems)
     if remember:
@@ -649,6 +643,7 @@ def _check_outputs(
     files: Sequence[FileOutput],
     problems: List[str],
     credentials: Sequence[CredentialOutput] = (),
+    metrics: Optional[MetricsFile] = None,
 ) -> None:
     claimed: Dict[str, Origin] = {}
     variables: Dict[str, Tuple[str, Origin]] = {}
@@ -665,6 +660,11 @@ def _check_outputs(
                     f"{where.child('permissions')}: {output.permissions:04o} lets every user read sensitive "
                     f"value(s) {', '.join(sorted(n for n in output.uses if n in values and values[n].sensitive))}"
                 )
+    if metrics is not None:  # a file of its own, which no output may also write
+        _check_output_path(metrics.path, metrics.origin, problems)
+        writer = claimed.get(metrics.path)
+        if writer is not None:
+            problems.append(f"{metrics.origin}: {metrics.path} is also written by {writer.child('path')}")
     for output in env:
         where = output.origin
         if not output.vars and not output.expand:
