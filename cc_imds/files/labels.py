@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -105,19 +104,6 @@ class Labels:
             why = "the filesystem has no SELinux labels" if key == "unsupported" else exc.strerror or str(exc)
             warn_once(key, "SELinux: cannot label %s %s: %s; it keeps the label its directory gives it "
                       "(this is said once per run)", real_path, wanted, why)
-
-    def label_file_at(self, dir_fd: int, name: str, real_path: str) -> None:
-        """label() for an existing regular file, opened without following a symlink."""
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                         dir_fd=dir_fd)
-        except OSError:
-            return  # gone or unreadable: whoever writes it next labels it
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                self.label(fd, real_path, stat.S_IFREG)
-        finally:
-            os.close(fd)
 
 
 def for_root(root: str = "/") -> Optional[Labels]:

@@ -165,9 +165,7 @@ def _stage(
         directory = known
     item = _Staged(output, shown, directory, name, "unchanged")
     try:
-        same = _unchanged(directory.fd, name, item, uid, gid)
-        if same and labels is not None:  # as restorecon would: an unchanged file gets its context too
-            labels.label_file_at(directory.fd, name, item.real)
+        same = _unchanged(directory.fd, name, item, uid, gid, labels)
         if not same:
             item.action = "created" if same is None else "updated"
             _refuse_unreplaceable_dir(item)
@@ -184,8 +182,10 @@ def _stage(
     return item
 
 
-def _unchanged(dir_fd: int, name: str, item: _Staged, uid: int, gid: int) -> Optional[bool]:
-    """True if the file already holds exactly this; None if it does not exist."""
+def _unchanged(dir_fd: int, name: str, item: _Staged, uid: int, gid: int,
+               labels: Optional[Labels] = None) -> Optional[bool]:
+    """True if the file already holds exactly this; None if it does not exist. An unchanged
+    file is given its SELinux context through the descriptor it was read by, as restorecon would."""
     output = item.output
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -208,9 +208,12 @@ def _unchanged(dir_fd: int, name: str, item: _Staged, uid: int, gid: int) -> Opt
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
         try:
-            return handle.read(len(output.content) + 1) == output.content
+            same = handle.read(len(output.content) + 1) == output.content
         except OSError:
             return False
+        if same and labels is not None:
+            labels.label(fd, item.real, stat.S_IFREG)
+        return same
 
 
 def _refuse_unreplaceable_dir(item: _Staged) -> None:
