@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..files.trusted import VALIDATION_CACHE, untrusted
+from ..files.trusted import RUN_DIR, VALIDATION_CACHE, untrusted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     Documents = List[Tuple[str, Any]]  # (location root, parsed document) per document in a file
 
-RUN_DIR = "/run/cc-imds"  # lock.RUN_DIR, not imported from there: the lock module costs a validate its imports
 CACHE_ENV = "CC_IMDS_CACHE_DIR"
 _FORMAT = b"cc-imds validated declarations 1"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -26,9 +26,8 @@ from typing import Iterator, Mapping, Optional
 
 from ..deadline import Deadline
 from ..errors import WriteError
-from .trusted import LOCK_DIR, RUN_DIR_LOCK, untrusted
+from .trusted import LOCK_DIR, RUN_DIR, RUN_DIR_LOCK, untrusted
 
-RUN_DIR = "/run/cc-imds"  # run-time state; created by root 0755, trusted only if only root can write it
 LOCK_ENV = "CC_IMDS_LOCK"  # relocates the lock, as CC_IMDS_CONF_DIR relocates drop-ins
 DEFAULT_WAIT = 60.0  # seconds, when no deadline is given: the default run deadline
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

@@ -52,6 +52,10 @@ _ROOT_ALONE = Rule(ROOT, GROUP_AND_OTHERS)
 _SHARED_OR_OWN = Rule(ROOT_OR_USER, GROUP_AND_OTHERS, sticky=ROOT_OR_USER)
 _USER_ALONE = Rule(USER, GROUP_AND_OTHERS)
 
+# Root's run-time state (the lock, the watcher's files, the validation cache): created by root
+# 0755, and trusted only if only root can write it.
+RUN_DIR = "/run/cc-imds"
+
 RUN_DIR_LOCK = Policy(as_root=_ROOT_ALONE, as_user=_ROOT_ALONE)
 LOCK_DIR = Policy(as_root=_SHARED_OR_OWN, as_user=_SHARED_OR_OWN)
 RUN_STATE = Policy(as_root=_ROOT_ALONE, as_user=None)

@@ -25,8 +25,7 @@ from typing import Any, Optional
 
 from ..errors import CcImdsError
 from ..files import atomic
-from ..files.lock import RUN_DIR
-from ..files.trusted import RUN_STATE, untrusted
+from ..files.trusted import RUN_DIR, RUN_STATE, untrusted
 from ..jsontext import JsonRefused, parse
 from ..logs import std_logger
 
