@@ -376,6 +376,7 @@ def _without_tags(text: str) -> str:
 class ScanResult:
     findings: Dict[str, List[Finding]]  # per file, in the order given (directories walked)
     problems: List[str]  # files, or parts of them, that could not be scanned
+    texts: Dict[str, str] = field(default_factory=dict)  # each file's text, when asked for (--suggest)
 
 
 def _files_under(path: str) -> List[str]:
@@ -388,9 +389,10 @@ def _files_under(path: str) -> List[str]:
     return sorted(found)
 
 
-def scan_files(paths: List[str]) -> ScanResult:
+def scan_files(paths: List[str], keep_text: bool = False) -> ScanResult:
     """Findings per file; directories are walked. Each file named on the command line
-    must be readable; every problem is reported, and the rest is still scanned."""
+    must be readable; every problem is reported, and the rest is still scanned. With
+    `keep_text`, each file's text is kept too: what the suggestions read is what was scanned."""
     result = ScanResult({}, [])
     for raw in paths:
         for name in _files_under(raw) if os.path.isdir(raw) else [raw]:
@@ -401,6 +403,8 @@ def scan_files(paths: List[str]) -> ScanResult:
                 continue
             scan = _FileScan(name).content(name, data, 0)
             result.findings[name] = scan.findings
+            if keep_text:
+                result.texts[name] = data.decode("utf-8", "replace")
             result.problems.extend(scan.problems)
     return result
 
@@ -588,7 +592,7 @@ def scan_command(args: argparse.Namespace) -> int:
 
     from ..logs import say, shown
 
-    result = scan_files(args.path)
+    result = scan_files(args.path, keep_text=args.suggest)
     findings = [finding for found in result.findings.values() for finding in found]
     if args.json:
         print(json.dumps(as_dicts(findings, args.accept_unknown), indent=2))
@@ -610,8 +614,7 @@ def scan_command(args: argparse.Namespace) -> int:
 
         for name, found in result.findings.items():
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(name))[0]).lstrip(".") or "imds"
-            text = _script_text(name)
-            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames(), text)
+            suggestion = suggest(found, f"/etc/cc-imds/{stem}.sh", ValueNames(), result.texts.get(name))
             declaration = suggestion.declaration
             notes = "".join(f"# {shown(comment)}\n" for comment in suggestion.comments)
             if not declaration["values"] and not declaration.get("credentials"):
@@ -629,10 +632,3 @@ def scan_command(args: argparse.Namespace) -> int:
     return 1 if result.problems or any(failing(f, args.accept_unknown) for f in findings) else 0
 
 
-def _script_text(name: str) -> Optional[str]:
-    """A scanned file's text, for the suggestions that look at what it writes (None for a part of
-    a container, or a file that cannot be read again)."""
-    try:
-        return read_bytes(name, MAX_SCAN_BYTES).decode("utf-8", "replace")
-    except InputError:
-        return None
