@@ -25,6 +25,7 @@ from cc_imds.imds.tree import load_tree
 from cc_imds.testing import scenario
 from cc_imds.testing.control import ControlServer
 from cc_imds.testing.emulator import Emulator
+from cc_imds.untrusted import load_yaml
 from cc_imds.watch.schedule import parse_time
 from tests.test_emulator_runtime import call
 
@@ -257,6 +258,43 @@ def test_throttling_at_a_rate_answers_429_with_retry_after(
     assert fetch(emulator, "meta-data/instance-id") == b"i-0a1b2c3d4e5f60789"
 
 
+def test_throttling_retry_after_is_1_unless_given_or_none_everywhere(
+        clocked: Tuple[Emulator, Clock], control: ControlServer) -> None:
+    """The control endpoint and a scenario agree: Retry-After 1 by default; an empty
+    `retry_after=` or a null `retry_after` sends none."""
+    emulator, clock = clocked
+    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+    for target, retry_after in (("/faults/throttle?rate=1", "1"), ("/faults/throttle?rate=1&retry_after=", None),
+                                ("/faults/throttle?rate=1&retry_after=2.5", "2.5")):
+        clock.now += 1.0
+        assert call(control.url, "POST", target) == (200, {"throttle": 1, "retry_after": retry_after})
+        assert [raw(emulator, "PUT", "/latest/api/token", ttl) for _ in range(2)] == [
+            (200, ""), (429, retry_after or "")]
+    for options, retry_after in (("{rate: 1}", "1"), ("{rate: 1, retry_after: null}", ""),
+                                 ("{rate: 1, retry_after: 7}", "7")):
+        clock.now += 1.0
+        scenario.schedule(emulator, scenario.steps_from(load_yaml("scenario", f"- throttle: {options}\n")))
+        assert [raw(emulator, "PUT", "/latest/api/token", ttl) for _ in range(2)] == [(200, ""), (429, retry_after)]
+    assert call(control.url, "DELETE", "/faults/throttle") == (200, {"throttle": None})
+    assert call(control.url, "POST", "/faults/status?code=429&retry_after=") == (200, {"pending": 1})
+    assert raw(emulator, "GET", "/latest/meta-data/instance-id") == (429, "")
+
+
+@pytest.mark.parametrize(("target", "error"), [
+    ("/faults/throttle?rate=5&retry_after=soon", "retry_after='soon': expected a number of seconds"),
+    ("/faults/throttle?rate=5&retry_after=-1", "retry_after='-1': out of range"),
+    ("/faults/throttle?rate=0", "rate: 0 must be a whole number, 1 to 1000000"),
+    ("/faults/status?code=429&retry_after=later", "retry_after='later': expected a number of seconds"),
+    ("/faults/status?code=99", "code: 99 must be a whole number, 100 to 599"),
+    ("/faults/status?code=503&path=latest/", "path 'latest/' must start with /, as a request's does (/latest/...)"),
+])
+def test_throttle_and_fault_options_are_checked_as_a_scenario_checks_them(
+        clocked: Tuple[Emulator, Clock], control: ControlServer, target: str, error: str) -> None:
+    emulator, _ = clocked
+    assert call(control.url, "POST", target) == (400, {"error": error})
+    assert emulator.pending_faults() == 0 and raw(emulator, "GET", "/latest/meta-data/instance-id") == (401, "")
+
+
 def test_the_client_rides_out_a_rate_limit(clocked: Tuple[Emulator, Clock]) -> None:
     """Retry-After is honoured: a throttled get succeeds once the window passes (the clock is
     moved on by the 429s themselves, one second each)."""
@@ -376,6 +414,17 @@ steps:
     ("- throttle: {rate: 0}\n", "steps[0].throttle.rate: 0 must be a whole number, 1 to"),
     ("- fail: {code: 99}\n", "steps[0].fail.code: 99 must be a whole number, 100 to 599"),
     ("- set: {/etc/passwd: x}\n", "steps[0].set./etc/passwd: '/etc/passwd' is not a path IMDS serves"),
+    ("- set: {meta-data/../x: y}\n", "steps[0].set.meta-data/../x: 'meta-data/../x' is not a path IMDS serves"),
+    ("- delete: [meta-data/./x]\n", "steps[0].delete[0]: 'meta-data/./x' is not a path IMDS serves"),
+    ("- set: {meta-data/iam/security-credentials/app: not json}\n",
+     "steps[0].set.meta-data/iam/security-credentials/app: the emulator reads this path itself, so its value "
+     "must be a JSON object"),
+    ("- set: {meta-data/events/maintenance/scheduled: {a: 1}}\n",
+     "steps[0].set.meta-data/events/maintenance/scheduled: the emulator reads this path itself, so its value "
+     "must be a JSON list"),
+    ("- after: 60\n  set: {user-data: {$base64: '!!'}}\n", "steps[0].set.user-data: invalid $base64 value"),
+    ("- throttle: {rate: 5, retry_after: -1}\n", "steps[0].throttle.retry_after: -1 must be a number of seconds"),
+    ("- fail: {code: 503, method: PATCH}\n", "steps[0].fail: method 'PATCH' must be GET, PUT, POST or DELETE"),
     ("- a: &a [*a]\n", "alias *a is inside the node it names"),
 ])
 def test_a_wrong_scenario_is_refused_at_start_with_its_place(tmp_path: Path, text: str, problem: str) -> None:

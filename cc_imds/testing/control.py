@@ -50,7 +50,7 @@ from ..imds.tree import MetadataTree, TreeError, tree_from_document
 from ..jsontext import parse
 from ..untrusted import InputError, load_yaml
 from . import scenario
-from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator, iso
+from .emulator import Emulator, iso
 
 MAX_BODY = 1024 * 1024
 
@@ -103,15 +103,15 @@ class ControlServer:
     def handle(self, method: str, target: str, body: bytes) -> Tuple[int, Any]:
         parts = urlsplit(target)
         path = unquote(parts.path)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         emu = self.emulator
         if path.startswith("/tree/") and method in ("PUT", "DELETE"):
             leaf = path[len("/tree/"):].strip("/")
             if not leaf:
                 raise ControlError("give a path: /tree/meta-data/...")
-            _check_path(leaf)
+            scenario.check_path(leaf, "")
             if method == "PUT":
-                _check_readable(leaf, body)
+                scenario.check_readable(leaf, body, leaf)
                 emu.set_value(leaf, body)
                 return 200, {"set": leaf, "bytes": len(body)}
             return 200, {"deleted": leaf, "leaves": emu.delete_value(leaf)}
@@ -133,8 +133,9 @@ class ControlServer:
             return {"outage": on}
 
         def fail_next() -> Any:
-            emu.fail_next(_whole(query, "code", None), _whole(query, "count", 1), query.get("retry_after"),
-                          method=query.get("method"), path=query.get("path"))
+            options = {"code": _whole(query, "code", None), "count": _whole(query, "count", 1),
+                       "method": query.get("method"), "path": query.get("path"), **_retry_after(query)}
+            scenario.CHANGES["fail"](options, "")(emu)
             return {"pending": emu.pending_faults()}
 
         def clear_faults() -> Any:
@@ -144,14 +145,8 @@ class ControlServer:
             return {"pending": 0, "throttle": None, "drop_token_puts": False}
 
         def throttle(on: bool) -> Any:
-            if not on:
-                emu.throttle(None)
-                return {"throttle": None}
-            rate = _whole(query, "rate", None)
-            if rate < 1:
-                raise ControlError("rate=0: at least 1 request per second (DELETE /faults/throttle stops it)")
-            emu.throttle(rate, query.get("retry_after", "1") or None)
-            return {"throttle": rate, "retry_after": query.get("retry_after", "1") or None}
+            options = {"rate": _whole(query, "rate", None), **_retry_after(query)} if on else None
+            return scenario.CHANGES["throttle"](options, "")(emu)
 
         def drop_puts(on: bool) -> Any:
             emu.drop_token_puts(on)
@@ -164,23 +159,17 @@ class ControlServer:
             emu.set_tags_enabled(enabled)
             return {"tags": enabled}
 
-        def timed(name: str, options: Any) -> Callable[[], Any]:
-            """A change now, or at `at`/`after` when the query gives one."""
-            try:
-                change = scenario.CHANGES[name](options, name)
-            except scenario.ScenarioError as exc:
-                raise ControlError(str(exc)) from None
-
-            def make() -> Any:
-                when = _when(emu, query)
-                if when is None:
-                    result = change(emu)
-                    return result if isinstance(result, dict) else {name: result}
-                label = scenario.describe(name, options)
-                emu.at(when, label, lambda: change(emu))
-                return {"scheduled": label, "at": iso(when)}
-
-            return make
+        def timed(name: str, options: Any) -> Any:
+            """A change now, or at `at`/`after` when the query gives one. A mistake in its
+            options is a ScenarioError, a ValueError: answered 400 with its text."""
+            change = scenario.CHANGES[name](options, name)
+            when = _when(emu, query)
+            if when is None:
+                result = change(emu)
+                return result if isinstance(result, dict) else {name: result}
+            label = scenario.describe(name, options)
+            emu.at(when, label, lambda: change(emu))
+            return {"scheduled": label, "at": iso(when)}
 
         def spot_options() -> Any:
             return {"action": query.get("action", "terminate"), "in": _seconds(query, "in", 120.0)}
@@ -197,14 +186,13 @@ class ControlServer:
             ("GET", "/tree"): lambda: _flat(emu.tree.leaves()),
             ("POST", "/credentials/rotate"): lambda: {
                 "rotated": emu.rotate_credentials(_seconds(query, "expires_in", 21600.0))},
-            ("POST", "/events/spot-interruption"): lambda: timed("spot-interruption", spot_options())(),
-            ("POST", "/events/rebalance-recommendation"): lambda: timed("rebalance-recommendation", {})(),
-            ("POST", "/events/scheduled-maintenance"): lambda: timed("scheduled-maintenance",
-                                                                     maintenance_options())(),
+            ("POST", "/events/spot-interruption"): lambda: timed("spot-interruption", spot_options()),
+            ("POST", "/events/rebalance-recommendation"): lambda: timed("rebalance-recommendation", {}),
+            ("POST", "/events/scheduled-maintenance"): lambda: timed("scheduled-maintenance", maintenance_options()),
             ("DELETE", "/events"): clear_events,
             ("POST", "/autoscaling/target-lifecycle-state"): lambda: timed("lifecycle-state",
-                                                                           _required(query, "state"))(),
-            ("DELETE", "/autoscaling/target-lifecycle-state"): lambda: timed("lifecycle-state", None)(),
+                                                                           _required(query, "state")),
+            ("DELETE", "/autoscaling/target-lifecycle-state"): lambda: timed("lifecycle-state", None),
             ("POST", "/tags"): tags,
             ("POST", "/faults/status"): fail_next,
             ("POST", "/faults/throttle"): lambda: throttle(True),
@@ -226,33 +214,6 @@ class ControlServer:
         return 200, route()
 
 
-def _check_path(leaf: str) -> None:
-    """A path IMDS could serve: under meta-data/, dynamic/ or user-data, printable ASCII,
-    no empty, `.` or `..` part. Anything else would sit in the tree where no request reaches it."""
-    top = leaf.split("/", 1)[0]
-    parts = leaf.split("/")
-    if top not in ("meta-data", "dynamic", "user-data") or any(p in ("", ".", "..") for p in parts) or \
-            not all(0x21 <= ord(c) <= 0x7E for c in leaf) or len(leaf) > 1024:
-        raise ControlError(f"{leaf[:100]!r}: not a path IMDS serves (meta-data/..., dynamic/... or user-data; "
-                           "printable ASCII, no empty, . or .. part, at most 1024 characters)")
-
-
-def _check_readable(leaf: str, body: bytes) -> None:
-    """Any bytes can be served, except where the emulator reads them itself (credentials it
-    rotates, the maintenance list it adds to): there a body must be a JSON document it can
-    read, within the bounds every outside document has, or the next rotation would fail."""
-    expected = dict if leaf.startswith(CREDENTIAL_DIRS) else list if leaf == MAINTENANCE else None
-    if expected is None or leaf.endswith("/"):
-        return
-    try:
-        document = parse(body)
-    except ValueError as exc:
-        raise ControlError(f"{leaf}: the emulator reads this path itself, so the body must be a JSON "
-                           f"{'object' if expected is dict else 'list'}: {exc}") from None
-    if not isinstance(document, expected):
-        raise ControlError(f"{leaf}: the body must be a JSON {'object' if expected is dict else 'list'}")
-
-
 def _seconds(query: Dict[str, str], name: str, default: Optional[float]) -> Any:
     if name not in query:
         return default
@@ -263,6 +224,14 @@ def _seconds(query: Dict[str, str], name: str, default: Optional[float]) -> Any:
     if not 0 <= value < 10**9:
         raise ControlError(f"{name}={query[name]!r}: out of range")
     return value
+
+
+def _retry_after(query: Dict[str, str]) -> Dict[str, Any]:
+    """`retry_after=S` as the scenario option: {} when not given (the change's default),
+    None when empty (no Retry-After), else the seconds."""
+    if "retry_after" not in query:
+        return {}
+    return {"retry_after": _seconds(query, "retry_after", None) if query["retry_after"] else None}
 
 
 def _required(query: Dict[str, str], name: str) -> str:
@@ -299,7 +268,7 @@ def _scenario(emulator: Emulator, body: bytes) -> Any:
         steps = scenario.steps_from(load_yaml("scenario", body.decode("utf-8")))
     except UnicodeDecodeError:
         raise ControlError("the scenario must be UTF-8 text") from None
-    except (InputError, scenario.ScenarioError) as exc:
+    except InputError as exc:  # a ScenarioError is a ValueError: answered 400 with its text as it is
         raise ControlError(str(exc)) from None
     start = emulator.clock()
     scenario.schedule(emulator, steps, start)

@@ -19,6 +19,7 @@ Changes (with what each takes):
     lifecycle-state: STATE, or null for a 404 (in no Auto Scaling group)
     tags: true | false                     instance tags in metadata on or off
     throttle: {rate: N, retry_after: SECONDS}, or null to stop throttling
+                                           (retry_after 1 unless given; null: no Retry-After)
     fail: {code: C, count: N, method: M, path: P, retry_after: SECONDS}   (see fail_next)
     drop-token-puts: true | false          the hop-limit symptom
     outage: SECONDS, or null for one until `restore`
@@ -28,7 +29,9 @@ Changes (with what each takes):
     rotate-credentials: {expires_in: SECONDS}
 
 Every step is checked when the scenario is read, so a mistake is reported at start with its
-place (`steps[2].throttle.rate: ...`), never when the step falls due.
+place (`steps[2].throttle.rate: ...`), never when the step falls due. The control endpoint
+checks its calls' options with the same checkers (`CHANGES`, `check_path`, `check_readable`),
+giving `where` as "": its messages then name the option alone (`rate: 0 must be ...`).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..imds.autoscaling import LIFECYCLE_STATES
+from ..imds.tree import TreeError, as_leaf
+from ..jsontext import parse
 from ..untrusted import InputError, load_yaml_file
-from .emulator import Emulator
+from .emulator import CREDENTIAL_DIRS, MAINTENANCE, Emulator
 
 MAX_SCENARIO_BYTES = 1024 * 1024
 MAX_STEPS = 1000
@@ -58,7 +63,6 @@ class ScenarioError(ValueError):
 class Step:
     after: Optional[float]  # seconds from the start, or None with `at`
     at: Optional[float]  # epoch seconds
-    name: str  # the change's name (spot-interruption, lifecycle-state...)
     change: Callable[[Emulator], Any]
     label: str
 
@@ -105,15 +109,17 @@ def step_from(raw: Any, where: str) -> Step:
         raise ScenarioError(f"{where}: give `after` or `at`, not both")
     if len(changes) != 1 or changes[0] not in CHANGES:
         raise ScenarioError(f"{where}: give exactly one change, one of: {', '.join(CHANGES)}")
-    after: Optional[float] = None
-    at: Optional[float] = None
     if times == ["at"]:
-        at = _time(raw["at"], f"{where}.at")
+        after, at = None, _time(raw["at"], f"{where}.at")
     else:
-        after = _seconds(raw.get("after", 0), f"{where}.after")
+        after, at = _seconds(raw.get("after", 0), f"{where}.after"), None
     name = changes[0]
-    change = CHANGES[name](raw[name], f"{where}.{name}")
-    return Step(after, at, name, change, describe(name, raw[name]))
+    return _step(name, raw[name], f"{where}.{name}", after, at)
+
+
+def _step(name: str, options: Any, where: str, after: Optional[float] = 0.0, at: Optional[float] = None) -> Step:
+    """The change `name` with `options`, checked (a mistake named at `where`), at its time."""
+    return Step(after, at, CHANGES[name](options, where), describe(name, options))
 
 
 def describe(name: str, options: Any) -> str:
@@ -127,14 +133,23 @@ def describe(name: str, options: Any) -> str:
 Change = Callable[[Emulator], Any]
 
 
+def _key(where: str, key: str) -> str:
+    """The place of option `key` in the options at `where` ("" when the caller names them)."""
+    return f"{where}.{key}" if where else key
+
+
+def _problem(where: str, text: str) -> ScenarioError:
+    return ScenarioError(f"{where}: {text}" if where else text)
+
+
 def _options(raw: Any, where: str, allowed: Sequence[str]) -> Mapping[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{where}: expected a mapping of {', '.join(allowed) or 'nothing'}")
+        raise _problem(where, f"expected a mapping of {', '.join(allowed) or 'nothing'}")
     unknown = sorted(set(map(str, raw)) - set(allowed))
     if unknown:
-        raise ScenarioError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise _problem(where, f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     return raw
 
 
@@ -222,34 +237,45 @@ def _tags(raw: Any, where: str) -> Change:
 
 
 def _throttle(raw: Any, where: str) -> Change:
+    """The change returns what it set, as the control endpoint answers: {"throttle": N, "retry_after": S}."""
     if raw is None:
-        return lambda emu: emu.throttle(None)
+        def stop(emu: Emulator) -> Dict[str, Any]:
+            emu.throttle(None)
+            return {"throttle": None}
+
+        return stop
     options = _options(raw, where, ("rate", "retry_after"))
     if "rate" not in options:
-        raise ScenarioError(f"{where}: give rate: requests per second")
-    rate = _whole(options["rate"], f"{where}.rate", 1, 10**6)
-    retry_after = _retry_after(options, where)
-    return lambda emu: emu.throttle(rate, retry_after)
+        raise _problem(where, "give rate: requests per second")
+    rate = _whole(options["rate"], _key(where, "rate"), 1, 10**6)
+    retry_after = _retry_after(options, where, default=1.0)
+
+    def start(emu: Emulator) -> Dict[str, Any]:
+        emu.throttle(rate, retry_after)
+        return {"throttle": rate, "retry_after": retry_after}
+
+    return start
 
 
-def _retry_after(options: Mapping[str, Any], where: str) -> Optional[str]:
-    if "retry_after" not in options or options["retry_after"] is None:
-        return None
-    return f"{_seconds(options['retry_after'], f'{where}.retry_after'):g}"
+def _retry_after(options: Mapping[str, Any], where: str, default: Optional[float] = None) -> Optional[str]:
+    """The Retry-After header's text: `retry_after` (or `default` when not given) in seconds;
+    None (no header) for an explicit null."""
+    seconds = options.get("retry_after", default)
+    return None if seconds is None else f"{_seconds(seconds, _key(where, 'retry_after')):g}"
 
 
 def _fail(raw: Any, where: str) -> Change:
     options = _options(raw, where, ("code", "count", "method", "path", "retry_after"))
     if "code" not in options:
-        raise ScenarioError(f"{where}: give code: an HTTP status, such as 429")
-    code = _whole(options["code"], f"{where}.code", 100, 599)
-    count = _whole(options.get("count", 1), f"{where}.count", 1, 10**9)
+        raise _problem(where, "give code: an HTTP status, such as 429")
+    code = _whole(options["code"], _key(where, "code"), 100, 599)
+    count = _whole(options.get("count", 1), _key(where, "count"), 1, 10**9)
     method = options.get("method")
     if method not in (None, "GET", "PUT", "POST", "DELETE"):
-        raise ScenarioError(f"{where}.method: {method!r} must be GET, PUT, POST or DELETE")
+        raise _problem(where, f"method {method!r} must be GET, PUT, POST or DELETE")
     path = options.get("path")
     if path is not None and not (isinstance(path, str) and path.startswith("/")):
-        raise ScenarioError(f"{where}.path: {path!r} must start with /, as a request's does (/latest/...)")
+        raise _problem(where, f"path {path!r} must start with /, as a request's does (/latest/...)")
     retry_after = _retry_after(options, where)
     return lambda emu: emu.fail_next(code, count, retry_after, method=method, path=path)
 
@@ -269,20 +295,52 @@ def _restore(raw: Any, where: str) -> Change:
     return lambda emu: emu.restore()
 
 
-def _check_path(path: Any, where: str) -> str:
-    if not isinstance(path, str) or path.split("/", 1)[0] not in ("meta-data", "dynamic", "user-data"):
-        raise ScenarioError(f"{where}: {path!r} is not a path IMDS serves (meta-data/..., dynamic/... or user-data)")
-    return path
+def check_path(path: Any, where: str) -> str:
+    """A path IMDS could serve (`/` at either end aside, as the tree takes it): under meta-data/,
+    dynamic/ or user-data, printable ASCII, no empty, `.` or `..` part. Anything else would sit
+    in the tree where no request reaches it. Returns it without those `/`."""
+    leaf = path.strip("/") if isinstance(path, str) else ""
+    parts = leaf.split("/")
+    if parts[0] not in ("meta-data", "dynamic", "user-data") or any(p in ("", ".", "..") for p in parts) or \
+            not all(0x21 <= ord(c) <= 0x7E for c in leaf) or len(leaf) > 1024:
+        shown = path[:100] if isinstance(path, str) else path
+        raise _problem(where, f"{shown!r} is not a path IMDS serves (meta-data/..., dynamic/... or user-data; "
+                              "printable ASCII, no empty, . or .. part, at most 1024 characters)")
+    return leaf
+
+
+def check_readable(path: str, body: bytes, where: str) -> None:
+    """Any bytes can be served, except where the emulator reads them itself (credentials it
+    rotates, the maintenance list it adds to): there they must be a JSON document it can read,
+    within the bounds every outside document has, or the next rotation would fail."""
+    expected = dict if path.startswith(CREDENTIAL_DIRS) else list if path == MAINTENANCE else None
+    if expected is None:
+        return
+    kind = "object" if expected is dict else "list"
+    try:
+        document = parse(body)
+    except ValueError as exc:
+        raise _problem(where, f"the emulator reads this path itself, so its value must be a JSON {kind}: {exc}") \
+            from None
+    if not isinstance(document, expected):
+        raise _problem(where, f"the emulator reads this path itself, so its value must be a JSON {kind}")
 
 
 def _set(raw: Any, where: str) -> Change:
     if not isinstance(raw, dict) or not raw:
-        raise ScenarioError(f"{where}: expected a mapping of paths to values")
-    values: Dict[str, Any] = {}
+        raise _problem(where, "expected a mapping of paths to values")
+    values: Dict[str, bytes] = {}
     for path, value in raw.items():
+        place = f"{where}.{path}"
         if not isinstance(value, (str, dict, list)):
-            raise ScenarioError(f"{where}.{path}: a value is text or a JSON document")
-        values[_check_path(path, f"{where}.{path}")] = value
+            raise ScenarioError(f"{place}: a value is text or a JSON document")
+        leaf = check_path(path, place)
+        try:
+            body = as_leaf(value, place)  # now, so a bad {$base64: ...} is reported at load
+        except TreeError as exc:
+            raise ScenarioError(str(exc)) from None
+        check_readable(leaf, body, place)
+        values[leaf] = body
 
     def change(emu: Emulator) -> None:
         for path, value in values.items():
@@ -294,7 +352,7 @@ def _set(raw: Any, where: str) -> Change:
 def _delete(raw: Any, where: str) -> Change:
     if not isinstance(raw, list) or not raw:
         raise ScenarioError(f"{where}: expected a list of paths")
-    paths = [_check_path(p, f"{where}[{i}]") for i, p in enumerate(raw)]
+    paths = [check_path(p, f"{where}[{i}]") for i, p in enumerate(raw)]
 
     def change(emu: Emulator) -> None:
         for path in paths:
@@ -335,29 +393,24 @@ def steps_from_flags(*, spot_interruption: Optional[str] = None, rebalance_recom
     404, as amazon-ec2-metadata-mock's --mock-delay-sec and --mock-trigger-time make it."""
     if delay is not None and at is not None:
         raise ScenarioError("give --notice-delay or --notice-time, not both")
-    timing: Dict[str, Any] = {"at": at} if at is not None else {"after": delay or 0}
-    wanted: List[Dict[str, Any]] = []
+    wanted: List[Tuple[str, Any]] = []
     if spot_interruption is not None:
-        wanted.append({"spot-interruption": {"action": spot_interruption}})
+        wanted.append(("spot-interruption", {"action": spot_interruption}))
     if rebalance_recommendation:
-        wanted.append({"rebalance-recommendation": {}})
+        wanted.append(("rebalance-recommendation", {}))
     if scheduled_maintenance is not None:
-        wanted.append({"scheduled-maintenance": {"code": scheduled_maintenance}})
+        wanted.append(("scheduled-maintenance", {"code": scheduled_maintenance}))
     if lifecycle_state is not None:
-        wanted.append({"lifecycle-state": lifecycle_state})
+        wanted.append(("lifecycle-state", lifecycle_state))
     if not wanted and (delay is not None or at is not None):
         raise ScenarioError("--notice-delay and --notice-time time the notices given with them "
                             "(--spot-interruption, --rebalance-recommendation, --scheduled-maintenance, "
                             "--lifecycle-state): give one")
-    steps = []
-    for change in wanted:
-        [name] = change
-        try:
-            steps.append(step_from({**timing, **change}, f"--{name}"))
-        except ScenarioError as exc:
-            raise ScenarioError(str(exc).replace(f"--{name}.{name}", f"--{name}").replace(
-                f"--{name}.at", "--notice-time").replace(f"--{name}.after", "--notice-delay")) from None
-    return steps
+    if at is not None:
+        after, when = None, _time(at, "--notice-time")
+    else:
+        after, when = _seconds(delay or 0, "--notice-delay"), None
+    return [_step(name, options, f"--{name}", after, when) for name, options in wanted]
 
 
 def steps_from_arguments(args: Any) -> List[Step]:
@@ -371,11 +424,10 @@ def steps_from_arguments(args: Any) -> List[Step]:
                               lifecycle_state=args.lifecycle_state, delay=args.notice_delay, at=args.notice_time)
     retry_after = args.retry_after
     if args.throttle_rate is not None:
-        steps.append(step_from({"throttle": {"rate": args.throttle_rate, "retry_after": retry_after}},
-                               "--throttle-rate"))
+        steps.append(_step("throttle", {"rate": args.throttle_rate, "retry_after": retry_after}, "--throttle-rate"))
     if args.throttle_count is not None:
-        steps.append(step_from({"fail": {"code": 429, "count": args.throttle_count, "retry_after": retry_after}},
-                               "--throttle-count"))
+        steps.append(_step("fail", {"code": 429, "count": args.throttle_count, "retry_after": retry_after},
+                           "--throttle-count"))
     if args.drop_token_puts:
-        steps.append(step_from({"drop-token-puts": True}, "--drop-token-puts"))
+        steps.append(_step("drop-token-puts", True, "--drop-token-puts"))
     return steps
