@@ -260,14 +260,29 @@ def test_the_idle_watcher_holds_no_library_only_start_or_reload_needs(emulator: 
         "events": [{"event": "spot-interruption", "run": ["true"]}],
         "metrics": {"path": str(tmp_path / "cc_imds.prom")},
     }))
+    # The probe waits, bounded, for what the test then checks: the first render, then the
+    # adopted reload in the metrics file; it dumps the modules only after the reload.
     probe = f"""
 import json, os, signal, sys, threading, time
-def probe():
-    while not os.path.exists({str(out / 'app.conf')!r}):
+give_up = time.monotonic() + 90  # within the run's timeout below
+def wait(condition, what):
+    while not condition():
+        if time.monotonic() > give_up:
+            print(json.dumps("timed out waiting for " + what), flush=True)
+            return False
         time.sleep(0.05)
-    os.kill(os.getpid(), signal.SIGHUP)
-    time.sleep(2)
-    print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(HELD)!r})), flush=True)
+    return True
+def reloaded():
+    try:
+        with open({str(tmp_path / 'cc_imds.prom')!r}) as metrics:
+            return 'cc_imds_reloads_total{{result="adopted"}} 1' in metrics.read().splitlines()
+    except FileNotFoundError:
+        return False
+def probe():
+    if wait(lambda: os.path.exists({str(out / 'app.conf')!r}), "the first render"):
+        os.kill(os.getpid(), signal.SIGHUP)
+        if wait(reloaded, "the adopted reload in the metrics file"):
+            print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(HELD)!r})), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 threading.Thread(target=probe, daemon=True).start()
 from cc_imds.cli import main
