@@ -23,7 +23,7 @@ from cc_imds.watch import lifecycle
 from cc_imds.watch.events import lifecycle_state, notice_env, state_chosen, transition_notice
 from cc_imds.watch.status import assess, render_text, status_problem
 from cc_imds.watch.watcher import Watcher, WatchOptions
-from tests.conftest import wait_for
+from tests.watch_harness import close_in_process, in_process, one_pass
 
 INSTANCE_ID = "i-0a1b2c3d4e5f60789"  # the bundled tree's
 
@@ -136,15 +136,11 @@ class Instance:
         options = WatchOptions(endpoint=self.emulator.url, lock_path=str(self.tmp / "lock"),
                                run_dir=self.tmp / f"run-{self.boot}", state_dir=self.state_dir, owns_marker=False,
                                environ={}, clock=lambda: self.now, jitter=lambda: 0.0)
-        self.watcher = Watcher(lambda: [], options)
-        self.watcher._wake_r, self.watcher._wake_w = os.pipe()  # commands' ends wake the loop, as in run()
-        assert self.watcher._adopt(build(self.events))
+        self.watcher = in_process(options, build(self.events))
 
     def poll(self) -> None:
         assert self.watcher is not None
-        self.watcher._pass()
-        wait_for(lambda: self.watcher is not None and self.watcher.runner.busy() == 0, what="commands to end")
-        self.watcher._collect_results()
+        one_pass(self.watcher)
         self.now += 5
 
     def ran(self) -> List[str]:
@@ -158,11 +154,7 @@ class Instance:
 
     def stop(self) -> None:
         if self.watcher is not None:
-            self.watcher.runner.stop()
-            if self.watcher.client is not None:
-                self.watcher.client.close()
-            os.close(self.watcher._wake_r)
-            os.close(self.watcher._wake_w)
+            close_in_process(self.watcher)
             self.watcher = None
 
 

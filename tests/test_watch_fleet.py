@@ -6,7 +6,6 @@ real quiet time."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cc_imds.declaration.build import SourceDocument, build_declaration
 from cc_imds.testing.emulator import Emulator
-from cc_imds.watch.watcher import Watcher, WatchOptions
+from cc_imds.watch.watcher import WatchOptions
 from tests.conftest import REPO, cli_env
-from tests.watch_harness import CREDS, TAG, wait_for
+from tests.watch_harness import CREDS, TAG, close_in_process, in_process, one_pass, wait_for
 
 START = 1_800_000_000.0
 
@@ -34,26 +33,18 @@ class Clocked:
                                owns_marker=False, environ={"PATH": "/usr/bin:/bin"}, clock=lambda: self.now,
                                jitter=lambda: 0.0, splay=lambda: splay_draw)
         (tmp / "run").mkdir()
-        self.watcher = Watcher(lambda: [], options)
-        self.watcher._wake_r, self.watcher._wake_w = os.pipe()  # run() makes it: commands' ends wake the loop
-        os.set_blocking(self.watcher._wake_w, False)
-        assert self.watcher._adopt(build_declaration([SourceDocument("test", "", document)]))
+        self.watcher = in_process(options, build_declaration([SourceDocument("test", "", document)]))
 
     def at(self, seconds: float) -> None:
-        """One pass of the loop `seconds` after START, its commands' ends collected."""
+        """One pass of the loop `seconds` after START, the commands it started run to their end."""
         self.now = START + seconds
-        self.watcher._pass()
-        self.watcher._collect_results()
+        one_pass(self.watcher)
 
     def due(self, output: str) -> Any:
         return self.watcher.status_document()["outputs"][output]["on_change"].get("due")
 
     def close(self) -> None:
-        self.watcher.runner.stop()
-        if self.watcher.client is not None:
-            self.watcher.client.close()
-        os.close(self.watcher._wake_r)
-        os.close(self.watcher._wake_w)
+        close_in_process(self.watcher)
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """A `cc-imds watch` process for tests: its own run directory, lock and log, against an
 emulator, with the helpers the after-boot tests share (tests/test_watch.py, and the watcher's
-scenarios in tests/reliability)."""
+scenarios in tests/reliability); and a watcher in the test's own process, driven pass by pass
+on an injected clock (tests/test_watch_fleet.py, tests/test_lifecycle.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -13,7 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from cc_imds.declaration.build import Declaration
 from cc_imds.testing.emulator import Emulator
+from cc_imds.watch.watcher import Watcher, WatchOptions
 from tests.conftest import CLI, SIGINT_STARTS, cli_env, run_cli, sigint_at
 from tests.conftest import wait_for as wait_for  # the watcher tests import it from here
 
@@ -88,6 +92,34 @@ class Watch:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=60)
+
+
+# -- a watcher in this process, one pass at a time ---------------------------------------------
+def in_process(options: WatchOptions, declaration: Declaration) -> Watcher:
+    """A Watcher a test drives with one_pass() instead of run(): the wake pipe run() makes
+    (commands' ends wake the loop), then `declaration` adopted."""
+    watcher = Watcher(lambda: [], options)
+    watcher._wake_r, watcher._wake_w = os.pipe()
+    for fd in (watcher._wake_r, watcher._wake_w):
+        os.set_blocking(fd, False)
+    assert watcher._adopt(declaration)
+    return watcher
+
+
+def one_pass(watcher: Watcher) -> None:
+    """One pass of the loop, then the ends of the commands it started: waits (bounded) until
+    no command runs, so what a test checks next shows every run the pass started, and only those."""
+    watcher._pass()
+    wait_for(lambda: watcher.runner.busy() == 0, what="the pass's commands to end")
+    watcher._collect_results()
+
+
+def close_in_process(watcher: Watcher) -> None:
+    watcher.runner.stop()
+    if watcher.client is not None:
+        watcher.client.close()
+    os.close(watcher._wake_r)
+    os.close(watcher._wake_w)
 
 
 def digest(directory: Path) -> Dict[str, str]:
