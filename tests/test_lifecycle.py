@@ -8,7 +8,6 @@ directory and the same state directory. The watcher runs in-process on an inject
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -23,6 +22,7 @@ from cc_imds.watch import lifecycle
 from cc_imds.watch.events import lifecycle_state, notice_env, state_chosen, transition_notice
 from cc_imds.watch.status import assess, render_text, status_problem
 from cc_imds.watch.watcher import Watcher, WatchOptions
+from tests.conftest import needs_root
 from tests.watch_harness import close_in_process, in_process, one_pass
 
 INSTANCE_ID = "i-0a1b2c3d4e5f60789"  # the bundled tree's
@@ -303,8 +303,8 @@ def test_a_record_that_cannot_be_used_counts_as_none(instance: Instance, emulato
     assert instance.ran() == [f">InService register {INSTANCE_ID}"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="trust checks apply to root's own files")
 def test_root_does_not_trust_a_record_others_can_write(instance: Instance, emulator: Emulator) -> None:
+    needs_root("trust checks apply to root's own files")
     instance.state_dir.mkdir(mode=0o755)
     path = instance.state_dir / lifecycle.MEMORY
     path.write_text(json.dumps({"instance_id": INSTANCE_ID, "state": "InService", "seen": "2026-12-01T00:00:00Z"}))
