@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -54,6 +56,11 @@ PROCESS_SLACK = 8.0
 # A child process still running after this long is hung: every wait on one is bounded, so the
 # test fails saying so instead of holding the suite (not a speed check: builds take minutes).
 HUNG_AFTER = 1800
+# A server that has not printed its banner after this long is hung (a start takes at most a few
+# seconds under heavy load, see PROCESS_SLACK): the test fails saying so instead of holding the suite.
+STARTED_WITHIN = 120.0
+# A server sent its stop signal and still running after this long does not stop: it is killed.
+STOPPED_WITHIN = 30.0
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -238,3 +245,75 @@ def run_cli(*args: str, env: Optional[dict] = None, stdin: Optional[bytes] = Non
 @pytest.fixture
 def cli() -> Callable[..., subprocess.CompletedProcess]:
     return run_cli
+
+
+class EmulateProcess:
+    """`cc-imds emulate --port 0 --control-port 0 ARGS...` started with SIGINT ignored, as
+    `cc-imds emulate ... &` starts it; `url` and `control` from its banner, read with a bound."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*CLI, "emulate", "--port", "0", "--control-port", "0", *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, env=cli_env(), text=True, preexec_fn=sigint_at(SIGINT_STARTS["sigint-ignored"]))
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, name="emulate stdout", daemon=True).start()
+        try:
+            self.url = self._line().split()[-1]
+            self.control = self._line().split()[3]
+        except BaseException:
+            self.kill()  # no server left running when its start failed
+            raise
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # its end
+
+    def _line(self) -> str:
+        try:
+            line = self._lines.get(timeout=STARTED_WITHIN)
+        except queue.Empty:
+            raise AssertionError(f"cc-imds emulate printed no banner within {STARTED_WITHIN:g}s") from None
+        assert line, f"cc-imds emulate ended before its banner (exit {self.process.wait(timeout=STOPPED_WITHIN)})"
+        return line
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Its exit after `sig`; killed, and the test failed, if it does not end."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=STOPPED_WITHIN)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"cc-imds emulate still ran {STOPPED_WITHIN:g}s after signal {sig}; killed") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=STOPPED_WITHIN)
+
+
+@pytest.fixture
+def emulate_processes() -> Iterator[Callable[..., EmulateProcess]]:
+    """Start EmulateProcess(ARGS...). After the test, each one still running gets SIGTERM, any
+    that does not end is killed, and only then must each have exited 0."""
+    started: List[EmulateProcess] = []
+
+    def start(*args: str) -> EmulateProcess:
+        started.append(EmulateProcess(*args))
+        return started[-1]
+
+    yield start
+    running = [server for server in started if server.process.poll() is None]
+    for server in running:
+        server.process.send_signal(signal.SIGTERM)
+    exits: List[Any] = []
+    for server in running:
+        try:
+            exits.append(server.process.wait(timeout=STOPPED_WITHIN))
+        except subprocess.TimeoutExpired:
+            exits.append(f"still running {STOPPED_WITHIN:g}s after SIGTERM")
+    for server in running:
+        server.kill()
+    assert exits == [0] * len(running)

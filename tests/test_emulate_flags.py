@@ -6,14 +6,13 @@ schedule and as a 404, and one due at a past time is served at once."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator, List, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 
-from tests.conftest import CLI, SIGINT_STARTS, cli_env, sigint_at
+from tests.conftest import EmulateProcess
 from tests.test_emulator_scenarios import call, raw
 
 LIFECYCLE = "meta-data/autoscaling/target-lifecycle-state"
@@ -21,24 +20,15 @@ SPOT = "meta-data/spot/instance-action"
 
 
 @pytest.fixture
-def emulate() -> Iterator[Callable[..., Tuple[str, str]]]:
-    """Start `cc-imds emulate ARGS... --port 0 --control-port 0`; its IMDS and control URLs."""
-    started: List[subprocess.Popen[str]] = []
+def emulate(emulate_processes: Callable[..., EmulateProcess]) -> Callable[..., Tuple[str, str]]:
+    """Start `cc-imds emulate ARGS... --port 0 --control-port 0`; its IMDS and control URLs.
+    After the test each is stopped with SIGTERM and must exit 0 (tests.conftest.emulate_processes)."""
 
     def start(*args: str) -> Tuple[str, str]:
-        server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--control-port", "0", *args],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=cli_env(), text=True,
-                                  preexec_fn=sigint_at(SIGINT_STARTS["sigint-ignored"]))
-        started.append(server)
-        assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
-        control = server.stdout.readline().split()[3]
-        return url, control
+        server = emulate_processes(*args)
+        return server.url, server.control
 
-    yield start
-    for server in started:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+    return start
 
 
 def get(cli: Callable[..., subprocess.CompletedProcess], url: str, path: str) -> Tuple[int, bytes]:

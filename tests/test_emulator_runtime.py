@@ -18,7 +18,7 @@ from cc_imds.imds.client import ClientSettings, ImdsClient
 from cc_imds.testing.control import ControlServer
 from cc_imds.testing.emulator import Emulator
 from cc_imds.watch.schedule import expiration
-from tests.conftest import CLI, REPO, SIGINT_STARTS, cli_env, sigint_at
+from tests.conftest import REPO, EmulateProcess
 
 CREDS = "meta-data/iam/security-credentials/app-server"
 
@@ -197,23 +197,17 @@ def test_control_listens_on_loopback_only(emulator: Emulator) -> None:
 
 
 # -- cc-imds emulate ------------------------------------------------------------------------
-def test_emulate_offers_the_control_endpoint(cli: Callable[..., subprocess.CompletedProcess]) -> None:
-    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--control-port", "0"], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, env=cli_env(), text=True,
-                              preexec_fn=sigint_at(SIGINT_STARTS["sigint-ignored"]))  # as `emulate ... &` starts
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
-        control = server.stdout.readline().split()[3]
-        assert control.startswith("http://127.0.0.1:")
-        assert call(control, "PUT", "/tree/meta-data/tags/instance/Name", b"rehearsal")[0] == 200
-        assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).stdout == b"rehearsal"
-        # Credentials rotate by themselves by default, so the bundled tree's are never expired.
-        creds = cli("get", CREDS, "--endpoint", url).stdout
-        assert expiration(creds) > time.time() + 3600  # type: ignore[operator]
-    finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=30) == 0
+def test_emulate_offers_the_control_endpoint(cli: Callable[..., subprocess.CompletedProcess],
+                                            emulate_processes: Callable[..., EmulateProcess]) -> None:
+    server = emulate_processes()  # SIGINT ignored, as `emulate ... &` starts
+    url, control = server.url, server.control
+    assert control.startswith("http://127.0.0.1:")
+    assert call(control, "PUT", "/tree/meta-data/tags/instance/Name", b"rehearsal")[0] == 200
+    assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).stdout == b"rehearsal"
+    # Credentials rotate by themselves by default, so the bundled tree's are never expired.
+    creds = cli("get", CREDS, "--endpoint", url).stdout
+    assert expiration(creds) > time.time() + 3600  # type: ignore[operator]
+    assert server.stop(signal.SIGINT) == 0
 
 
 @pytest.mark.parametrize("value", ["nan", "-5", "0.5", "inf", "soon"])
