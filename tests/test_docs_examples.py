@@ -20,7 +20,8 @@ block (`cc-imds emulate`'s default, and the docs' control port) are replaced by 
 What a comparison leaves out, because it varies from run to run: the emulator's port (shown as 1338),
 the block's directory (shown as nothing: `DIR/etc/x` is shown as `/etc/x`), times and durations, pids.
 
-CC_IMDS_REGENERATE_DOCS=1 rewrites each transcript's output with what its commands print now.
+CC_IMDS_REGENERATE_DOCS=1 rewrites each transcript's output with what its commands print now; the
+test of each transcript it rewrote fails, so such a run is never green: rerun without it.
 """
 
 from __future__ import annotations
@@ -474,9 +475,16 @@ def check_transcript(block: Block, sandbox: Sandbox) -> None:
         if watcher is not None:
             watcher.terminate()
             assert watcher.wait(timeout=BLOCK_TIMEOUT) == 0, (sandbox.dir / ".watch.log").read_text()
+    compare_transcript(block, actual)
+
+
+def compare_transcript(block: Block, actual: str) -> None:
+    """`actual`, what the transcript's commands printed, must be its text. With
+    CC_IMDS_REGENERATE_DOCS=1 a transcript that differs is rewritten, and its test still fails:
+    a run that rewrote the docs is never a passing run."""
     if os.environ.get("CC_IMDS_REGENERATE_DOCS") == "1" and actual != block.text:
         regenerate(block, actual)
-        return
+        pytest.fail(f"{block.where}: rewritten: rerun without CC_IMDS_REGENERATE_DOCS", pytrace=False)
     assert unvarying(actual) == unvarying(block.text), (
         f"{block.where}: the transcript is not what its commands print (CC_IMDS_REGENERATE_DOCS=1 rewrites it)")
 
@@ -526,6 +534,23 @@ def regenerate(block: Block, actual: str) -> None:
     end = start + len(block.text.splitlines())
     lines[start:end] = actual.rstrip("\n").split("\n")
     block.page.write_text("\n".join(lines), encoding="utf-8")
+
+
+def test_a_regenerated_transcript_is_rewritten_and_its_test_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)  # a page of its own, not the docs
+    page = tmp_path / "page.md"
+    page.write_text("Before.\n\n```text\n$ cc-imds version\nold\n```\n\nAfter.\n", encoding="utf-8")
+    [block] = blocks_of(page)
+    with pytest.raises(AssertionError, match="the transcript is not what its commands print"):
+        compare_transcript(block, "$ cc-imds version\nnew\n")
+    assert "old" in page.read_text(encoding="utf-8")
+    monkeypatch.setenv("CC_IMDS_REGENERATE_DOCS", "1")
+    with pytest.raises(pytest.fail.Exception, match="page.md:3: rewritten: rerun without CC_IMDS_REGENERATE_DOCS"):
+        compare_transcript(block, "$ cc-imds version\nnew\n")
+    assert page.read_text(encoding="utf-8") == "Before.\n\n```text\n$ cc-imds version\nnew\n```\n\nAfter.\n"
+    [rewritten] = blocks_of(page)
+    compare_transcript(rewritten, "$ cc-imds version\nnew\n")  # nothing to rewrite: it passes
 
 
 def test_a_block_of_no_known_kind_fails_naming_its_place() -> None:
