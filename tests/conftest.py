@@ -249,17 +249,19 @@ def cli() -> Callable[..., subprocess.CompletedProcess]:
 
 class EmulateProcess:
     """`cc-imds emulate --port 0 --control-port 0 ARGS...` started with SIGINT ignored, as
-    `cc-imds emulate ... &` starts it; `url` and `control` from its banner, read with a bound."""
+    `cc-imds emulate ... &` starts it (or as `start` says, SIGINT_STARTS; without the control
+    endpoint if `control` is false); `url` and `control` from its banner, read with a bound."""
 
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [*CLI, "emulate", "--port", "0", "--control-port", "0", *args], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, env=cli_env(), text=True, preexec_fn=sigint_at(SIGINT_STARTS["sigint-ignored"]))
+    def __init__(self, *args: str, start: str = "sigint-ignored", control: bool = True) -> None:
+        command = [*CLI, "emulate", "--port", "0", *(["--control-port", "0"] if control else []), *args]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=cli_env(),
+                                        text=True, preexec_fn=sigint_at(SIGINT_STARTS[start]))
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, name="emulate stdout", daemon=True).start()
         try:
-            self.url = self._line().split()[-1]
-            self.control = self._line().split()[3]
+            self.banner = self._line()
+            self.url = self.banner.split()[-1]
+            self.control = self._line().split()[3] if control else ""
         except BaseException:
             self.kill()  # no server left running when its start failed
             raise
@@ -300,8 +302,8 @@ def emulate_processes() -> Iterator[Callable[..., EmulateProcess]]:
     that does not end is killed, and only then must each have exited 0."""
     started: List[EmulateProcess] = []
 
-    def start(*args: str) -> EmulateProcess:
-        started.append(EmulateProcess(*args))
+    def start(*args: str, **options: Any) -> EmulateProcess:
+        started.append(EmulateProcess(*args, **options))
         return started[-1]
 
     yield start

@@ -7,7 +7,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +16,7 @@ from cc_imds.cli import main
 from cc_imds.imds.tree import MetadataTree
 from cc_imds.testing.emulator import Emulator
 from cc_imds.tools.get import imds_path
-from tests.conftest import CLI, EXAMPLES, REPO, SIGINT_STARTS, cli_env, sigint_at
+from tests.conftest import EXAMPLES, REPO, SIGINT_STARTS, EmulateProcess
 
 BROKEN = """#cloud-config
 imds:
@@ -215,30 +214,21 @@ def test_get_path_forms(given: str, expected: str) -> None:
 @pytest.mark.parametrize("start", SIGINT_STARTS, ids=list(SIGINT_STARTS))
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("when", ["at-once", "after-requests"])
-def test_emulate_serves_until_stopped(cli: Callable, start: str, stop: int, when: str) -> None:
+def test_emulate_serves_until_stopped(cli: Callable, emulate_processes: Callable[..., EmulateProcess], start: str,
+                                      stop: int, when: str) -> None:
     """Listening before its banner says so, and stopped cleanly by SIGTERM or SIGINT at any moment
     after it, whether it started with SIGINT at its default or ignored (a shell's background job)."""
-    server = subprocess.Popen([*CLI, "emulate", "--port", "0", "--no-tags"], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, env=cli_env(), text=True,
-                              preexec_fn=sigint_at(SIGINT_STARTS[start]))
-    try:
-        assert server.stdout is not None
-        banner = server.stdout.readline()
-        assert banner.startswith("IMDS emulator (required) listening on http://127.0.0.1:")
-        url = banner.split()[-1]
-        port = int(url.rsplit(":", 1)[1])
-        # Connected at once: a connection refused here means the banner came before listen().
-        socket.create_connection(("127.0.0.1", port), timeout=10).close()
-        if when == "after-requests":
-            assert cli("get", "meta-data/instance-id", "--endpoint", url).stdout == b"i-0a1b2c3d4e5f60789"
-            assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).returncode == 1
-        server.send_signal(stop)
-        assert server.wait(timeout=30) == 0
-        with socket.socket() as again:  # the port was released: nothing listens on it (TIME_WAIT aside)
-            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            again.bind(("127.0.0.1", port))
-            again.listen()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=30)
+    server = emulate_processes("--no-tags", start=start, control=False)
+    assert server.banner.startswith("IMDS emulator (required) listening on http://127.0.0.1:")
+    url = server.url
+    port = int(url.rsplit(":", 1)[1])
+    # Connected at once: a connection refused here means the banner came before listen().
+    socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    if when == "after-requests":
+        assert cli("get", "meta-data/instance-id", "--endpoint", url).stdout == b"i-0a1b2c3d4e5f60789"
+        assert cli("get", "meta-data/tags/instance/Name", "--endpoint", url).returncode == 1
+    assert server.stop(stop) == 0
+    with socket.socket() as again:  # the port was released: nothing listens on it (TIME_WAIT aside)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
