@@ -101,6 +101,31 @@ def test_a_tag_change_rewrites_the_file_and_runs_on_change_once(
     assert watch.stop() == 0
 
 
+def test_a_pass_that_runs_out_of_time_writes_none_of_its_outputs(
+        watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
+    """All or none, after boot too: a tag feeds a quick output and one whose template only the
+    deadline stops (loops that write nothing). The quick one is rendered first, then the pass's
+    deadline passes: neither is written, and the pass is tried again, never half written."""
+    out = tmp_path / "out"
+    loops = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ environment }}"
+    declaration = {
+        "deadline": 1,
+        "values": {"environment": {"path": TAG, "default": "dev", "refresh": 1}},
+        "files": [{"path": f"{out}/quick", "content": "{{ environment }}\n"},
+                  {"path": f"{out}/slow", "content": loops}],
+    }
+    out.mkdir()
+    watch = watches(tmp_path, emulator, declaration)
+    watch.start()
+    wait_for(lambda: watch.log().count("not written either") >= 2, what="two passes that ran out of time")
+    assert sorted(p.name for p in out.iterdir()) == []
+    code, status = watch.status()
+    slow = status["status"]["outputs"][f"{out}/slow"]
+    assert "stopped at the 1s deadline (too slow)" in slow["last_error"], slow
+    assert watch.stop() == 0
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_a_failing_on_change_is_shown_and_the_write_stays(
         watches: Callable[..., Watch], emulator: Emulator, tmp_path: Path) -> None:
     out = tmp_path / "out"

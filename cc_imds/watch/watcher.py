@@ -376,6 +376,13 @@ class Watcher:
             except RenderError as exc:
                 failed = True
                 self._output_failed(output.path, exc.problems)
+        if failed and deadline.expired():
+            # The pass ran out of time before every output was rendered (a machine too busy, a
+            # template too slow): what was rendered is not written without the rest, so outputs
+            # never show values of two passes side by side. All stay pending, tried again.
+            LOG.warning("%d rendered output(s) not written either: the pass's %gs deadline passed before every "
+                        "output was rendered; all are tried again", len(rendered), deadline.seconds)
+            rendered = []
         changes = self._write(rendered, lock_wait)
         failed = failed or len(changes) < len(rendered)
         specs = {o.path: o for o in ready}
